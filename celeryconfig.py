@@ -1,0 +1,42 @@
+"""Celery configuration of tradebus, read from the environment (see tradebus/settings.py).
+
+JSON only on the wire, never pickle. Queues come from ``routing``; stage tasks come from ``tasks``.
+"""
+
+from routing import STAGE_QUEUES
+from tradebus.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+result_backend = _settings.redis_url
+# Every publish waits for the broker's confirm; a nack raises instead of passing for success.
+broker_transport_options = {"confirm_publish": True}
+broker_connection_retry_on_startup = True
+
+accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+result_accept_content = ["json"]
+
+# Workers consume the stage queues and nothing else; DLQs and unrouted queues are for people.
+task_queues = STAGE_QUEUES
+task_create_missing_queues = False
+task_ignore_result = True
+result_expires = 3600
+
+include = [
+    "tasks.market_data",
+    "tasks.strategy",
+    "tasks.risk",
+    "tasks.execution",
+    "tasks.alerts",
+    "tasks.monitoring",
+    "tasks.backtest",
+]
+
+# The queue a message arrives on decides which stage runs it (tradebus/consumer.py).
+worker_consumer = "tradebus.consumer:StageConsumer"
+worker_send_task_events = True
+worker_cancel_long_running_tasks_on_connection_loss = True

@@ -1,0 +1,77 @@
+"""The exchanges of the MasterTrade bus: five topic exchanges, their alternate exchanges, the DLX.
+
+Every topic exchange names an alternate exchange, so a message that no binding matches is kept in an
+``unrouted.<area>`` queue instead of being dropped by the broker. ``mastertrade.trading`` is the one
+exception to "alternate exchange = catch-all": its alternate exchange is the topic exchange that carries
+live signals, so that ``signal.backtest.*`` (bound on the primary) can never reach ``trading_signals``
+(see docs/topology.md, "Backtest signals").
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange
+
+ALTERNATE_EXCHANGE = "alternate-exchange"
+
+
+def _unrouted(area: str) -> Exchange:
+    """The fanout exchange that keeps whatever ``area``'s topic exchange could not route."""
+    return Exchange(f"mastertrade.{area}.unrouted", type="fanout", durable=True, auto_delete=False)
+
+
+def _topic(name: str, alternate: Exchange) -> Exchange:
+    return Exchange(
+        name,
+        type="topic",
+        durable=True,
+        auto_delete=False,
+        arguments={ALTERNATE_EXCHANGE: alternate.name},
+    )
+
+
+MARKET_UNROUTED = _unrouted("market")
+TRADING_UNROUTED = _unrouted("trading")
+ORDERS_UNROUTED = _unrouted("orders")
+RISK_UNROUTED = _unrouted("risk")
+SYSTEM_UNROUTED = _unrouted("system")
+DLX_UNROUTED = _unrouted("dlx")
+
+MARKET = _topic("mastertrade.market", MARKET_UNROUTED)
+#: Live signals reach this exchange only when no binding of ``mastertrade.trading`` matched them.
+TRADING_LIVE = _topic("mastertrade.trading.live", TRADING_UNROUTED)
+TRADING = _topic("mastertrade.trading", TRADING_LIVE)
+ORDERS = _topic("mastertrade.orders", ORDERS_UNROUTED)
+RISK = _topic("mastertrade.risk", RISK_UNROUTED)
+SYSTEM = _topic("mastertrade.system", SYSTEM_UNROUTED)
+
+DLX = Exchange(
+    "mastertrade.dlx",
+    type="direct",
+    durable=True,
+    auto_delete=False,
+    arguments={ALTERNATE_EXCHANGE: DLX_UNROUTED.name},
+)
+
+#: The exchanges publishers address, by name (the seed's five plus the dead-letter exchange).
+PUBLIC_EXCHANGES: dict[str, Exchange] = {e.name: e for e in (MARKET, TRADING, ORDERS, RISK, SYSTEM, DLX)}
+
+#: Every exchange tradebus declares, alternate exchanges first so that each one exists before it is named.
+EXCHANGES: tuple[Exchange, ...] = (
+    MARKET_UNROUTED,
+    TRADING_UNROUTED,
+    ORDERS_UNROUTED,
+    RISK_UNROUTED,
+    SYSTEM_UNROUTED,
+    DLX_UNROUTED,
+    TRADING_LIVE,
+    MARKET,
+    TRADING,
+    ORDERS,
+    RISK,
+    SYSTEM,
+    DLX,
+)
+
+#: Exchanges whose messages must survive a broker restart (delivery mode 2). Market data is transient:
+#: it expires within seconds to minutes anyway and is the bulk of the traffic.
+PERSISTENT_EXCHANGES = frozenset({TRADING.name, ORDERS.name, RISK.name, SYSTEM.name, DLX.name})

@@ -1,0 +1,60 @@
+"""Routing-key templates: which exchange and key each message type is published with.
+
+The templates are the seed's routing-key hierarchy. Each ``{field}`` is filled from the message field of the
+same name, so the routing key is computed from the payload, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from routing import exchanges
+
+#: Kline intervals a candle may carry. ``market_data`` binds one pattern per interval, which is how it takes
+#: candles (``market.data.{symbol}.{interval}``) and never the orderbook or trade keys of the same length.
+CANDLE_INTERVALS: tuple[str, ...] = (
+    "1s", "1m", "3m", "5m", "15m", "30m",
+    "1h", "2h", "4h", "6h", "8h", "12h",
+    "1d", "3d", "1w", "1M",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message type is published: an exchange and a routing-key template."""
+
+    exchange: str
+    template: str
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The payload fields the template reads, in order."""
+        return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
+
+    def key(self, **values: str) -> str:
+        """The routing key for these field values."""
+        return self.template.format(**values)
+
+
+#: Message ``type`` -> route. Backtest signals use their own template (see ``TradingSignal.backtest``).
+ROUTES: dict[str, Route] = {
+    "market_data": Route(exchanges.MARKET.name, "market.data.{symbol}.{interval}"),
+    "ticker": Route(exchanges.MARKET.name, "ticker.{symbol}"),
+    "orderbook": Route(exchanges.MARKET.name, "market.data.orderbook.{symbol}"),
+    "trade": Route(exchanges.MARKET.name, "market.data.trade.{symbol}"),
+    "sentiment": Route(exchanges.MARKET.name, "sentiment.{symbol}.{platform}"),
+    "stock_index": Route(exchanges.MARKET.name, "stock.{index_name}"),
+    "onchain_metric": Route(exchanges.MARKET.name, "onchain.{metric_name}.{symbol}"),
+    "whale_alert": Route(exchanges.MARKET.name, "whale.alert.{token}.{alert_level}"),
+    "trading_signal": Route(exchanges.TRADING.name, "signal.{symbol}.{strategy_id}"),
+    "backtest_signal": Route(exchanges.TRADING.name, "signal.backtest.{strategy_id}"),
+    "order_request": Route(exchanges.ORDERS.name, "order.request.{symbol}"),
+    "order_update": Route(exchanges.ORDERS.name, "order.update.{status}.{order_id}"),
+    "risk_check": Route(exchanges.RISK.name, "risk.check.{strategy_id}"),
+    "risk_breach": Route(exchanges.RISK.name, "risk.breach.{metric}"),
+    "circuit_breaker": Route(exchanges.RISK.name, "risk.circuit_breaker.{trigger}"),
+    "system_health": Route(exchanges.SYSTEM.name, "system.health.{service}"),
+    "system_alert": Route(exchanges.SYSTEM.name, "system.alert.{severity}"),
+    "config_change": Route(exchanges.SYSTEM.name, "system.config.{change_type}"),
+}

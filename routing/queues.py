@@ -1,0 +1,225 @@
+"""Every queue of the MasterTrade bus, with its arguments and bindings, as Kombu ``Queue`` objects.
+
+Seed queues carry exactly the seed's arguments; the queues the seed implies but never declares, the fan-out
+copies, the dead-letter queues and the unrouted queues are documented in docs/topology.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue, binding
+
+from routing import exchanges as ex
+from routing.keys import CANDLE_INTERVALS
+
+# Every TTL is in milliseconds, the unit RabbitMQ's x-message-ttl takes.
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+
+DROP_HEAD = "drop-head"
+REJECT_PUBLISH = "reject-publish"
+DLQ_PREFIX = "dlq."
+UNROUTED_PREFIX = "unrouted."
+#: Bound on the queues that keep unrouted messages; past it the publisher's confirm is a nack, never a drop.
+UNROUTED_MAX_LENGTH = 100_000
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The dead-letter queue (and its routing key on ``mastertrade.dlx``) for ``queue``."""
+    return f"{DLQ_PREFIX}{queue}"
+
+
+def _arguments(
+    *,
+    ttl: int | None = None,
+    max_length: int | None = None,
+    overflow: str | None = None,
+    dead_letter_to: str | None = None,
+) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if ttl is not None:
+        args["x-message-ttl"] = ttl
+    if max_length is not None:
+        args["x-max-length"] = max_length
+    if overflow is not None:
+        args["x-overflow"] = overflow
+    if dead_letter_to is not None:
+        args["x-dead-letter-exchange"] = ex.DLX.name
+        args["x-dead-letter-routing-key"] = dead_letter_queue_name(dead_letter_to)
+    return args
+
+
+def _queue(name: str, exchange: Exchange, keys: list[str] | tuple[str, ...], **arguments: Any) -> Queue:
+    return Queue(
+        name,
+        bindings=[binding(exchange, routing_key=key) for key in keys],
+        durable=True,
+        auto_delete=False,
+        queue_arguments=_arguments(**arguments),
+    )
+
+
+# --- mastertrade.market -------------------------------------------------------------------------------
+MARKET_DATA = _queue(
+    "market_data",
+    ex.MARKET,
+    [f"market.data.*.{interval}" for interval in CANDLE_INTERVALS],
+    ttl=60 * SECOND_MS,
+    max_length=100_000,
+    overflow=DROP_HEAD,
+)
+TICKER_UPDATES = _queue("ticker_updates", ex.MARKET, ["ticker.*"], ttl=10 * SECOND_MS, max_length=50_000)
+ORDERBOOK_UPDATES = _queue(
+    "orderbook_updates",
+    ex.MARKET,
+    ["market.data.orderbook.*"],
+    ttl=10 * SECOND_MS,
+    max_length=10_000,
+    overflow=DROP_HEAD,
+)
+TRADE_UPDATES = _queue(
+    "trade_updates",
+    ex.MARKET,
+    ["market.data.trade.*"],
+    ttl=60 * SECOND_MS,
+    max_length=100_000,
+    overflow=DROP_HEAD,
+)
+SENTIMENT_DATA = _queue(
+    "sentiment_data", ex.MARKET, ["sentiment.*.*"], ttl=5 * MINUTE_MS, max_length=10_000
+)
+STOCK_INDEX_DATA = _queue("stock_index_data", ex.MARKET, ["stock.*"], ttl=5 * MINUTE_MS, max_length=1_000)
+ONCHAIN_METRICS = _queue("strategy_service_onchain_metrics", ex.MARKET, ["onchain.*.*"], ttl=5 * MINUTE_MS)
+STRATEGY_WHALE_ALERTS = _queue(
+    "strategy_service_whale_alerts", ex.MARKET, ["whale.alert.*.*"], ttl=10 * MINUTE_MS
+)
+ALERT_WHALE_ALERTS = _queue("alert_whale_alerts", ex.MARKET, ["whale.alert.*.*"], ttl=10 * MINUTE_MS)
+STRATEGY_MARKET_DATA = _queue(
+    "strategy_market_data",
+    ex.MARKET,
+    ["market.#"],
+    ttl=60 * SECOND_MS,
+    max_length=100_000,
+    overflow=DROP_HEAD,
+)
+EXECUTOR_MARKET_DATA = _queue(
+    "executor_market_data",
+    ex.MARKET,
+    ["market.#", "ticker.*"],
+    ttl=60 * SECOND_MS,
+    max_length=100_000,
+    overflow=DROP_HEAD,
+)
+
+# --- mastertrade.trading ------------------------------------------------------------------------------
+BACKTEST_SIGNALS = _queue(
+    "backtest_signals", ex.TRADING, ["signal.backtest.*"], max_length=100_000, overflow=REJECT_PUBLISH
+)
+TRADING_SIGNALS = _queue(
+    "trading_signals",
+    ex.TRADING_LIVE,
+    ["signal.*.*"],
+    ttl=30 * SECOND_MS,
+    max_length=10_000,
+    dead_letter_to="trading_signals",
+)
+
+# --- mastertrade.orders -------------------------------------------------------------------------------
+ORDER_REQUESTS = _queue(
+    "order_requests",
+    ex.ORDERS,
+    ["order.request.*"],
+    ttl=1 * MINUTE_MS,
+    max_length=5_000,
+    dead_letter_to="order_requests",
+)
+ORDER_UPDATES = _queue("order_updates", ex.ORDERS, ["order.update.#"], ttl=5 * MINUTE_MS)
+STRATEGY_ORDER_UPDATES = _queue(
+    "strategy_order_updates",
+    ex.ORDERS,
+    ["order.update.#"],
+    ttl=5 * MINUTE_MS,
+    dead_letter_to="strategy_order_updates",
+)
+MONITORING_ORDER_UPDATES = _queue(
+    "monitoring_order_updates", ex.ORDERS, ["order.update.#"], ttl=5 * MINUTE_MS
+)
+
+# --- mastertrade.risk ---------------------------------------------------------------------------------
+RISK_CHECKS = _queue("risk_checks", ex.RISK, ["risk.check.*"], ttl=30 * SECOND_MS, max_length=5_000)
+ALERT_RISK_EVENTS = _queue(
+    "alert_risk_events",
+    ex.RISK,
+    ["risk.breach.*", "risk.circuit_breaker.*"],
+    dead_letter_to="alert_risk_events",
+)
+
+# --- mastertrade.system -------------------------------------------------------------------------------
+SYSTEM_NOTIFICATIONS = _queue("system_notifications", ex.SYSTEM, ["system.#"], ttl=10 * MINUTE_MS)
+MONITORING_SYSTEM_NOTIFICATIONS = _queue(
+    "monitoring_system_notifications", ex.SYSTEM, ["system.#"], ttl=10 * MINUTE_MS
+)
+
+#: The queues a stage task consumes: one stage per queue. Workers consume these and nothing else.
+STAGE_QUEUES: tuple[Queue, ...] = (
+    MARKET_DATA,
+    TICKER_UPDATES,
+    ORDERBOOK_UPDATES,
+    TRADE_UPDATES,
+    SENTIMENT_DATA,
+    STOCK_INDEX_DATA,
+    ONCHAIN_METRICS,
+    STRATEGY_WHALE_ALERTS,
+    ALERT_WHALE_ALERTS,
+    STRATEGY_MARKET_DATA,
+    EXECUTOR_MARKET_DATA,
+    BACKTEST_SIGNALS,
+    TRADING_SIGNALS,
+    ORDER_REQUESTS,
+    ORDER_UPDATES,
+    STRATEGY_ORDER_UPDATES,
+    MONITORING_ORDER_UPDATES,
+    RISK_CHECKS,
+    ALERT_RISK_EVENTS,
+    SYSTEM_NOTIFICATIONS,
+    MONITORING_SYSTEM_NOTIFICATIONS,
+)
+
+#: The seed's only declared DLQ keeps its 24-hour TTL; the ones the seed omits keep messages until a person
+#: acts on them (see docs/topology.md).
+_DLQ_TTL = {"trading_signals": 24 * HOUR_MS}
+
+#: One dead-letter queue per stage queue, bound on ``mastertrade.dlx`` by its own name.
+DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
+    _queue(
+        dead_letter_queue_name(q.name),
+        ex.DLX,
+        [dead_letter_queue_name(q.name)],
+        ttl=_DLQ_TTL.get(q.name),
+    )
+    for q in STAGE_QUEUES
+)
+
+#: One queue per alternate exchange: whatever no binding matched, kept for a person to inspect.
+UNROUTED_QUEUES: tuple[Queue, ...] = tuple(
+    _queue(
+        f"{UNROUTED_PREFIX}{ae.name.split('.')[1]}",
+        ae,
+        [""],
+        max_length=UNROUTED_MAX_LENGTH,
+        overflow=REJECT_PUBLISH,
+    )
+    for ae in (
+        ex.MARKET_UNROUTED,
+        ex.TRADING_UNROUTED,
+        ex.ORDERS_UNROUTED,
+        ex.RISK_UNROUTED,
+        ex.SYSTEM_UNROUTED,
+        ex.DLX_UNROUTED,
+    )
+)
+
+QUEUES: tuple[Queue, ...] = STAGE_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
+QUEUES_BY_NAME: dict[str, Queue] = {q.name: q for q in QUEUES}

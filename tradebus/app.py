@@ -1,0 +1,21 @@
+"""The Celery application. ``celery -A tradebus`` finds it as ``tradebus.app``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.utils.objects import cached_property
+
+
+class TradebusCelery(Celery):
+    """Celery, with a worker that sizes itself from the pool profile of the queues it consumes."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 - Celery's own attribute name
+        return self.subclass_with_self("workers.profiled:ProfiledWorker")
+
+
+app = TradebusCelery("tradebus")
+app.config_from_object("celeryconfig")
+app.steps["consumer"].add("tradebus.bootsteps:DeclareTopology")

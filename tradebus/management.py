@@ -1,0 +1,94 @@
+"""A small client of the RabbitMQ management HTTP API (stdlib only)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from tradebus.errors import BrokerUnreachable, ManagementAPIError
+from tradebus.settings import ManagementSettings
+
+
+class Management:
+    """The management API of one broker, scoped to one vhost."""
+
+    def __init__(self, settings: ManagementSettings, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        token = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
+        self._auth = f"Basic {token}"
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Call ``/api/<path>``; returns the decoded JSON answer (None when empty)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.settings.base_url}/api/{path}", data=data, method=method)
+        req.add_header("Authorization", self._auth)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ManagementAPIError(f"{method} /api/{path}: HTTP {exc.code} {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise BrokerUnreachable(f"management API at {self.settings.base_url}: {exc}") from exc
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        """GET ``/api/<path>``."""
+        return self.request("GET", path)
+
+    def reachable(self) -> bool:
+        """Whether the API answers with these credentials."""
+        try:
+            self.get("overview")
+        except (BrokerUnreachable, ManagementAPIError):
+            return False
+        return True
+
+    @property
+    def _vhost(self) -> str:
+        return self.settings.quoted_vhost
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue of the vhost, with arguments, depth and consumers."""
+        result: list[dict[str, Any]] = self.get(f"queues/{self._vhost}")
+        return result
+
+    def queue(self, name: str) -> dict[str, Any]:
+        """One queue of the vhost."""
+        result: dict[str, Any] = self.get(f"queues/{self._vhost}/{quote(name, safe='')}")
+        return result
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        """Every exchange of the vhost."""
+        result: list[dict[str, Any]] = self.get(f"exchanges/{self._vhost}")
+        return result
+
+    def bindings(self) -> list[dict[str, Any]]:
+        """Every binding of the vhost."""
+        result: list[dict[str, Any]] = self.get(f"bindings/{self._vhost}")
+        return result
+
+    def consumers(self) -> list[dict[str, Any]]:
+        """Every consumer of the vhost, with its prefetch count and queue."""
+        result: list[dict[str, Any]] = self.get(f"consumers/{self._vhost}")
+        return result
+
+    def create_vhost(self, name: str) -> None:
+        """Create vhost ``name`` and give this API user full permissions on it."""
+        vhost = quote(name, safe="")
+        self.request("PUT", f"vhosts/{vhost}", {})
+        self.request(
+            "PUT",
+            f"permissions/{vhost}/{quote(self.settings.username, safe='')}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete vhost ``name`` and everything in it."""
+        self.request("DELETE", f"vhosts/{quote(name, safe='')}")

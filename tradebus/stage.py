@@ -1,0 +1,153 @@
+"""Pipeline stages: Celery tasks bound to one queue each, triggered by publishing a bus message.
+
+``@stage(name, queue=..., accepts=...)`` turns ``fn(message)`` into a Celery task that
+
+* runs for every message arriving on ``queue`` (tradebus/consumer.py hands it the raw body),
+* validates the body against the message types it accepts, and on failure dead-letters it to
+  ``dlq.<queue>`` with the reason instead of raising,
+* records what it received (tradebus/recorder.py), then calls ``fn`` with the validated model.
+
+``task.delay(message)`` publishes ``message`` on its documented exchange and routing key, so every stage
+subscribed to that key runs, this one included; the returned AsyncResult's id is the AMQP message id.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+from celery.result import AsyncResult
+from celery.utils.log import get_task_logger
+from pydantic import ValidationError
+
+from routing import QUEUES_BY_NAME, route
+from tradebus import recorder
+from tradebus.app import app
+from tradebus.deadletter import dead_letter
+from tradebus.errors import InvalidMessage, SchemaViolation, UnknownMessageType, WrongStage
+from tradebus.messages import BusMessage, adapter_for
+from tradebus.publisher import encode, parse_wire, publish, to_message
+from workers.profiles import POOLS
+
+logger = get_task_logger(__name__)
+R = TypeVar("R")
+
+
+class StageTask(Task):  # type: ignore[misc]
+    """A Celery task that is the one stage of one queue."""
+
+    queue_name: str
+    accepts: tuple[type[BusMessage], ...]
+    typing = False
+
+    @functools.cached_property
+    def _adapter(self) -> Any:
+        return adapter_for(self.accepts)
+
+    def parse(self, payload: str | bytes | dict[str, Any] | BusMessage) -> BusMessage:
+        """Validate ``payload`` as one of the accepted types, or raise InvalidMessage."""
+        if isinstance(payload, str | bytes):
+            message = parse_wire(payload)
+        else:
+            message = to_message(payload)
+        if not isinstance(message, self.accepts):
+            names = ", ".join(cls.__name__ for cls in self.accepts)
+            raise UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
+        try:
+            validated: BusMessage = self._adapter.validate_python(message)
+        except ValidationError as exc:  # pragma: no cover - to_message already validated
+            raise SchemaViolation(str(exc)) from exc
+        return validated
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish the message this stage accepts on its documented route."""
+        if self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        if kwargs or not args or len(args) != 1:
+            raise WrongStage(f"{self.name}.delay() takes exactly one message")
+        (message,) = args
+        if not isinstance(message, self.accepts):
+            names = ", ".join(cls.__name__ for cls in self.accepts)
+            raise WrongStage(f"{self.name} accepts {names}, not {type(message).__name__}")
+        if self.queue_name not in route(message.exchange, message.routing_key):
+            raise WrongStage(
+                f"{message.type} {message.routing_key!r} does not reach {self.queue_name}, so {self.name} "
+                "would never run it"
+            )
+        return self.AsyncResult(publish(message, message_id=task_id))
+
+
+def stage(
+    name: str, *, queue: str, accepts: type[BusMessage] | tuple[type[BusMessage], ...], **options: Any
+) -> Callable[[Callable[[Any], R]], StageTask]:
+    """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to ``app.task``."""
+    if queue not in QUEUES_BY_NAME:
+        raise KeyError(f"stage {name}: no queue {queue!r} in routing")
+    accepted = accepts if isinstance(accepts, tuple) else (accepts,)
+    if POOLS[queue].acks_late:
+        # Critical stages: acknowledge after the stage ran, and redeliver if its process dies.
+        options = {"acks_late": True, "reject_on_worker_lost": True, **options}
+
+    def decorate(fn: Callable[[Any], R]) -> StageTask:
+        def run(self: StageTask, payload: Any) -> R | None:
+            request = self.request
+            try:
+                message = self.parse(payload)
+            except InvalidMessage as exc:
+                body = payload if isinstance(payload, str | bytes) else _as_body(payload)
+                logger.warning("%s: dead-lettering invalid message %s: %s", queue, request.id, exc)
+                dead_letter(
+                    body,
+                    queue=queue,
+                    reason=exc.reason,
+                    error=str(exc),
+                    delivery_info=request.delivery_info,
+                    message_id=request.id,
+                )
+                return None
+            delivery = request.delivery_info or {}
+            logger.info("%s: %s %s", queue, message.type, delivery.get("routing_key"))
+            recorder.record(
+                queue,
+                name,
+                {
+                    "id": request.id,
+                    "type": message.type,
+                    "exchange": delivery.get("exchange"),
+                    "routing_key": delivery.get("routing_key"),
+                    "redelivered": bool(delivery.get("redelivered")),
+                },
+            )
+            return fn(message)
+
+        run.__name__ = fn.__name__
+        run.__qualname__ = fn.__qualname__
+        run.__doc__ = fn.__doc__
+        run.__module__ = fn.__module__
+        task: StageTask = app.task(
+            run, bind=True, base=StageTask, name=name, queue_name=queue, accepts=accepted, **options
+        )
+        return task
+
+    return decorate
+
+
+def _as_body(payload: Any) -> bytes:
+    """A best-effort wire body for a payload that arrived already decoded."""
+    if isinstance(payload, BusMessage):
+        return encode(payload)
+    return json.dumps(payload, default=str).encode()
+
+
+def stage_tasks(celery_app: Any = app) -> dict[str, StageTask]:
+    """The registered stage tasks, by the queue each one consumes."""
+    return {t.queue_name: t for t in celery_app.tasks.values() if isinstance(t, StageTask)}

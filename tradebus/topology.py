@@ -1,0 +1,138 @@
+"""Operations on the declared topology: declare it, diff it against a live broker, export it, show it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from amqp.exceptions import PreconditionFailed
+from kombu import Connection, Exchange, Queue
+
+from routing import DEAD_LETTER_QUEUES, EXCHANGES, QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
+from tradebus.errors import TopologyConflict
+from tradebus.management import Management
+
+#: One difference: (object, attribute, live value, wanted value).
+Difference = tuple[str, str, object, object]
+UNSET = "(unset)"
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
+    r" in vhost '[^']*': received (?P<wanted>.+?) but current is (?P<live>.+)$"
+)
+
+
+def _exchange_spec(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "type": exchange.type,
+        "durable": bool(exchange.durable),
+        "auto_delete": bool(exchange.auto_delete),
+        "arguments": dict(exchange.arguments or {}),
+    }
+
+
+def _queue_spec(queue: Queue) -> dict[str, Any]:
+    return {
+        "durable": bool(queue.durable),
+        "auto_delete": bool(queue.auto_delete),
+        "arguments": dict(queue.queue_arguments or {}),
+    }
+
+
+def _diff_spec(name: str, live: dict[str, Any], wanted: dict[str, Any]) -> list[Difference]:
+    rows: list[Difference] = []
+    for attr in sorted(set(wanted) - {"arguments"}):
+        if live.get(attr) != wanted[attr]:
+            rows.append((name, attr, live.get(attr, UNSET), wanted[attr]))
+    live_args, wanted_args = live.get("arguments") or {}, wanted.get("arguments") or {}
+    for arg in sorted(set(live_args) | set(wanted_args)):
+        if live_args.get(arg) != wanted_args.get(arg):
+            rows.append((name, arg, live_args.get(arg, UNSET), wanted_args.get(arg, UNSET)))
+    return rows
+
+
+def diff(live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]) -> list[Difference]:
+    """Differences between live objects (as the management API lists them) and the topology.
+
+    Objects missing from the broker are not differences: declaring creates them.
+    """
+    exchanges = {e["name"]: e for e in live_exchanges}
+    queues = {q["name"]: q for q in live_queues}
+    rows: list[Difference] = []
+    for exchange in EXCHANGES:
+        if exchange.name in exchanges:
+            rows += _diff_spec(f"exchange {exchange.name}", exchanges[exchange.name], _exchange_spec(exchange))
+    for queue in QUEUES:
+        if queue.name in queues:
+            rows += _diff_spec(f"queue {queue.name}", queues[queue.name], _queue_spec(queue))
+    return rows
+
+
+def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
+    """The readable diff hidden in RabbitMQ's PRECONDITION_FAILED text."""
+    match = _INEQUIVALENT.search(str(exc))
+    if match is None:
+        return TopologyConflict([("broker", "precondition", str(exc), "declarable topology")])
+    row = (f"{match['kind']} {match['name']}", match["arg"], match["live"], match["wanted"])
+    return TopologyConflict([row])
+
+
+def declare(connection: Connection) -> None:
+    """Declare every exchange, queue and binding; idempotent. Raises TopologyConflict on a mismatch."""
+    channel = connection.channel()
+    try:
+        for exchange in EXCHANGES:
+            exchange(channel).declare()
+        for queue in QUEUES:
+            queue(channel).declare()
+    except PreconditionFailed as exc:
+        raise conflict_from_error(exc) from exc
+    finally:
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001 - the broker may already have closed it
+            pass
+
+
+def check_and_declare(connection: Connection, management: Management | None) -> None:
+    """Compare with the live broker first (when its API answers), then declare.
+
+    With the management API, every conflicting argument is reported at once and nothing is touched;
+    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff.
+    """
+    if management is not None and management.reachable():
+        rows = diff(management.exchanges(), management.queues())
+        if rows:
+            raise TopologyConflict(rows)
+    declare(connection)
+
+
+def definitions(vhost: str = "/") -> dict[str, Any]:
+    """The topology as RabbitMQ definitions, for ``rabbitmqctl import_definitions``."""
+    exchanges = [
+        {"name": e.name, "vhost": vhost, "internal": False, **_exchange_spec(e)} for e in EXCHANGES
+    ]
+    queues = [{"name": q.name, "vhost": vhost, **_queue_spec(q)} for q in QUEUES]
+    bindings = [
+        {
+            "source": b.exchange.name,
+            "vhost": vhost,
+            "destination": q.name,
+            "destination_type": "queue",
+            "routing_key": b.routing_key,
+            "arguments": {},
+        }
+        for q in QUEUES
+        for b in q.bindings
+    ]
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
+def queue_kind(name: str) -> str:
+    """``stage``, ``dead-letter`` or ``unrouted``."""
+    if name in {q.name for q in STAGE_QUEUES}:
+        return "stage"
+    if name in {q.name for q in DEAD_LETTER_QUEUES}:
+        return "dead-letter"
+    assert name in {q.name for q in UNROUTED_QUEUES}
+    return "unrouted"

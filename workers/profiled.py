@@ -1,0 +1,51 @@
+"""A Celery worker that takes its pool size and prefetch from the profile of the queues it consumes.
+
+``celery -A tradebus worker -Q order_requests`` with no other flag starts 3 processes with a prefetch
+multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
+built from Python) still wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from celery.apps.worker import Worker
+from click.core import ParameterSource
+
+from workers.profiles import combined
+
+_DEFAULT_SOURCES = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None}
+
+
+def _explicit(option: str, value: Any) -> bool:
+    """Whether the user chose ``option``: on the command line if there is one, else by passing it."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and option in ctx.params:
+        return ctx.get_parameter_source(option) not in _DEFAULT_SOURCES
+    return value is not None
+
+
+def _queue_names(queues: Any) -> list[str]:
+    if not queues:
+        return []
+    if isinstance(queues, str):
+        return [q.strip() for q in queues.split(",") if q.strip()]
+    return [str(q) for q in queues]
+
+
+class ProfiledWorker(Worker):  # type: ignore[misc]
+    """Celery's worker program, sized by ``workers.profiles``."""
+
+    def setup_defaults(
+        self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any
+    ) -> Any:
+        profile = combined(_queue_names(queues))
+        if profile is not None:
+            if not _explicit("concurrency", concurrency):
+                concurrency = profile[0]
+            if not _explicit("prefetch_multiplier", prefetch_multiplier):
+                prefetch_multiplier = profile[1]
+        return super().setup_defaults(
+            concurrency=concurrency, prefetch_multiplier=prefetch_multiplier, queues=queues, **kwargs
+        )
