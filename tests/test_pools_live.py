@@ -1,0 +1,141 @@
+"""Worker pools as users start them: ``celery -A tradebus worker -Q <queue>`` sized by its profile.
+
+Each worker runs as its own process in a vhost of its own; what RabbitMQ reports (the prefetch of the
+channel consuming the queue) and what the worker reports (its pool processes) are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.conftest import Vhost
+from workers.profiles import POOLS
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+STARTUP_TIMEOUT = 60.0
+
+
+class RunningWorker:
+    """A worker subprocess and what the broker and the worker itself say about it."""
+
+    def __init__(self, argv: Sequence[str], vhost: Vhost, log: Path) -> None:
+        self.vhost = vhost
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "TRADEBUS_BROKER_URL": vhost.url},
+                start_new_session=True,
+            )
+
+    def consumer(self, queue: str) -> dict[str, Any]:
+        """Wait for the worker's consumer on ``queue`` to appear in the management API."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            found = [c for c in self.vhost.management.consumers() if c["queue"]["name"] == queue]
+            if found:
+                return found[0]
+            time.sleep(0.25)
+        pytest.fail(f"no consumer on {queue} after {STARTUP_TIMEOUT}s:\n{self.log.read_text()[-3000:]}")
+
+    def channel_prefetch(self, queue: str) -> int:
+        """The prefetch RabbitMQ enforces for the channel that consumes ``queue``."""
+        consumer = self.consumer(queue)
+        channel = self.vhost.management.get(
+            "channels/" + _quote(consumer["channel_details"]["name"])
+        )
+        return max(int(channel["global_prefetch_count"]), int(channel["prefetch_count"]))
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The worker's own report of its pool (``celery inspect stats``)."""
+        app = Celery("inspector", broker=self.vhost.url)
+        app.conf.accept_content = ["json"]
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            stats = app.control.inspect(timeout=2.0).stats() or {}
+            if stats:
+                (node,) = stats.values()
+                pool: dict[str, Any] = node["pool"]
+                return pool
+        pytest.fail("worker never answered inspect stats")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+@pytest.fixture
+def start_worker(fresh_vhost: Vhost, tmp_path: Path) -> Iterator[Any]:
+    """Start a worker command in a fresh vhost; stopped at the end of the test."""
+    started: list[RunningWorker] = []
+
+    def start(*args: str) -> RunningWorker:
+        worker = RunningWorker(args, fresh_vhost, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+CELERY = (sys.executable, "-m", "celery", "-A", "tradebus")
+SEED_TABLE = [
+    ("strategy_market_data", 5, 10),
+    ("sentiment_data", 2, 5),
+    ("order_requests", 3, 1),
+    ("trading_signals", 3, 5),
+    ("order_updates", 2, 10),
+]
+
+
+@pytest.mark.parametrize(("queue", "consumers", "prefetch"), SEED_TABLE, ids=[row[0] for row in SEED_TABLE])
+def test_worker_on_a_seed_queue_alone_starts_the_documented_pool_and_prefetch(
+    start_worker: Any, queue: str, consumers: int, prefetch: int
+) -> None:
+    worker = start_worker(*CELERY, "worker", "-Q", queue)
+    assert worker.channel_prefetch(queue) == consumers * prefetch
+    pool = worker.pool_stats()
+    assert pool["max-concurrency"] == consumers
+    assert len(pool["processes"]) == consumers
+
+
+def test_explicit_concurrency_and_prefetch_flags_win_over_the_profile(start_worker: Any) -> None:
+    worker = start_worker(*CELERY, "worker", "-Q", "order_requests", "-c", "1", "--prefetch-multiplier", "4")
+    assert worker.channel_prefetch("order_requests") == 4
+    assert worker.pool_stats()["max-concurrency"] == 1
+
+
+def test_tradebus_worker_starts_a_pool_by_name_with_its_profile(start_worker: Any) -> None:
+    tradebus = Path(sys.executable).with_name("tradebus")
+    worker = start_worker(str(tradebus), "worker", "risk_checks")
+    profile = POOLS["risk_checks"]
+    assert worker.channel_prefetch("risk_checks") == profile.prefetch_count
+    assert worker.pool_stats()["max-concurrency"] == profile.concurrency

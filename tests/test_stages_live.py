@@ -1,0 +1,157 @@
+"""Stages on a real broker: the queue a message arrives on decides which stage runs it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kombu import Connection, Producer
+
+import routing
+from tests.conftest import Vhost
+from tests.contract import CONTRACT
+from tradebus import publish, recorder
+from tradebus.deadletter import ORIGINAL_ROUTING_KEY, QUEUE, REASON
+from tradebus.samples import candle, documented_messages, order_request, order_update, signal
+from tradebus.stage import stage_tasks
+
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something truthy; returns it (or the last falsy value)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
+
+
+def entry(queue: str, message_id: str) -> dict[str, Any] | None:
+    """What the stage of ``queue`` recorded for ``message_id``, if it has run."""
+    return next((e for e in recorder.received(queue) if e["id"] == message_id), None)
+
+
+def raw_publish(vhost: Vhost, body: str, exchange: str, key: str, **properties: Any) -> None:
+    """Publish like a non-Celery MasterTrade service: plain JSON, no Celery headers."""
+    with Connection(vhost.url, transport_options={"confirm_publish": True}) as conn:
+        Producer(conn.channel()).publish(body, exchange=exchange, routing_key=key, **properties)
+
+
+def dead_letters(vhost: Vhost, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+    """Wait for ``count`` messages on ``dlq.<queue>`` and take them: (body, headers)."""
+    got: list[tuple[str, dict[str, Any]]] = []
+    with vhost.connection() as conn:
+        channel = conn.channel()
+
+        def take() -> bool:
+            while (m := channel.basic_get(routing.dead_letter_queue_name(queue), no_ack=True)) is not None:
+                body = m.body.decode() if isinstance(m.body, bytes) else m.body
+                got.append((body, dict(m.headers or {})))
+            return len(got) >= count
+
+        wait_until(take)
+    return got
+
+
+def test_every_documented_message_runs_the_stage_of_each_queue_it_reaches(broker: Vhost) -> None:
+    stages = {queue: task.name for queue, task in stage_tasks().items()}
+    sent = [(publish(m), m, seed | added) for m, (_, _, seed, added) in zip(documented_messages(), CONTRACT)]
+    for message_id, message, queues in sent:
+        for queue in queues:
+            got = wait_until(lambda q=queue, i=message_id: entry(q, i))
+            assert got, f"{message.routing_key}: stage of {queue} never ran"
+            assert (got["stage"], got["type"], got["routing_key"]) == (
+                stages[queue],
+                message.type,
+                message.routing_key,
+            )
+
+
+def test_one_candle_runs_three_different_stages(broker: Vhost) -> None:
+    message_id = publish(candle("SOLUSDT", "15m"))
+    queues = {"market_data", "strategy_market_data", "executor_market_data"}
+    ran = {q: wait_until(lambda q=q: entry(q, message_id)) for q in queues}
+    assert {q: e["stage"] for q, e in ran.items() if e} == {
+        "market_data": "tradebus.market_data.record_candle",
+        "strategy_market_data": "tradebus.strategy.on_market_data",
+        "executor_market_data": "tradebus.execution.on_market_data",
+    }
+
+
+def test_execute_order_delay_goes_to_the_orders_exchange_with_the_key_of_its_symbol(broker: Vhost) -> None:
+    from tasks.execution import execute_order
+
+    order = order_request(f"req-{uuid.uuid4().hex[:8]}").model_copy(update={"symbol": "ETHUSDT"})
+    result = execute_order.delay(order)
+    got = wait_until(lambda: entry("order_requests", result.id))
+    assert got is not None
+    assert (got["exchange"], got["routing_key"]) == ("mastertrade.orders", "order.request.ETHUSDT")
+    assert got["stage"] == "tradebus.execution.execute_order"
+
+
+def test_plain_json_from_a_non_celery_publisher_runs_the_right_stage(broker: Vhost) -> None:
+    message = signal(f"s-{uuid.uuid4().hex[:8]}")
+    raw_publish(
+        broker,
+        message.model_dump_json(),
+        "mastertrade.trading",
+        message.routing_key,
+        content_type="application/json",
+        message_id=f"pika-{uuid.uuid4()}",
+    )
+    got = wait_until(
+        lambda: next((e for e in recorder.received("trading_signals") if e["routing_key"] == message.routing_key), None)
+    )
+    assert got is not None and got["stage"] == "tradebus.risk.evaluate_signal"
+    assert got["id"].startswith("pika-")
+
+
+def test_celery_task_message_on_a_fanout_key_runs_each_queues_own_stage(broker: Vhost) -> None:
+    from tradebus.app import app
+
+    update = order_update("filled", f"order-{uuid.uuid4().hex[:8]}")
+    result = app.send_task(
+        "tradebus.alerts.on_order_update",
+        args=[update.model_dump_json()],
+        queue="order_updates",
+        exchange="mastertrade.orders",
+        routing_key=update.routing_key,
+    )
+    stages = {
+        q: wait_until(lambda q=q: entry(q, result.id))
+        for q in ("order_updates", "strategy_order_updates", "monitoring_order_updates")
+    }
+    assert {q: e and e["stage"] for q, e in stages.items()} == {
+        "order_updates": "tradebus.alerts.on_order_update",
+        "strategy_order_updates": "tradebus.strategy.on_order_update",
+        "monitoring_order_updates": "tradebus.monitoring.on_order_update",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{not json", "invalid_json"),
+        (json.dumps(order_request().model_dump(mode="json") | {"quantity": 0}), "schema_violation"),
+        (json.dumps(order_request().model_dump(mode="json") | {"quantity": -2}), "schema_violation"),
+        (json.dumps({"type": "teleport", "symbol": "BTCUSDT"}), "unknown_message_type"),
+        (candle().model_dump_json(), "unknown_message_type"),
+    ],
+    ids=["invalid-json", "zero-quantity", "negative-quantity", "unknown-type", "candle-on-order-key"],
+)
+def test_invalid_order_request_is_dead_lettered_with_its_reason_and_the_next_one_runs(
+    broker: Vhost, body: str, reason: str
+) -> None:
+    raw_publish(broker, body, "mastertrade.orders", "order.request.BTCUSDT", content_type="application/json")
+    good = publish(order_request(f"req-{uuid.uuid4().hex[:8]}"))
+    assert wait_until(lambda: entry("order_requests", good)), "worker stopped after a bad message"
+    ((dead_body, headers),) = dead_letters(broker, "order_requests", 1)
+    assert dead_body == body
+    assert headers[REASON] == reason
+    assert headers[QUEUE] == "order_requests"
+    assert headers[ORIGINAL_ROUTING_KEY] == "order.request.BTCUSDT"
+    assert headers["x-tradebus-error"]
