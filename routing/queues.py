@@ -87,9 +87,7 @@ TRADE_UPDATES = _queue(
     max_length=100_000,
     overflow=DROP_HEAD,
 )
-SENTIMENT_DATA = _queue(
-    "sentiment_data", ex.MARKET, ["sentiment.*.*"], ttl=5 * MINUTE_MS, max_length=10_000
-)
+SENTIMENT_DATA = _queue("sentiment_data", ex.MARKET, ["sentiment.*.*"], ttl=5 * MINUTE_MS, max_length=10_000)
 STOCK_INDEX_DATA = _queue("stock_index_data", ex.MARKET, ["stock.*"], ttl=5 * MINUTE_MS, max_length=1_000)
 ONCHAIN_METRICS = _queue("strategy_service_onchain_metrics", ex.MARKET, ["onchain.*.*"], ttl=5 * MINUTE_MS)
 STRATEGY_WHALE_ALERTS = _queue(

@@ -5,7 +5,15 @@ Each stage is wired and observable: it validates, logs and records what it recei
 
 from __future__ import annotations
 
-from tradebus.messages import CircuitBreaker, ConfigChange, OrderUpdate, RiskBreach, SystemAlert, SystemHealth, WhaleAlert
+from tradebus.messages import (
+    CircuitBreaker,
+    ConfigChange,
+    OrderUpdate,
+    RiskBreach,
+    SystemAlert,
+    SystemHealth,
+    WhaleAlert,
+)
 from tradebus.stage import stage
 
 
@@ -24,6 +32,10 @@ def on_risk_event(message: RiskBreach | CircuitBreaker) -> None:
     """A risk breach or circuit breaker event."""
 
 
-@stage("tradebus.alerts.on_system_notification", queue="system_notifications", accepts=(SystemHealth, SystemAlert, ConfigChange))
+@stage(
+    "tradebus.alerts.on_system_notification",
+    queue="system_notifications",
+    accepts=(SystemHealth, SystemAlert, ConfigChange),
+)
 def on_system_notification(message: SystemHealth | SystemAlert | ConfigChange) -> None:
     """A system notification."""

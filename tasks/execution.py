@@ -14,6 +14,10 @@ def execute_order(message: OrderRequest) -> None:
     """A risk-approved order request to execute."""
 
 
-@stage("tradebus.execution.on_market_data", queue="executor_market_data", accepts=(MarketData, OrderBook, Trade, Ticker))
+@stage(
+    "tradebus.execution.on_market_data",
+    queue="executor_market_data",
+    accepts=(MarketData, OrderBook, Trade, Ticker),
+)
 def on_market_data(message: MarketData | OrderBook | Trade | Ticker) -> None:
     """A price for paper execution."""

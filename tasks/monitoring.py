@@ -19,6 +19,10 @@ def on_order_update(message: OrderUpdate) -> None:
     """An order update for the order blotter."""
 
 
-@stage("tradebus.monitoring.on_system_notification", queue="monitoring_system_notifications", accepts=(SystemHealth, SystemAlert, ConfigChange))
+@stage(
+    "tradebus.monitoring.on_system_notification",
+    queue="monitoring_system_notifications",
+    accepts=(SystemHealth, SystemAlert, ConfigChange),
+)
 def on_system_notification(message: SystemHealth | SystemAlert | ConfigChange) -> None:
     """A system notification."""

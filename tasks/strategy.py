@@ -5,11 +5,22 @@ Each stage is wired and observable: it validates, logs and records what it recei
 
 from __future__ import annotations
 
-from tradebus.messages import MarketData, OnchainMetric, OrderBook, OrderUpdate, Sentiment, StockIndex, Trade, WhaleAlert
+from tradebus.messages import (
+    MarketData,
+    OnchainMetric,
+    OrderBook,
+    OrderUpdate,
+    Sentiment,
+    StockIndex,
+    Trade,
+    WhaleAlert,
+)
 from tradebus.stage import stage
 
 
-@stage("tradebus.strategy.on_market_data", queue="strategy_market_data", accepts=(MarketData, OrderBook, Trade))
+@stage(
+    "tradebus.strategy.on_market_data", queue="strategy_market_data", accepts=(MarketData, OrderBook, Trade)
+)
 def on_market_data(message: MarketData | OrderBook | Trade) -> None:
     """Market data for the indicators."""
 

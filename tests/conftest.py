@@ -54,7 +54,10 @@ def _missing_services() -> list[str]:
     checks = {
         f"RabbitMQ at {amqp.hostname}:{amqp.port or 5672}": (amqp.hostname or "localhost", amqp.port or 5672),
         f"RabbitMQ management API at {api.hostname}:{api.port}": (api.hostname or "localhost", api.port or 0),
-        f"Redis at {redis.hostname}:{redis.port or 6379}": (redis.hostname or "localhost", redis.port or 6379),
+        f"Redis at {redis.hostname}:{redis.port or 6379}": (
+            redis.hostname or "localhost",
+            redis.port or 6379,
+        ),
     }
     return [name for name, (host, port) in checks.items() if not _port_open(host, port)]
 

@@ -90,7 +90,11 @@ def test_exported_definitions_import_with_rabbitmqctl_into_the_same_topology(fre
         wanted = {(b.exchange.name, b.routing_key, q.name) for q in routing.QUEUES for b in q.bindings}
 
         def live_bindings() -> set[tuple[str, str, str]]:
-            return {(b["source"], b["routing_key"], b["destination"]) for b in management.bindings() if b["source"]}
+            return {
+                (b["source"], b["routing_key"], b["destination"])
+                for b in management.bindings()
+                if b["source"]
+            }
 
         deadline = time.monotonic() + 30  # the import runs asynchronously
         while live_bindings() != wanted and time.monotonic() < deadline:
@@ -126,7 +130,13 @@ def test_declare_on_a_conflicting_broker_prints_the_diff_and_changes_nothing(fre
     result = run("topology", "declare", env={"TRADEBUS_BROKER_URL": fresh_vhost.url})
     assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
     rows = [line.split() for line in result.stderr.splitlines()]
-    assert ["exchange", "mastertrade.market", "alternate-exchange", "(unset)", "mastertrade.market.unrouted"] in rows
+    assert [
+        "exchange",
+        "mastertrade.market",
+        "alternate-exchange",
+        "(unset)",
+        "mastertrade.market.unrouted",
+    ] in rows
     assert ["queue", "market_data", "x-message-ttl", "30000", "60000"] in rows
     assert ["queue", "market_data", "x-max-length", "(unset)", "100000"] in rows
     assert ["queue", "market_data", "x-overflow", "(unset)", "drop-head"] in rows

@@ -57,9 +57,7 @@ class RunningWorker:
     def channel_prefetch(self, queue: str) -> int:
         """The prefetch RabbitMQ enforces for the channel that consumes ``queue``."""
         consumer = self.consumer(queue)
-        channel = self.vhost.management.get(
-            "channels/" + _quote(consumer["channel_details"]["name"])
-        )
+        channel = self.vhost.management.get("channels/" + _quote(consumer["channel_details"]["name"]))
         return max(int(channel["global_prefetch_count"]), int(channel["prefetch_count"]))
 
     def pool_stats(self) -> dict[str, Any]:

@@ -111,7 +111,9 @@ def test_seed_pool_profiles_match_the_consumer_table() -> None:
 
 def test_seed_throughput_table_consumer_totals_hold_for_the_seed_queues() -> None:
     def total(exchange: str, exclude: set[str]) -> int:
-        names = {q.name for q in STAGE_QUEUES if any(b.exchange.name.startswith(exchange) for b in q.bindings)}
+        names = {
+            q.name for q in STAGE_QUEUES if any(b.exchange.name.startswith(exchange) for b in q.bindings)
+        }
         return sum(POOLS[n].concurrency for n in names - exclude)
 
     added = {

@@ -59,7 +59,10 @@ def dead_letters(vhost: Vhost, queue: str, count: int) -> list[tuple[str, dict[s
 
 def test_every_documented_message_runs_the_stage_of_each_queue_it_reaches(broker: Vhost) -> None:
     stages = {queue: task.name for queue, task in stage_tasks().items()}
-    sent = [(publish(m), m, seed | added) for m, (_, _, seed, added) in zip(documented_messages(), CONTRACT)]
+    sent = [
+        (publish(m), m, seed | added)
+        for m, (_, _, seed, added) in zip(documented_messages(), CONTRACT, strict=True)
+    ]
     for message_id, message, queues in sent:
         for queue in queues:
             got = wait_until(lambda q=queue, i=message_id: entry(q, i))
@@ -104,7 +107,9 @@ def test_plain_json_from_a_non_celery_publisher_runs_the_right_stage(broker: Vho
         message_id=f"pika-{uuid.uuid4()}",
     )
     got = wait_until(
-        lambda: next((e for e in recorder.received("trading_signals") if e["routing_key"] == message.routing_key), None)
+        lambda: next(
+            (e for e in recorder.received("trading_signals") if e["routing_key"] == message.routing_key), None
+        )
     )
     assert got is not None and got["stage"] == "tradebus.risk.evaluate_signal"
     assert got["id"].startswith("pika-")

@@ -63,7 +63,9 @@ def _drain(conn: Connection, queue: str) -> list[tuple[str, dict[str, object], d
     return got
 
 
-def _wait_for(conn: Connection, queue: str, count: int, timeout: float = 10.0) -> list[tuple[str, dict, dict]]:
+def _wait_for(
+    conn: Connection, queue: str, count: int, timeout: float = 10.0
+) -> list[tuple[str, dict, dict]]:
     deadline = time.monotonic() + timeout
     got: list[tuple[str, dict, dict]] = []
     while time.monotonic() < deadline and len(got) < count:
@@ -108,7 +110,9 @@ def deliveries(topology_vhost: Vhost) -> Iterator[dict[tuple[str, str], set[str]
     with topology_vhost.connection() as conn:
         producer = _producer(conn)
         for exchange, key in probes:
-            producer.publish(f"{exchange}|{key}", exchange=exchange, routing_key=key, content_type="text/plain")
+            producer.publish(
+                f"{exchange}|{key}", exchange=exchange, routing_key=key, content_type="text/plain"
+            )
         reached: dict[tuple[str, str], set[str]] = {probe: set() for probe in probes}
         for queue in routing.QUEUES:
             for body, _, _ in _drain(conn, queue.name):

@@ -8,10 +8,10 @@ from celery import Celery
 from kombu.utils.objects import cached_property
 
 
-class TradebusCelery(Celery):
+class TradebusCelery(Celery):  # type: ignore[misc]
     """Celery, with a worker that sizes itself from the pool profile of the queues it consumes."""
 
-    @cached_property
+    @cached_property  # type: ignore[untyped-decorator]
     def Worker(self) -> Any:  # noqa: N802 - Celery's own attribute name
         return self.subclass_with_self("workers.profiled:ProfiledWorker")
 

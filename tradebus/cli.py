@@ -75,7 +75,9 @@ def topology_show() -> None:
 
 
 @topology.command("export")
-@click.option("--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's).")
+@click.option(
+    "--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's)."
+)
 def topology_export(vhost: str | None) -> None:
     """Print RabbitMQ definitions JSON for ``rabbitmqctl import_definitions``."""
     from tradebus.topology import definitions

@@ -47,7 +47,9 @@ def to_message(message: BusMessage | Mapping[str, Any]) -> BusMessage:
 
 def describe(exc: ValidationError) -> str:
     """A validation error in one line per field: ``quantity: Input should be greater than 0``."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in exc.errors())
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in exc.errors()
+    )
 
 
 def parse_wire(body: str | bytes) -> BusMessage:
@@ -92,7 +94,9 @@ def send(
 ) -> str:
     """Publish raw ``body`` and wait for the broker's confirm; returns the message id."""
     if app is None:
-        from tradebus.app import app
+        from tradebus.app import app as default_app
+
+        app = default_app
     message_id = message_id or str(uuid.uuid4())
     if persistent is None:
         persistent = exchange in PERSISTENT_EXCHANGES

@@ -45,7 +45,8 @@ def received(queue: str, limit: int = RECENT) -> list[dict[str, Any]]:
 
 def counts() -> dict[str, int]:
     """How many messages each queue's stage has received."""
-    return {k.decode(): int(v) for k, v in client().hgetall(_key("counts")).items()}
+    raw: dict[bytes, bytes] = client().hgetall(_key("counts"))  # type: ignore[assignment]
+    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 def clear() -> None:

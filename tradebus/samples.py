@@ -154,7 +154,9 @@ def documented_messages() -> list[BusMessage]:
             max_drawdown_current=0.08,
             timestamp=AT,
         ),
-        RiskBreach(metric="drawdown", value=0.16, threshold=0.15, message="max drawdown exceeded", timestamp=AT),
+        RiskBreach(
+            metric="drawdown", value=0.16, threshold=0.15, message="max drawdown exceeded", timestamp=AT
+        ),
         CircuitBreaker(trigger="loss_streak", state="tripped", reason="5 losses in a row", timestamp=AT),
         SystemHealth(service="market_data", status="healthy", timestamp=AT),
         SystemAlert(severity="critical", message="exchange API unreachable", timestamp=AT),

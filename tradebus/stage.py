@@ -49,10 +49,7 @@ class StageTask(Task):  # type: ignore[misc]
 
     def parse(self, payload: str | bytes | dict[str, Any] | BusMessage) -> BusMessage:
         """Validate ``payload`` as one of the accepted types, or raise InvalidMessage."""
-        if isinstance(payload, str | bytes):
-            message = parse_wire(payload)
-        else:
-            message = to_message(payload)
+        message = parse_wire(payload) if isinstance(payload, str | bytes) else to_message(payload)
         if not isinstance(message, self.accepts):
             names = ", ".join(cls.__name__ for cls in self.accepts)
             raise UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")

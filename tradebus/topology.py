@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -61,7 +62,9 @@ def diff(live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]
     rows: list[Difference] = []
     for exchange in EXCHANGES:
         if exchange.name in exchanges:
-            rows += _diff_spec(f"exchange {exchange.name}", exchanges[exchange.name], _exchange_spec(exchange))
+            rows += _diff_spec(
+                f"exchange {exchange.name}", exchanges[exchange.name], _exchange_spec(exchange)
+            )
     for queue in QUEUES:
         if queue.name in queues:
             rows += _diff_spec(f"queue {queue.name}", queues[queue.name], _queue_spec(queue))
@@ -88,10 +91,8 @@ def declare(connection: Connection) -> None:
     except PreconditionFailed as exc:
         raise conflict_from_error(exc) from exc
     finally:
-        try:
+        with contextlib.suppress(Exception):  # the broker may already have closed it
             channel.close()
-        except Exception:  # noqa: BLE001 - the broker may already have closed it
-            pass
 
 
 def check_and_declare(connection: Connection, management: Management | None) -> None:
@@ -109,9 +110,7 @@ def check_and_declare(connection: Connection, management: Management | None) -> 
 
 def definitions(vhost: str = "/") -> dict[str, Any]:
     """The topology as RabbitMQ definitions, for ``rabbitmqctl import_definitions``."""
-    exchanges = [
-        {"name": e.name, "vhost": vhost, "internal": False, **_exchange_spec(e)} for e in EXCHANGES
-    ]
+    exchanges = [{"name": e.name, "vhost": vhost, "internal": False, **_exchange_spec(e)} for e in EXCHANGES]
     queues = [{"name": q.name, "vhost": vhost, **_queue_spec(q)} for q in QUEUES]
     bindings = [
         {

@@ -1,0 +1,25 @@
+"""Settings from the environment, and the management API address derived from the broker URL."""
+
+from __future__ import annotations
+
+from tradebus.settings import DEFAULT_BROKER_URL, ManagementSettings, Settings
+
+
+def test_unset_environment_gives_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.broker_url == DEFAULT_BROKER_URL == "amqp://guest:guest@localhost:5672//"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.management == ManagementSettings("http://localhost:15672", "guest", "guest", "/")
+
+
+def test_management_api_follows_the_broker_host_login_and_vhost() -> None:
+    settings = Settings.from_env({"TRADEBUS_BROKER_URL": "amqp://trader:s%40cret@rabbit:5672/prod"})
+    assert settings.management == ManagementSettings("http://rabbit:15672", "trader", "s@cret", "prod")
+    assert settings.management.quoted_vhost == "prod"
+
+
+def test_explicit_management_url_wins_but_keeps_the_broker_login_when_it_has_none() -> None:
+    settings = Settings.from_env(
+        {"TRADEBUS_BROKER_URL": "amqp://trader:pw@rabbit//", "TRADEBUS_MANAGEMENT_URL": "https://mgmt:443"}
+    )
+    assert settings.management == ManagementSettings("https://mgmt:443", "trader", "pw", "/")

@@ -1,0 +1,67 @@
+"""Stage tasks as data: names, queues, acknowledgement, and what ``.delay()`` refuses. No broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from routing import STAGE_QUEUES
+from tradebus.app import app
+from tradebus.errors import WrongStage
+from tradebus.samples import candle, order_request, signal
+from tradebus.stage import stage_tasks
+
+app.loader.import_default_modules()
+
+
+def test_every_stage_queue_has_exactly_one_stage_task_named_after_its_module() -> None:
+    stages = stage_tasks(app)
+    assert set(stages) == {q.name for q in STAGE_QUEUES}
+    for queue, task in stages.items():
+        module = task.run.__module__.removeprefix("tasks.")
+        assert task.name == f"tradebus.{module}.{task.run.__name__}", queue
+    assert len({t.name for t in stages.values()}) == len(stages)
+
+
+def test_critical_stages_ack_late_and_requeue_when_their_process_dies() -> None:
+    stages = stage_tasks(app)
+    for queue in ("order_requests", "trading_signals"):
+        assert stages[queue].acks_late and stages[queue].reject_on_worker_lost
+    assert not stages["market_data"].acks_late
+
+
+def test_delay_refuses_a_message_its_stage_does_not_accept() -> None:
+    from tasks.execution import execute_order
+
+    with pytest.raises(WrongStage, match="accepts OrderRequest, not MarketData"):
+        execute_order.delay(candle())
+    with pytest.raises(WrongStage, match="exactly one message"):
+        execute_order.delay(order_request(), order_request())
+
+
+def test_backtest_signal_cannot_be_handed_to_the_risk_stage() -> None:
+    from tasks.risk import evaluate_signal
+
+    with pytest.raises(WrongStage, match="does not reach trading_signals"):
+        evaluate_signal.delay(signal(backtest=True))
+
+
+def test_config_reads_the_environment_and_accepts_json_only() -> None:
+    code = (
+        "import celeryconfig as c; print(c.broker_url); print(c.result_backend); "
+        "print(c.accept_content, c.task_serializer, c.result_serializer, c.event_serializer)"
+    )
+    env = {
+        **os.environ,
+        "TRADEBUS_BROKER_URL": "amqp://u:p@rabbit.example:5672/trading",
+        "TRADEBUS_REDIS_URL": "redis://cache.example:6379/2",
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "amqp://u:p@rabbit.example:5672/trading",
+        "redis://cache.example:6379/2",
+        "['json'] json json json",
+    ]
