@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+import routing
 from tests.conftest import Vhost
 from workers.profiles import POOLS
 
@@ -55,10 +56,22 @@ class RunningWorker:
         pytest.fail(f"no consumer on {queue} after {STARTUP_TIMEOUT}s:\n{self.log.read_text()[-3000:]}")
 
     def channel_prefetch(self, queue: str) -> int:
-        """The prefetch RabbitMQ enforces for the channel that consumes ``queue``."""
+        """The prefetch RabbitMQ enforces for the channel that consumes ``queue``.
+
+        Celery starts consuming a moment before it sets the channel's QoS, so wait for a non-zero value.
+        """
         consumer = self.consumer(queue)
-        channel = self.vhost.management.get("channels/" + _quote(consumer["channel_details"]["name"]))
-        return max(int(channel["global_prefetch_count"]), int(channel["prefetch_count"]))
+        path = "channels/" + _quote(consumer["channel_details"]["name"])
+        deadline = time.monotonic() + 15
+        prefetch = 0
+        while not prefetch and time.monotonic() < deadline:
+            channel = self.vhost.management.get(path)
+            # A new channel is listed before its first statistics (the prefetch counts) arrive.
+            prefetch = max(
+                int(channel.get("global_prefetch_count", 0)), int(channel.get("prefetch_count", 0))
+            )
+            time.sleep(0.1)
+        return prefetch
 
     def pool_stats(self) -> dict[str, Any]:
         """The worker's own report of its pool (``celery inspect stats``)."""
@@ -137,3 +150,13 @@ def test_tradebus_worker_starts_a_pool_by_name_with_its_profile(start_worker: An
     profile = POOLS["risk_checks"]
     assert worker.channel_prefetch("risk_checks") == profile.prefetch_count
     assert worker.pool_stats()["max-concurrency"] == profile.concurrency
+
+
+def test_a_starting_worker_declares_the_whole_topology_not_just_its_queue(
+    start_worker: Any, fresh_vhost: Vhost
+) -> None:
+    worker = start_worker(*CELERY, "worker", "-Q", "order_requests")
+    worker.consumer("order_requests")
+    live = {q["name"] for q in fresh_vhost.management.queues()}
+    assert {q.name for q in routing.QUEUES} <= live
+    assert {e.name for e in routing.EXCHANGES} <= {e["name"] for e in fresh_vhost.management.exchanges()}

@@ -51,7 +51,8 @@ class TopologyConflict(TradebusError):
 
     def __init__(self, differences: list[tuple[str, str, object, object]]) -> None:
         self.differences = differences
-        super().__init__(f"{len(differences)} difference(s) between the broker and the topology")
+        rows = "; ".join(f"{obj} {arg}: live {live}, wanted {want}" for obj, arg, live, want in differences)
+        super().__init__(f"the broker differs from the topology: {rows}")
 
 
 class BrokerUnreachable(TradebusError):
