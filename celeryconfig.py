@@ -3,6 +3,8 @@
 JSON only on the wire, never pickle. Queues come from ``routing``; stage tasks come from ``tasks``.
 """
 
+from copy import copy
+
 from routing import STAGE_QUEUES
 from tradebus.settings import get_settings
 
@@ -21,7 +23,9 @@ event_serializer = "json"
 result_accept_content = ["json"]
 
 # Workers consume the stage queues and nothing else; DLQs and unrouted queues are for people.
-task_queues = STAGE_QUEUES
+# Celery fills in a default exchange on the queues it is given; hand it copies so routing's data stays as
+# declared.
+task_queues = [copy(queue) for queue in STAGE_QUEUES]
 task_create_missing_queues = False
 task_ignore_result = True
 result_expires = 3600

@@ -65,3 +65,10 @@ def test_config_reads_the_environment_and_accepts_json_only() -> None:
         "redis://cache.example:6379/2",
         "['json'] json json json",
     ]
+
+
+def test_celery_configuration_leaves_the_routing_data_as_declared() -> None:
+    import routing
+
+    assert set(app.amqp.queues) >= {q.name for q in STAGE_QUEUES}
+    assert all(q.exchange is None for q in routing.STAGE_QUEUES)
