@@ -28,6 +28,12 @@ result_accept_content = ["json"]
 task_queues = [copy(queue) for queue in STAGE_QUEUES]
 task_create_missing_queues = False
 task_ignore_result = True
+# The seed's consumers never auto-ack: every stage acknowledges after it ran. A stage that fails has already
+# dead-lettered its message with the reason; if even that failed, the message is rejected, not acked, so a
+# queue with a dead-letter exchange still keeps it.
+task_acks_late = True
+task_acks_on_failure = False
+task_acks_on_timeout = False
 result_expires = 3600
 
 include = [

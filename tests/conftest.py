@@ -148,8 +148,13 @@ def celery_session_app(broker: Vhost) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def celery_worker_pool() -> str:
-    """In-process workers run the solo pool in a thread."""
-    return "solo"
+    """The in-process worker runs its tasks in a thread pool.
+
+    With the solo pool, the worker thread's event loop sometimes sat in epoll for ~10 s with deliveries
+    waiting (Celery's hub computes its poll timeout from its timers), long enough for a 10-second queue
+    TTL to expire a ticker mid-test. Pool processes (what users run) are tested in test_pools_live.py.
+    """
+    return "threads"
 
 
 @pytest.fixture(scope="session")
@@ -157,4 +162,4 @@ def celery_worker_parameters() -> dict[str, object]:
     """The session worker consumes every stage queue; tradebus has no ``celery.ping`` task."""
     from routing import STAGE_QUEUES
 
-    return {"queues": [q.name for q in STAGE_QUEUES], "perform_ping_check": False}
+    return {"queues": [q.name for q in STAGE_QUEUES], "perform_ping_check": False, "shutdown_timeout": 60.0}

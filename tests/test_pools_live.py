@@ -160,3 +160,27 @@ def test_a_starting_worker_declares_the_whole_topology_not_just_its_queue(
     live = {q["name"] for q in fresh_vhost.management.queues()}
     assert {q.name for q in routing.QUEUES} <= live
     assert {e.name for e in routing.EXCHANGES} <= {e["name"] for e in fresh_vhost.management.exchanges()}
+    ours = {q.name for q in routing.QUEUES}
+    bindings = {
+        (b["source"], b["routing_key"], b["destination"])
+        for b in fresh_vhost.management.bindings()
+        if b["destination"] in ours and b["source"]  # "" is the default exchange every queue has
+    }
+    assert bindings == {(b.exchange.name, b.routing_key, q.name) for q in routing.QUEUES for b in q.bindings}
+
+
+def test_every_pool_started_by_name_gets_its_profiled_processes_and_prefetch(
+    start_worker: Any, fresh_vhost: Vhost
+) -> None:
+    tradebus = Path(sys.executable).with_name("tradebus")
+    workers = {name: start_worker(str(tradebus), "worker", name) for name in POOLS}
+    for name, worker in workers.items():
+        assert worker.channel_prefetch(name) == POOLS[name].prefetch_count, name
+    app = Celery("inspector", broker=fresh_vhost.url)
+    app.conf.accept_content = ["json"]
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    stats: dict[str, Any] = {}
+    while len(stats) < len(POOLS) and time.monotonic() < deadline:
+        stats |= app.control.inspect(timeout=3.0).stats() or {}
+    concurrency = {node.split("@")[0]: s["pool"]["max-concurrency"] for node, s in stats.items()}
+    assert concurrency == {name: profile.concurrency for name, profile in POOLS.items()}

@@ -89,6 +89,8 @@ def test_every_topic_exchange_names_an_alternate_exchange_that_ends_in_a_queue()
     for exchange in routing.EXCHANGES:
         if exchange.type in {"topic", "direct"}:
             assert "alternate-exchange" in (exchange.arguments or {}), exchange.name
+            reached = route(exchange.name, "no.binding.takes.this.key")
+            assert len(reached) == 1 and next(iter(reached)).startswith("unrouted."), exchange.name
 
 
 def test_every_queue_and_exchange_is_durable() -> None:
@@ -106,7 +108,7 @@ def test_seed_pool_profiles_match_the_consumer_table() -> None:
     }
     for queue, (consumers, prefetch) in table.items():
         assert (POOLS[queue].concurrency, POOLS[queue].prefetch_multiplier) == (consumers, prefetch)
-    assert POOLS["order_requests"].acks_late and POOLS["trading_signals"].acks_late
+    assert POOLS["order_requests"].critical and POOLS["trading_signals"].critical
 
 
 def test_seed_throughput_table_consumer_totals_hold_for_the_seed_queues() -> None:

@@ -18,8 +18,30 @@ def test_management_api_follows_the_broker_host_login_and_vhost() -> None:
     assert settings.management.quoted_vhost == "prod"
 
 
-def test_explicit_management_url_wins_but_keeps_the_broker_login_when_it_has_none() -> None:
+def test_explicit_management_url_is_used_as_written_and_keeps_the_broker_login_when_it_has_none() -> None:
     settings = Settings.from_env(
-        {"TRADEBUS_BROKER_URL": "amqp://trader:pw@rabbit//", "TRADEBUS_MANAGEMENT_URL": "https://mgmt:443"}
+        {
+            "TRADEBUS_BROKER_URL": "amqp://trader:pw@rabbit//",
+            "TRADEBUS_MANAGEMENT_URL": "https://proxy/rabbitmq/",
+        }
     )
-    assert settings.management == ManagementSettings("https://mgmt:443", "trader", "pw", "/")
+    assert settings.management == ManagementSettings("https://proxy/rabbitmq", "trader", "pw", "/")
+
+
+def test_management_url_with_its_own_login_replaces_both_user_and_password() -> None:
+    settings = Settings.from_env(
+        {
+            "TRADEBUS_BROKER_URL": "amqp://trader:pw@rabbit//",
+            "TRADEBUS_MANAGEMENT_URL": "http://ops:x@mgmt:15672",
+        }
+    )
+    assert settings.management == ManagementSettings("http://mgmt:15672", "ops", "x", "/")
+
+
+def test_tls_broker_and_ipv6_host_give_a_usable_management_address() -> None:
+    assert Settings.from_env({"TRADEBUS_BROKER_URL": "amqps://u:p@rabbit:5671/v"}).management.base_url == (
+        "https://rabbit:15671"
+    )
+    assert Settings.from_env({"TRADEBUS_BROKER_URL": "amqp://u:p@[::1]:5672//"}).management.base_url == (
+        "http://[::1]:15672"
+    )

@@ -160,3 +160,49 @@ def test_invalid_order_request_is_dead_lettered_with_its_reason_and_the_next_one
     assert headers[QUEUE] == "order_requests"
     assert headers[ORIGINAL_ROUTING_KEY] == "order.request.BTCUSDT"
     assert headers["x-tradebus-error"]
+
+
+def test_stage_that_fails_dead_letters_its_message_with_the_error(
+    broker: Vhost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.backtest import record_signal
+
+    def boom(message: object) -> None:
+        raise RuntimeError("strategy store unavailable")
+
+    monkeypatch.setattr(record_signal, "handler", boom)
+    message = signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True)
+    publish(message)
+    ((body, headers),) = dead_letters(broker, "backtest_signals", 1)
+    assert json.loads(body)["strategy_id"] == message.strategy_id
+    assert headers[REASON] == "stage_error"
+    assert headers["x-tradebus-error"] == "RuntimeError: strategy store unavailable"
+
+
+def test_signal_marked_backtest_on_a_live_key_is_dead_lettered_never_evaluated(broker: Vhost) -> None:
+    message = signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True)
+    live_key = f"signal.BTCUSDT.{message.strategy_id}"
+    raw_publish(
+        broker, message.model_dump_json(), "mastertrade.trading", live_key, content_type="application/json"
+    )
+    ((_, headers),) = dead_letters(broker, "trading_signals", 1)
+    assert headers[REASON] == "misrouted"
+    assert headers[ORIGINAL_ROUTING_KEY] == live_key
+    assert not [e for e in recorder.received("trading_signals") if e["routing_key"] == live_key]
+
+
+def test_body_that_is_not_utf8_reaches_the_dlq_byte_for_byte(broker: Vhost) -> None:
+    body = bytes([0xFF, 0xFE]) + b" is neither UTF-8 nor JSON"
+    with Connection(broker.url, transport_options={"confirm_publish": True}) as conn:
+        Producer(conn.channel()).publish(
+            body,
+            exchange="mastertrade.orders",
+            routing_key="order.request.BTCUSDT",
+            content_type="application/json",
+        )
+        channel = conn.channel()
+        got = wait_until(lambda: channel.basic_get("dlq.order_requests", no_ack=True))
+    assert got is not None
+    raw = got.body if isinstance(got.body, bytes) else got.body.encode("utf-8", "surrogateescape")
+    assert raw == body
+    assert got.headers[REASON] == "invalid_json"

@@ -12,7 +12,7 @@ from kombu.exceptions import OperationalError
 
 from routing import route as route_keys
 from routing import trace
-from tradebus.errors import BrokerUnreachable, TopologyConflict, UnknownPool
+from tradebus.errors import BrokerUnreachable, ManagementAPIError, TopologyConflict, UnknownPool
 from tradebus.settings import get_settings
 
 
@@ -24,7 +24,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     TOPOLOGY_CONFLICT = 3
     BROKER_UNREACHABLE = 4
-    NOT_ROUTED = 5
+    MANAGEMENT_API_ERROR = 5
 
 
 def _connection() -> Connection:
@@ -52,7 +52,7 @@ def topology_declare() -> None:
     try:
         with _connection() as conn:
             conn.ensure_connection(max_retries=1)
-            check_and_declare(conn, Management(settings.management))
+            extra = check_and_declare(conn, Management(settings.management))
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
         click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
@@ -60,6 +60,11 @@ def topology_declare() -> None:
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
+    except ManagementAPIError as exc:
+        click.echo(f"the management API refused: {exc}", err=True)
+        sys.exit(ExitCode.MANAGEMENT_API_ERROR)
+    for exchange, key, queue in extra:
+        click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
     click.echo("topology declared")
 
 

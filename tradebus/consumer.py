@@ -19,10 +19,15 @@ from kombu.message import Message
 
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-#: Headers that Celery reads as task metadata; a plain message's own headers must not set them.
+#: Headers that Celery or Kombu read as task metadata or body encoding; a plain message's own headers must
+#: not set them (``compression`` would make Kombu try to decompress the converted body).
 _PROTOCOL_HEADERS = frozenset(
-    {"lang", "task", "id", "root_id", "parent_id", "group", "retries", "eta", "expires", "timelimit"}
-)
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+        "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "replaced_task_nesting",
+        "ignore_result", "stamped_headers", "stamps", "compression",
+    }
+)  # fmt: skip
 
 
 def to_task_message(message: Message, task_name: str) -> Message:
@@ -35,7 +40,8 @@ def to_task_message(message: Message, task_name: str) -> Message:
         headers["task"] = task_name
     else:
         raw = message.body
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        # surrogateescape keeps bytes that are not UTF-8, so a dead letter carries the original body.
+        text = raw.decode("utf-8", errors="surrogateescape") if isinstance(raw, bytes) else str(raw)
         task_id = properties.get("message_id") or properties.get("correlation_id") or str(uuid.uuid4())
         headers = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
         headers.update(

@@ -47,10 +47,16 @@ def dead_letter(
         DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
     }
     raw = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else body
+    try:
+        raw.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        encoding = "binary"  # kept byte for byte, and labelled as what it is
     return send(
         raw,
         exchange=DLX.name,
         routing_key=dead_letter_queue_name(queue),
         headers=headers,
         persistent=True,
+        content_encoding=encoding,
     )

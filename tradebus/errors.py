@@ -32,6 +32,12 @@ class UnknownMessageType(InvalidMessage):
     reason = "unknown_message_type"
 
 
+class Misrouted(InvalidMessage):
+    """A message arrived on a queue its own payload does not route to."""
+
+    reason = "misrouted"
+
+
 class MessageTooLarge(InvalidMessage):
     """A message is over the 128 KB limit."""
 

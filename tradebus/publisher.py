@@ -13,6 +13,7 @@ from typing import Any
 
 from amqp.exceptions import MessageNacked
 from celery import Celery
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from routing import PERSISTENT_EXCHANGES
@@ -54,8 +55,9 @@ def describe(exc: ValidationError) -> str:
 
 def parse_wire(body: str | bytes) -> BusMessage:
     """Parse a message as it arrives from the broker, or raise the InvalidMessage that says why not."""
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise MessageTooLarge(f"message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    size = len(body.encode("utf-8", errors="surrogateescape")) if isinstance(body, str) else len(body)
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
         message: BusMessage = ANY_MESSAGE.validate_json(body)
     except ValidationError:
@@ -90,6 +92,7 @@ def send(
     message_id: str | None = None,
     headers: Mapping[str, Any] | None = None,
     persistent: bool | None = None,
+    content_encoding: str = "utf-8",
     app: Celery | None = None,
 ) -> str:
     """Publish raw ``body`` and wait for the broker's confirm; returns the message id."""
@@ -107,7 +110,7 @@ def send(
                 exchange=exchange,
                 routing_key=routing_key,
                 content_type=CONTENT_TYPE,
-                content_encoding="utf-8",
+                content_encoding=content_encoding,
                 delivery_mode=PERSISTENT if persistent else TRANSIENT,
                 message_id=message_id,
                 headers=dict(headers or {}),
@@ -116,6 +119,8 @@ def send(
             )
         except MessageNacked as exc:
             raise PublishFailed(f"broker refused {routing_key!r} on {exchange!r}: {exc}") from exc
+        except OperationalError as exc:
+            raise PublishFailed(f"broker unreachable for {routing_key!r} on {exchange!r}: {exc}") from exc
         except producer.connection.channel_errors as exc:
             # The channel is closed by the broker (for example, an exchange that does not exist);
             # drop it so the pooled producer opens a fresh one next time.

@@ -12,11 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 MANAGEMENT_PORT = 15672
+MANAGEMENT_TLS_PORT = 15671
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,28 @@ class ManagementSettings:
 
     @classmethod
     def from_broker_url(cls, broker_url: str, management_url: str | None = None) -> ManagementSettings:
-        """Derive the API address and login from the AMQP URL, unless ``management_url`` names one."""
+        """Derive the API address and login from the AMQP URL, unless ``management_url`` names one.
+
+        An explicit ``management_url`` is used as written (scheme, host, port, path prefix); its login, when
+        it has one, replaces the broker's. Otherwise the API is on the broker's host, port 15672 (15671
+        with TLS when the broker URL is ``amqps``).
+        """
         amqp = urlsplit(broker_url)
         vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-        api = urlsplit(management_url) if management_url else None
-        host = (api.hostname if api else None) or amqp.hostname or "localhost"
-        port = (api.port if api else None) or MANAGEMENT_PORT
-        scheme = api.scheme if api else "http"
-        username = unquote((api.username if api else None) or amqp.username or "guest")
-        password = unquote((api.password if api else None) or amqp.password or "guest")
-        return cls(f"{scheme}://{host}:{port}", username, password, vhost)
+        username, password = amqp.username or "guest", amqp.password or "guest"
+        if management_url:
+            api = urlsplit(management_url)
+            if api.username:
+                username, password = api.username, api.password or ""
+            netloc = api.netloc.rpartition("@")[2]
+            base = urlunsplit((api.scheme or "http", netloc, api.path.rstrip("/"), "", ""))
+        else:
+            host = amqp.hostname or "localhost"
+            if ":" in host:
+                host = f"[{host}]"
+            tls = amqp.scheme == "amqps"
+            base = f"{'https' if tls else 'http'}://{host}:{MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT}"
+        return cls(base, unquote(username), unquote(password), vhost)
 
     @property
     def quoted_vhost(self) -> str:

@@ -3,9 +3,11 @@
 ``@stage(name, queue=..., accepts=...)`` turns ``fn(message)`` into a Celery task that
 
 * runs for every message arriving on ``queue`` (tradebus/consumer.py hands it the raw body),
-* validates the body against the message types it accepts, and on failure dead-letters it to
-  ``dlq.<queue>`` with the reason instead of raising,
-* records what it received (tradebus/recorder.py), then calls ``fn`` with the validated model.
+* validates the body against the message types it accepts and against the queue it came from,
+* records what it received (tradebus/recorder.py), then calls ``fn`` with the validated model,
+* dead-letters the original body to ``dlq.<queue>``, with the reason in its headers, when the body is
+  invalid or ``fn`` fails; a failure to dead-letter fails the task, and the broker then rejects the message
+  (so a queue with a dead-letter exchange still keeps it).
 
 ``task.delay(message)`` publishes ``message`` on its documented exchange and routing key, so every stage
 subscribed to that key runs, this one included; the returned AsyncResult's id is the AMQP message id.
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
 from pydantic import ValidationError
@@ -27,13 +30,17 @@ from routing import QUEUES_BY_NAME, route
 from tradebus import recorder
 from tradebus.app import app
 from tradebus.deadletter import dead_letter
-from tradebus.errors import InvalidMessage, SchemaViolation, UnknownMessageType, WrongStage
+from tradebus.errors import InvalidMessage, Misrouted, SchemaViolation, UnknownMessageType, WrongStage
 from tradebus.messages import BusMessage, adapter_for
 from tradebus.publisher import encode, parse_wire, publish, to_message
 from workers.profiles import POOLS
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
+#: Dead-letter reason for a stage that raised while handling a valid message.
+STAGE_ERROR = "stage_error"
+#: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
+_CELERY_CONTROL = (Retry, Reject, Ignore)
 
 
 class StageTask(Task):  # type: ignore[misc]
@@ -41,6 +48,8 @@ class StageTask(Task):  # type: ignore[misc]
 
     queue_name: str
     accepts: tuple[type[BusMessage], ...]
+    #: The stage's own function, called with the validated message.
+    handler: Callable[[Any], Any]
     typing = False
 
     @functools.cached_property
@@ -48,16 +57,36 @@ class StageTask(Task):  # type: ignore[misc]
         return adapter_for(self.accepts)
 
     def parse(self, payload: str | bytes | dict[str, Any] | BusMessage) -> BusMessage:
-        """Validate ``payload`` as one of the accepted types, or raise InvalidMessage."""
+        """Validate ``payload`` as a message this stage accepts on its queue, or raise InvalidMessage."""
         message = parse_wire(payload) if isinstance(payload, str | bytes) else to_message(payload)
         if not isinstance(message, self.accepts):
             names = ", ".join(cls.__name__ for cls in self.accepts)
             raise UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
+        if self.queue_name not in route(message.exchange, message.routing_key):
+            # For example a signal marked backtest published on a live key: its payload says it must
+            # never reach this queue, so it is not processed here.
+            raise Misrouted(
+                f"a {message.type} whose payload routes as {message.routing_key!r} does not belong on "
+                f"{self.queue_name}"
+            )
         try:
             validated: BusMessage = self._adapter.validate_python(message)
         except ValidationError as exc:  # pragma: no cover - to_message already validated
             raise SchemaViolation(str(exc)) from exc
         return validated
+
+    def dead_letter(self, payload: Any, reason: str, error: str) -> None:
+        """Send ``payload`` to this stage's DLQ with ``reason``; raises if the broker does not confirm."""
+        body = payload if isinstance(payload, str | bytes) else _as_body(payload)
+        logger.warning("%s: dead-lettering %s (%s): %s", self.queue_name, self.request.id, reason, error)
+        dead_letter(
+            body,
+            queue=self.queue_name,
+            reason=reason,
+            error=error,
+            delivery_info=self.request.delivery_info,
+            message_id=self.request.id,
+        )
 
     def apply_async(
         self,
@@ -69,6 +98,11 @@ class StageTask(Task):  # type: ignore[misc]
         """Publish the message this stage accepts on its documented route."""
         if self.app.conf.task_always_eager:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        if options:
+            raise WrongStage(
+                f"{self.name} is triggered by publishing its message; options "
+                f"{', '.join(sorted(options))} are not supported"
+            )
         if kwargs or not args or len(args) != 1:
             raise WrongStage(f"{self.name}.delay() takes exactly one message")
         (message,) = args
@@ -83,6 +117,27 @@ class StageTask(Task):  # type: ignore[misc]
         return self.AsyncResult(publish(message, message_id=task_id))
 
 
+def _record(task: StageTask, message: BusMessage) -> None:
+    """Note the delivery in Redis; observability must never cost a message, so failures only log."""
+    request = task.request
+    delivery = request.delivery_info or {}
+    logger.info("%s: %s %s", task.queue_name, message.type, delivery.get("routing_key"))
+    try:
+        recorder.record(
+            task.queue_name,
+            task.name,
+            {
+                "id": request.id,
+                "type": message.type,
+                "exchange": delivery.get("exchange"),
+                "routing_key": delivery.get("routing_key"),
+                "redelivered": bool(delivery.get("redelivered")),
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - Redis down must not stop the stage
+        logger.warning("%s: could not record %s: %s", task.queue_name, request.id, exc)
+
+
 def stage(
     name: str, *, queue: str, accepts: type[BusMessage] | tuple[type[BusMessage], ...], **options: Any
 ) -> Callable[[Callable[[Any], R]], StageTask]:
@@ -90,48 +145,40 @@ def stage(
     if queue not in QUEUES_BY_NAME:
         raise KeyError(f"stage {name}: no queue {queue!r} in routing")
     accepted = accepts if isinstance(accepts, tuple) else (accepts,)
-    if POOLS[queue].acks_late:
-        # Critical stages: acknowledge after the stage ran, and redeliver if its process dies.
-        options = {"acks_late": True, "reject_on_worker_lost": True, **options}
+    if POOLS[queue].critical:
+        # Redeliver the message if the pool process running it dies.
+        options = {"reject_on_worker_lost": True, **options}
 
     def decorate(fn: Callable[[Any], R]) -> StageTask:
-        def run(self: StageTask, payload: Any) -> R | None:
-            request = self.request
+        def run(self: StageTask, payload: Any) -> Any:
             try:
                 message = self.parse(payload)
             except InvalidMessage as exc:
-                body = payload if isinstance(payload, str | bytes) else _as_body(payload)
-                logger.warning("%s: dead-lettering invalid message %s: %s", queue, request.id, exc)
-                dead_letter(
-                    body,
-                    queue=queue,
-                    reason=exc.reason,
-                    error=str(exc),
-                    delivery_info=request.delivery_info,
-                    message_id=request.id,
-                )
+                self.dead_letter(payload, exc.reason, str(exc))
                 return None
-            delivery = request.delivery_info or {}
-            logger.info("%s: %s %s", queue, message.type, delivery.get("routing_key"))
-            recorder.record(
-                queue,
-                name,
-                {
-                    "id": request.id,
-                    "type": message.type,
-                    "exchange": delivery.get("exchange"),
-                    "routing_key": delivery.get("routing_key"),
-                    "redelivered": bool(delivery.get("redelivered")),
-                },
-            )
-            return fn(message)
+            _record(self, message)
+            try:
+                return self.handler(message)
+            except _CELERY_CONTROL:
+                raise
+            except Exception as exc:  # every failure ends in the DLQ with its reason
+                logger.exception("%s: stage %s failed on %s", queue, name, self.request.id)
+                self.dead_letter(payload, STAGE_ERROR, f"{type(exc).__name__}: {exc}")
+                return None
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
         run.__doc__ = fn.__doc__
         run.__module__ = fn.__module__
         task: StageTask = app.task(
-            run, bind=True, base=StageTask, name=name, queue_name=queue, accepts=accepted, **options
+            run,
+            bind=True,
+            base=StageTask,
+            name=name,
+            queue_name=queue,
+            accepts=accepted,
+            handler=staticmethod(fn),
+            **options,
         )
         return task
 

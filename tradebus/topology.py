@@ -71,6 +71,18 @@ def diff(live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]
     return rows
 
 
+def extra_bindings(live_bindings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Live bindings on tradebus's exchanges that the topology does not declare: (exchange, key, queue).
+
+    Declaring never removes them, and one of them can change the routing contract (a catch-all on
+    ``mastertrade.trading`` would take live signals away from ``mastertrade.trading.live``).
+    """
+    ours = {e.name for e in EXCHANGES}
+    wanted = {(b.exchange.name, b.routing_key or "", q.name) for q in QUEUES for b in q.bindings}
+    live = {(b["source"], b["routing_key"], b["destination"]) for b in live_bindings if b["source"] in ours}
+    return sorted(live - wanted)
+
+
 def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
     """The readable diff hidden in RabbitMQ's PRECONDITION_FAILED text."""
     match = _INEQUIVALENT.search(str(exc))
@@ -95,17 +107,21 @@ def declare(connection: Connection) -> None:
             channel.close()
 
 
-def check_and_declare(connection: Connection, management: Management | None) -> None:
+def check_and_declare(connection: Connection, management: Management | None) -> list[tuple[str, str, str]]:
     """Compare with the live broker first (when its API answers), then declare.
 
     With the management API, every conflicting argument is reported at once and nothing is touched;
-    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff.
+    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff. Returns the live bindings
+    the topology does not declare, for the caller to warn about.
     """
+    extra: list[tuple[str, str, str]] = []
     if management is not None and management.reachable():
         rows = diff(management.exchanges(), management.queues())
         if rows:
             raise TopologyConflict(rows)
+        extra = extra_bindings(management.bindings())
     declare(connection)
+    return extra
 
 
 def definitions(vhost: str = "/") -> dict[str, Any]:

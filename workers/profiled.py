@@ -7,13 +7,16 @@ built from Python) still wins.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
 from celery.apps.worker import Worker
 from click.core import ParameterSource
 
-from workers.profiles import combined
+from workers.profiles import combined, shares_a_critical_queue
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_SOURCES = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None}
 
@@ -40,7 +43,16 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
     def setup_defaults(
         self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any
     ) -> Any:
-        profile = combined(_queue_names(queues))
+        names = _queue_names(queues)
+        profile = combined(names)
+        for queue in shares_a_critical_queue(names):
+            logger.warning(
+                "%s shares this worker's prefetch window with %d other queue(s); run it alone "
+                "(tradebus worker %s) to keep its documented prefetch",
+                queue,
+                len(names) - 1,
+                queue,
+            )
         if profile is not None:
             if not _explicit("concurrency", concurrency):
                 concurrency = profile[0]

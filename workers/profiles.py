@@ -23,8 +23,9 @@ class PoolProfile:
     queue: str
     concurrency: int
     prefetch_multiplier: int
-    #: Acknowledge only after the stage ran, so a crash redelivers the message (critical queues).
-    acks_late: bool = False
+    #: The seed's critical queues (and tradebus's own that must not lose a message): a pool process that
+    #: dies mid-task gets its message redelivered. Every stage acknowledges late (celeryconfig.py).
+    critical: bool = False
 
     @property
     def name(self) -> str:
@@ -43,8 +44,8 @@ POOLS: dict[str, PoolProfile] = {
         # The seed's consumer table.
         PoolProfile("strategy_market_data", concurrency=5, prefetch_multiplier=10),
         PoolProfile("sentiment_data", concurrency=2, prefetch_multiplier=5),
-        PoolProfile("order_requests", concurrency=3, prefetch_multiplier=1, acks_late=True),
-        PoolProfile("trading_signals", concurrency=3, prefetch_multiplier=5, acks_late=True),
+        PoolProfile("order_requests", concurrency=3, prefetch_multiplier=1, critical=True),
+        PoolProfile("trading_signals", concurrency=3, prefetch_multiplier=5, critical=True),
         PoolProfile("order_updates", concurrency=2, prefetch_multiplier=10),
         # mastertrade.market: 8 more consumers make the seed's 15.
         PoolProfile("market_data", concurrency=1, prefetch_multiplier=20),
@@ -63,9 +64,9 @@ POOLS: dict[str, PoolProfile] = {
         # Queues tradebus adds for fan-out and for messages the seed leaves unrouted.
         PoolProfile("alert_whale_alerts", concurrency=1, prefetch_multiplier=5),
         PoolProfile("backtest_signals", concurrency=1, prefetch_multiplier=10),
-        PoolProfile("strategy_order_updates", concurrency=1, prefetch_multiplier=10, acks_late=True),
+        PoolProfile("strategy_order_updates", concurrency=1, prefetch_multiplier=10, critical=True),
         PoolProfile("monitoring_order_updates", concurrency=1, prefetch_multiplier=10),
-        PoolProfile("alert_risk_events", concurrency=1, prefetch_multiplier=10, acks_late=True),
+        PoolProfile("alert_risk_events", concurrency=1, prefetch_multiplier=10, critical=True),
     )
 }
 
@@ -83,10 +84,19 @@ def pool(name: str) -> PoolProfile:
 def combined(queues: Iterable[str]) -> tuple[int, int] | None:
     """(concurrency, prefetch multiplier) for a worker consuming ``queues``, or None if none is profiled.
 
-    Several queues: the processes add up, and the smallest prefetch multiplier wins, so a critical queue's
-    prefetch of 1 is never widened by a neighbour.
+    Several queues: the processes add up and the smallest prefetch multiplier wins. The window
+    (processes x multiplier) is shared by every queue of the worker's channel, so a critical queue keeps its
+    own documented window only in a worker of its own (see ``shares_a_critical_queue``).
     """
     profiles = [POOLS[q] for q in queues if q in POOLS]
     if not profiles:
         return None
     return sum(p.concurrency for p in profiles), min(p.prefetch_multiplier for p in profiles)
+
+
+def shares_a_critical_queue(queues: Iterable[str]) -> list[str]:
+    """The critical queues among ``queues`` when they are not alone in one worker."""
+    names = list(dict.fromkeys(queues))
+    if len(names) < 2:
+        return []
+    return [q for q in names if q in POOLS and POOLS[q].critical]
