@@ -200,23 +200,27 @@ DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
     for q in STAGE_QUEUES
 )
 
-#: One queue per alternate exchange: whatever no binding matched, kept for a person to inspect.
-UNROUTED_QUEUES: tuple[Queue, ...] = tuple(
-    _queue(
-        f"{UNROUTED_PREFIX}{ae.name.split('.')[1]}",
-        ae,
-        [""],
-        max_length=UNROUTED_MAX_LENGTH,
-        overflow=REJECT_PUBLISH,
-    )
-    for ae in (
-        ex.MARKET_UNROUTED,
-        ex.TRADING_UNROUTED,
-        ex.ORDERS_UNROUTED,
-        ex.RISK_UNROUTED,
-        ex.SYSTEM_UNROUTED,
-        ex.DLX_UNROUTED,
-    )
+#: One queue per alternate exchange: whatever no binding matched, kept for a person to inspect. The topic
+#: exchanges' are bounded with reject-publish (a confirming publisher gets a nack past the bound); the
+#: DLX's is not, because the broker itself dead-letters into it and would drop what a bound refused.
+UNROUTED_QUEUES: tuple[Queue, ...] = (
+    *(
+        _queue(
+            f"{UNROUTED_PREFIX}{ae.name.split('.')[1]}",
+            ae,
+            [""],
+            max_length=UNROUTED_MAX_LENGTH,
+            overflow=REJECT_PUBLISH,
+        )
+        for ae in (
+            ex.MARKET_UNROUTED,
+            ex.TRADING_UNROUTED,
+            ex.ORDERS_UNROUTED,
+            ex.RISK_UNROUTED,
+            ex.SYSTEM_UNROUTED,
+        )
+    ),
+    _queue(f"{UNROUTED_PREFIX}dlx", ex.DLX_UNROUTED, [""]),
 )
 
 QUEUES: tuple[Queue, ...] = STAGE_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES

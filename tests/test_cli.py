@@ -154,3 +154,14 @@ def test_declare_without_the_management_api_still_explains_the_conflict(fresh_vh
     assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
     assert "alternate-exchange" in result.stderr and "mastertrade.market" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.broker
+def test_declare_warns_about_a_live_binding_the_topology_does_not_declare(declared_vhost: Vhost) -> None:
+    with declared_vhost.connection() as conn:
+        conn.channel().queue_bind("backtest_signals", "mastertrade.trading", "#")
+    result = run("topology", "declare", env={"TRADEBUS_BROKER_URL": declared_vhost.url})
+    assert result.returncode == ExitCode.OK
+    assert "warning: binding mastertrade.trading '#' -> backtest_signals is not part of the topology" in (
+        result.stderr
+    )

@@ -8,7 +8,13 @@ import pytest
 from celery import Celery
 
 from tests.contract import CONTRACT
-from tradebus.errors import InvalidJSON, MessageTooLarge, SchemaViolation, UnknownMessageType
+from tradebus.errors import (
+    InvalidJSON,
+    MessageTooLarge,
+    PublishFailed,
+    SchemaViolation,
+    UnknownMessageType,
+)
 from tradebus.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, OrderRequest, OrderUpdate, TradingSignal
 from tradebus.publisher import parse_wire, publish
 from tradebus.samples import documented_messages, order_request, signal
@@ -111,7 +117,10 @@ def test_bad_wire_body_raises_the_error_that_names_its_reason(body: str, error: 
 @pytest.fixture
 def unreachable_app() -> Celery:
     """An app whose broker does not exist: any attempt to send would fail with a connection error."""
-    return Celery("unreachable", broker="amqp://nobody:nothing@127.0.0.1:1//")
+    app = Celery("unreachable", broker="amqp://nobody:nothing@127.0.0.1:1//")
+    # Give up on connecting at once (the default waits through several reconnection attempts).
+    app.conf.broker_transport_options = {"max_retries": 0, "interval_start": 0, "interval_step": 0}
+    return app
 
 
 def test_invalid_message_is_refused_before_anything_is_sent(unreachable_app: Celery) -> None:
@@ -120,6 +129,11 @@ def test_invalid_message_is_refused_before_anything_is_sent(unreachable_app: Cel
         publish(bad, app=unreachable_app)
     with pytest.raises(UnknownMessageType):
         publish({"type": "nonsense"}, app=unreachable_app)
+
+
+def test_publish_to_an_unreachable_broker_raises_publish_failed(unreachable_app: Celery) -> None:
+    with pytest.raises(PublishFailed, match="unreachable"):
+        publish(order_request(), app=unreachable_app)
 
 
 def test_oversized_message_is_refused_at_publish(unreachable_app: Celery) -> None:

@@ -130,3 +130,14 @@ def test_seed_throughput_table_consumer_totals_hold_for_the_seed_queues() -> Non
     assert total("mastertrade.orders", added) == 5
     assert total("mastertrade.risk", added) == 3
     assert total("mastertrade.system", added) == 2
+
+
+def test_unrouted_queues_refuse_publishes_past_their_bound_except_the_one_the_broker_dead_letters_into() -> (
+    None
+):
+    for queue in routing.UNROUTED_QUEUES:
+        args = queue.queue_arguments or {}
+        if queue.name == "unrouted.dlx":
+            assert args == {}
+        else:
+            assert args == {"x-max-length": 100_000, "x-overflow": "reject-publish"}, queue.name

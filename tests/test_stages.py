@@ -28,7 +28,9 @@ def test_every_stage_queue_has_exactly_one_stage_task_named_after_its_module() -
 
 def test_every_stage_is_configured_to_ack_late_and_critical_ones_to_requeue_on_worker_loss() -> None:
     stages = stage_tasks(app)
-    assert all(task.acks_late and not task.acks_on_failure and not task.acks_on_timeout for task in stages.values())
+    assert all(
+        task.acks_late and not task.acks_on_failure and not task.acks_on_timeout for task in stages.values()
+    )
     for queue in ("order_requests", "trading_signals"):
         assert stages[queue].reject_on_worker_lost
     assert not stages["market_data"].reject_on_worker_lost

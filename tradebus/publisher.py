@@ -6,7 +6,9 @@ message, and returns only once RabbitMQ has confirmed the message.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +34,9 @@ CONTENT_TYPE = "application/json"
 TYPE_HEADER = "x-tradebus-type"
 PERSISTENT = 2
 TRANSIENT = 1
+#: Reconnect-and-republish attempts after a lost connection (never after a nack), and their spacing.
+CONNECTION_RETRIES = 3
+RETRY_INTERVAL = 0.2
 
 
 def to_message(message: BusMessage | Mapping[str, Any]) -> BusMessage:
@@ -103,30 +108,39 @@ def send(
     message_id = message_id or str(uuid.uuid4())
     if persistent is None:
         persistent = exchange in PERSISTENT_EXCHANGES
+    properties = {
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "content_type": CONTENT_TYPE,
+        "content_encoding": content_encoding,
+        "delivery_mode": PERSISTENT if persistent else TRANSIENT,
+        "message_id": message_id,
+        "headers": dict(headers or {}),
+    }
+    where = f"{routing_key!r} on {exchange!r}"
     with app.producer_or_acquire() as producer:
-        try:
-            producer.publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                content_type=CONTENT_TYPE,
-                content_encoding=content_encoding,
-                delivery_mode=PERSISTENT if persistent else TRANSIENT,
-                message_id=message_id,
-                headers=dict(headers or {}),
-                retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
-            )
-        except MessageNacked as exc:
-            raise PublishFailed(f"broker refused {routing_key!r} on {exchange!r}: {exc}") from exc
-        except OperationalError as exc:
-            raise PublishFailed(f"broker unreachable for {routing_key!r} on {exchange!r}: {exc}") from exc
-        except producer.connection.channel_errors as exc:
-            # The channel is closed by the broker (for example, an exchange that does not exist);
-            # drop it so the pooled producer opens a fresh one next time.
-            producer.revive(producer.connection.channel())
-            raise PublishFailed(f"broker refused {routing_key!r} on {exchange!r}: {exc}") from exc
-    return message_id
+        for attempt in range(CONNECTION_RETRIES + 1):
+            try:
+                # Kombu's own retry would also republish a nacked message (py-amqp counts a nack as a
+                # recoverable connection error), duplicating it in every queue that did accept it.
+                producer.publish(body, retry=False, **properties)
+                return message_id
+            except MessageNacked as exc:
+                raise PublishFailed(f"broker refused {where}: a queue is full or rejected it") from exc
+            except producer.connection.channel_errors as exc:
+                # The broker closed the channel (an exchange that does not exist, for example): give the
+                # pooled producer a fresh channel for the next publish.
+                producer.revive(producer.connection.channel())
+                raise PublishFailed(f"broker refused {where}: {exc}") from exc
+            except (*producer.connection.connection_errors, OperationalError) as exc:
+                if attempt == CONNECTION_RETRIES:
+                    raise PublishFailed(f"broker unreachable for {where}: {exc}") from exc
+                time.sleep(RETRY_INTERVAL * (attempt + 1))
+                with contextlib.suppress(*producer.connection.connection_errors, OperationalError):
+                    producer.connection.close()
+                    producer.connection.ensure_connection(max_retries=1)
+                    producer.revive(producer.connection.default_channel)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def publish(
