@@ -39,7 +39,7 @@ def test_every_stage_is_configured_to_ack_late_and_critical_ones_to_requeue_on_w
 def test_delay_refuses_a_message_its_stage_does_not_accept() -> None:
     from tasks.execution import execute_order
 
-    with pytest.raises(WrongStage, match="accepts OrderRequest, not MarketData"):
+    with pytest.raises(WrongStage, match="accepts OrderRequest, not 'market_data'"):
         execute_order.delay(candle())
     with pytest.raises(WrongStage, match="exactly one message"):
         execute_order.delay(order_request(), order_request())
@@ -48,7 +48,7 @@ def test_delay_refuses_a_message_its_stage_does_not_accept() -> None:
 def test_backtest_signal_cannot_be_handed_to_the_risk_stage() -> None:
     from tasks.risk import evaluate_signal
 
-    with pytest.raises(WrongStage, match="does not reach trading_signals"):
+    with pytest.raises(WrongStage, match="never reaches trading_signals"):
         evaluate_signal.delay(signal(backtest=True))
 
 

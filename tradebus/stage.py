@@ -15,7 +15,6 @@ subscribed to that key runs, this one included; the returned AsyncResult's id is
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,14 +23,13 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
-from pydantic import ValidationError
 
 from routing import QUEUES_BY_NAME, route
 from tradebus import recorder
 from tradebus.app import app
 from tradebus.deadletter import dead_letter
-from tradebus.errors import InvalidMessage, Misrouted, SchemaViolation, UnknownMessageType, WrongStage
-from tradebus.messages import BusMessage, adapter_for
+from tradebus.errors import InvalidMessage, Misrouted, UnknownMessageType, WrongStage
+from tradebus.messages import BusMessage
 from tradebus.publisher import encode, parse_wire, publish, to_message
 from workers.profiles import POOLS
 
@@ -52,28 +50,28 @@ class StageTask(Task):  # type: ignore[misc]
     handler: Callable[[Any], Any]
     typing = False
 
-    @functools.cached_property
-    def _adapter(self) -> Any:
-        return adapter_for(self.accepts)
+    def mismatch(self, message: BusMessage) -> InvalidMessage | None:
+        """Why this stage cannot take ``message``: a type it does not accept, or a payload routed elsewhere.
+
+        A signal marked backtest published on a live key is the case that matters: its own payload says it
+        must never reach the risk manager.
+        """
+        if not isinstance(message, self.accepts):
+            names = ", ".join(cls.__name__ for cls in self.accepts)
+            return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
+        if self.queue_name not in route(message.exchange, message.routing_key):
+            return Misrouted(
+                f"a {message.type} routed by its payload as {message.routing_key!r} never reaches "
+                f"{self.queue_name}"
+            )
+        return None
 
     def parse(self, payload: str | bytes | dict[str, Any] | BusMessage) -> BusMessage:
         """Validate ``payload`` as a message this stage accepts on its queue, or raise InvalidMessage."""
         message = parse_wire(payload) if isinstance(payload, str | bytes) else to_message(payload)
-        if not isinstance(message, self.accepts):
-            names = ", ".join(cls.__name__ for cls in self.accepts)
-            raise UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in route(message.exchange, message.routing_key):
-            # For example a signal marked backtest published on a live key: its payload says it must
-            # never reach this queue, so it is not processed here.
-            raise Misrouted(
-                f"a {message.type} whose payload routes as {message.routing_key!r} does not belong on "
-                f"{self.queue_name}"
-            )
-        try:
-            validated: BusMessage = self._adapter.validate_python(message)
-        except ValidationError as exc:  # pragma: no cover - to_message already validated
-            raise SchemaViolation(str(exc)) from exc
-        return validated
+        if problem := self.mismatch(message):
+            raise problem
+        return message
 
     def dead_letter(self, payload: Any, reason: str, error: str) -> None:
         """Send ``payload`` to this stage's DLQ with ``reason``; raises if the broker does not confirm."""
@@ -106,14 +104,10 @@ class StageTask(Task):  # type: ignore[misc]
         if kwargs or not args or len(args) != 1:
             raise WrongStage(f"{self.name}.delay() takes exactly one message")
         (message,) = args
-        if not isinstance(message, self.accepts):
-            names = ", ".join(cls.__name__ for cls in self.accepts)
-            raise WrongStage(f"{self.name} accepts {names}, not {type(message).__name__}")
-        if self.queue_name not in route(message.exchange, message.routing_key):
-            raise WrongStage(
-                f"{message.type} {message.routing_key!r} does not reach {self.queue_name}, so {self.name} "
-                "would never run it"
-            )
+        if not isinstance(message, BusMessage):
+            raise WrongStage(f"{self.name}.delay() takes a bus message, not {type(message).__name__}")
+        if problem := self.mismatch(message):
+            raise WrongStage(str(problem)) from problem
         return self.AsyncResult(publish(message, message_id=task_id))
 
 
