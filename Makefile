@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install services lint test demo clean
+.PHONY: install services browser lint test demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tradebus needs Python 3.11+"'
@@ -18,12 +18,16 @@ install: $(STAMP)
 services:
 	bash scripts/services.sh
 
+# Debian's chromium and chromium-driver, for the Flower browser test (tests/test_flower_browser.py).
+browser:
+	bash scripts/browser.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/pytest
 
 demo: install services

@@ -35,6 +35,8 @@ ORDERS_UNROUTED = _unrouted("orders")
 RISK_UNROUTED = _unrouted("risk")
 SYSTEM_UNROUTED = _unrouted("system")
 DLX_UNROUTED = _unrouted("dlx")
+TASKS_UNROUTED = _unrouted("tasks")
+RETRY_UNROUTED = _unrouted("retry")
 
 MARKET = _topic("mastertrade.market", MARKET_UNROUTED)
 #: Live signals reach this exchange only when no binding of ``mastertrade.trading`` matched them.
@@ -52,6 +54,20 @@ DLX = Exchange(
     arguments={ALTERNATE_EXCHANGE: DLX_UNROUTED.name},
 )
 
+#: Retries go straight back to the queue that failed them: every worker queue is bound here by its own name.
+#: A topic exchange, so each service's topic permissions can limit its retries to its own queues (a retry
+#: through the default exchange could reach any queue by name).
+RETRY = _topic("mastertrade.retry", RETRY_UNROUTED)
+
+#: Celery's own tasks that are not bus messages (the periodic health report), by queue name.
+TASKS = Exchange(
+    "mastertrade.tasks",
+    type="direct",
+    durable=True,
+    auto_delete=False,
+    arguments={ALTERNATE_EXCHANGE: TASKS_UNROUTED.name},
+)
+
 #: The exchanges publishers address, by name (the seed's five plus the dead-letter exchange).
 PUBLIC_EXCHANGES: dict[str, Exchange] = {e.name: e for e in (MARKET, TRADING, ORDERS, RISK, SYSTEM, DLX)}
 
@@ -63,6 +79,8 @@ EXCHANGES: tuple[Exchange, ...] = (
     RISK_UNROUTED,
     SYSTEM_UNROUTED,
     DLX_UNROUTED,
+    TASKS_UNROUTED,
+    RETRY_UNROUTED,
     TRADING_LIVE,
     MARKET,
     TRADING,
@@ -70,6 +88,8 @@ EXCHANGES: tuple[Exchange, ...] = (
     RISK,
     SYSTEM,
     DLX,
+    TASKS,
+    RETRY,
 )
 
 #: Exchanges whose messages must survive a broker restart (delivery mode 2). Market data is transient:

@@ -13,11 +13,13 @@ from routing import exchanges
 
 #: Kline intervals a candle may carry. ``market_data`` binds one pattern per interval, which is how it takes
 #: candles (``market.data.{symbol}.{interval}``) and never the orderbook or trade keys of the same length.
-CANDLE_INTERVALS: tuple[str, ...] = (
-    "1s", "1m", "3m", "5m", "15m", "30m",
-    "1h", "2h", "4h", "6h", "8h", "12h",
-    "1d", "3d", "1w", "1M",
-)  # fmt: skip
+#: Each interval's length in seconds (a month counts 30 days).
+INTERVAL_SECONDS: dict[str, int] = {
+    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1_800,
+    "1h": 3_600, "2h": 7_200, "4h": 14_400, "6h": 21_600, "8h": 28_800, "12h": 43_200,
+    "1d": 86_400, "3d": 259_200, "1w": 604_800, "1M": 2_592_000,
+}  # fmt: skip
+CANDLE_INTERVALS: tuple[str, ...] = tuple(INTERVAL_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Route:
 ROUTES: dict[str, Route] = {
     "market_data": Route(exchanges.MARKET.name, "market.data.{symbol}.{interval}"),
     "ticker": Route(exchanges.MARKET.name, "ticker.{symbol}"),
+    "ticker_batch": Route(exchanges.MARKET.name, "ticker.{symbol}"),
     "orderbook": Route(exchanges.MARKET.name, "market.data.orderbook.{symbol}"),
     "trade": Route(exchanges.MARKET.name, "market.data.trade.{symbol}"),
     "sentiment": Route(exchanges.MARKET.name, "sentiment.{symbol}.{platform}"),

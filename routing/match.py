@@ -69,6 +69,7 @@ def trace(exchange: str, key: str) -> list[Hop]:
     return hops
 
 
+@lru_cache(maxsize=8192)
 def route(exchange: str, key: str) -> frozenset[str]:
     """The queues a message published to ``exchange`` with routing ``key`` is delivered to."""
     return frozenset(q for hop in trace(exchange, key) for q in hop.queues)

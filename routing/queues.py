@@ -160,45 +160,85 @@ MONITORING_SYSTEM_NOTIFICATIONS = _queue(
     "monitoring_system_notifications", ex.SYSTEM, ["system.#"], ttl=10 * MINUTE_MS
 )
 
+
+def _retried(queue: Queue) -> Queue:
+    """``queue``, also bound on ``mastertrade.retry`` by its own name (where its retries come back)."""
+    queue.bindings.add(binding(ex.RETRY, routing_key=queue.name))
+    return queue
+
+
 #: The queues a stage task consumes: one stage per queue. Workers consume these and nothing else.
-STAGE_QUEUES: tuple[Queue, ...] = (
-    MARKET_DATA,
-    TICKER_UPDATES,
-    ORDERBOOK_UPDATES,
-    TRADE_UPDATES,
-    SENTIMENT_DATA,
-    STOCK_INDEX_DATA,
-    ONCHAIN_METRICS,
-    STRATEGY_WHALE_ALERTS,
-    ALERT_WHALE_ALERTS,
-    STRATEGY_MARKET_DATA,
-    EXECUTOR_MARKET_DATA,
-    BACKTEST_SIGNALS,
-    TRADING_SIGNALS,
-    ORDER_REQUESTS,
-    ORDER_UPDATES,
-    STRATEGY_ORDER_UPDATES,
-    MONITORING_ORDER_UPDATES,
-    RISK_CHECKS,
-    ALERT_RISK_EVENTS,
-    SYSTEM_NOTIFICATIONS,
-    MONITORING_SYSTEM_NOTIFICATIONS,
+STAGE_QUEUES: tuple[Queue, ...] = tuple(
+    _retried(q)
+    for q in (
+        MARKET_DATA,
+        TICKER_UPDATES,
+        ORDERBOOK_UPDATES,
+        TRADE_UPDATES,
+        SENTIMENT_DATA,
+        STOCK_INDEX_DATA,
+        ONCHAIN_METRICS,
+        STRATEGY_WHALE_ALERTS,
+        ALERT_WHALE_ALERTS,
+        STRATEGY_MARKET_DATA,
+        EXECUTOR_MARKET_DATA,
+        BACKTEST_SIGNALS,
+        TRADING_SIGNALS,
+        ORDER_REQUESTS,
+        ORDER_UPDATES,
+        STRATEGY_ORDER_UPDATES,
+        MONITORING_ORDER_UPDATES,
+        RISK_CHECKS,
+        ALERT_RISK_EVENTS,
+        SYSTEM_NOTIFICATIONS,
+        MONITORING_SYSTEM_NOTIFICATIONS,
+    )
 )
+
+# --- Celery's own tasks -----------------------------------------------------------------------------
+PERIODIC_TASKS = _retried(
+    _queue("periodic_tasks", ex.TASKS, ["periodic_tasks"], dead_letter_to="periodic_tasks")
+)
+
+#: Queues of plain Celery tasks (beat's periodic health report), consumed by workers like stage queues.
+TASK_QUEUES: tuple[Queue, ...] = (PERIODIC_TASKS,)
+#: Every queue a worker consumes.
+WORKER_QUEUES: tuple[Queue, ...] = STAGE_QUEUES + TASK_QUEUES
 
 #: The seed's only declared DLQ keeps its 24-hour TTL; the ones the seed omits keep messages until a person
 #: acts on them (see docs/topology.md).
 _DLQ_TTL = {"trading_signals": 24 * HOUR_MS}
 
-#: One dead-letter queue per stage queue, bound on ``mastertrade.dlx`` by its own name.
-DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
-    _queue(
-        dead_letter_queue_name(q.name),
-        ex.DLX,
-        [dead_letter_queue_name(q.name)],
-        ttl=_DLQ_TTL.get(q.name),
-    )
-    for q in STAGE_QUEUES
+#: Dead market data is stale prices that pile up fast when consumers fall behind (500 msg/s at the seed's
+#: peak): their DLQs keep the newest million (a few hundred MB), so an outage cannot fill the broker's memory
+#: or disk and stop every publisher, orders included; the DLQ-depth alert fires at 11 (docs/reliability.md).
+MARKET_DLQ_MAX_LENGTH = 1_000_000
+
+
+#: The stage queues of ``mastertrade.market``: what they carry is transient, and stale once dead.
+MARKET_DATA_QUEUES = frozenset(
+    q.name for q in WORKER_QUEUES if any(b.exchange.name == ex.MARKET.name for b in q.bindings)
 )
+
+
+def _dead_letter_queue(queue: Queue) -> Queue:
+    market = queue.name in MARKET_DATA_QUEUES
+    return _queue(
+        dead_letter_queue_name(queue.name),
+        ex.DLX,
+        [dead_letter_queue_name(queue.name)],
+        ttl=_DLQ_TTL.get(queue.name),
+        max_length=MARKET_DLQ_MAX_LENGTH if market else None,
+        overflow=DROP_HEAD if market else None,
+    )
+
+
+#: One dead-letter queue per worker queue, bound on ``mastertrade.dlx`` by its own name.
+_WORKER_DLQS: tuple[Queue, ...] = tuple(_dead_letter_queue(q) for q in WORKER_QUEUES)
+#: Where a dead letter goes when it outlives its DLQ's TTL (``dlq.trading_signals`` keeps the seed's 24 h;
+#: routing/policies.py sends what expires there to this queue, which keeps it).
+ARCHIVE_QUEUE = _queue(f"{DLQ_PREFIX}archive", ex.DLX, [f"{DLQ_PREFIX}archive"])
+DEAD_LETTER_QUEUES: tuple[Queue, ...] = (*_WORKER_DLQS, ARCHIVE_QUEUE)
 
 #: One queue per alternate exchange: whatever no binding matched, kept for a person to inspect. The topic
 #: exchanges' are bounded with reject-publish (a confirming publisher gets a nack past the bound); the
@@ -218,10 +258,12 @@ UNROUTED_QUEUES: tuple[Queue, ...] = (
             ex.ORDERS_UNROUTED,
             ex.RISK_UNROUTED,
             ex.SYSTEM_UNROUTED,
+            ex.TASKS_UNROUTED,
+            ex.RETRY_UNROUTED,
         )
     ),
     _queue(f"{UNROUTED_PREFIX}dlx", ex.DLX_UNROUTED, [""]),
 )
 
-QUEUES: tuple[Queue, ...] = STAGE_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
+QUEUES: tuple[Queue, ...] = WORKER_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
 QUEUES_BY_NAME: dict[str, Queue] = {q.name: q for q in QUEUES}

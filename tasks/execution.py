@@ -1,23 +1,68 @@
-"""Order executor: executes order requests against the prices on its market data queue.
+"""Order executor: paper execution of order requests against the prices on its market data queue.
 
-Each stage is wired and observable: it validates, logs and records what it received.
+Every order request is executed once per ``request_id`` (tradebus/account.py), however often it is
+delivered; its order updates (``order.update.{status}.{order_id}``, carrying the ``request_id``) are
+published after the execution is booked, by one delivery, and again only if that delivery died before it
+had published them. An order older than ten minutes (a late redelivery, a replay) is refused as stale.
 """
 
 from __future__ import annotations
 
-from tradebus.messages import MarketData, OrderBook, OrderRequest, Ticker, Trade
+from datetime import UTC, datetime
+
+from celery.utils.log import get_task_logger
+
+from tradebus import account, recorder
+from tradebus.errors import OrderRefused, StaleMessage
+from tradebus.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
 from tradebus.stage import stage
+
+logger = get_task_logger(__name__)
 
 
 @stage("tradebus.execution.execute_order", queue="order_requests", accepts=OrderRequest)
 def execute_order(message: OrderRequest) -> None:
-    """A risk-approved order request to execute."""
+    """Fill (or reject) a risk-approved paper order exactly once."""
+    if not message.risk_approved:
+        raise OrderRefused(f"order {message.request_id} is not risk-approved")
+    if message.environment != "paper":
+        raise OrderRefused(
+            f"order {message.request_id} is for {message.environment} trading; this executor is paper only"
+        )
+    age = (datetime.now(UTC) - message.timestamp).total_seconds()
+    if age > account.ORDER_MAX_AGE_SECONDS:
+        raise StaleMessage(
+            f"order {message.request_id} is {age:.0f}s old; the executor fills orders up to "
+            f"{account.ORDER_MAX_AGE_SECONDS}s old"
+        )
+    record = account.fill(message)
+    if record["again"]:
+        recorder.bump("duplicate_deliveries")
+    else:
+        logger.info("%s %s %s: %s", message.side, message.quantity, message.symbol, record["status"])
+    account.publish_once(account.fill_outcome(message), account.updates_of(record))
+
+
+def _price(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> tuple[float, datetime] | None:
+    """The price a market message carries, and the market time it is the price at."""
+    if isinstance(message, MarketData):
+        return message.close, message.closed_at
+    if isinstance(message, Ticker | Trade):
+        return message.price, message.timestamp
+    if isinstance(message, TickerBatch):
+        return message.last_price, message.ticks[-1].timestamp
+    if message.bids and message.asks:
+        return (message.bids[0][0] + message.asks[0][0]) / 2, message.timestamp
+    return None
 
 
 @stage(
     "tradebus.execution.on_market_data",
     queue="executor_market_data",
-    accepts=(MarketData, OrderBook, Trade, Ticker),
+    accepts=(MarketData, OrderBook, Trade, Ticker, TickerBatch),
 )
-def on_market_data(message: MarketData | OrderBook | Trade | Ticker) -> None:
-    """A price for paper execution."""
+def on_market_data(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> None:
+    """Remember the last price of the symbol: orders fill against it."""
+    priced = _price(message)
+    if priced is not None:
+        account.record_price(message.symbol, priced[0], priced[1].timestamp())

@@ -1,22 +1,41 @@
-"""Monitoring: tickers, order updates and system notifications for the dashboards.
-
-Each stage is wired and observable: it validates, logs and records what it received.
+"""Monitoring: prices, the order blotter and service health for the dashboards, and beat's periodic
+health report (``system.health.{service}``, and ``system.alert.warning`` when a DLQ holds more than 10).
 """
 
 from __future__ import annotations
 
-from tradebus.messages import ConfigChange, OrderUpdate, SystemAlert, SystemHealth, Ticker
-from tradebus.stage import stage
+import json
+
+from celery.utils.log import get_task_logger
+
+from routing import DEAD_LETTER_QUEUES
+from tradebus import health, store
+from tradebus.app import app
+from tradebus.messages import ConfigChange, OrderUpdate, SystemAlert, SystemHealth, Ticker, TickerBatch
+from tradebus.publisher import publish
+from tradebus.stage import stage, stage_tasks
+
+logger = get_task_logger(__name__)
+#: Orders kept in the blotter.
+BLOTTER_LENGTH = 1_000
+#: A DLQ alert for one queue is raised again only after this many seconds.
+ALERT_COOLDOWN_SECONDS = 300
 
 
-@stage("tradebus.monitoring.on_ticker", queue="ticker_updates", accepts=Ticker)
-def on_ticker(message: Ticker) -> None:
-    """A price ticker."""
+@stage("tradebus.monitoring.on_ticker", queue="ticker_updates", accepts=(Ticker, TickerBatch))
+def on_ticker(message: Ticker | TickerBatch) -> None:
+    """The latest price per symbol, for the price board."""
+    price = message.last_price if isinstance(message, TickerBatch) else message.price
+    store.client().hset(store.key("monitor", "prices"), message.symbol, repr(price))
 
 
 @stage("tradebus.monitoring.on_order_update", queue="monitoring_order_updates", accepts=OrderUpdate)
 def on_order_update(message: OrderUpdate) -> None:
     """An order update for the order blotter."""
+    pipe = store.client().pipeline(transaction=False)
+    pipe.lpush(store.key("monitor", "orders"), message.model_dump_json())
+    pipe.ltrim(store.key("monitor", "orders"), 0, BLOTTER_LENGTH - 1)
+    pipe.execute()
 
 
 @stage(
@@ -25,4 +44,43 @@ def on_order_update(message: OrderUpdate) -> None:
     accepts=(SystemHealth, SystemAlert, ConfigChange),
 )
 def on_system_notification(message: SystemHealth | SystemAlert | ConfigChange) -> None:
-    """A system notification."""
+    """Service health for the status page; alerts and changes for its log."""
+    if isinstance(message, SystemHealth):
+        store.client().hset(store.key("monitor", "health"), message.service, message.model_dump_json())
+    else:
+        pipe = store.client().pipeline(transaction=False)
+        pipe.lpush(store.key("monitor", "events"), message.model_dump_json())
+        pipe.ltrim(store.key("monitor", "events"), 0, BLOTTER_LENGTH - 1)
+        pipe.execute()
+
+
+def services() -> dict[str, list[str]]:
+    """The stage queues of each service (``tradebus.<service>.<action>``)."""
+    grouped: dict[str, list[str]] = {}
+    for queue, task in sorted(stage_tasks(app).items()):
+        grouped.setdefault(task.name.split(".")[1], []).append(queue)
+    return grouped
+
+
+@app.task(name="tradebus.monitoring.health_report", ignore_result=True)  # type: ignore[untyped-decorator]
+def health_report() -> dict[str, object]:
+    """Publish each service's health, and a warning for every DLQ deeper than the seed's 10."""
+    grouped = services()
+    names = [q for queues in grouped.values() for q in queues] + [q.name for q in DEAD_LETTER_QUEUES]
+    with app.connection_for_write() as connection:
+        stats = health.queue_stats(connection, names)
+    statuses = {}
+    for service, queues in grouped.items():
+        report = health.service_health(service, {q: stats[q] for q in queues})
+        publish(report)
+        statuses[service] = report.status
+    raised = []
+    for alert in health.dlq_alerts(stats):
+        queue = str(alert.details["queue"])
+        if store.client().set(
+            store.key("monitor", "dlq_alerted", queue), "1", nx=True, ex=ALERT_COOLDOWN_SECONDS
+        ):
+            publish(alert)
+            raised.append(queue)
+    logger.info("health: %s; DLQ alerts: %s", json.dumps(statuses), raised or "none")
+    return {"services": statuses, "dlq_alerts": raised}

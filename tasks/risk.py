@@ -1,19 +1,115 @@
-"""Risk manager: turns trading signals into order requests and answers risk checks.
+"""Risk manager: sizes or refuses trading signals, answers risk checks, trips the circuit breaker.
 
-Each stage is wired and observable: it validates, logs and records what it received.
+Approved signals become order requests on ``order.request.{symbol}``; a drawdown over the limit is
+published on ``risk.breach.drawdown`` and a loss streak trips ``risk.circuit_breaker.loss_streak``
+(tradebus/trading/risk.py holds the rules, tradebus/account.py the portfolio they read).
 """
 
 from __future__ import annotations
 
-from tradebus.messages import RiskCheck, TradingSignal
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.utils.log import get_task_logger
+
+from tradebus import account
+from tradebus.errors import RequestRefused, RequestTimeout, StaleMessage
+from tradebus.messages import (
+    BusMessage,
+    CircuitBreaker,
+    OrderRequest,
+    RiskBreach,
+    RiskCheck,
+    RiskCheckResult,
+    TradingSignal,
+)
 from tradebus.stage import stage
+from tradebus.trading.risk import answer_check
+
+logger = get_task_logger(__name__)
+#: How long ``request_check`` waits for the risk manager by default, in seconds.
+CHECK_TIMEOUT = 5.0
 
 
 @stage("tradebus.risk.evaluate_signal", queue="trading_signals", accepts=TradingSignal)
-def evaluate_signal(message: TradingSignal) -> None:
-    """A live trading signal to approve or reject."""
+def evaluate_signal(signal: TradingSignal) -> None:
+    """Approve (and size) or refuse a live trading signal; the same signal is decided once, and what the
+    decision produces (the order, a breach, a breaker change) is published once."""
+    age = (datetime.now(UTC) - signal.timestamp).total_seconds()
+    if age > account.SIGNAL_MAX_AGE_SECONDS:
+        raise StaleMessage(
+            f"signal of {signal.timestamp.isoformat()} is {age / 3600:.0f}h old; the risk manager decides on "
+            f"signals up to {account.SIGNAL_MAX_AGE_SECONDS // 3600}h old"
+        )
+    record = account.decide(signal)
+    decision = record["decision"]
+    if not record["again"]:
+        logger.info(
+            "%s %s %s: %s (%s)",
+            "approved" if decision["approved"] else "refused",
+            signal.action,
+            signal.symbol,
+            decision["quantity"],
+            "; ".join(decision["reasons"]),
+        )
+    account.publish_once(account.decision_outcome(signal), _outcomes(signal, record))
 
 
-@stage("tradebus.risk.check", queue="risk_checks", accepts=RiskCheck)
-def check(message: RiskCheck) -> None:
-    """A risk validation request."""
+def _outcomes(signal: TradingSignal, record: dict[str, Any]) -> list[BusMessage]:
+    """What a decision publishes: its order, a breaker change, the breaches that start with it."""
+    decision = record["decision"]
+    messages: list[BusMessage] = []
+    if record["order"] is not None:
+        messages.append(OrderRequest.model_validate(record["order"]))
+    if decision["trips_breaker"]:
+        reason = "; ".join(decision["reasons"])
+        messages.append(CircuitBreaker(trigger="loss_streak", state="tripped", reason=reason))
+    if record.get("breaker_reset"):
+        messages.append(CircuitBreaker(trigger="loss_streak", state="reset", reason="cooldown over"))
+    if record["breach_new"]:
+        messages += [
+            RiskBreach(
+                metric=breach["metric"],
+                value=breach["value"],
+                threshold=breach["threshold"],
+                strategy_id=signal.strategy_id,
+                message=breach["message"],
+            )
+            for breach in decision["breaches"]
+        ]
+    return messages
+
+
+@stage("tradebus.risk.check", queue="risk_checks", accepts=RiskCheck, ignore_result=False)
+def check(message: RiskCheck) -> dict[str, Any]:
+    """Answer a risk check: the caller waits for this result (``request_check``)."""
+    tripped = account.portfolio().breaker_until > time.time()
+    answer = answer_check(message, account.LIMITS, tripped)
+    result = RiskCheckResult(
+        check_id=message.check_id,
+        approved=answer.approved,
+        reasons=list(answer.reasons),
+        max_position_size=answer.max_position_size,
+        circuit_breaker_tripped=tripped,
+    )
+    return result.model_dump(mode="json")
+
+
+def request_check(message: RiskCheck, timeout: float = CHECK_TIMEOUT) -> RiskCheckResult:
+    """Send a risk check and wait for the risk manager's answer (Celery's result backend, on Redis).
+
+    Raises RequestTimeout when no answer arrives within ``timeout`` seconds, RequestRefused when the risk
+    manager dead-lettered the check.
+    """
+    pending = check.delay(message)
+    try:
+        raw = pending.get(timeout=timeout, propagate=True)
+    except CeleryTimeout as exc:
+        raise RequestTimeout(f"no answer to risk check {message.check_id} within {timeout:g}s") from exc
+    finally:
+        pending.forget()
+    if raw is None:
+        raise RequestRefused(f"risk check {message.check_id} was dead-lettered; see dlq.risk_checks")
+    return RiskCheckResult.model_validate(raw)

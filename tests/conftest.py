@@ -8,10 +8,15 @@ is missing and ``TRADEBUS_REQUIRE_BROKER=1`` (as in CI); elsewhere they skip and
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
@@ -38,7 +43,8 @@ from tradebus.settings import ManagementSettings, get_settings  # noqa: E402
 REQUIRE_BROKER = os.environ.get("TRADEBUS_REQUIRE_BROKER") == "1"
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=2):
             return True
@@ -59,7 +65,12 @@ def _missing_services() -> list[str]:
             redis.port or 6379,
         ),
     }
-    return [name for name, (host, port) in checks.items() if not _port_open(host, port)]
+    return [name for name, (host, port) in checks.items() if not port_open(host, port)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart RabbitMQ run last, so no other test sees the broker go away."""
+    items.sort(key=lambda item: item.get_closest_marker("broker_restart") is not None)
 
 
 @dataclass
@@ -97,6 +108,7 @@ def broker() -> Iterator[Vhost]:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     vhost = _make_vhost(SESSION_VHOST)
+    declare_all(vhost)
     yield vhost
     _admin().delete_vhost(SESSION_VHOST)
     from tradebus import recorder
@@ -112,26 +124,45 @@ def fresh_vhost(broker: Vhost) -> Iterator[Vhost]:
     _admin().delete_vhost(vhost.name)
 
 
+def declare_all(vhost: Vhost) -> None:
+    """Declare the whole topology in ``vhost``, dead-letter policies included."""
+    from tradebus.topology import check_and_declare
+
+    with vhost.connection() as conn:
+        check_and_declare(conn, vhost.management)
+
+
 @pytest.fixture
 def declared_vhost(fresh_vhost: Vhost) -> Vhost:
     """A fresh vhost of one test's own, with the whole topology declared."""
-    from tradebus.topology import declare
-
-    with fresh_vhost.connection() as conn:
-        declare(conn)
+    declare_all(fresh_vhost)
     return fresh_vhost
 
 
 @pytest.fixture(scope="module")
 def topology_vhost(broker: Vhost) -> Iterator[Vhost]:
     """A vhost with the whole topology declared and no consumer, for one test module."""
-    from tradebus.topology import declare
-
     vhost = _make_vhost(f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:6]}")
-    with vhost.connection() as conn:
-        declare(conn)
+    declare_all(vhost)
     yield vhost
     _admin().delete_vhost(vhost.name)
+
+
+@pytest.fixture
+def fresh_state(broker: Vhost, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Redis prefix of one test's own: a fresh paper account, strategy and record, removed afterwards.
+
+    The session worker runs in this process and reads the prefix at every call, so it follows at once.
+    """
+    from tradebus import store
+
+    prefix = f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("TRADEBUS_REDIS_PREFIX", prefix)
+    get_settings.cache_clear()
+    yield prefix
+    store.clear()
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 # --- pytest-celery's legacy fixtures, pointed at the real tradebus app -------------------------------
@@ -159,7 +190,167 @@ def celery_worker_pool() -> str:
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, object]:
-    """The session worker consumes every stage queue; tradebus has no ``celery.ping`` task."""
-    from routing import STAGE_QUEUES
+    """The session worker consumes every worker queue; tradebus has no ``celery.ping`` task."""
+    from routing import WORKER_QUEUES
 
-    return {"queues": [q.name for q in STAGE_QUEUES], "perform_ping_check": False, "shutdown_timeout": 60.0}
+    return {"queues": [q.name for q in WORKER_QUEUES], "perform_ping_check": False, "shutdown_timeout": 60.0}
+
+
+# --- least-privilege RabbitMQ users (tradebus/users.py) ------------------------------------------------
+
+
+@dataclass
+class ServiceUsers:
+    """Every service's user applied to a vhost with the whole topology: names, passwords, URLs."""
+
+    vhost: Vhost
+    prefix: str
+    passwords: dict[str, str]
+
+    def url(self, service: str) -> str:
+        """The AMQP URL of this vhost, logged in as ``service``'s user."""
+        parts = urlsplit(self.vhost.url)
+        login = f"{quote(self.prefix + service, safe='')}:{quote(self.passwords[service], safe='')}"
+        return urlunsplit(
+            (parts.scheme, f"{login}@{parts.hostname}:{parts.port or 5672}", parts.path, "", "")
+        )
+
+
+@pytest.fixture
+def service_users(fresh_vhost: Vhost) -> Iterator[ServiceUsers]:
+    """A fresh vhost holding the topology and one user per service, imported as RabbitMQ definitions.
+
+    User names are global on a broker, so they carry this run's prefix; they are deleted afterwards.
+    """
+    from tradebus.topology import definitions
+    from tradebus.users import UserDefinitions
+
+    users = UserDefinitions(fresh_vhost.name, f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:4]}-")
+    passwords = {a.service: uuid.uuid4().hex for a in users.accounts}
+    admin = _admin()
+    admin.request("POST", "definitions", users.as_json(passwords) | definitions(fresh_vhost.name))
+    try:
+        yield ServiceUsers(fresh_vhost, users.prefix, passwords)
+    finally:
+        for account in users.accounts:
+            admin.request("DELETE", f"users/{quote(users.user(account.service), safe='')}")
+
+
+# --- Flower, as an operator starts it: `celery -A tradebus flower` ------------------------------------
+
+
+@dataclass
+class FlowerProcess:
+    """A running Flower: its port, its log and its process."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        """Where Flower answers."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """What Flower logged so far."""
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    """A TCP port nothing on this machine listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def start_flower(tmp_path: Path) -> Iterator[Callable[..., FlowerProcess]]:
+    """Start ``celery -A tradebus flower`` with extra environment and arguments; stopped afterwards.
+
+    Returns once Flower answers HTTP, or fails the test with Flower's log if it exits or stays silent.
+    """
+    started: list[FlowerProcess] = []
+
+    def start(env: dict[str, str] | None = None, *args: str, wait: bool = True) -> FlowerProcess:
+        port = free_port()
+        log = tmp_path / f"flower-{port}.log"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "TRADEBUS_FLOWER_"))}
+        argv = [sys.executable, "-m", "celery", "-A", "tradebus", "flower", f"--port={port}", *args]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**environ, **(env or {})},
+                cwd=tmp_path,
+                start_new_session=True,
+            )
+        flower = FlowerProcess(port, log, process)
+        started.append(flower)
+        if wait:
+            deadline = time.monotonic() + 60
+            while not port_open("127.0.0.1", port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Flower did not start:\n{flower.output()[-3000:]}")
+                time.sleep(0.2)
+        return flower
+
+    yield start
+    for flower in started:
+        _stop(flower.process)
+
+
+# --- a real headless browser (Debian's chromium and chromium-driver; scripts/browser.sh installs them) ------
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Headless, and nothing that reaches for the network on its own (this machine's network is closed).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,900",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Chromium driven by Selenium with a fresh profile; quit afterwards. Fails (not skips) without it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: run `bash scripts/browser.sh` (make test does)", pytrace=False
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -101,6 +101,9 @@ def test_exported_definitions_import_with_rabbitmqctl_into_the_same_topology(fre
             time.sleep(0.2)
     assert live_bindings() == wanted
     assert {q.name for q in routing.QUEUES} <= {q["name"] for q in management.queues()}
+    assert {p["name"]: p["definition"] for p in management.policies()} == {
+        p.name: p.definition for p in routing.POLICIES
+    }
     assert diff(management.exchanges(), management.queues()) == []
 
 
@@ -165,3 +168,11 @@ def test_declare_warns_about_a_live_binding_the_topology_does_not_declare(declar
     assert "warning: binding mastertrade.trading '#' -> backtest_signals is not part of the topology" in (
         result.stderr
     )
+
+
+def test_dlq_commands_name_the_dead_letter_queues_when_given_an_unknown_one() -> None:
+    for args in (["dlq", "list", "no_such_queue"], ["dlq", "replay", "no_such_queue"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == ExitCode.USAGE
+        assert "no dead-letter queue 'no_such_queue'" in result.output
+        assert "dlq.order_requests" in result.output

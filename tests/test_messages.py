@@ -17,7 +17,7 @@ from tradebus.errors import (
 )
 from tradebus.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, OrderRequest, OrderUpdate, TradingSignal
 from tradebus.publisher import parse_wire, publish
-from tradebus.samples import documented_messages, order_request, signal
+from tradebus.samples import documented_messages, order_request, signal, ticker_batch
 
 #: The six formats exactly as the seed prints them.
 SEED_EXAMPLES = {
@@ -69,10 +69,17 @@ def test_documented_samples_compute_the_documented_exchange_and_routing_key() ->
 
 
 def test_every_message_type_has_a_route_and_round_trips() -> None:
-    seen = {m.type for m in documented_messages()}
-    assert seen == set(MESSAGE_TYPES)
-    for message in documented_messages():
+    messages = [*documented_messages(), ticker_batch()]
+    assert {m.type for m in messages} == set(MESSAGE_TYPES)
+    for message in messages:
         assert parse_wire(message.model_dump_json()) == message
+
+
+def test_a_ticker_batch_travels_on_its_symbols_ticker_key() -> None:
+    batch = ticker_batch("ETHUSDT", 500)
+    assert (batch.exchange, batch.routing_key) == ("mastertrade.market", "ticker.ETHUSDT")
+    assert len(batch.model_dump_json()) < MAX_MESSAGE_BYTES
+    assert batch.last_price == batch.ticks[-1].price
 
 
 def test_backtest_flag_moves_a_signal_to_the_backtest_key() -> None:

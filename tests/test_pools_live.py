@@ -49,7 +49,12 @@ class RunningWorker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            found = [c for c in self.vhost.management.consumers() if c["queue"]["name"] == queue]
+            # A consumer may be listed a moment before its channel's details are (``channel_details: []``).
+            found = [
+                c
+                for c in self.vhost.management.consumers()
+                if c["queue"]["name"] == queue and isinstance(c.get("channel_details"), dict)
+            ]
             if found:
                 return found[0]
             time.sleep(0.25)
@@ -113,6 +118,9 @@ def start_worker(fresh_vhost: Vhost, tmp_path: Path) -> Iterator[Any]:
         return worker
 
     yield start
+    for worker in started:  # all asked to stop first, so they shut down together
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
     for worker in started:
         worker.stop()
 

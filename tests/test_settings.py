@@ -45,3 +45,17 @@ def test_tls_broker_and_ipv6_host_give_a_usable_management_address() -> None:
     assert Settings.from_env({"TRADEBUS_BROKER_URL": "amqp://u:p@[::1]:5672//"}).management.base_url == (
         "http://[::1]:15672"
     )
+
+
+def test_pyproject_installs_every_package_of_the_source_tree() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for top in ("tradebus", "tasks", "routing", "workers")
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert listed == found

@@ -5,56 +5,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from kombu import Connection, Producer
 
-import routing
 from tests.conftest import Vhost
 from tests.contract import CONTRACT
-from tradebus import publish, recorder
+from tests.live import dead_letters, entry, on, raw_publish, wait_until
+from tradebus import publish, recorder, store
 from tradebus.deadletter import ORIGINAL_ROUTING_KEY, QUEUE, REASON
 from tradebus.samples import candle, documented_messages, order_request, order_update, signal
-from tradebus.stage import stage_tasks
+from tradebus.stage import MAX_REDELIVERIES, stage_tasks
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``check`` until it returns something truthy; returns it (or the last falsy value)."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return result
-
-
-def entry(queue: str, message_id: str) -> dict[str, Any] | None:
-    """What the stage of ``queue`` recorded for ``message_id``, if it has run."""
-    return next((e for e in recorder.received(queue) if e["id"] == message_id), None)
-
-
-def raw_publish(vhost: Vhost, body: str, exchange: str, key: str, **properties: Any) -> None:
-    """Publish like a non-Celery MasterTrade service: plain JSON, no Celery headers."""
-    with Connection(vhost.url, transport_options={"confirm_publish": True}) as conn:
-        Producer(conn.channel()).publish(body, exchange=exchange, routing_key=key, **properties)
-
-
-def dead_letters(vhost: Vhost, queue: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-    """Wait for ``count`` messages on ``dlq.<queue>`` and take them: (body, headers)."""
-    got: list[tuple[str, dict[str, Any]]] = []
-    with vhost.connection() as conn:
-        channel = conn.channel()
-
-        def take() -> bool:
-            while (m := channel.basic_get(routing.dead_letter_queue_name(queue), no_ack=True)) is not None:
-                body = m.body.decode() if isinstance(m.body, bytes) else m.body
-                got.append((body, dict(m.headers or {})))
-            return len(got) >= count
-
-        wait_until(take)
-    return got
 
 
 def test_every_documented_message_runs_the_stage_of_each_queue_it_reaches(broker: Vhost) -> None:
@@ -145,8 +109,23 @@ def test_celery_task_message_on_a_fanout_key_runs_each_queues_own_stage(broker: 
         (json.dumps(order_request().model_dump(mode="json") | {"quantity": -2}), "schema_violation"),
         (json.dumps({"type": "teleport", "symbol": "BTCUSDT"}), "unknown_message_type"),
         (candle().model_dump_json(), "unknown_message_type"),
+        (
+            json.dumps(order_request().model_dump(mode="json") | {"strategy_id": "s" * 140_000}),
+            "message_too_large",
+        ),
+        (json.dumps(order_request().model_dump(mode="json") | {"risk_approved": False}), "order_refused"),
+        (order_request(at=datetime.now(UTC) - timedelta(hours=1)).model_dump_json(), "stale"),
     ],
-    ids=["invalid-json", "zero-quantity", "negative-quantity", "unknown-type", "candle-on-order-key"],
+    ids=[
+        "invalid-json",
+        "zero-quantity",
+        "negative-quantity",
+        "unknown-type",
+        "candle-on-order-key",
+        "over-128-kb",
+        "not-risk-approved",
+        "an-hour-old",
+    ],
 )
 def test_invalid_order_request_is_dead_lettered_with_its_reason_and_the_next_one_runs(
     broker: Vhost, body: str, reason: str
@@ -160,6 +139,47 @@ def test_invalid_order_request_is_dead_lettered_with_its_reason_and_the_next_one
     assert headers[QUEUE] == "order_requests"
     assert headers[ORIGINAL_ROUTING_KEY] == "order.request.BTCUSDT"
     assert headers["x-tradebus-error"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "headers"),
+    [
+        ("application/x-python-serialize", {}),
+        ("application/x-python-serialize", {"task": "tradebus.execution.execute_order", "id": "t-pickle"}),
+        ("application/x-yaml", {}),
+    ],
+    ids=["pickle", "pickled-celery-task", "yaml"],
+)
+def test_message_that_is_not_json_is_dead_lettered_unread(
+    broker: Vhost, content_type: str, headers: dict[str, str]
+) -> None:
+    body = b"\x80\x04\x95 pretend this is a pickle"
+    with Connection(broker.url, transport_options={"confirm_publish": True}) as conn:
+        Producer(conn.channel()).publish(
+            body,
+            exchange="mastertrade.orders",
+            routing_key="order.request.BTCUSDT",
+            content_type=content_type,
+            content_encoding="binary",
+            headers=headers,
+        )
+    ((_, dead_headers),) = dead_letters(broker, "order_requests", 1)
+    assert dead_headers[REASON] == "unsupported_content_type"
+    assert content_type in dead_headers["x-tradebus-error"]
+
+
+def test_malformed_celery_task_message_is_dead_lettered_not_dropped(broker: Vhost) -> None:
+    raw_publish(
+        broker,
+        json.dumps({"not": "a task body"}),
+        "mastertrade.orders",
+        "order.request.BTCUSDT",
+        content_type="application/json",
+        headers={"task": "tradebus.execution.execute_order", "id": "t-malformed"},
+    )
+    ((body, headers),) = dead_letters(broker, "order_requests", 1)
+    assert json.loads(body) == {"not": "a task body"}
+    assert headers[REASON] == "unknown_message_type"
 
 
 def test_stage_that_fails_dead_letters_its_message_with_the_error(
@@ -206,3 +226,67 @@ def test_body_that_is_not_utf8_reaches_the_dlq_byte_for_byte(broker: Vhost) -> N
     raw = got.body if isinstance(got.body, bytes) else got.body.encode("utf-8", "surrogateescape")
     assert raw == body
     assert got.headers[REASON] == "invalid_json"
+
+
+def test_celery_message_naming_another_task_on_a_stage_queue_runs_the_stage_not_that_task(
+    broker: Vhost,
+) -> None:
+    from tradebus.app import app
+
+    order = order_request(f"req-{uuid.uuid4().hex[:8]}")
+    result = app.send_task(
+        "tradebus.monitoring.health_report",
+        args=[order.model_dump_json()],
+        exchange="mastertrade.orders",
+        routing_key=order.routing_key,
+    )
+    got = wait_until(lambda: entry("order_requests", result.id))
+    assert got is not None and got["stage"] == "tradebus.execution.execute_order"
+
+
+def test_message_without_an_id_gets_the_same_id_at_every_delivery(broker: Vhost, fresh_state: str) -> None:
+    body = order_request(f"req-{uuid.uuid4().hex[:8]}").model_dump_json()
+    for _ in range(2):
+        raw_publish(
+            broker, body, "mastertrade.orders", "order.request.BTCUSDT", content_type="application/json"
+        )
+    got = wait_until(lambda: len(on("order_requests", lambda e: e["id"].startswith("sha256-"))) >= 2)
+    ids = {e["id"] for e in on("order_requests", lambda e: e["id"].startswith("sha256-"))}
+    assert got and len(ids) == 1
+
+
+def test_a_stage_message_an_operator_revokes_is_dead_lettered_not_dropped(broker: Vhost) -> None:
+    from tradebus.app import app
+
+    message_id = f"revoked-{uuid.uuid4().hex[:8]}"
+    app.control.revoke(message_id)
+    time.sleep(0.5)  # the revocation reaches the worker's remote control before the message does
+    raw_publish(
+        broker,
+        order_request(f"req-{uuid.uuid4().hex[:8]}").model_dump_json(),
+        "mastertrade.orders",
+        "order.request.BTCUSDT",
+        content_type="application/json",
+        message_id=message_id,
+    )
+    ((_, headers),) = dead_letters(broker, "order_requests", 1)
+    assert headers[REASON] == "revoked"
+    assert headers["x-tradebus-original-message-id"] == message_id
+
+
+def test_a_message_redelivered_more_than_five_times_is_dead_lettered_as_a_likely_crasher(
+    broker: Vhost, fresh_state: str
+) -> None:
+    from tasks.backtest import record_signal
+
+    message = signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True)
+    delivery = {"redelivered": True, "exchange": message.exchange, "routing_key": message.routing_key}
+    record_signal.push_request(id=f"crasher-{uuid.uuid4().hex[:8]}", retries=0, delivery_info=delivery)
+    try:  # the same delivery, as RabbitMQ hands it to a new process each time the last one died
+        for _ in range(MAX_REDELIVERIES + 1):
+            record_signal.run_stage(message.model_dump_json())
+    finally:
+        record_signal.pop_request()
+    ((_, headers),) = dead_letters(broker, "backtest_signals", 1)
+    assert headers[REASON] == "redelivery_limit"
+    assert len(store.client().lrange(store.key("backtest", message.strategy_id), 0, -1)) == MAX_REDELIVERIES

@@ -181,6 +181,65 @@ def test_expired_critical_message_is_dead_lettered_not_dropped(
     assert dead[0][1]["x-death"][0]["reason"] == "expired"
 
 
+@pytest.mark.parametrize("queue", [q.name for q in routing.WORKER_QUEUES])
+def test_message_that_expires_on_any_stage_queue_is_dead_lettered_with_x_death(
+    topology_vhost: Vhost, queue: str
+) -> None:
+    body = f"stale-{uuid.uuid4()}"
+    with topology_vhost.connection() as conn:
+        # Straight to the queue through the default exchange, so no other queue gets a copy.
+        _producer(conn).publish(body, exchange="", routing_key=queue, expiration=0.001)
+        dead = _wait_for(conn, f"dlq.{queue}", 1)
+    assert [d[0] for d in dead] == [body]
+    death = dead[0][1]["x-death"][0]
+    assert (death["reason"], death["queue"]) == ("expired", queue)
+
+
+def test_every_stage_queue_dead_letters_by_argument_or_by_exactly_one_tradebus_policy(
+    topology_vhost: Vhost,
+) -> None:
+    # The management API shows a queue's policy with its next statistics, about a second after it is set.
+    deadline = time.monotonic() + 15
+    while True:
+        live = {q["name"]: q for q in topology_vhost.management.queues()}
+        shown = all(live[p.queue].get("policy") for p in routing.POLICIES if p.queue in live)
+        if shown or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    for queue in routing.STAGE_QUEUES:
+        arguments = live[queue.name]["arguments"]
+        if "x-dead-letter-exchange" in arguments:
+            assert live[queue.name].get("policy") in (None, ""), queue.name
+            continue
+        assert live[queue.name]["policy"] == f"tradebus-dead-letter.{queue.name}"
+        assert live[queue.name]["effective_policy_definition"] == {
+            "dead-letter-exchange": "mastertrade.dlx",
+            "dead-letter-routing-key": f"dlq.{queue.name}",
+        }
+
+
+def test_dead_signal_outliving_its_24_hour_dlq_is_archived_not_dropped(topology_vhost: Vhost) -> None:
+    body = f"old-dead-signal-{uuid.uuid4()}"
+    with topology_vhost.connection() as conn:
+        _producer(conn).publish(
+            body, exchange="mastertrade.dlx", routing_key="dlq.trading_signals", expiration=0.001
+        )
+        dead = _wait_for(conn, "dlq.archive", 1)
+    assert [d[0] for d in dead] == [body]
+    assert dead[0][1]["x-death"][0]["queue"] == "dlq.trading_signals"
+
+
+def test_overflowing_orderbook_updates_dead_letters_the_dropped_head(declared_vhost: Vhost) -> None:
+    limit = 10_000
+    with declared_vhost.connection() as conn:
+        producer = _producer(conn)
+        for i in range(limit + 1):
+            producer.publish(f"b{i}", exchange="", routing_key="orderbook_updates")
+        dead = _wait_for(conn, "dlq.orderbook_updates", 1)
+    assert [d[0] for d in dead] == ["b0"]
+    assert dead[0][1]["x-death"][0]["reason"] == "maxlen"
+
+
 def test_overflowing_order_requests_dead_letters_the_oldest(declared_vhost: Vhost) -> None:
     limit = 5000
     with declared_vhost.connection() as conn:

@@ -7,6 +7,9 @@ from typing import Any
 from celery import Celery
 from kombu.utils.objects import cached_property
 
+import tradebus.memory  # noqa: F401 - memory:// deliveries name their consumer tag, as RabbitMQ's do
+from tradebus import flower
+
 
 class TradebusCelery(Celery):  # type: ignore[misc]
     """Celery, with a worker that sizes itself from the pool profile of the queues it consumes."""
@@ -18,4 +21,5 @@ class TradebusCelery(Celery):  # type: ignore[misc]
 
 app = TradebusCelery("tradebus")
 app.config_from_object("celeryconfig")
-app.steps["consumer"].add("tradebus.bootsteps:DeclareTopology")
+# `celery -A tradebus flower` is secure by default: login from the environment or loopback only.
+flower.install()

@@ -12,7 +12,13 @@ from kombu.exceptions import OperationalError
 
 from routing import route as route_keys
 from routing import trace
-from tradebus.errors import BrokerUnreachable, ManagementAPIError, TopologyConflict, UnknownPool
+from tradebus.errors import (
+    BrokerUnreachable,
+    ManagementAPIError,
+    PublishFailed,
+    TopologyConflict,
+    UnknownPool,
+)
 from tradebus.settings import get_settings
 
 
@@ -61,7 +67,7 @@ def topology_declare() -> None:
         click.echo(f"cannot reach the broker: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
     except ManagementAPIError as exc:
-        click.echo(f"the management API refused: {exc}", err=True)
+        click.echo(f"management API: {exc}", err=True)
         sys.exit(ExitCode.MANAGEMENT_API_ERROR)
     for exchange, key, queue in extra:
         click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
@@ -83,11 +89,54 @@ def topology_show() -> None:
 @click.option(
     "--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's)."
 )
-def topology_export(vhost: str | None) -> None:
+@click.option(
+    "--users",
+    is_flag=True,
+    help="Add the vhost and a least-privilege user per service (TRADEBUS_USER_PASSWORD_<SERVICE>).",
+)
+@click.option("--user-prefix", default="tradebus-", show_default=True, help="Prefix of every user name.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE (mode 0600).")
+def topology_export(vhost: str | None, users: bool, user_prefix: str, output: str | None) -> None:
     """Print RabbitMQ definitions JSON for ``rabbitmqctl import_definitions``."""
-    from tradebus.topology import definitions
+    from tradebus.errors import SettingsError
+    from tradebus.topology import export_definitions
 
-    click.echo(json.dumps(definitions(vhost or get_settings().management.vhost), indent=2))
+    try:
+        text = export_definitions(
+            vhost or get_settings().management.vhost, users=users, user_prefix=user_prefix
+        )
+    except SettingsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(ExitCode.USAGE)
+    if output is None:
+        click.echo(text)
+    else:
+        write_private(output, text + "\n")
+
+
+def write_private(path: str, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (it may hold password hashes)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+@topology.command("users")
+@click.option("--user-prefix", default="tradebus-", show_default=True, help="Prefix of every user name.")
+def topology_users(user_prefix: str) -> None:
+    """The RabbitMQ user of every service and what it may configure, write, read and publish."""
+    from tradebus.report import table
+    from tradebus.users import UserDefinitions
+
+    rows = []
+    for account in UserDefinitions(prefix=user_prefix).accounts:
+        topics = "; ".join(f"{ex}: {keys}" for ex, keys in sorted(account.topic_permissions().items()))
+        rows.append(
+            (f"{user_prefix}{account.service}", account.configure, account.write, account.read, topics or "-")
+        )
+    click.echo(table(["user", "configure", "write", "read", "publishes (topic keys)"], rows))
 
 
 @main.command("route")
@@ -121,6 +170,81 @@ def queues_cmd() -> None:
     click.echo(table(["queue", "kind", "messages", "consumers"], rows))
 
 
+@main.group()
+def dlq() -> None:
+    """Inspect and replay dead letters."""
+
+
+def _dead_letter_queues(queue: str | None) -> list[str]:
+    """The dead-letter queues QUEUE names (every one without it), or a usage error."""
+    from tradebus import dlq as dead
+
+    try:
+        return dead.queues_of(queue)
+    except KeyError as exc:
+        click.echo(exc.args[0], err=True)
+        sys.exit(ExitCode.USAGE)
+
+
+@dlq.command("list")
+@click.argument("queue", required=False)
+@click.option("--limit", default=20, show_default=True, help="Dead letters shown per queue.")
+def dlq_list(queue: str | None, limit: int) -> None:
+    """Show dead letters (reason, original route, count, age) without consuming them.
+
+    QUEUE is a dead-letter queue or the queue it serves (order_requests = dlq.order_requests); without it,
+    every dead-letter queue that holds something.
+    """
+    from tradebus.report import dead_letter_report
+
+    names = _dead_letter_queues(queue)
+    try:
+        with _connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            click.echo(dead_letter_report(conn, names, limit, show_empty=queue is not None))
+    except (OperationalError, OSError) as exc:
+        click.echo(f"cannot reach the broker: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.option("--limit", default=100, show_default=True, help="Dead letters to replay at most.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be replayed, and where.")
+def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
+    """Re-validate dead letters of QUEUE and republish the valid ones; the invalid ones stay."""
+    from tradebus import dlq as dead
+    from tradebus.report import replay_report
+
+    (name,) = _dead_letter_queues(queue)
+    try:
+        with _connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            results = dead.replay(conn, name, limit, dry_run=dry_run)
+    except (OperationalError, OSError, PublishFailed) as exc:
+        click.echo(f"cannot replay: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+    click.echo(replay_report(name, results))
+
+
+@main.command("bench")
+@click.option(
+    "--quick", is_flag=True, help="A short run of every scenario (checks it works; no figures to quote)."
+)
+@click.option("--json", "as_json", is_flag=True, help="End with one line of JSON with every figure.")
+def bench_cmd(quick: bool, as_json: bool) -> None:
+    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md)."""
+    from tradebus.bench import run_bench
+
+    try:
+        results = run_bench(quick, click.echo)
+    except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
+        click.echo(f"cannot run the benchmark: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(results, sort_keys=True))
+
+
 @main.command("worker", context_settings={"ignore_unknown_options": True})
 @click.argument("pool")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
@@ -135,10 +259,35 @@ def worker_cmd(pool: str, celery_args: tuple[str, ...]) -> None:
         sys.exit(ExitCode.USAGE)
 
 
+@main.command("simulate")
+@click.option("--rate", default=100.0, show_default=True, help="Messages per second.")
+@click.option("--burst-rate", default=500.0, show_default=True, help="Messages per second during bursts.")
+@click.option("--duration", default=60.0, show_default=True, help="Seconds to run; 0 runs until stopped.")
+@click.option("--seed", default=None, type=int, help="Random seed, for a repeatable market.")
+def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | None) -> None:
+    """Publish simulated market data (candles, tickers, books, trades, sentiment...) to the broker."""
+    from tradebus.simulator import MarketSimulator, Pace, run_publishing
+
+    try:
+        stats = run_publishing(Pace(rate, burst_rate), duration, MarketSimulator(seed=seed), click.echo)
+    except PublishFailed as exc:
+        click.echo(f"cannot publish: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+    counts = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.by_type.items()))
+    click.echo(f"published {stats.published} messages in {stats.seconds:.1f}s ({stats.rate:.0f}/s): {counts}")
+
+
 @main.command("demo")
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the stages.")
-def demo_cmd(timeout: float) -> None:
-    """Declare the topology, start every pool, publish the documented messages, show who got what."""
+@click.option("--duration", default=20.0, show_default=True, help="Seconds of simulated market data.")
+@click.option("--broker", default=None, help="Broker URL; memory:// runs everything in this process.")
+@click.option("--json", "as_json", is_flag=True, help="End with one line of JSON with the figures.")
+def demo_cmd(duration: float, broker: str | None, as_json: bool) -> None:
+    """Run the trading pipeline on simulated market data and report what it did."""
     from tradebus.demo import run_demo
 
-    sys.exit(run_demo(timeout=timeout))
+    try:
+        code = run_demo(duration, broker, as_json)
+    except (BrokerUnreachable, OperationalError, OSError) as exc:
+        click.echo(f"cannot reach the broker: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+    sys.exit(ExitCode.OK if code == 0 else ExitCode.FAILURE)

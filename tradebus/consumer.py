@@ -5,18 +5,27 @@ queues (a candle reaches ``market_data``, ``strategy_market_data`` and ``executo
 name inside the message cannot say which stage should run it. Before Celery looks at a delivery, this
 consumer finds the queue it came from (Kombu keeps the consumer tag of every queue it consumes) and turns the
 delivery into a Celery protocol-2 task message for that queue's stage, whose only argument is the raw body.
-Deliveries on queues without a stage, and genuine Celery messages for non-stage tasks, pass through as is.
+Deliveries on queues without a stage (Celery's own task queues) pass through as is.
+
+Celery itself would acknowledge and drop what it cannot decode (a pickled body, a malformed task message);
+here such a delivery is handed to the stage as raw bytes, with its content type, and the stage
+dead-letters it with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
+from tradebus.messages import wire_bytes
+
+#: Header carrying the content type a raw delivery arrived with, for the stage to check.
+CONTENT_TYPE_HEADER = "x-tradebus-content-type"
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: Headers that Celery or Kombu read as task metadata or body encoding; a plain message's own headers must
@@ -30,37 +39,63 @@ _PROTOCOL_HEADERS = frozenset(
 )  # fmt: skip
 
 
+def stage_argument(headers: Mapping[str, Any], body: str | bytes, content_type: str | None) -> str | None:
+    """The raw body a JSON protocol-2 task message carries as its one argument, or None if it is not one."""
+    if "task" not in headers or "id" not in headers or content_type != "application/json":
+        return None
+    try:
+        args, kwargs, _ = json.loads(body)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(args, list) and len(args) == 1 and isinstance(args[0], str) and kwargs == {}:
+        return args[0]
+    return None
+
+
+def derived_id(message: Message, raw: bytes) -> str:
+    """An id for a message its publisher gave none (pika sets none by default): the same for every delivery
+    of the same message, so its redeliveries are counted and its dead letter names it."""
+    route = f"{message.delivery_info.get('exchange', '')}\n{message.delivery_info.get('routing_key', '')}\n"
+    return "sha256-" + hashlib.sha256(route.encode() + raw).hexdigest()[:32]
+
+
 def to_task_message(message: Message, task_name: str) -> Message:
-    """The delivery ``message`` as a protocol-2 message for ``task_name``, acknowledged as the original."""
+    """The delivery ``message`` as a protocol-2 message for ``task_name``, acknowledged as the original.
+
+    A Celery task message (a retry, or ``app.send_task``) keeps its id, retry count and countdown and
+    nothing else it asked for: no callbacks, no chain, no expiry (an expired task would be dropped unseen).
+    Any other delivery is a raw body: its task id is its message id.
+    """
     headers = dict(message.headers or {})
     properties = dict(message.properties or {})
-    if "task" in headers and "id" in headers:
-        # Already a Celery task message: the queue still decides which stage runs it.
-        body: bytes | str = message.body
-        headers["task"] = task_name
+    argument = stage_argument(headers, message.body, message.content_type)
+    if argument is not None:
+        text, task_id = argument, str(headers["id"])
+        retries, eta = int(headers.get("retries") or 0), headers.get("eta")
     else:
-        raw = message.body
+        raw = wire_bytes(message.body)
         # surrogateescape keeps bytes that are not UTF-8, so a dead letter carries the original body.
-        text = raw.decode("utf-8", errors="surrogateescape") if isinstance(raw, bytes) else str(raw)
-        task_id = properties.get("message_id") or properties.get("correlation_id") or str(uuid.uuid4())
-        headers = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
-        headers.update(
-            lang="py",
-            task=task_name,
-            id=task_id,
-            root_id=task_id,
-            parent_id=None,
-            group=None,
-            retries=0,
-            eta=None,
-            expires=None,
-            timelimit=[None, None],
-            argsrepr=f"<{len(raw)} bytes>",
-            kwargsrepr="{}",
-        )
-        body = json.dumps([[text], {}, _EMBED])
+        text = raw.decode("utf-8", errors="surrogateescape")
+        task_id = properties.get("message_id") or derived_id(message, raw)
+        retries, eta = 0, None
+        headers[CONTENT_TYPE_HEADER] = message.content_type or ""
+    headers = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
+    headers.update(
+        lang="py",
+        task=task_name,
+        id=task_id,
+        root_id=task_id,
+        parent_id=None,
+        group=None,
+        retries=retries,
+        eta=eta,
+        expires=None,
+        timelimit=[None, None],
+        argsrepr=f"<{len(text)} characters>",
+        kwargsrepr="{}",
+    )
     return Message(
-        body=body,
+        body=json.dumps([[text], {}, _EMBED]),
         delivery_tag=message.delivery_tag,
         content_type="application/json",
         content_encoding="utf-8",
@@ -75,12 +110,19 @@ def to_task_message(message: Message, task_name: str) -> Message:
 class StageConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, dispatching each delivery to the stage of the queue it arrived on."""
 
+    def connect(self) -> Any:
+        """Connect, then declare the whole topology (tradebus/autodeclare.py) before anything is consumed."""
+        from tradebus.autodeclare import declare_topology
+
+        connection = super().connect()
+        declare_topology(connection)
+        return connection
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        from tradebus.stage import StageTask, stage_tasks
+        from tradebus.stage import stage_tasks
 
         handle = super().create_task_handler(*args, **kwargs)
         stages = {queue: task.name for queue, task in stage_tasks(self.app).items()}
-        tasks = self.app.tasks
         queue_of_tag: dict[str, str] = {}
 
         def queue_for(tag: str | None) -> str | None:
@@ -92,11 +134,11 @@ class StageConsumer(Consumer):  # type: ignore[misc]
             return queue_of_tag.get(tag) if tag is not None else None
 
         def on_task_received(message: Message) -> Any:
+            # On a stage queue the stage runs, whatever task a message names (a message naming celery.chain
+            # or any other task must not get past the stage's checks); other queues carry Celery's own.
             stage = stages.get(queue_for(message.delivery_info.get("consumer_tag")) or "")
             if stage is not None:
-                named = (message.headers or {}).get("task")
-                if named is None or named not in tasks or isinstance(tasks[named], StageTask):
-                    message = to_task_message(message, stage)
+                message = to_task_message(message, stage)
             return handle(message)
 
         return on_task_received

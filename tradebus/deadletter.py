@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from routing import DLX, dead_letter_queue_name
+from tradebus.messages import wire_bytes
 from tradebus.publisher import send
 
 REASON = "x-tradebus-reason"
@@ -22,6 +23,7 @@ ORIGINAL_EXCHANGE = "x-tradebus-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-tradebus-original-routing-key"
 ORIGINAL_MESSAGE_ID = "x-tradebus-original-message-id"
 DEAD_LETTERED_AT = "x-tradebus-dead-lettered-at"
+RETRIES = "x-tradebus-retries"
 #: Longest error text kept in a header (RabbitMQ headers live in memory with the message).
 MAX_ERROR_CHARS = 2_000
 
@@ -34,6 +36,7 @@ def dead_letter(
     error: str,
     delivery_info: Mapping[str, Any] | None = None,
     message_id: str | None = None,
+    retries: int = 0,
 ) -> str:
     """Publish ``body`` to the DLQ of ``queue`` with why it failed; returns the dead letter's id."""
     delivery_info = delivery_info or {}
@@ -45,8 +48,9 @@ def dead_letter(
         ORIGINAL_ROUTING_KEY: delivery_info.get("routing_key") or "",
         ORIGINAL_MESSAGE_ID: message_id or "",
         DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
+        RETRIES: retries,
     }
-    raw = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else body
+    raw = wire_bytes(body)
     try:
         raw.decode("utf-8")
         encoding = "utf-8"

@@ -1,83 +1,305 @@
-"""``tradebus demo``: the bus at work on a real RabbitMQ, from a fresh start, in about a minute.
+"""``tradebus demo``: ticks become signals, risk decisions, orders and fills, in about a minute.
 
-Declares the topology, starts every pool as its own worker process, publishes one message for each route of
-the seed's routing-key hierarchy, and prints which stage received what.
+On RabbitMQ every pool is its own worker process, sized by its profile. With ``memory://``, or when no
+broker is reachable and none was asked for, everything runs in this process on Kombu's in-memory
+transport (tradebus/memory.py says what that transport cannot enforce), with an in-process Redis when no
+Redis answers. Each run keeps its state under a Redis prefix of its own, so the paper account starts
+fresh, and removes it at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from kombu import Connection
 
-from routing import route
-from tradebus import recorder
+from routing import DEAD_LETTER_QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
+from tradebus import account, recorder, simulator, store
+from tradebus.errors import BrokerUnreachable, ManagementAPIError
+from tradebus.health import queue_stats
 from tradebus.management import Management
 from tradebus.publisher import publish
 from tradebus.report import table
-from tradebus.samples import documented_messages
 from tradebus.settings import get_settings
 from tradebus.topology import check_and_declare
-from workers.launch import PoolProcess, start_pool, wait_for_consumers
+from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
 from workers.profiles import POOLS
 
+MEMORY = "memory://"
+#: Threads of the embedded worker (every stage queue shares them), their prefetch, and how often the
+#: in-memory transport looks for messages when it has none it may deliver.
+MEMORY_CONCURRENCY = 8
+MEMORY_PREFETCH_MULTIPLIER = 25
+MEMORY_POLLING_INTERVAL = 0.005
+POOL_START_TIMEOUT = 90.0
+#: After the simulator stops, how long the pipeline may take to finish what is in flight.
+DRAIN_TIMEOUT = 30.0
+PIPELINE_QUEUES = ("trading_signals", "order_requests", "strategy_market_data", "executor_market_data")
+MEMORY_LIMITS = (
+    "in-memory broker: message TTLs, length limits, broker dead-lettering (x-death), policies and "
+    "publisher confirms are not enforced; alternate exchanges are emulated by the publisher; application "
+    "dead letters, retries and topic routing work as on RabbitMQ"
+)
 
-def run_demo(timeout: float = 90.0) -> int:
-    """Run the demo; returns 0 when every documented message reached every stage it should."""
+
+@dataclass
+class Result:
+    """What a demo run did; ``as_json`` is the ``--json`` line."""
+
+    broker: str
+    seconds: float
+    ticks: int = 0
+    signals: int = 0
+    orders: int = 0
+    fills: int = 0
+    dead_letters: int = 0
+    unrouted: int = 0
+    refused: int = 0
+    rejected: int = 0
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    portfolio: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> str:
+        """One line of JSON."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def choose_broker(asked: str | None) -> str:
+    """The broker the demo runs on: the one asked for, else the configured one, else memory."""
+    if asked:
+        return asked
+    configured = os.environ.get("TRADEBUS_BROKER_URL")
+    if configured:
+        return configured
+    url = get_settings().broker_url
+    return url if _reachable(url) else MEMORY
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50, p95 and p99 of ``samples`` (nearest rank), with their count."""
+    ordered = sorted(samples)
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))], 2)
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "n": float(len(ordered))}
+
+
+def _depths(connection: Connection, names: list[str]) -> dict[str, int]:
+    return {name: s.messages or 0 for name, s in queue_stats(connection, names).items()}
+
+
+def _in_flight(connection: Connection) -> bool:
+    metrics = recorder.metrics()
+    decided = metrics.get("orders", 0) + metrics.get("signals_refused", 0)
+    done = sum(metrics.get(k, 0) for k in ("fills", "orders_rejected", "orders_cancelled"))
+    queued = sum(_depths(connection, list(PIPELINE_QUEUES)).values())
+    return queued > 0 or decided < metrics.get("signals", 0) or done < metrics.get("orders", 0)
+
+
+class Progress:
+    """The live progress line: rewritten in place on a terminal, a line every 5 s otherwise."""
+
+    def __init__(self, out: Callable[[str], None], tty: bool) -> None:
+        self.out, self.tty, self.last = out, tty, 0.0
+
+    def __call__(self, stats: simulator.Stats) -> None:
+        if not self.tty and stats.seconds - self.last < 5:
+            return
+        self.last = stats.seconds
+        m = recorder.metrics()
+        line = (
+            f"[{stats.seconds:4.0f}s] ticks {stats.published:6d}  signals {m.get('signals', 0):4d}  "
+            f"orders {m.get('orders', 0):4d}  fills {m.get('fills', 0):4d}"
+        )
+        if self.tty:
+            sys.stdout.write("\r" + line)
+            sys.stdout.flush()
+        else:
+            self.out(line)
+
+
+def _run_pipeline(connection: Connection, duration: float, progress: Progress, broker: str) -> Result:
+    dlqs = [q.name for q in DEAD_LETTER_QUEUES]
+    unrouted = [q.name for q in UNROUTED_QUEUES]
+    before = _depths(connection, dlqs + unrouted)
+    started = time.monotonic()
+    stats = simulator.run(publish, simulator.Pace(), duration, on_progress=progress)
+    if progress.tty:
+        sys.stdout.write("\n")
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while _in_flight(connection) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    after = _depths(connection, dlqs + unrouted)
+    metrics = recorder.metrics()
+    latency = {q.name: percentiles(s) for q in STAGE_QUEUES if (s := recorder.latencies(q.name))}
+    book = account.portfolio()
+    return Result(
+        broker=broker,
+        seconds=round(time.monotonic() - started, 1),
+        ticks=stats.published,
+        signals=metrics.get("signals", 0),
+        orders=metrics.get("orders", 0),
+        fills=metrics.get("fills", 0),
+        dead_letters=sum(after[q] - before[q] for q in dlqs),
+        unrouted=sum(after[q] - before[q] for q in unrouted),
+        refused=metrics.get("signals_refused", 0),
+        rejected=metrics.get("orders_rejected", 0),
+        latency_ms=latency,
+        portfolio={
+            "equity": round(book.equity, 2),
+            "cash": round(book.cash, 2),
+            "positions": {s: h.quantity for s, h in book.holdings.items()},
+            "closed_trades": len(book.results),
+            "realized_pnl": round(sum(book.results), 2),
+        },
+    )
+
+
+@contextlib.contextmanager
+def _rabbitmq_pools(url: str, echo: Callable[[str], None]) -> Iterator[Connection]:
     settings = get_settings()
-    log_dir = Path(tempfile.mkdtemp(prefix="tradebus-demo-"))
-    with Connection(settings.broker_url, connect_timeout=5) as conn:
-        conn.ensure_connection(max_retries=3)
-        check_and_declare(conn, Management(settings.management))
-        click.echo(f"topology declared on {settings.management.base_url} vhost {settings.management.vhost}")
+    with Connection(url, connect_timeout=5) as connection:
+        connection.ensure_connection(max_retries=3)
+        try:
+            check_and_declare(connection, Management(settings.management))
+        except ManagementAPIError as exc:
+            echo(f"warning: {exc}")
+        echo(f"topology declared on {urlsplit(url).hostname} vhost {settings.management.vhost}")
+        log_dir = Path(tempfile.mkdtemp(prefix="tradebus-demo-"))
+        echo(f"starting {len(POOLS)} pools, one worker process each (logs in {log_dir}) ...")
+        env = {"TRADEBUS_BROKER_URL": url, "TRADEBUS_REDIS_PREFIX": settings.redis_prefix}
         pools: list[PoolProcess] = []
         try:
-            click.echo(f"starting {len(POOLS)} pools (logs in {log_dir}) ...")
-            pools = [start_pool(name, log_dir, ["--loglevel", "WARNING"]) for name in POOLS]
-            missing = wait_for_consumers(conn, POOLS, timeout, pools)
+            pools = [start_pool(name, log_dir, ["--loglevel", "WARNING"], env) for name in POOLS]
+            missing = wait_for_consumers(connection, POOLS, POOL_START_TIMEOUT, pools)
             if missing:
-                click.echo(f"pools not consuming after {timeout:.0f}s: {', '.join(missing)}", err=True)
-                return 1
-            click.echo("every pool is consuming; publishing the seed's documented messages")
-            return _publish_and_report(timeout)
+                raise BrokerUnreachable(
+                    f"pools not consuming after {POOL_START_TIMEOUT:.0f}s: {', '.join(missing)}"
+                )
+            yield connection
         finally:
-            for pool in pools:
-                pool.stop()
+            stop_all(pools)
 
 
-def _publish_and_report(timeout: float) -> int:
-    before = recorder.counts()
-    expected: dict[str, int] = {}
-    rows = []
-    for message in documented_messages():
-        queues = sorted(route(message.exchange, message.routing_key))
-        publish(message)
-        for q in queues:
-            expected[q] = expected.get(q, 0) + 1
-        rows.append((message.exchange, message.routing_key, ", ".join(queues)))
-    click.echo(table(["exchange", "routing key", "queues"], rows))
+@contextlib.contextmanager
+def _embedded(echo: Callable[[str], None]) -> Iterator[Connection]:
+    from celery.contrib.testing.worker import start_worker
 
-    deadline = time.monotonic() + timeout
-    got: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        now = recorder.counts()
-        got = {q: now.get(q, 0) - before.get(q, 0) for q in expected}
-        if all(got[q] >= n for q, n in expected.items()):
-            break
-        time.sleep(0.2)
-    click.echo("")
-    click.echo(
+    from tradebus.app import app
+
+    echo(MEMORY_LIMITS)
+    try:
+        store.client().ping()
+        echo(f"state in Redis at {get_settings().redis_url}")
+    except Exception:  # noqa: BLE001 - any failure to reach Redis means: use the in-process one
+        import fakeredis
+
+        store.use(fakeredis.FakeRedis())
+        echo("state in an in-process Redis (no Redis answered)")
+    # Kombu's virtual transports sleep polling_interval (1 s) whenever nothing can be consumed, which
+    # includes "the prefetch window is full": poll often, and give the threads a deep window.
+    app.conf.update(
+        broker_url=MEMORY,
+        result_backend="cache+memory://",
+        broker_transport_options={"polling_interval": MEMORY_POLLING_INTERVAL},
+        worker_prefetch_multiplier=MEMORY_PREFETCH_MULTIPLIER,
+    )
+    app.loader.import_default_modules()
+    queues = list(POOLS)
+    with (
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=MEMORY_CONCURRENCY,
+            perform_ping_check=False,
+            queues=queues,
+            loglevel="WARNING",
+            shutdown_timeout=30.0,
+        ),
+        app.connection_for_write() as connection,
+    ):
+        yield connection
+
+
+def run_demo(duration: float, broker: str | None, as_json: bool) -> int:
+    """Run the demo; 0 when it produced fills and dead-lettered nothing."""
+    url = choose_broker(broker)
+    memory = url.startswith("memory")
+    os.environ["TRADEBUS_REDIS_PREFIX"] = f"tradebus-demo-{uuid.uuid4().hex[:8]}"
+    if not memory:
+        os.environ["TRADEBUS_BROKER_URL"] = url
+    get_settings.cache_clear()
+    from tradebus.app import app
+
+    app.conf.broker_url = url
+    echo = click.echo
+    if not memory and not _reachable(url):
+        raise BrokerUnreachable(f"no broker at {urlsplit(url).hostname}:{urlsplit(url).port or 5672}")
+    environment = _embedded(echo) if memory else _rabbitmq_pools(url, echo)
+    try:
+        with environment as connection:
+            rates = f"about {simulator.DEFAULT_RATE:g} msg/s, bursts to {simulator.DEFAULT_BURST_RATE:g}"
+            echo(f"simulating market data for {duration:g}s ({rates})")
+            result = _run_pipeline(
+                connection, duration, Progress(echo, sys.stdout.isatty()), "memory" if memory else "rabbitmq"
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            store.clear()
+    _summary(result, echo)
+    if as_json:
+        click.echo(result.as_json())
+    return 0 if result.fills > 0 and result.dead_letters == 0 else 1
+
+
+def _summary(result: Result, echo: Callable[[str], None]) -> None:
+    echo("")
+    echo(
         table(
-            ["queue", "stage received", "expected"],
-            [(q, got.get(q, 0), n) for q, n in sorted(expected.items())],
+            ["ticks", "signals", "refused", "orders", "fills", "rejected", "dead letters", "unrouted"],
+            [
+                (
+                    result.ticks,
+                    result.signals,
+                    result.refused,
+                    result.orders,
+                    result.fills,
+                    result.rejected,
+                    result.dead_letters,
+                    result.unrouted,
+                )
+            ],
         )
     )
-    short = [q for q, n in expected.items() if got.get(q, 0) < n]
-    if short:
-        click.echo(f"\nstages still waiting: {', '.join(sorted(short))}", err=True)
-        return 1
-    click.echo(f"\nall {sum(expected.values())} deliveries processed by their stages")
-    return 0
+    echo("")
+    rows = [(q, int(p["n"]), p["p50"], p["p95"], p["p99"]) for q, p in sorted(result.latency_ms.items())]
+    echo(table(["stage queue", "messages", "p50 ms", "p95 ms", "p99 ms"], rows))
+    book = result.portfolio
+    echo(
+        f"\nportfolio: equity {book['equity']:,.2f}, cash {book['cash']:,.2f}, positions {book['positions']}"
+    )
+    echo(f"{book['closed_trades']} closed trades, realized P&L {book['realized_pnl']:,.2f}")

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import quote
 
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
-from tradebus.settings import ManagementSettings
+from tradebus.settings import ManagementSettings, TLSSettings
 
 
 class Management:
     """The management API of one broker, scoped to one vhost."""
 
-    def __init__(self, settings: ManagementSettings, timeout: float = 10.0) -> None:
+    def __init__(
+        self, settings: ManagementSettings, timeout: float = 10.0, tls: TLSSettings | None = None
+    ) -> None:
         self.settings = settings
         self.timeout = timeout
         token = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
         self._auth = f"Basic {token}"
+        self._context: ssl.SSLContext | None = None
+        if settings.base_url.startswith("https:"):
+            # https with the broker's CA and client certificate (TRADEBUS_BROKER_*_FILE, tradebus/tls.py).
+            from tradebus.settings import get_settings
+            from tradebus.tls import client_context
+
+            self._context = client_context(tls if tls is not None else get_settings().tls)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Call ``/api/<path>``; returns the decoded JSON answer (None when empty)."""
@@ -29,7 +39,7 @@ class Management:
         req.add_header("Authorization", self._auth)
         req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
@@ -78,6 +88,15 @@ class Management:
         """Every consumer of the vhost, with its prefetch count and queue."""
         result: list[dict[str, Any]] = self.get(f"consumers/{self._vhost}")
         return result
+
+    def policies(self) -> list[dict[str, Any]]:
+        """Every policy of the vhost."""
+        result: list[dict[str, Any]] = self.get(f"policies/{self._vhost}")
+        return result
+
+    def put_policy(self, name: str, body: dict[str, Any]) -> None:
+        """Create or replace policy ``name`` in the vhost."""
+        self.request("PUT", f"policies/{self._vhost}/{quote(name, safe='')}", body)
 
     def create_vhost(self, name: str) -> None:
         """Create vhost ``name`` and give this API user full permissions on it."""

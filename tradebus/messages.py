@@ -7,7 +7,7 @@ route: ``message.exchange`` and ``message.routing_key`` come from ``routing.ROUT
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -20,10 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from routing import CANDLE_INTERVALS, ROUTES, Route
+from routing import CANDLE_INTERVALS, INTERVAL_SECONDS, ROUTES, Route
 
 #: Letrade_v1's limit, applied to every message tradebus publishes or accepts.
 MAX_MESSAGE_BYTES = 128 * 1024
+
+#: Most ticks in one TickerBatch (about 100 bytes each, well under the size limit).
+MAX_BATCH_TICKS = 1_000
 
 #: A trading pair or token as it appears in a routing key: upper-case letters and digits, no dots.
 Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,20}$")]
@@ -35,12 +38,15 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Side = Literal["BUY", "SELL"]
 
 
+def wire_bytes(body: str | bytes) -> bytes:
+    """A body as the bytes it travels as: text is UTF-8, and bytes that were not UTF-8 come back as they
+    were (a consumer decodes raw bodies with ``surrogateescape``, so a dead letter is byte for byte)."""
+    return body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else body
+
+
 def utcnow() -> datetime:
     """Now, timezone-aware in UTC (the bus never carries naive timestamps)."""
     return datetime.now(UTC)
-
-
-Timestamp = Annotated[AwareDatetime, Field(default_factory=utcnow)]
 
 
 class BusMessage(BaseModel):
@@ -75,7 +81,7 @@ class MarketData(BusMessage):
     type: Literal["market_data"] = "market_data"
     symbol: Symbol
     interval: str
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
     open: Price
     high: Price
     low: Price
@@ -83,6 +89,11 @@ class MarketData(BusMessage):
     volume: Amount
     quote_volume: Amount | None = None
     trades_count: Annotated[int, Field(ge=0)] | None = None
+
+    @property
+    def closed_at(self) -> datetime:
+        """When the candle closed: its open time plus its interval."""
+        return self.timestamp + timedelta(seconds=INTERVAL_SECONDS[self.interval])
 
     @model_validator(mode="after")
     def _candle_is_consistent(self) -> MarketData:
@@ -103,7 +114,32 @@ class Ticker(BusMessage):
     bid: Price | None = None
     ask: Price | None = None
     volume_24h: Amount | None = None
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
+
+
+class Tick(BaseModel):
+    """One price in a ticker batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price: Price
+    bid: Price | None = None
+    ask: Price | None = None
+    timestamp: AwareDatetime
+
+
+class TickerBatch(BusMessage):
+    """Many tickers of one symbol in one message, oldest first (producer-side batching of ``ticker.*``)."""
+
+    route_name = "ticker_batch"
+    type: Literal["ticker_batch"] = "ticker_batch"
+    symbol: Symbol
+    ticks: Annotated[list[Tick], Field(min_length=1, max_length=MAX_BATCH_TICKS)]
+
+    @property
+    def last_price(self) -> float:
+        """The newest price of the batch."""
+        return self.ticks[-1].price
 
 
 class OrderBook(BusMessage):
@@ -114,7 +150,7 @@ class OrderBook(BusMessage):
     symbol: Symbol
     bids: list[tuple[Price, Amount]]
     asks: list[tuple[Price, Amount]]
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class Trade(BusMessage):
@@ -127,7 +163,7 @@ class Trade(BusMessage):
     price: Price
     quantity: Price
     side: Side
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class Sentiment(BusMessage):
@@ -139,7 +175,7 @@ class Sentiment(BusMessage):
     platform: Word
     score: Annotated[float, Field(ge=-1, le=1)]
     mentions: Annotated[int, Field(ge=0)] | None = None
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class StockIndex(BusMessage):
@@ -150,7 +186,7 @@ class StockIndex(BusMessage):
     index_name: Word
     value: float
     change_pct: float | None = None
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class OnchainMetric(BusMessage):
@@ -161,7 +197,7 @@ class OnchainMetric(BusMessage):
     metric_name: Word
     symbol: Symbol
     value: float
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class WhaleAlert(BusMessage):
@@ -179,7 +215,7 @@ class WhaleAlert(BusMessage):
     amount_token: Amount
     amount_usd: Amount
     alert_level: Literal["low", "medium", "high", "critical"]
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class TradingSignal(BusMessage):
@@ -196,7 +232,7 @@ class TradingSignal(BusMessage):
     position_size_pct: Annotated[float, Field(gt=0, le=1)] | None = None
     reasoning: str = ""
     indicators: dict[str, float] = Field(default_factory=dict)
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
     backtest: bool = False
 
     @property
@@ -220,7 +256,7 @@ class OrderRequest(BusMessage):
     take_profit: Price | None = None
     environment: Literal["paper", "live"] = "paper"
     risk_approved: bool = True
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _limit_has_price(self) -> OrderRequest:
@@ -261,7 +297,7 @@ class RiskCheck(BusMessage):
     current_portfolio_value: Amount
     current_positions: Annotated[int, Field(ge=0)]
     max_drawdown_current: Fraction
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class RiskBreach(BusMessage):
@@ -274,7 +310,7 @@ class RiskBreach(BusMessage):
     threshold: float
     strategy_id: Word | None = None
     message: str = ""
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class CircuitBreaker(BusMessage):
@@ -285,7 +321,7 @@ class CircuitBreaker(BusMessage):
     trigger: Word
     state: Literal["tripped", "reset"]
     reason: str = ""
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class SystemHealth(BusMessage):
@@ -296,7 +332,7 @@ class SystemHealth(BusMessage):
     service: Word
     status: Literal["healthy", "degraded", "unhealthy"]
     details: dict[str, Any] = Field(default_factory=dict)
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class SystemAlert(BusMessage):
@@ -308,7 +344,7 @@ class SystemAlert(BusMessage):
     message: str
     source: str = "tradebus"
     details: dict[str, Any] = Field(default_factory=dict)
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 class ConfigChange(BusMessage):
@@ -319,12 +355,26 @@ class ConfigChange(BusMessage):
     change_type: Word
     service: Word | None = None
     description: str = ""
-    timestamp: Timestamp
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
+
+
+class RiskCheckResult(BaseModel):
+    """The risk manager's answer to a risk check (returned through the result backend, not the bus)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    check_id: Word
+    approved: bool
+    reasons: list[str] = Field(default_factory=list)
+    max_position_size: Fraction
+    circuit_breaker_tripped: bool = False
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 
 MESSAGE_CLASSES: tuple[type[BusMessage], ...] = (
     MarketData,
     Ticker,
+    TickerBatch,
     OrderBook,
     Trade,
     Sentiment,

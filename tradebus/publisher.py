@@ -18,7 +18,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
-from routing import PERSISTENT_EXCHANGES
+from routing import PERSISTENT_EXCHANGES, trace
+from tradebus import signing
 from tradebus.errors import (
     InvalidJSON,
     InvalidMessage,
@@ -26,12 +27,15 @@ from tradebus.errors import (
     PublishFailed,
     SchemaViolation,
     UnknownMessageType,
+    UnsupportedContentType,
 )
-from tradebus.messages import ANY_MESSAGE, MAX_MESSAGE_BYTES, MESSAGE_TYPES, BusMessage
+from tradebus.messages import ANY_MESSAGE, MAX_MESSAGE_BYTES, MESSAGE_TYPES, BusMessage, wire_bytes
 
 CONTENT_TYPE = "application/json"
 #: Header naming the message type, so a consumer can tell what it got without parsing the body.
 TYPE_HEADER = "x-tradebus-type"
+#: Header with the publish time (Unix seconds, float): stages measure their latency from it.
+PUBLISHED_AT = "x-tradebus-published-at"
 PERSISTENT = 2
 TRANSIENT = 1
 #: Reconnect-and-republish attempts after a lost connection (never after a nack), and their spacing.
@@ -58,9 +62,20 @@ def describe(exc: ValidationError) -> str:
     )
 
 
-def parse_wire(body: str | bytes) -> BusMessage:
+#: Content types a JSON body may arrive with; a publisher that sets none is taken at its word that it is JSON.
+JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """Whether a message labelled ``content_type`` may be read as JSON (pickle never is)."""
+    return (content_type or "").split(";")[0].strip().lower() in JSON_CONTENT_TYPES
+
+
+def parse_wire(body: str | bytes, content_type: str | None = None) -> BusMessage:
     """Parse a message as it arrives from the broker, or raise the InvalidMessage that says why not."""
-    size = len(body.encode("utf-8", errors="surrogateescape")) if isinstance(body, str) else len(body)
+    if not is_json_content_type(content_type):
+        raise UnsupportedContentType(f"content type {content_type!r} is refused; the bus carries JSON only")
+    size = len(wire_bytes(body))
     if size > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
@@ -99,8 +114,14 @@ def send(
     persistent: bool | None = None,
     content_encoding: str = "utf-8",
     app: Celery | None = None,
+    signed_route: tuple[str, str] | None = None,
 ) -> str:
-    """Publish raw ``body`` and wait for the broker's confirm; returns the message id."""
+    """Publish raw ``body`` and wait for the broker's confirm; returns the message id.
+
+    ``signed_route`` is the (exchange, routing key) the signature covers when it is not the one published
+    to: a message sent straight to its queue through ``mastertrade.retry`` is verified against the route
+    it names in its ``x-tradebus-original-*`` headers.
+    """
     if app is None:
         from tradebus.app import app as default_app
 
@@ -108,17 +129,28 @@ def send(
     message_id = message_id or str(uuid.uuid4())
     if persistent is None:
         persistent = exchange in PERSISTENT_EXCHANGES
-    properties = {
+    properties: dict[str, Any] = {
         "exchange": exchange,
         "routing_key": routing_key,
         "content_type": CONTENT_TYPE,
         "content_encoding": content_encoding,
         "delivery_mode": PERSISTENT if persistent else TRANSIENT,
         "message_id": message_id,
-        "headers": dict(headers or {}),
+        "headers": {PUBLISHED_AT: time.time(), **(headers or {})},
     }
     where = f"{routing_key!r} on {exchange!r}"
     with app.producer_or_acquire() as producer:
+        if producer.connection.transport.driver_type != "amqp":
+            properties["exchange"] = _without_alternate_exchanges(exchange, routing_key)
+        # Signed when this service has a key (tradebus/signing.py); the signature covers the wire route.
+        signed_exchange, signed_key = signed_route or (properties["exchange"], routing_key)
+        properties["headers"] |= signing.outgoing(
+            body,
+            message_id=message_id,
+            exchange=signed_exchange,
+            routing_key=signed_key,
+            content_type=CONTENT_TYPE,
+        )
         for attempt in range(CONNECTION_RETRIES + 1):
             try:
                 # Kombu's own retry would also republish a nacked message (py-amqp counts a nack as a
@@ -141,6 +173,18 @@ def send(
                     producer.connection.ensure_connection(max_retries=1)
                     producer.revive(producer.connection.default_channel)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _without_alternate_exchanges(exchange: str, routing_key: str) -> str:
+    """The exchange whose bindings take ``routing_key``, for transports that ignore alternate exchanges.
+
+    Kombu's in-memory transport routes topic and direct exchanges but drops what no binding matches;
+    publishing straight to the exchange RabbitMQ would end at keeps the "nothing unroutable vanishes" rule.
+    """
+    try:
+        return trace(exchange, routing_key)[-1].exchange
+    except KeyError:  # not a tradebus exchange
+        return exchange
 
 
 def publish(

@@ -8,6 +8,8 @@ from typing import Any
 from kombu import Connection
 
 from routing import EXCHANGES, QUEUES, Hop
+from tradebus import dlq
+from tradebus.health import queue_stats
 from tradebus.topology import queue_kind
 from workers.profiles import POOLS
 
@@ -56,14 +58,54 @@ def route_report(hops: list[Hop]) -> str:
 
 def queue_depths(connection: Connection) -> list[tuple[str, str, Any, Any]]:
     """(queue, kind, messages, consumers) for every queue, read with passive declares."""
-    rows: list[tuple[str, str, Any, Any]] = []
-    channel = connection.channel()
-    for q in QUEUES:
-        try:
-            _, messages, consumers = channel.queue_declare(queue=q.name, passive=True)
-        except connection.channel_errors:
-            channel = connection.channel()  # a missing queue closes the channel
-            messages, consumers = "missing", "-"
-        rows.append((q.name, queue_kind(q.name), messages, consumers))
-    channel.close()
-    return rows
+    stats = queue_stats(connection, [q.name for q in QUEUES])
+    return [
+        (
+            name,
+            queue_kind(name),
+            "missing" if s.messages is None else s.messages,
+            "-" if s.consumers is None else s.consumers,
+        )
+        for name, s in stats.items()
+    ]
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def dead_letter_report(connection: Connection, names: list[str], limit: int, show_empty: bool) -> str:
+    """Each dead-letter queue's depth and its first ``limit`` dead letters, left in place."""
+    parts = []
+    for name in names:
+        total = dlq.depth(connection, name)
+        if not total and not show_empty:
+            continue
+        letters = dlq.peek(connection, name, limit)
+        shown = f", first {len(letters)}" if total > len(letters) else ""
+        rows = [
+            (d.reason, d.exchange or "-", d.routing_key or "-", d.count, _age(d.age_seconds), d.error[:60])
+            for d in letters
+        ]
+        header = f"{name}: {total} dead letter(s){shown}"
+        body = table(["reason", "exchange", "routing key", "count", "age", "error"], rows) if rows else ""
+        parts.append(f"{header}\n{body}".rstrip())
+    return "\n\n".join(parts) if parts else "no dead letters"
+
+
+def replay_report(name: str, results: list[dlq.Replay]) -> str:
+    """What a replay did to each dead letter."""
+    rows = [
+        (r.letter.message_id or "-", r.letter.reason, r.outcome, r.detail, r.new_message_id or "-")
+        for r in results
+    ]
+    listing = (
+        table(["message id", "reason", "outcome", "where / why", "new message id"], rows) if rows else ""
+    )
+    replayed = sum(r.outcome == dlq.REPLAYED for r in results)
+    return f"{listing}\n{replayed} replayed, {len(results) - replayed} left in {name}".lstrip()

@@ -5,7 +5,7 @@ The demo publishes them; the tests publish them and check where each one lands.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tradebus.messages import (
     BusMessage,
@@ -22,7 +22,9 @@ from tradebus.messages import (
     StockIndex,
     SystemAlert,
     SystemHealth,
+    Tick,
     Ticker,
+    TickerBatch,
     Trade,
     TradingSignal,
     WhaleAlert,
@@ -48,8 +50,8 @@ def candle(symbol: str = "BTCUSDT", interval: str = "1m", close: float = 45200.0
     )
 
 
-def signal(strategy_id: str = STRATEGY, backtest: bool = False) -> TradingSignal:
-    """The seed's trading signal example."""
+def signal(strategy_id: str = STRATEGY, backtest: bool = False, at: datetime | None = None) -> TradingSignal:
+    """The seed's trading signal example, timestamped now (the risk manager refuses stale signals)."""
     return TradingSignal(
         strategy_id=strategy_id,
         symbol="BTCUSDT",
@@ -61,13 +63,15 @@ def signal(strategy_id: str = STRATEGY, backtest: bool = False) -> TradingSignal
         position_size_pct=0.05,
         reasoning="Strong momentum + positive sentiment",
         indicators={"RSI": 65, "MACD": 150.5, "sentiment_score": 0.72},
-        timestamp=AT,
+        timestamp=at or datetime.now(UTC),
         backtest=backtest,
     )
 
 
-def order_request(request_id: str = "req-1234567890", quantity: float = 0.5) -> OrderRequest:
-    """The seed's order request example."""
+def order_request(
+    request_id: str = "req-1234567890", quantity: float = 0.5, at: datetime | None = None
+) -> OrderRequest:
+    """The seed's order request example, timestamped now (the executor refuses stale orders)."""
     return OrderRequest(
         request_id=request_id,
         strategy_id=STRATEGY,
@@ -80,7 +84,7 @@ def order_request(request_id: str = "req-1234567890", quantity: float = 0.5) -> 
         take_profit=46500.0,
         environment="paper",
         risk_approved=True,
-        timestamp=AT,
+        timestamp=at or datetime.now(UTC),
     )
 
 
@@ -122,6 +126,37 @@ def whale_alert(token: str = "BTC", level: str = "high") -> WhaleAlert:
     )
 
 
+def ticker_batch(symbol: str = "BTCUSDT", ticks: int = 100, price: float = 45200.0) -> TickerBatch:
+    """``ticks`` tickers of ``symbol`` in one message, a millisecond apart, the last one now."""
+    start = datetime.now(UTC) - timedelta(milliseconds=ticks)
+    return TickerBatch(
+        symbol=symbol,
+        ticks=[
+            Tick(
+                price=price + i,
+                bid=price + i - 0.5,
+                ask=price + i + 0.5,
+                timestamp=start + timedelta(milliseconds=i + 1),
+            )
+            for i in range(ticks)
+        ],
+    )
+
+
+def risk_check(check_id: str = "risk-1234567890", current_positions: int = 5) -> RiskCheck:
+    """The seed's risk check example."""
+    return RiskCheck(
+        check_id=check_id,
+        strategy_id="strategy-uuid",
+        symbol="BTCUSDT",
+        proposed_position_size=0.05,
+        current_portfolio_value=50000.0,
+        current_positions=current_positions,
+        max_drawdown_current=0.08,
+        timestamp=AT,
+    )
+
+
 def documented_messages() -> list[BusMessage]:
     """A message for each example key of the seed's routing-key hierarchy, in the seed's order."""
     return [
@@ -144,16 +179,7 @@ def documented_messages() -> list[BusMessage]:
         order_update("filled", "order-123"),
         order_update("cancelled", "order-456"),
         order_update("partial", "order-789"),
-        RiskCheck(
-            check_id="risk-1234567890",
-            strategy_id="strategy-uuid",
-            symbol="BTCUSDT",
-            proposed_position_size=0.05,
-            current_portfolio_value=50000.0,
-            current_positions=5,
-            max_drawdown_current=0.08,
-            timestamp=AT,
-        ),
+        risk_check(),
         RiskBreach(
             metric="drawdown", value=0.16, threshold=0.15, message="max drawdown exceeded", timestamp=AT
         ),

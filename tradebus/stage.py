@@ -4,10 +4,14 @@
 
 * runs for every message arriving on ``queue`` (tradebus/consumer.py hands it the raw body),
 * validates the body against the message types it accepts and against the queue it came from,
-* records what it received (tradebus/recorder.py), then calls ``fn`` with the validated model,
+* records what it received and how long after its publication (tradebus/recorder.py), then calls ``fn``
+  with the validated model,
+* retries a transient failure (Redis or the broker away) with the seed's policy, 3 times after 5, 10 and
+  20 seconds, through Celery's own retry, delivered straight back to ``queue``,
 * dead-letters the original body to ``dlq.<queue>``, with the reason in its headers, when the body is
-  invalid or ``fn`` fails; a failure to dead-letter fails the task, and the broker then rejects the message
-  (so a queue with a dead-letter exchange still keeps it).
+  invalid, ``fn`` rejects it as invalid, the retries are exhausted, ``fn`` fails otherwise, or the message
+  keeps coming back because it kills the process running it. A failure to dead-letter fails the task, and
+  the broker then rejects the message (the queue's dead-letter exchange still keeps it).
 
 ``task.delay(message)`` publishes ``message`` on its documented exchange and routing key, so every stage
 subscribed to that key runs, this one included; the returned AsyncResult's id is the AMQP message id.
@@ -16,27 +20,46 @@ subscribed to that key runs, this one included; the returned AsyncResult's id is
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
+from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
 
-from routing import QUEUES_BY_NAME, route
-from tradebus import recorder
+from routing import QUEUES_BY_NAME, RETRY, route
+from tradebus import recorder, signing, store
 from tradebus.app import app
-from tradebus.deadletter import dead_letter
-from tradebus.errors import InvalidMessage, Misrouted, UnknownMessageType, WrongStage
+from tradebus.consumer import CONTENT_TYPE_HEADER
+from tradebus.deadletter import ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, dead_letter
+from tradebus.errors import (
+    InvalidMessage,
+    Misrouted,
+    SignatureCheckUnavailable,
+    UnknownMessageType,
+    WrongStage,
+)
 from tradebus.messages import BusMessage
-from tradebus.publisher import encode, parse_wire, publish, to_message
+from tradebus.publisher import PUBLISHED_AT, encode, parse_wire, publish, to_message
+from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 from workers.profiles import POOLS
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
 #: Dead-letter reason for a stage that raised while handling a valid message.
 STAGE_ERROR = "stage_error"
+#: Dead-letter reason for a transient failure that outlasted every retry.
+MAX_RETRIES = "max_retries"
+#: Dead-letter reason for a stage message an operator revoked.
+REVOKED = "revoked"
+#: Dead-letter reason for a message redelivered more than MAX_REDELIVERIES times (it kills its process).
+REDELIVERY_LIMIT = "redelivery_limit"
+MAX_REDELIVERIES = 5
+#: How long a redelivery count is remembered.
+REDELIVERY_WINDOW_SECONDS = 24 * 3600
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
 _CELERY_CONTROL = (Retry, Reject, Ignore)
 
@@ -48,6 +71,7 @@ class StageTask(Task):  # type: ignore[misc]
     accepts: tuple[type[BusMessage], ...]
     #: The stage's own function, called with the validated message.
     handler: Callable[[Any], Any]
+    retry_policy: RetryPolicy = SEED_POLICY
     typing = False
 
     def mismatch(self, message: BusMessage) -> InvalidMessage | None:
@@ -66,25 +90,105 @@ class StageTask(Task):  # type: ignore[misc]
             )
         return None
 
-    def parse(self, payload: str | bytes | dict[str, Any] | BusMessage) -> BusMessage:
+    def parse(
+        self, payload: str | bytes | dict[str, Any] | BusMessage, content_type: str | None = None
+    ) -> BusMessage:
         """Validate ``payload`` as a message this stage accepts on its queue, or raise InvalidMessage."""
-        message = parse_wire(payload) if isinstance(payload, str | bytes) else to_message(payload)
+        if isinstance(payload, str | bytes):
+            message = parse_wire(payload, content_type)
+        else:
+            message = to_message(payload)
         if problem := self.mismatch(message):
             raise problem
         return message
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The current delivery's own (non-Celery) headers."""
+        return self.request.headers or {}
+
+    def origin(self) -> tuple[str, str]:
+        """The exchange and routing key the current message was first published with.
+
+        A retry (or a replay of a fanned-out dead letter) travels straight to this stage's queue through
+        ``mastertrade.retry`` and carries the original route in its headers; any other delivery's own
+        route is its origin, whatever its headers claim.
+        """
+        delivery = self.request.delivery_info or {}
+        exchange, routing_key = delivery.get("exchange") or "", delivery.get("routing_key") or ""
+        if exchange != RETRY.name:  # only a retry or a replay may say where it came from first
+            return exchange, routing_key
+        headers = self.headers
+        return headers.get(ORIGINAL_EXCHANGE) or exchange, headers.get(ORIGINAL_ROUTING_KEY) or routing_key
 
     def dead_letter(self, payload: Any, reason: str, error: str) -> None:
         """Send ``payload`` to this stage's DLQ with ``reason``; raises if the broker does not confirm."""
         body = payload if isinstance(payload, str | bytes) else _as_body(payload)
         logger.warning("%s: dead-lettering %s (%s): %s", self.queue_name, self.request.id, reason, error)
+        exchange, routing_key = self.origin()
         dead_letter(
             body,
             queue=self.queue_name,
             reason=reason,
             error=error,
-            delivery_info=self.request.delivery_info,
+            delivery_info={"exchange": exchange, "routing_key": routing_key},
             message_id=self.request.id,
+            retries=self.request.retries or 0,
         )
+
+    def retry_later(self, exc: BaseException) -> NoReturn:
+        """Schedule the current message again on this stage's queue after the policy's delay (Celery's
+        ``Task.retry``, which raises Retry for Celery to acknowledge the current delivery)."""
+        exchange, routing_key = self.origin()
+        headers = {k: v for k, v in self.headers.items() if k != "x-death"} | {
+            ORIGINAL_EXCHANGE: exchange,
+            ORIGINAL_ROUTING_KEY: routing_key,
+        }
+        # This worker vouches for the retry with its own signature and attempt number (tradebus/signing.py).
+        headers |= signing.retry_headers(self, self.headers.get(CONTENT_TYPE_HEADER))
+        delay = self.retry_policy.delay(self.request.retries or 0)
+        logger.warning(
+            "%s: %s failed (%s: %s); retry %d of %d in %.1fs",
+            self.queue_name,
+            self.request.id,
+            type(exc).__name__,
+            exc,
+            (self.request.retries or 0) + 1,
+            self.retry_policy.max_retries,
+            delay,
+        )
+        self.retry(
+            exc=exc,
+            countdown=delay,
+            max_retries=self.retry_policy.max_retries,
+            queue=self.queue_name,
+            exchange=RETRY.name,
+            routing_key=self.queue_name,
+            headers=headers,
+        )
+        raise AssertionError("Task.retry raises")  # pragma: no cover
+
+    def retry_or_give_up(self, payload: Any, exc: BaseException) -> None:
+        """Retry a transient failure later (Celery's Retry), or dead-letter it when the retries are spent."""
+        if (self.request.retries or 0) < self.retry_policy.max_retries:
+            self.retry_later(exc)
+        error = f"still failing after {self.retry_policy.max_retries} retries: {type(exc).__name__}: {exc}"
+        self.dead_letter(payload, MAX_RETRIES, error)
+
+    def over_redelivery_limit(self) -> bool:
+        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no)."""
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return False
+        key = store.key("redeliveries", self.queue_name, f"{self.request.id}:{self.request.retries or 0}")
+        try:
+            pipe = store.client().pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, REDELIVERY_WINDOW_SECONDS)
+            count = int(pipe.execute()[0])
+        except Exception as exc:  # noqa: BLE001 - without Redis, keep processing rather than stall
+            logger.warning("%s: cannot count redeliveries of %s: %s", self.queue_name, self.request.id, exc)
+            return False
+        return count > MAX_REDELIVERIES
 
     def apply_async(
         self,
@@ -93,8 +197,12 @@ class StageTask(Task):  # type: ignore[misc]
         task_id: str | None = None,
         **options: Any,
     ) -> AsyncResult:
-        """Publish the message this stage accepts on its documented route."""
-        if self.app.conf.task_always_eager:
+        """Publish the message this stage accepts on its documented route.
+
+        Celery's own retry (see ``retry_later``) goes through unchanged: it sends the raw body straight back
+        to this stage's queue.
+        """
+        if self.app.conf.task_always_eager or options.get("retries"):
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         if options:
             raise WrongStage(
@@ -110,12 +218,70 @@ class StageTask(Task):  # type: ignore[misc]
             raise WrongStage(str(problem)) from problem
         return self.AsyncResult(publish(message, message_id=task_id))
 
+    def run_stage(self, payload: Any) -> Any:
+        """Validate, record and handle one delivery; every way it can fail ends in a retry or the DLQ."""
+        try:
+            # Signatures first, before the body is even parsed (tradebus/signing.py; no-op unless required).
+            signing.check_delivery(self, payload, self.headers.get(CONTENT_TYPE_HEADER))
+            message = self.parse(payload, self.headers.get(CONTENT_TYPE_HEADER))
+        except InvalidMessage as exc:
+            self.dead_letter(payload, exc.reason, str(exc))
+            return None
+        except SignatureCheckUnavailable as exc:  # Redis down: retried, never passed unchecked
+            self.retry_or_give_up(payload, exc)
+            return None
+        if self.over_redelivery_limit():
+            self.dead_letter(
+                payload, REDELIVERY_LIMIT, f"redelivered more than {MAX_REDELIVERIES} times; it may crash"
+            )
+            return None
+        _record(self, message)
+        try:
+            return self.handler(message)
+        except _CELERY_CONTROL:
+            raise
+        except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
+            self.dead_letter(payload, exc.reason, str(exc))
+            return None
+        except Exception as exc:  # every failure ends in a retry or the DLQ with its reason
+            if is_transient(exc):
+                self.retry_or_give_up(payload, exc)
+                return None
+            logger.exception("%s: stage %s failed on %s", self.queue_name, self.name, self.request.id)
+            self.dead_letter(payload, STAGE_ERROR, f"{type(exc).__name__}: {exc}")
+            return None
+
+
+@task_revoked.connect  # type: ignore[untyped-decorator]
+def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A stage message revoked by an operator (Flower, ``celery control revoke``) goes to its DLQ too.
+
+    Celery has already acknowledged it; the dead letter, reason ``revoked``, is what keeps it.
+    """
+    if not isinstance(sender, StageTask) or request is None or not request.args:
+        return
+    try:
+        dead_letter(
+            request.args[0],
+            queue=sender.queue_name,
+            reason=REVOKED,
+            error="revoked by an operator before it ran",
+            delivery_info=request.delivery_info,
+            message_id=request.id,
+        )
+    except Exception:  # the worker must go on; the revocation itself is in Celery's log
+        logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
+
 
 def _record(task: StageTask, message: BusMessage) -> None:
     """Note the delivery in Redis; observability must never cost a message, so failures only log."""
     request = task.request
     delivery = request.delivery_info or {}
-    logger.info("%s: %s %s", task.queue_name, message.type, delivery.get("routing_key"))
+    exchange, routing_key = task.origin()
+    published = task.headers.get(PUBLISHED_AT)
+    first_try = not request.retries
+    latency = (time.time() - float(published)) * 1000 if first_try and published else None
+    logger.info("%s: %s %s", task.queue_name, message.type, routing_key)
     try:
         recorder.record(
             task.queue_name,
@@ -123,10 +289,12 @@ def _record(task: StageTask, message: BusMessage) -> None:
             {
                 "id": request.id,
                 "type": message.type,
-                "exchange": delivery.get("exchange"),
-                "routing_key": delivery.get("routing_key"),
+                "exchange": exchange,
+                "routing_key": routing_key,
                 "redelivered": bool(delivery.get("redelivered")),
+                "retries": request.retries or 0,
             },
+            latency_ms=latency,
         )
     except Exception as exc:  # noqa: BLE001 - Redis down must not stop the stage
         logger.warning("%s: could not record %s: %s", task.queue_name, request.id, exc)
@@ -145,20 +313,7 @@ def stage(
 
     def decorate(fn: Callable[[Any], R]) -> StageTask:
         def run(self: StageTask, payload: Any) -> Any:
-            try:
-                message = self.parse(payload)
-            except InvalidMessage as exc:
-                self.dead_letter(payload, exc.reason, str(exc))
-                return None
-            _record(self, message)
-            try:
-                return self.handler(message)
-            except _CELERY_CONTROL:
-                raise
-            except Exception as exc:  # every failure ends in the DLQ with its reason
-                logger.exception("%s: stage %s failed on %s", queue, name, self.request.id)
-                self.dead_letter(payload, STAGE_ERROR, f"{type(exc).__name__}: {exc}")
-                return None
+            return self.run_stage(payload)
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__

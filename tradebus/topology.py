@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
-from routing import DEAD_LETTER_QUEUES, EXCHANGES, QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
-from tradebus.errors import TopologyConflict
+from routing import (
+    DEAD_LETTER_QUEUES,
+    EXCHANGES,
+    POLICIES,
+    QUEUES,
+    STAGE_QUEUES,
+    TASK_QUEUES,
+    UNROUTED_QUEUES,
+)
+from tradebus.errors import ManagementAPIError, TopologyConflict
 from tradebus.management import Management
 
 #: One difference: (object, attribute, live value, wanted value).
@@ -107,20 +116,40 @@ def declare(connection: Connection) -> None:
             channel.close()
 
 
+def apply_policies(management: Management) -> None:
+    """Create or update the dead-letter policies (routing/policies.py); idempotent."""
+    live = {p["name"]: p for p in management.policies()}
+    for policy in POLICIES:
+        wanted = policy.as_json()
+        current = live.get(policy.name)
+        if current is None or any(current.get(k) != v for k, v in wanted.items()):
+            management.put_policy(policy.name, wanted)
+
+
 def check_and_declare(connection: Connection, management: Management | None) -> list[tuple[str, str, str]]:
-    """Compare with the live broker first (when its API answers), then declare.
+    """Compare with the live broker first (when its API answers), then declare, then apply the policies.
 
     With the management API, every conflicting argument is reported at once and nothing is touched;
-    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff. Returns the live bindings
-    the topology does not declare, for the caller to warn about.
+    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff, and the dead-letter
+    policies cannot be applied (ManagementAPIError, after everything else is declared). Returns the live
+    bindings the topology does not declare, for the caller to warn about.
     """
+    reachable = management is not None and management.reachable()
     extra: list[tuple[str, str, str]] = []
-    if management is not None and management.reachable():
+    if management is not None and reachable:
         rows = diff(management.exchanges(), management.queues())
         if rows:
             raise TopologyConflict(rows)
         extra = extra_bindings(management.bindings())
     declare(connection)
+    if management is None or not reachable:
+        where = management.settings.base_url if management is not None else "(none configured)"
+        raise ManagementAPIError(
+            f"declared every exchange, queue and binding, but the management API at {where} did not "
+            "answer, so the dead-letter policies are not applied: what market-data queues expire would "
+            "be dropped"
+        )
+    apply_policies(management)
     return extra
 
 
@@ -138,16 +167,35 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
             "arguments": {},
         }
         for q in QUEUES
-        for b in q.bindings
+        # Kombu keeps bindings in a set: sort them, so the export is the same file on every run.
+        for b in sorted(q.bindings, key=lambda b: (b.exchange.name, b.routing_key or ""))
     ]
-    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+    policies = [{"vhost": vhost, "name": p.name, **p.as_json()} for p in POLICIES]
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies}
 
 
 def queue_kind(name: str) -> str:
-    """``stage``, ``dead-letter`` or ``unrouted``."""
+    """``stage``, ``task``, ``dead-letter`` or ``unrouted``."""
     if name in {q.name for q in STAGE_QUEUES}:
         return "stage"
+    if name in {q.name for q in TASK_QUEUES}:
+        return "task"
     if name in {q.name for q in DEAD_LETTER_QUEUES}:
         return "dead-letter"
     assert name in {q.name for q in UNROUTED_QUEUES}
     return "unrouted"
+
+
+def export_definitions(vhost: str, *, users: bool = False, user_prefix: str = "tradebus-") -> str:
+    """``definitions(vhost)`` as JSON, with the least-privilege users (tradebus/users.py) when ``users``.
+
+    The users' passwords come from ``TRADEBUS_USER_PASSWORD_<SERVICE>``; SettingsError names the missing ones.
+    """
+    data: dict[str, Any] = {}
+    if users:
+        from tradebus.settings import get_settings
+        from tradebus.users import UserDefinitions
+
+        data |= UserDefinitions(vhost, user_prefix).as_json(get_settings().user_passwords)
+    data |= definitions(vhost)
+    return json.dumps(data, indent=2)

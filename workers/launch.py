@@ -1,4 +1,4 @@
-"""Start pools as separate worker processes and wait for them, for the demo and the tests."""
+"""Start pools as separate worker processes and wait for them, for the demo, the benchmark and the tests."""
 
 from __future__ import annotations
 
@@ -25,16 +25,29 @@ class PoolProcess:
     log: Path
     extra: Sequence[str] = field(default_factory=tuple)
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in ``timeout`` seconds."""
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM): finish the running tasks, then exit."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Warm shutdown, then SIGKILL of the whole process group if it does not exit in ``timeout``."""
+        self.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         return self.process.returncode
+
+
+def stop_all(pools: Iterable[PoolProcess], timeout: float = 20.0) -> None:
+    """Stop every pool at once: all get SIGTERM first, then each is waited for."""
+    pools = list(pools)
+    for pool in pools:
+        pool.terminate()
+    for pool in pools:
+        pool.stop(timeout)
 
 
 def start_pool(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from routing import STAGE_QUEUES
+from routing import WORKER_QUEUES
 from tradebus.errors import UnknownPool
 
 
@@ -67,10 +67,12 @@ POOLS: dict[str, PoolProfile] = {
         PoolProfile("strategy_order_updates", concurrency=1, prefetch_multiplier=10, critical=True),
         PoolProfile("monitoring_order_updates", concurrency=1, prefetch_multiplier=10),
         PoolProfile("alert_risk_events", concurrency=1, prefetch_multiplier=10, critical=True),
+        # Celery beat's periodic health report.
+        PoolProfile("periodic_tasks", concurrency=1, prefetch_multiplier=1),
     )
 }
 
-assert set(POOLS) == {q.name for q in STAGE_QUEUES}, "every stage queue needs exactly one pool profile"
+assert set(POOLS) == {q.name for q in WORKER_QUEUES}, "every worker queue needs exactly one pool profile"
 
 
 def pool(name: str) -> PoolProfile:

@@ -1,0 +1,56 @@
+"""Declare the whole topology whenever a worker's consumer (re)connects, before it consumes anything.
+
+Celery declares the queues a worker consumes, but not the alternate exchanges, the unrouted queues or the
+dead-letter queues; without those, unroutable messages and dead letters would vanish. The dead-letter
+policies need the management API: a worker applies them when it answers and warns when it does not.
+
+A least-privilege worker (``TRADEBUS_DECLARE_TOPOLOGY=0``, docs/security.md) declares nothing: its RabbitMQ
+user may not, and the admin user declared the topology before any worker started.
+"""
+
+from __future__ import annotations
+
+from amqp.exceptions import AccessRefused
+from celery.utils.log import get_logger
+from kombu import Connection
+
+from tradebus.errors import BrokerUnreachable, ManagementAPIError
+from tradebus.management import Management
+from tradebus.settings import get_settings
+from tradebus.topology import apply_policies, declare
+
+logger = get_logger(__name__)
+#: Seconds a starting worker waits for the management API before going on without it.
+MANAGEMENT_TIMEOUT = 3.0
+
+
+def declare_topology(connection: Connection) -> None:
+    """Declare every exchange, queue and binding of ``routing`` on ``connection``, and the policies.
+
+    Called by the worker's consumer (tradebus/consumer.py) each time it connects, so the dead-letter
+    queues and alternate exchanges exist before the first message is taken.
+    """
+    if not get_settings().declare_topology:
+        logger.info(
+            "TRADEBUS_DECLARE_TOPOLOGY=0: this worker declares nothing and consumes the topology the "
+            "admin user declared (`tradebus topology declare`)"
+        )
+        return
+    try:
+        declare(connection)
+    except AccessRefused:
+        logger.error(
+            "this worker's RabbitMQ user may not declare the topology; a least-privilege worker runs "
+            "with TRADEBUS_DECLARE_TOPOLOGY=0 after the admin user ran `tradebus topology declare`"
+        )
+        raise
+    if connection.transport.driver_type != "amqp":
+        return  # the in-memory transport has no policies (docs/topology.md)
+    try:
+        apply_policies(Management(get_settings().management, timeout=MANAGEMENT_TIMEOUT))
+    except (BrokerUnreachable, ManagementAPIError) as exc:
+        logger.warning(
+            "dead-letter policies not applied (%s); run `tradebus topology declare` so that expired "
+            "market data is dead-lettered instead of dropped",
+            exc,
+        )

@@ -1,0 +1,462 @@
+"""``tradebus bench``: tradebus's paths against raw Kombu and bare Celery, in one run on one broker.
+
+* hop: one message through one queue to one consumer process, paced so nothing queues (latency) and as
+  fast as possible (throughput), for a raw Kombu consumer, a bare Celery task and a tradebus stage;
+* fan-out: ticks through ``ticker.*`` to both of its stages (ticker_updates, executor_market_data), one
+  tick per message and batched (TickerBatch), as fast as both stages keep up;
+* order path: signal -> risk -> order -> paper fill latency, under background market load.
+
+Each run gets a vhost and a Redis prefix of its own; the figures are ratios against the baselines run
+here, on this machine (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import celery
+import kombu
+from kombu import Connection, Queue
+
+from tradebus import account, benchapp, recorder, store
+from tradebus.demo import percentiles
+from tradebus.management import Management
+from tradebus.messages import Ticker, TradingSignal
+from tradebus.publisher import publish, send
+from tradebus.samples import ticker_batch
+from tradebus.settings import ManagementSettings, get_settings
+from tradebus.topology import check_and_declare
+from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
+
+#: Seconds of publishing before the fan-out's rates are sampled.
+WARM_UP_SECONDS = 2.0
+#: Ticks per message of the batched background load of the order-path scenario.
+BACKGROUND_BATCH = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each scenario does."""
+
+    hop_messages: int = 500
+    hop_rate: float = 100.0
+    burst_messages: int = 3000
+    fanout_seconds: float = 8.0
+    batch_sizes: tuple[int, ...] = (1, 100, 500)
+    round_trips: int = 100
+    background_ticks: float = 500.0
+
+    @classmethod
+    def quick(cls) -> Plan:
+        """A short run that exercises every scenario (a smoke test, not figures to quote)."""
+        return cls(
+            hop_messages=40, burst_messages=200, fanout_seconds=2.0, batch_sizes=(1, 100), round_trips=6
+        )
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``check()``; a scenario that times out has no figures to give, so it fails."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.002)
+
+
+def _count(key: str) -> int:
+    return int(store.client().hget(f"{key}:count", "n") or 0)
+
+
+def _stage_count(queue: str) -> int:
+    return recorder.counts().get(queue, 0)
+
+
+class Bench:
+    """One benchmark run: its vhost, its processes, its results."""
+
+    def __init__(self, plan: Plan, echo: Callable[[str], None]) -> None:
+        self.plan, self.echo = plan, echo
+        self.log_dir = Path(tempfile.mkdtemp(prefix="tradebus-bench-"))
+        self.results: dict[str, Any] = {"machine": machine(), "plan": plan.__dict__}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        #: Each round trip's signal is a minute after the last, from yesterday (the risk manager refuses
+        #: signals over two days old).
+        self.signals_from = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
+        self.pools: list[PoolProcess] = []
+
+    @property
+    def url(self) -> str:
+        return get_settings().broker_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        settings = get_settings()
+        return {
+            "TRADEBUS_BROKER_URL": settings.broker_url,
+            "TRADEBUS_REDIS_URL": settings.redis_url,
+            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+        }
+
+    def spawn(self, argv: list[str], name: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                argv,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+    def pool(self, name: str, *extra: str) -> None:
+        self.pools.append(start_pool(name, self.log_dir, ["--loglevel", "WARNING", *extra], self.env))
+
+    def wait_consumers(self, *queues: str) -> None:
+        with Connection(self.url) as conn:
+            missing = wait_for_consumers(conn, queues, 90.0, self.pools)
+        if missing:
+            raise RuntimeError(f"no consumer on {', '.join(missing)}; logs in {self.log_dir}")
+
+    def stop(self) -> None:
+        stop_all(self.pools)
+        self.pools = []
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(20)
+        self.processes = []
+
+    # --- hop -------------------------------------------------------------------------------------
+    def hop(self) -> None:
+        """One queue, one consumer process: raw Kombu, bare Celery, a tradebus stage."""
+        body = Ticker(symbol="BTCUSDT", price=45_000.0, bid=44_999.5, ask=45_000.5).model_dump_json()
+        prefix = get_settings().redis_prefix
+        raw_key = f"{prefix}:bench:raw"
+        bare_key = f"{prefix}:{benchapp.BARE_KEY_SUFFIX}"
+        with Connection(self.url) as conn:
+            for name in (benchapp.RAW_QUEUE, benchapp.BARE_QUEUE):
+                Queue(name, durable=True)(conn.default_channel).declare()
+        self.spawn([sys.executable, "-m", "tradebus.benchapp", benchapp.RAW_QUEUE, raw_key], "raw")
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tradebus.benchapp",
+                "worker",
+                "-Q",
+                benchapp.BARE_QUEUE,
+                "-c",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "--loglevel",
+                "WARNING",
+            ],
+            "bare",
+        )
+        self.pool("ticker_updates", "-c", "1", "--prefetch-multiplier", "1")
+        self.wait_consumers(benchapp.RAW_QUEUE, benchapp.BARE_QUEUE, "ticker_updates")
+        benchapp.app.conf.update(broker_url=self.url, broker_transport_options={"confirm_publish": True})
+
+        def raw() -> None:
+            send(body.encode(), exchange="", routing_key=benchapp.RAW_QUEUE)
+
+        def bare() -> None:
+            benchapp.hop.apply_async((time.time(), body), queue=benchapp.BARE_QUEUE)
+
+        def stage() -> None:
+            send(body.encode(), exchange="", routing_key="ticker_updates")
+
+        kinds: list[tuple[str, Callable[[], None], Callable[[], int], Callable[[], list[float]]]] = [
+            ("raw kombu", raw, lambda: _count(raw_key), lambda: _latencies(raw_key)),
+            ("bare celery", bare, lambda: _count(bare_key), lambda: _latencies(bare_key)),
+            (
+                "tradebus stage",
+                stage,
+                lambda: _stage_count("ticker_updates"),
+                lambda: recorder.latencies("ticker_updates"),
+            ),
+        ]
+        hop: dict[str, Any] = {}
+        for name, sender, count, samples in kinds:
+            hop[name] = self._hop(sender, count, samples)
+            self.echo(f"  hop {name}: {hop[name]}")
+        trees = {
+            "raw kombu": self.processes[0].pid,
+            "bare celery": self.processes[1].pid,
+            "tradebus stage": self.pools[-1].process.pid,
+        }
+        for name, pid in trees.items():
+            hop[name]["rss_mb"] = rss_mb(pid)
+        base = hop["bare celery"]
+        hop["tradebus / bare celery"] = {
+            "p50": round(hop["tradebus stage"]["latency_ms"]["p50"] / base["latency_ms"]["p50"], 2),
+            "p99": round(hop["tradebus stage"]["latency_ms"]["p99"] / base["latency_ms"]["p99"], 2),
+            "throughput": round(hop["tradebus stage"]["per_second"] / base["per_second"], 2),
+            "memory": round(hop["tradebus stage"]["rss_mb"] / base["rss_mb"], 2),
+        }
+        self.results["hop"] = hop
+        self.stop()
+
+    def _hop(
+        self, sender: Callable[[], None], count: Callable[[], int], samples: Callable[[], list[float]]
+    ) -> dict[str, Any]:
+        plan = self.plan
+        start = count()
+        paced_from = time.monotonic()
+        for i in range(plan.hop_messages):  # paced: nothing waits in the queue
+            time.sleep(max(0.0, i / plan.hop_rate - (time.monotonic() - paced_from)))
+            sender()
+        _wait(lambda: count() >= start + plan.hop_messages, 60, "the paced messages")
+        latency = percentiles(samples()[: plan.hop_messages])
+        begun = time.monotonic()
+        before = count()
+        for _ in range(plan.burst_messages):
+            sender()
+        _wait(lambda: count() >= before + plan.burst_messages, 120, "the burst")
+        elapsed = time.monotonic() - begun
+        return {"latency_ms": latency, "per_second": round(plan.burst_messages / elapsed, 1)}
+
+    # --- fan-out ---------------------------------------------------------------------------------
+    def fanout(self) -> None:
+        """Ticks through ticker.* to both of its stage pools (at their profiles), flat out.
+
+        The publisher runs as fast as it can while the two stages' counts are sampled over a window after a
+        warm-up: the slower stage's rate is what the fan-out sustains (what it cannot take piles up and
+        expires into the DLQ, as it would in production).
+        """
+        stages = ("ticker_updates", "executor_market_data")
+        for name in stages:
+            self.pool(name)
+        self.wait_consumers(*stages)
+        results = {}
+        for size in self.plan.batch_sizes:
+            message = Ticker(symbol="BTCUSDT", price=45_000.0) if size == 1 else ticker_batch("BTCUSDT", size)
+            stop = threading.Event()
+            sent = [0]
+
+            def flood(message: Any = message, stop: threading.Event = stop, sent: list[int] = sent) -> None:
+                while not stop.is_set():
+                    publish(message)
+                    sent[0] += 1
+
+            publisher = threading.Thread(target=flood, daemon=True)
+            begun = time.monotonic()
+            publisher.start()
+            time.sleep(WARM_UP_SECONDS)
+            first, t1 = {q: _stage_count(q) for q in stages}, time.monotonic()
+            time.sleep(self.plan.fanout_seconds)
+            last, t2 = {q: _stage_count(q) for q in stages}, time.monotonic()
+            stop.set()
+            publisher.join()
+            offered = sent[0] / (time.monotonic() - begun)
+            rates = {q: (last[q] - first[q]) / (t2 - t1) for q in stages}
+            results[f"{size} per message"] = {
+                "pool_rss_mb": {pool.name: rss_mb(pool.process.pid) for pool in self.pools},
+                "ticks_per_second": round(min(rates.values()) * size),
+                "offered_ticks_per_second": round(offered * size),
+                "messages_per_second": {q: round(r, 1) for q, r in rates.items()},
+            }
+            self.echo(f"  fan-out, {size} tick(s) per message: {results[f'{size} per message']}")
+            with Connection(self.url) as conn:
+                for queue in stages:  # what the stages could not take, so the next size starts level
+                    conn.default_channel.queue_purge(queue)
+            time.sleep(1.0)
+        self.results["fanout"] = results
+        self.stop()
+
+    # --- order path ------------------------------------------------------------------------------
+    def order_path(self) -> None:
+        """Signal -> risk -> order -> fill, one round trip at a time: idle, then under background ticks sent
+        one per message, then the same ticks per second in batches of BACKGROUND_BATCH."""
+        for name in ("trading_signals", "order_requests", "executor_market_data", "ticker_updates"):
+            self.pool(name)
+        self.wait_consumers("trading_signals", "order_requests", "executor_market_data", "ticker_updates")
+        account.reset()
+        fills: dict[str, float] = {}
+        orders = kombu.Exchange("mastertrade.orders", type="topic", no_declare=True)
+        tap = Queue(
+            f"bench.fills.{uuid.uuid4().hex[:6]}", orders, routing_key="order.update.filled.#", exclusive=True
+        )
+
+        def on_fill(body: Any, message: Any) -> None:
+            update = body if isinstance(body, dict) else json.loads(body)
+            fills[update["request_id"]] = time.time()
+            message.ack()
+
+        loads = {
+            "idle": (0.0, 1),
+            f"{self.plan.background_ticks:g} ticks/s, one per message": (self.plan.background_ticks, 1),
+            f"{self.plan.background_ticks:g} ticks/s, {BACKGROUND_BATCH} per message": (
+                self.plan.background_ticks,
+                BACKGROUND_BATCH,
+            ),
+        }
+        results: dict[str, Any] = {}
+        trip = 0
+        with Connection(self.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
+            for load, (rate, batch) in loads.items():
+                stop = threading.Event()
+                background = threading.Thread(target=_background_ticks, args=(rate, batch, stop), daemon=True)
+                background.start()
+                latencies = []
+                try:
+                    for _ in range(self.plan.round_trips):
+                        latencies.append(self._round_trip(conn, fills, trip))
+                        trip += 1
+                finally:
+                    stop.set()
+                    background.join()
+                results[load] = percentiles(latencies)
+                self.echo(f"  signal -> fill, {load}: {results[load]}")
+        self.results["order_path"] = {"signal_to_fill_ms": results}
+        self.stop()
+
+    def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
+        """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
+        symbol = f"BENCH{trip % 4}USDT"
+        action = "BUY" if trip % 8 < 4 else "SELL"
+        price = 100.0 * (1.01 ** (trip // 4))
+        publish(Ticker(symbol=symbol, price=price))
+        _wait(lambda: account.last_price(symbol) == price, 30, f"the executor to see {symbol} at {price}")
+        signal = TradingSignal(
+            strategy_id="bench",
+            symbol=symbol,
+            action=action,
+            confidence=0.9,
+            entry_price=price,
+            position_size_pct=0.02,
+            timestamp=self.signals_from + timedelta(minutes=trip),
+        )
+        request_id = account.request_id_for(signal)
+        begun = time.time()
+        publish(signal)
+        deadline = time.monotonic() + 30
+        while request_id not in fills and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1)
+        if request_id not in fills:
+            raise RuntimeError(f"no fill for {action} {symbol} (round trip {trip}); logs in {self.log_dir}")
+        return (fills[request_id] - begun) * 1000
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` and its children (a worker and its pool), in MB."""
+    total_kb = 0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        status = Path(f"/proc/{current}/status")
+        if status.exists():
+            line = next((x for x in status.read_text().splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
+            total_kb += int(line.split()[1])
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pids += [int(child) for child in children.read_text().split()]
+    return round(total_kb / 1024, 1)
+
+
+def _latencies(key: str) -> list[float]:
+    return [float(v) for v in store.client().lrange(key, 0, -1)]
+
+
+def _background_ticks(rate: float, batch: int, stop: threading.Event) -> None:
+    """Publish ``rate`` ticks per second on three symbols, ``batch`` ticks per message, until ``stop``."""
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    i = 0
+    begun = time.monotonic()
+    while rate > 0 and not stop.is_set():
+        symbol = symbols[i % 3]
+        publish(
+            Ticker(symbol=symbol, price=100.0 + i % 7) if batch == 1 else ticker_batch(symbol, batch, 100.0)
+        )
+        i += 1
+        stop.wait(max(0.0, i * batch / rate - (time.monotonic() - begun)))
+
+
+@contextmanager
+def _bench_vhost(echo: Callable[[str], None]) -> Iterator[None]:
+    """A vhost and a Redis prefix of the run's own, removed at the end."""
+    settings = get_settings()
+    name = f"tradebus-bench-{uuid.uuid4().hex[:8]}"
+    admin = Management(
+        ManagementSettings(
+            settings.management.base_url, settings.management.username, settings.management.password, "/"
+        )
+    )
+    admin.create_vhost(name)
+    parts = urlsplit(settings.broker_url)
+    os.environ["TRADEBUS_BROKER_URL"] = urlunsplit(
+        (parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", "")
+    )
+    os.environ["TRADEBUS_REDIS_PREFIX"] = name
+    get_settings.cache_clear()
+    from tradebus.app import app
+
+    app.conf.broker_url = get_settings().broker_url
+    try:
+        with Connection(get_settings().broker_url) as conn:
+            check_and_declare(conn, Management(get_settings().management))
+        echo(f"benchmark vhost {name}")
+        yield
+    finally:
+        admin.delete_vhost(name)
+        store.clear()
+
+
+def run_bench(quick: bool, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every scenario; returns the figures."""
+    plan = Plan.quick() if quick else Plan()
+    with _bench_vhost(echo):
+        bench = Bench(plan, echo)
+        try:
+            for scenario in (bench.hop, bench.fanout, bench.order_path):
+                echo(f"{scenario.__name__.replace('_', ' ')} ...")
+                scenario()
+        finally:
+            bench.stop()
+        bench.results["finished_at"] = datetime.now(UTC).isoformat()
+        return bench.results

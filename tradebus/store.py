@@ -1,0 +1,51 @@
+"""Redis, where stages keep their state: one client per process, every key under one prefix.
+
+The prefix (``TRADEBUS_REDIS_PREFIX``) keeps deployments, demos and test sessions that share a Redis apart.
+The embedded demo, with no Redis to talk to, swaps in an in-process one with :func:`use`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import redis
+
+from tradebus.settings import get_settings
+
+#: Fail fast when Redis is down: the stage then retries the message later (tradebus/retries.py).
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+
+_override: list[redis.Redis] = []
+
+
+@cache
+def _from_settings() -> redis.Redis:
+    return redis.Redis.from_url(
+        get_settings().redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+    )
+
+
+def client() -> redis.Redis:
+    """This process's Redis client (redis-py reconnects by itself after a fork)."""
+    return _override[-1] if _override else _from_settings()
+
+
+def use(replacement: redis.Redis) -> None:
+    """Make ``replacement`` this process's Redis (the embedded demo's in-process store)."""
+    _override[:] = [replacement]
+
+
+def key(*parts: str) -> str:
+    """A key under this deployment's prefix: ``key("fills", "req-1")`` -> ``tradebus:fills:req-1``.
+
+    With no parts, the prefix itself.
+    """
+    return ":".join((get_settings().redis_prefix, *parts))
+
+
+def clear() -> None:
+    """Delete every key under this deployment's prefix."""
+    keys = list(client().scan_iter(match=key("*"), count=1000))
+    for start in range(0, len(keys), 1000):
+        client().delete(*keys[start : start + 1000])
