@@ -27,7 +27,7 @@ import click
 from kombu import Connection
 
 from routing import DEAD_LETTER_QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
-from tradebus import account, recorder, simulator, store
+from tradebus import account, dlq, recorder, simulator, store
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.health import queue_stats
 from tradebus.management import Management
@@ -47,6 +47,8 @@ MEMORY_POLLING_INTERVAL = 0.005
 POOL_START_TIMEOUT = 90.0
 #: After the simulator stops, how long the pipeline may take to finish what is in flight.
 DRAIN_TIMEOUT = 30.0
+#: How many of a run's new dead letters per DLQ the summary describes.
+DEAD_LETTERS_SHOWN = 5
 PIPELINE_QUEUES = ("trading_signals", "order_requests", "strategy_market_data", "executor_market_data")
 MEMORY_LIMITS = (
     "in-memory broker: message TTLs, length limits, broker dead-lettering (x-death), policies and "
@@ -70,6 +72,8 @@ class Result:
     refused: int = 0
     rejected: int = 0
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Each new dead letter: its queue, reason, routing key and error, so a red run says why.
+    dead_letter_reasons: list[dict[str, str]] = field(default_factory=list)
     portfolio: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> str:
@@ -142,6 +146,28 @@ class Progress:
             self.out(line)
 
 
+def _new_dead_letters(
+    connection: Connection, before: dict[str, int], after: dict[str, int]
+) -> list[dict[str, str]]:
+    """The dead letters this run added (the newest of each DLQ), described without consuming them."""
+    found: list[dict[str, str]] = []
+    for queue, count in after.items():
+        added = count - before.get(queue, 0)
+        if added <= 0:
+            continue
+        letters = dlq.peek(connection, queue, min(count, DEAD_LETTERS_SHOWN + before.get(queue, 0)))
+        for letter in letters[before.get(queue, 0) :][:DEAD_LETTERS_SHOWN]:
+            found.append(
+                {
+                    "queue": queue,
+                    "reason": letter.reason,
+                    "routing_key": letter.routing_key,
+                    "error": letter.error[:300],
+                }
+            )
+    return found
+
+
 def _run_pipeline(connection: Connection, duration: float, progress: Progress, broker: str) -> Result:
     dlqs = [q.name for q in DEAD_LETTER_QUEUES]
     unrouted = [q.name for q in UNROUTED_QUEUES]
@@ -154,6 +180,10 @@ def _run_pipeline(connection: Connection, duration: float, progress: Progress, b
     while _in_flight(connection) and time.monotonic() < deadline:
         time.sleep(0.25)
     after = _depths(connection, dlqs + unrouted)
+    try:
+        reasons = _new_dead_letters(connection, before, {q: after[q] for q in dlqs})
+    except Exception as exc:  # noqa: BLE001 - the counts above stand; only the description failed
+        reasons = [{"queue": "?", "reason": "unknown", "routing_key": "", "error": f"could not read: {exc}"}]
     metrics = recorder.metrics()
     latency = {q.name: percentiles(s) for q in STAGE_QUEUES if (s := recorder.latencies(q.name))}
     book = account.portfolio()
@@ -169,6 +199,7 @@ def _run_pipeline(connection: Connection, duration: float, progress: Progress, b
         refused=metrics.get("signals_refused", 0),
         rejected=metrics.get("orders_rejected", 0),
         latency_ms=latency,
+        dead_letter_reasons=reasons,
         portfolio={
             "equity": round(book.equity, 2),
             "cash": round(book.cash, 2),
@@ -295,6 +326,9 @@ def _summary(result: Result, echo: Callable[[str], None]) -> None:
             ],
         )
     )
+    for letter in result.dead_letter_reasons:
+        where = f"{letter['queue']}: {letter['reason']} ({letter['routing_key']})"
+        echo(f"dead letter in {where}: {letter['error']}")
     echo("")
     rows = [(q, int(p["n"]), p["p50"], p["p95"], p["p99"]) for q, p in sorted(result.latency_ms.items())]
     echo(table(["stage queue", "messages", "p50 ms", "p95 ms", "p99 ms"], rows))
