@@ -229,12 +229,24 @@ def test_dead_signal_outliving_its_24_hour_dlq_is_archived_not_dropped(topology_
     assert dead[0][1]["x-death"][0]["queue"] == "dlq.trading_signals"
 
 
+def _fill(vhost: Vhost, queue: str, bodies: list[str], exchange: str = "", routing_key: str = "") -> None:
+    """Fill ``queue`` fast (no confirm per message: a 10 s TTL must not expire the first ones while the
+    last are still being published), and wait until it holds them all."""
+    with vhost.connection() as bulk:
+        producer = Producer(bulk.channel())
+        for body in bodies:
+            producer.publish(body, exchange=exchange, routing_key=routing_key or queue)
+        deadline = time.monotonic() + 10
+        while bulk.default_channel.queue_declare(queue, passive=True).message_count < len(bodies):
+            assert time.monotonic() < deadline, f"{queue} never held the {len(bodies)} messages"
+            time.sleep(0.05)
+
+
 def test_overflowing_orderbook_updates_dead_letters_the_dropped_head(declared_vhost: Vhost) -> None:
     limit = 10_000
+    _fill(declared_vhost, "orderbook_updates", [f"b{i}" for i in range(limit)])
     with declared_vhost.connection() as conn:
-        producer = _producer(conn)
-        for i in range(limit + 1):
-            producer.publish(f"b{i}", exchange="", routing_key="orderbook_updates")
+        _producer(conn).publish(f"b{limit}", exchange="", routing_key="orderbook_updates")
         dead = _wait_for(conn, "dlq.orderbook_updates", 1)
     assert [d[0] for d in dead] == ["b0"]
     assert dead[0][1]["x-death"][0]["reason"] == "maxlen"
@@ -242,10 +254,10 @@ def test_overflowing_orderbook_updates_dead_letters_the_dropped_head(declared_vh
 
 def test_overflowing_order_requests_dead_letters_the_oldest(declared_vhost: Vhost) -> None:
     limit = 5000
+    key = "order.request.BTCUSDT"
+    _fill(declared_vhost, "order_requests", [f"o{i}" for i in range(limit)], "mastertrade.orders", key)
     with declared_vhost.connection() as conn:
-        producer = _producer(conn)
-        for i in range(limit + 1):
-            producer.publish(f"o{i}", exchange="mastertrade.orders", routing_key="order.request.BTCUSDT")
+        _producer(conn).publish(f"o{limit}", exchange="mastertrade.orders", routing_key=key)
         dead = _wait_for(conn, "dlq.order_requests", 1)
         kept = _drain(conn, "order_requests")
     assert [d[0] for d in dead] == ["o0"]
