@@ -8,7 +8,6 @@ The figures go to ``artifacts/reliability.json`` (docs/reliability.md).
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -96,6 +95,7 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
     port = free_port()
     redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
     argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(tmp_path), "--dbfilename", "faults.rdb"]
     url = f"redis://127.0.0.1:{port}/0"
     monkeypatch.setenv("TRADEBUS_REDIS_URL", url)
     monkeypatch.setenv("TRADEBUS_REDIS_PREFIX", f"faults-{uuid.uuid4().hex[:6]}")
@@ -113,16 +113,18 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
     )
     try:
         assert wait_until(lambda: port_open("127.0.0.1", port))
+        # The prices the orders fill against outlive the outage (saved and loaded again, as a Redis with
+        # persistence would): an order must not find the account emptier after Redis is back.
+        for symbol, price in (("BTCUSDT", 45_000.0), ("ETHUSDT", 2_500.0), ("SOLUSDT", 150.0)):
+            account.record_price(symbol, price)
         running.start()
-        server.send_signal(signal.SIGTERM)
+        store.client().shutdown(save=True)
         server.wait(10)
         tag = uuid.uuid4().hex[:6]
         confirmed = publish_confirmed(declared_vhost, orders(3, tag))
         assert wait_until(lambda: "retry 1 of 3" in running.log(), timeout=20), running.log()[-3000:]
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         assert wait_until(lambda: port_open("127.0.0.1", port))
-        for symbol, price in (("BTCUSDT", 45_000.0), ("ETHUSDT", 2_500.0), ("SOLUSDT", 150.0)):
-            account.record_price(symbol, price)
         assert wait_until(lambda: len(fill_records(tag)) == 3, timeout=40), running.log()[-3000:]
         figures = measure("redis down", declared_vhost, tag, 3, confirmed)
         figures.notes["retried"] = running.log().count("retry 1 of 3")
