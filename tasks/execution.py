@@ -40,7 +40,7 @@ def execute_order(message: OrderRequest) -> None:
         recorder.bump("duplicate_deliveries")
     else:
         logger.info("%s %s %s: %s", message.side, message.quantity, message.symbol, record["status"])
-    account.publish_once(account.fill_outcome(message), account.updates_of(record))
+    account.publish_once(account.fill_outcome(message), account.updates_of(record), execute_order.request.id)
 
 
 def _price(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> tuple[float, datetime] | None:

@@ -54,7 +54,9 @@ def evaluate_signal(signal: TradingSignal) -> None:
             decision["quantity"],
             "; ".join(decision["reasons"]),
         )
-    account.publish_once(account.decision_outcome(signal), _outcomes(signal, record))
+    account.publish_once(
+        account.decision_outcome(signal), _outcomes(signal, record), evaluate_signal.request.id
+    )
 
 
 def _outcomes(signal: TradingSignal, record: dict[str, Any]) -> list[BusMessage]:

@@ -138,6 +138,12 @@ def fill_records(tag: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def updates_published(tag: str) -> int:
+    """How many of this test's orders had their order updates published (the executor notes it after)."""
+    pattern = store.key("fills", f"req-{tag}-*:published")
+    return sum(1 for _ in store.client().scan_iter(match=pattern, count=1000))
+
+
 def measure(scenario: str, vhost: Vhost, tag: str, published: int, confirmed: int) -> Figures:
     """Count fills, bookings, duplicates and dead letters after a fault test."""
     from tradebus import account, dlq

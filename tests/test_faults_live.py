@@ -20,7 +20,7 @@ import redis
 from kombu import Producer
 
 from tests.conftest import Vhost, free_port, port_open
-from tests.faults import Pool, fill_records, measure, orders, publish_confirmed
+from tests.faults import Pool, fill_records, measure, orders, publish_confirmed, updates_published
 from tests.live import wait_until
 from tradebus import account, store
 from tradebus.messages import Ticker
@@ -41,7 +41,12 @@ def pool(declared_vhost: Vhost, fresh_state: str, tmp_path: Path) -> Iterator[Po
 
 
 def all_filled(tag: str, count: int, timeout: float = 120.0) -> bool:
-    return bool(wait_until(lambda: len(fill_records(tag)) >= count, timeout=timeout))
+    """Every order filled and its updates published (measure reads them next)."""
+    return bool(
+        wait_until(
+            lambda: len(fill_records(tag)) >= count and updates_published(tag) >= count, timeout=timeout
+        )
+    )
 
 
 def test_orders_published_while_the_worker_is_killed_twice_are_each_filled_exactly_once(pool: Pool) -> None:
@@ -125,7 +130,7 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
         assert wait_until(lambda: "retry 1 of 3" in running.log(), timeout=20), running.log()[-3000:]
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         assert wait_until(lambda: port_open("127.0.0.1", port))
-        assert wait_until(lambda: len(fill_records(tag)) == 3, timeout=40), running.log()[-3000:]
+        assert all_filled(tag, 3, timeout=40), running.log()[-3000:]
         figures = measure("redis down", declared_vhost, tag, 3, confirmed)
         figures.notes["retried"] = running.log().count("retry 1 of 3")
         figures.save()

@@ -136,6 +136,27 @@ def test_order_request_delivered_twice_is_filled_once() -> None:
     assert len(on("order_updates", keyed("order.update."))) == 1
 
 
+def test_order_whose_delivery_died_while_publishing_gets_its_update_from_the_redelivery() -> None:
+    symbol = new_symbol()
+    set_price(symbol, 50.0)
+    order = OrderRequest(
+        request_id=f"req-{uuid.uuid4().hex[:12]}",
+        strategy_id="s-1",
+        symbol=symbol,
+        side="BUY",
+        quantity=1.0,
+        timestamp=datetime.now(UTC),
+    )
+    message_id = uuid.uuid4().hex
+    # What a delivery killed after booking the fill and claiming its publication leaves behind.
+    account.fill(order)
+    assert account.claim_publication(account.fill_outcome(order), message_id)
+    assert not account.claim_publication(account.fill_outcome(order), "another message")
+    publish(order, message_id=message_id)
+    assert wait_until(lambda: on("order_updates", keyed("order.update."))), "the update was never published"
+    assert recorder.metrics()["fills"] == 1
+
+
 def test_dead_letter_queue_deeper_than_ten_raises_a_system_alert(broker: Vhost) -> None:
     from tasks.monitoring import health_report
 

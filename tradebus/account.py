@@ -304,19 +304,30 @@ def decision_outcome(signal: TradingSignal) -> str:
     return store.key("decisions", signal_key(signal))
 
 
-def claim_publication(outcome: str) -> bool:
-    """Whether this delivery should publish what ``outcome`` produced: not yet published by another, and
-    no other delivery publishing it right now (a claim that lapses after PUBLISH_CLAIM_SECONDS, so a
-    delivery that died while publishing does not block the next one for long)."""
+def claim_publication(outcome: str, claimant: str) -> bool:
+    """Whether the delivery of message ``claimant`` should publish what ``outcome`` produced.
+
+    Not when it is published already, nor while another message is publishing it (its claim lapses after
+    PUBLISH_CLAIM_SECONDS). An earlier attempt of the same message (a worker killed while publishing, a
+    retry after a failed publish) hands its claim on: RabbitMQ never has one message in two deliveries at
+    once, so the holder with the same id is a dead attempt, and waiting for it would publish nothing.
+    """
     client = store.client()
     if client.exists(f"{outcome}:published"):
         return False
-    return bool(client.set(f"{outcome}:publishing", "1", nx=True, ex=PUBLISH_CLAIM_SECONDS))
+    claim = f"{outcome}:publishing"
+    if client.set(claim, claimant, nx=True, ex=PUBLISH_CLAIM_SECONDS):
+        return True
+    holder = client.get(claim)
+    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == claimant:
+        client.expire(claim, PUBLISH_CLAIM_SECONDS)
+        return True
+    return False
 
 
-def publish_once(outcome: str, messages: Iterable[BusMessage]) -> None:
+def publish_once(outcome: str, messages: Iterable[BusMessage], claimant: str) -> None:
     """Publish what ``outcome`` produced unless another delivery did or is doing it (claim_publication)."""
-    if claim_publication(outcome):
+    if claim_publication(outcome, claimant):
         for message in messages:
             publish(message)
         mark_published(outcome)
