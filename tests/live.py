@@ -15,11 +15,14 @@ from tests.conftest import Vhost
 from tradebus import recorder
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``check`` until it returns something truthy; returns it (or the last falsy value)."""
+def wait_until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy; returns it (or the last falsy value).
+
+    The timeout only matters when the test fails; it is long because CI may run on a busy machine.
+    """
     deadline = time.monotonic() + timeout
     while not (result := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.1)
     return result
 
 

@@ -74,8 +74,9 @@ def test_orders_published_while_the_worker_is_killed_twice_are_each_filled_exact
 
 def test_a_pool_process_killed_mid_task_loses_nothing_and_fills_nothing_twice(pool: Pool) -> None:
     tag, count = uuid.uuid4().hex[:6], 600
-    pool.start()
+    # Queued first, so the pool is busy when its processes are killed however fast it drains.
     confirmed = publish_confirmed(pool.vhost, orders(count, tag))
+    pool.start()
     killed_mid_task = False
     for _ in range(20):
         children = pool.children()

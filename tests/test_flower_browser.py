@@ -144,7 +144,12 @@ def test_operator_logs_into_flower_and_sees_the_running_pools_and_the_tradebus_t
 
     def consumers_shown() -> bool:
         browser.get(f"{flower.url}/broker")
-        counts = {q: browser.find_elements(By.CSS_SELECTOR, f"tr#{q} td")[4].text for q in SHOWN}
+        cells = {q: browser.find_elements(By.CSS_SELECTOR, f"tr#{q} td") for q in SHOWN}
+        if any(
+            len(row) < 5 for row in cells.values()
+        ):  # the page rendered before the management API answered
+            return False
+        counts = {q: row[4].text for q, row in cells.items()}
         return counts == dict.fromkeys(SHOWN, "1")  # each pool's one consumer, from the management API
 
     eventually(consumers_shown, "the broker page never showed each pool's consumer", flower.output)

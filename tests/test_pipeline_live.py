@@ -90,7 +90,7 @@ def test_buy_during_a_drawdown_is_refused_and_the_breach_is_published() -> None:
     assert breach, "no breach"
     assert recorder.metrics().get("signals_refused") == 1
     assert not on("order_requests", keyed(symbol))
-    assert any("drawdown breach" in a["text"] for a in recorder.alerts())
+    assert wait_until(lambda: any("drawdown breach" in a["text"] for a in recorder.alerts()))
 
 
 def test_circuit_breaker_trips_after_three_losing_trades_and_refuses_the_next_buy() -> None:
@@ -109,8 +109,10 @@ def test_circuit_breaker_trips_after_three_losing_trades_and_refuses_the_next_bu
     assert tripped, "the breaker did not trip"
     assert account.portfolio().breaker_until > datetime.now(UTC).timestamp()
     assert recorder.metrics()["orders"] == 6
-    assert any(
-        a["severity"] == "critical" and "circuit breaker tripped" in a["text"] for a in recorder.alerts()
+    assert wait_until(
+        lambda: any(
+            a["severity"] == "critical" and "circuit breaker tripped" in a["text"] for a in recorder.alerts()
+        )
     )
 
 

@@ -123,7 +123,7 @@ def test_no_signature_at_all_is_unsigned_and_half_a_signature_is_bad() -> None:
         check(headers)
 
 
-@pytest.mark.parametrize("offset", [-301.0, 301.0], ids=["too-old", "from-the-future"])
+@pytest.mark.parametrize("offset", [-400.0, 400.0], ids=["too-old", "from-the-future"])
 def test_a_signature_outside_the_window_is_stale(offset: float) -> None:
     headers = signed(now=time.time() + offset)
     with pytest.raises(StaleSignature):

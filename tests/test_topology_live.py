@@ -199,7 +199,7 @@ def test_every_stage_queue_dead_letters_by_argument_or_by_exactly_one_tradebus_p
     topology_vhost: Vhost,
 ) -> None:
     # The management API shows a queue's policy with its next statistics, about a second after it is set.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while True:
         live = {q["name"]: q for q in topology_vhost.management.queues()}
         shown = all(live[p.queue].get("policy") for p in routing.POLICIES if p.queue in live)

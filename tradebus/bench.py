@@ -66,7 +66,13 @@ class Plan:
     def quick(cls) -> Plan:
         """A short run that exercises every scenario (a smoke test, not figures to quote)."""
         return cls(
-            hop_messages=40, burst_messages=200, fanout_seconds=2.0, batch_sizes=(1, 100), round_trips=6
+            hop_messages=40,
+            burst_messages=200,
+            fanout_seconds=2.0,
+            batch_sizes=(1, 100),
+            round_trips=6,
+            # A smoke test on a busy machine: load the order path without saturating its one market pool.
+            background_ticks=100.0,
         )
 
 

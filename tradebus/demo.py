@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import click
 from kombu import Connection
 
-from routing import DEAD_LETTER_QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
+from routing import DEAD_LETTER_QUEUES, MARKET_DATA_QUEUES, STAGE_QUEUES, UNROUTED_QUEUES
 from tradebus import account, dlq, recorder, simulator, store
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.health import queue_stats
@@ -44,11 +44,13 @@ MEMORY = "memory://"
 MEMORY_CONCURRENCY = 8
 MEMORY_PREFETCH_MULTIPLIER = 25
 MEMORY_POLLING_INTERVAL = 0.005
-POOL_START_TIMEOUT = 90.0
+POOL_START_TIMEOUT = 180.0
 #: After the simulator stops, how long the pipeline may take to finish what is in flight.
 DRAIN_TIMEOUT = 30.0
 #: How many of a run's new dead letters per DLQ the summary describes.
 DEAD_LETTERS_SHOWN = 5
+#: How many of a DLQ's new dead letters are read to tell failures from stale prices.
+DEAD_LETTERS_READ = 10_000
 PIPELINE_QUEUES = ("trading_signals", "order_requests", "strategy_market_data", "executor_market_data")
 MEMORY_LIMITS = (
     "in-memory broker: message TTLs, length limits, broker dead-lettering (x-death), policies and "
@@ -67,7 +69,10 @@ class Result:
     signals: int = 0
     orders: int = 0
     fills: int = 0
+    #: Messages that failed somewhere and sit in a DLQ (the run's verdict: it must be 0).
     dead_letters: int = 0
+    #: Market data RabbitMQ expired (its TTL) or pushed out (its length limit) into its DLQ: stale prices.
+    expired_market_data: int = 0
     unrouted: int = 0
     refused: int = 0
     rejected: int = 0
@@ -121,7 +126,14 @@ def _in_flight(connection: Connection) -> bool:
     decided = metrics.get("orders", 0) + metrics.get("signals_refused", 0)
     done = sum(metrics.get(k, 0) for k in ("fills", "orders_rejected", "orders_cancelled"))
     queued = sum(_depths(connection, list(PIPELINE_QUEUES)).values())
-    return queued > 0 or decided < metrics.get("signals", 0) or done < metrics.get("orders", 0)
+    # A fill is booked before its update is published: wait for the updates' stage too.
+    answered = recorder.counts().get("order_updates", 0)
+    return (
+        queued > 0
+        or decided < metrics.get("signals", 0)
+        or done < metrics.get("orders", 0)
+        or answered < done
+    )
 
 
 class Progress:
@@ -146,26 +158,39 @@ class Progress:
             self.out(line)
 
 
+def _stale_price(letter: dlq.DeadLetter) -> bool:
+    """Market data RabbitMQ expired or pushed out (the seed's TTLs and length limits at work): a price
+    too old to trade on, kept in its DLQ, and no failure of the pipeline."""
+    return letter.reason in dlq.STALE_WHEN_DEAD and letter.origin_queue in MARKET_DATA_QUEUES
+
+
 def _new_dead_letters(
     connection: Connection, before: dict[str, int], after: dict[str, int]
-) -> list[dict[str, str]]:
-    """The dead letters this run added (the newest of each DLQ), described without consuming them."""
-    found: list[dict[str, str]] = []
+) -> tuple[list[dict[str, str]], int]:
+    """The dead letters this run added that are failures (described, the first few of each DLQ), and how
+    many stale prices expired besides; read without consuming them."""
+    failures: list[dict[str, str]] = []
+    stale = 0
     for queue, count in after.items():
-        added = count - before.get(queue, 0)
-        if added <= 0:
+        skip = before.get(queue, 0)
+        if count - skip <= 0:
             continue
-        letters = dlq.peek(connection, queue, min(count, DEAD_LETTERS_SHOWN + before.get(queue, 0)))
-        for letter in letters[before.get(queue, 0) :][:DEAD_LETTERS_SHOWN]:
-            found.append(
-                {
-                    "queue": queue,
-                    "reason": letter.reason,
-                    "routing_key": letter.routing_key,
-                    "error": letter.error[:300],
-                }
-            )
-    return found
+        shown = 0
+        for letter in dlq.peek(connection, queue, min(count, skip + DEAD_LETTERS_READ))[skip:]:
+            if _stale_price(letter):
+                stale += 1
+                continue
+            if shown < DEAD_LETTERS_SHOWN:
+                failures.append(
+                    {
+                        "queue": queue,
+                        "reason": letter.reason,
+                        "routing_key": letter.routing_key,
+                        "error": letter.error[:300],
+                    }
+                )
+            shown += 1
+    return failures, stale
 
 
 def _run_pipeline(connection: Connection, duration: float, progress: Progress, broker: str) -> Result:
@@ -181,9 +206,10 @@ def _run_pipeline(connection: Connection, duration: float, progress: Progress, b
         time.sleep(0.25)
     after = _depths(connection, dlqs + unrouted)
     try:
-        reasons = _new_dead_letters(connection, before, {q: after[q] for q in dlqs})
-    except Exception as exc:  # noqa: BLE001 - the counts above stand; only the description failed
+        reasons, stale = _new_dead_letters(connection, before, {q: after[q] for q in dlqs})
+    except Exception as exc:  # noqa: BLE001 - then every new dead letter counts as a failure
         reasons = [{"queue": "?", "reason": "unknown", "routing_key": "", "error": f"could not read: {exc}"}]
+        stale = 0
     metrics = recorder.metrics()
     latency = {q.name: percentiles(s) for q in STAGE_QUEUES if (s := recorder.latencies(q.name))}
     book = account.portfolio()
@@ -194,7 +220,8 @@ def _run_pipeline(connection: Connection, duration: float, progress: Progress, b
         signals=metrics.get("signals", 0),
         orders=metrics.get("orders", 0),
         fills=metrics.get("fills", 0),
-        dead_letters=sum(after[q] - before[q] for q in dlqs),
+        dead_letters=sum(after[q] - before[q] for q in dlqs) - stale,
+        expired_market_data=stale,
         unrouted=sum(after[q] - before[q] for q in unrouted),
         refused=metrics.get("signals_refused", 0),
         rejected=metrics.get("orders_rejected", 0),
@@ -326,6 +353,11 @@ def _summary(result: Result, echo: Callable[[str], None]) -> None:
             ],
         )
     )
+    if result.expired_market_data:
+        echo(
+            f"{result.expired_market_data} market data messages expired in their queues (the seed's TTLs): "
+            "stale prices, kept in their DLQs, not failures"
+        )
     for letter in result.dead_letter_reasons:
         where = f"{letter['queue']}: {letter['reason']} ({letter['routing_key']})"
         echo(f"dead letter in {where}: {letter['error']}")
