@@ -60,6 +60,17 @@ def trade_signal(symbol: str, action: str, minute: int, confidence: float = 0.9)
     )
 
 
+def buy_order(symbol: str, quantity: float) -> OrderRequest:
+    return OrderRequest(
+        request_id=f"req-{uuid.uuid4().hex[:12]}",
+        strategy_id="s-1",
+        symbol=symbol,
+        side="BUY",
+        quantity=quantity,
+        timestamp=datetime.now(UTC),
+    )
+
+
 def set_price(symbol: str, price: float) -> None:
     publish(Ticker(symbol=symbol, price=price, timestamp=datetime.now(UTC)))
     assert wait_until(lambda: account.last_price(symbol) == price), "the executor never saw the price"
@@ -119,14 +130,7 @@ def test_circuit_breaker_trips_after_three_losing_trades_and_refuses_the_next_bu
 def test_order_request_delivered_twice_is_filled_once() -> None:
     symbol = new_symbol()
     set_price(symbol, 50.0)
-    order = OrderRequest(
-        request_id=f"req-{uuid.uuid4().hex[:12]}",
-        strategy_id="s-1",
-        symbol=symbol,
-        side="BUY",
-        quantity=2.0,
-        timestamp=datetime.now(UTC),
-    )
+    order = buy_order(symbol, 2.0)
     publish(order)
     publish(order)
     assert wait_until(lambda: len(on("order_requests", keyed(symbol))) == 2)
@@ -141,14 +145,7 @@ def test_order_request_delivered_twice_is_filled_once() -> None:
 def test_order_whose_delivery_died_while_publishing_gets_its_update_from_the_redelivery() -> None:
     symbol = new_symbol()
     set_price(symbol, 50.0)
-    order = OrderRequest(
-        request_id=f"req-{uuid.uuid4().hex[:12]}",
-        strategy_id="s-1",
-        symbol=symbol,
-        side="BUY",
-        quantity=1.0,
-        timestamp=datetime.now(UTC),
-    )
+    order = buy_order(symbol, 1.0)
     message_id = uuid.uuid4().hex
     # What a delivery killed after booking the fill and claiming its publication leaves behind.
     account.fill(order)
