@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install services browser lint test demo clean
+.PHONY: install services browser lint test demo demo-letrade clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tradebus needs Python 3.11+"'
@@ -32,6 +32,10 @@ test: install services browser lint
 
 demo: install services
 	$(BIN)/tradebus demo
+
+# The second bus, Letrade_v1 (docs/letrade.md).
+demo-letrade: install services
+	$(BIN)/tradebus --topology letrade demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

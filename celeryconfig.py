@@ -5,7 +5,7 @@ JSON only on the wire, never pickle. Queues come from ``routing``; stage tasks c
 
 from copy import copy
 
-from routing import WORKER_QUEUES
+from routing import LETRADE, PROFILE, WORKER_QUEUES
 from tradebus import tls
 from tradebus.settings import get_settings
 
@@ -46,27 +46,38 @@ task_acks_on_failure = False
 task_acks_on_timeout = False
 result_expires = 3600
 
-include = [
-    "tasks.market_data",
-    "tasks.strategy",
-    "tasks.risk",
-    "tasks.execution",
-    "tasks.alerts",
-    "tasks.monitoring",
-    "tasks.backtest",
-]
-
-# Celery beat: every 30 s, each service's health and the dead-letter queues' depths (tasks/monitoring.py).
-beat_schedule = {
-    "health-report": {"task": "tradebus.monitoring.health_report", "schedule": 30.0},
-}
-task_routes = {
-    "tradebus.monitoring.health_report": {
-        "queue": "periodic_tasks",
-        "exchange": "mastertrade.tasks",
-        "routing_key": "periodic_tasks",
+if PROFILE == LETRADE:
+    # Letrade_v1 (TRADEBUS_TOPOLOGY=letrade): its services, and no periodic task (docs/letrade.md).
+    include = [
+        "tasks.letrade.capital_manager",
+        "tasks.letrade.exchange_connector",
+        "tasks.letrade.market_data",
+        "tasks.letrade.strategy",
+    ]
+    beat_schedule: dict[str, dict[str, object]] = {}
+    task_routes: dict[str, dict[str, str]] = {}
+else:
+    include = [
+        "tasks.market_data",
+        "tasks.strategy",
+        "tasks.risk",
+        "tasks.execution",
+        "tasks.alerts",
+        "tasks.monitoring",
+        "tasks.backtest",
+    ]
+    # Celery beat: every 30 s, each service's health and the dead-letter queues' depths
+    # (tasks/monitoring.py).
+    beat_schedule = {
+        "health-report": {"task": "tradebus.monitoring.health_report", "schedule": 30.0},
     }
-}
+    task_routes = {
+        "tradebus.monitoring.health_report": {
+            "queue": "periodic_tasks",
+            "exchange": "mastertrade.tasks",
+            "routing_key": "periodic_tasks",
+        }
+    }
 
 # The queue a message arrives on decides which stage runs it (tradebus/consumer.py).
 worker_consumer = "tradebus.consumer:StageConsumer"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kombu import Exchange
 
-ALTERNATE_EXCHANGE = "alternate-exchange"
+from routing.match import ALTERNATE_EXCHANGE
 
 
 def _unrouted(area: str) -> Exchange:

@@ -7,11 +7,15 @@ own bindings matched it, and it receives the message with the same routing key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from routing.exchanges import ALTERNATE_EXCHANGE, EXCHANGES
-from routing.queues import QUEUES
+from kombu import Exchange, Queue
+
+ALTERNATE_EXCHANGE = "alternate-exchange"
+#: Routes remembered per router (routing keys carry symbols and ids, so they are not a closed set).
+ROUTE_CACHE_SIZE = 8192
 
 
 def topic_matches(pattern: str, key: str) -> bool:
@@ -39,14 +43,6 @@ class Hop:
     queues: tuple[str, ...]
 
 
-_TYPES = {e.name: e.type for e in EXCHANGES}
-_ALTERNATES = {e.name: (e.arguments or {}).get(ALTERNATE_EXCHANGE) for e in EXCHANGES}
-_BINDINGS: dict[str, list[tuple[str, str]]] = {}
-for _queue in QUEUES:
-    for _binding in _queue.bindings:
-        _BINDINGS.setdefault(_binding.exchange.name, []).append((_binding.routing_key, _queue.name))
-
-
 def _binding_matches(exchange_type: str, binding_key: str, key: str) -> bool:
     if exchange_type == "fanout":
         return True
@@ -55,21 +51,38 @@ def _binding_matches(exchange_type: str, binding_key: str, key: str) -> bool:
     return topic_matches(binding_key, key)
 
 
-def trace(exchange: str, key: str) -> list[Hop]:
-    """The exchanges a message published to ``exchange`` with ``key`` passes through, in order."""
-    if exchange not in _TYPES:
-        raise KeyError(f"unknown exchange {exchange!r}; known: {', '.join(sorted(_TYPES))}")
-    hops: list[Hop] = []
-    current: str | None = exchange
-    while current is not None:
-        kind = _TYPES[current]
-        matched = sorted({q for bk, q in _BINDINGS.get(current, []) if _binding_matches(kind, bk, key)})
-        hops.append(Hop(current, tuple(matched)))
-        current = None if matched else _ALTERNATES.get(current)
-    return hops
+class Router:
+    """Routing over one topology's exchanges and queues (each profile has one, see ``routing``)."""
 
+    def __init__(self, exchanges: Iterable[Exchange], queues: Iterable[Queue]) -> None:
+        exchanges = tuple(exchanges)
+        self._types = {e.name: e.type for e in exchanges}
+        self._alternates = {e.name: (e.arguments or {}).get(ALTERNATE_EXCHANGE) for e in exchanges}
+        self._bindings: dict[str, list[tuple[str, str]]] = {}
+        for queue in queues:
+            for binding in queue.bindings:
+                self._bindings.setdefault(binding.exchange.name, []).append((binding.routing_key, queue.name))
+        self._routes: dict[tuple[str, str], frozenset[str]] = {}
 
-@lru_cache(maxsize=8192)
-def route(exchange: str, key: str) -> frozenset[str]:
-    """The queues a message published to ``exchange`` with routing ``key`` is delivered to."""
-    return frozenset(q for hop in trace(exchange, key) for q in hop.queues)
+    def trace(self, exchange: str, key: str) -> list[Hop]:
+        """The exchanges a message published to ``exchange`` with ``key`` passes through, in order."""
+        if exchange not in self._types:
+            raise KeyError(f"unknown exchange {exchange!r}; known: {', '.join(sorted(self._types))}")
+        hops: list[Hop] = []
+        current: str | None = exchange
+        while current is not None:
+            kind = self._types[current]
+            bindings = self._bindings.get(current, [])
+            matched = sorted({q for bk, q in bindings if _binding_matches(kind, bk, key)})
+            hops.append(Hop(current, tuple(matched)))
+            current = None if matched else self._alternates.get(current)
+        return hops
+
+    def route(self, exchange: str, key: str) -> frozenset[str]:
+        """The queues a message published to ``exchange`` with routing ``key`` is delivered to."""
+        found = self._routes.get((exchange, key))
+        if found is None:
+            found = frozenset(q for hop in self.trace(exchange, key) for q in hop.queues)
+            if len(self._routes) < ROUTE_CACHE_SIZE:
+                self._routes[(exchange, key)] = found
+        return found

@@ -12,6 +12,7 @@ from kombu import Exchange, Queue, binding
 
 from routing import exchanges as ex
 from routing.keys import CANDLE_INTERVALS
+from routing.match import Router
 
 # Every TTL is in milliseconds, the unit RabbitMQ's x-message-ttl takes.
 SECOND_MS = 1_000
@@ -29,6 +30,11 @@ UNROUTED_MAX_LENGTH = 100_000
 def dead_letter_queue_name(queue: str) -> str:
     """The dead-letter queue (and its routing key on ``mastertrade.dlx``) for ``queue``."""
     return f"{DLQ_PREFIX}{queue}"
+
+
+def dead_letter_route(queue: str, routing_key: str) -> tuple[str, str]:
+    """Where a message that failed on ``queue`` goes: ``mastertrade.dlx``, keyed by the queue's DLQ."""
+    return ex.DLX.name, dead_letter_queue_name(queue)
 
 
 def _arguments(
@@ -267,3 +273,6 @@ UNROUTED_QUEUES: tuple[Queue, ...] = (
 
 QUEUES: tuple[Queue, ...] = WORKER_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
 QUEUES_BY_NAME: dict[str, Queue] = {q.name: q for q in QUEUES}
+
+#: Routing over MasterTrade's topology, whichever profile the process runs (tradebus/users.py needs it).
+ROUTER = Router(ex.EXCHANGES, QUEUES)

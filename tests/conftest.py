@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
@@ -354,3 +355,106 @@ def browser(tmp_path: Path) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+# --- Letrade_v1 (TRADEBUS_TOPOLOGY=letrade): its topology and its pools, as subprocesses -------------
+
+
+def declare_letrade(vhost: Vhost) -> None:
+    """Declare Letrade's exchanges and queues in ``vhost`` (this process runs MasterTrade's profile)."""
+    from routing import letrade
+
+    with vhost.connection() as conn:
+        channel = conn.channel()
+        for exchange in letrade.EXCHANGES:
+            exchange(channel).declare()
+        for queue in letrade.QUEUES:
+            queue(channel).declare()
+        channel.close()
+
+
+@dataclass
+class LetradePools:
+    """Letrade worker pools (``celery -A tradebus worker`` with ``TRADEBUS_TOPOLOGY=letrade``) on a vhost."""
+
+    vhost: Vhost
+    pools: list[Any]
+
+    def bus(self, source: str = "tests") -> Any:
+        """A connected LetradeBus client on the pools' vhost."""
+        from tradebus.letrade.bus import LetradeBus
+
+        return LetradeBus(self.vhost.url, source=source).connect()
+
+    def logs(self) -> str:
+        """The end of every pool's log, for a failing test to show."""
+        return "\n".join(f"--- {p.name}\n{p.log.read_text(errors='replace')[-2000:]}" for p in self.pools)
+
+
+def start_letrade_pools(
+    vhost: Vhost, log_dir: Path, names: list[str], env: dict[str, str] | None = None
+) -> list[Any]:
+    """Start each Letrade pool as its own worker process on ``vhost``; returns once all consume."""
+    from workers.launch import PoolProcess, stop_all, wait_for_consumers
+
+    environ = {
+        **os.environ,
+        "TRADEBUS_TOPOLOGY": "letrade",
+        "TRADEBUS_BROKER_URL": vhost.url,
+        **(env or {}),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pools = []
+    for name in names:
+        log = log_dir / f"{name}.log"
+        argv = [sys.executable, "-m", "celery", "-A", "tradebus", "worker", "-Q", name]
+        argv += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environ,
+                start_new_session=True,
+            )
+        pools.append(PoolProcess(name, process, log))
+    with vhost.connection() as conn:
+        try:
+            missing = wait_for_consumers(conn, names, 180.0, pools)
+        except RuntimeError:
+            stop_all(pools)
+            raise
+    if missing:
+        stop_all(pools)
+        pytest.fail(f"Letrade pools not consuming: {missing}", pytrace=False)
+    return pools
+
+
+@pytest.fixture(scope="module")
+def letrade_vhost(broker: Vhost) -> Iterator[Vhost]:
+    """A vhost with Letrade's topology declared and no consumer, for one test module."""
+    vhost = _make_vhost(f"tradebus-test-{RUN_ID}-letrade-{uuid.uuid4().hex[:6]}")
+    declare_letrade(vhost)
+    yield vhost
+    _admin().delete_vhost(vhost.name)
+
+
+@pytest.fixture(scope="module")
+def letrade_pools(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LetradePools]:
+    """Every Letrade pool on a vhost of its own, state under the session's Redis prefix (``letrade:*``)."""
+    from routing import letrade
+    from tradebus import store
+    from tradebus.letrade import paper
+    from workers.launch import stop_all
+
+    vhost = _make_vhost(f"tradebus-test-{RUN_ID}-letrade-{uuid.uuid4().hex[:6]}")
+    declare_letrade(vhost)
+    paper.reset()
+    log_dir = tmp_path_factory.mktemp("letrade-pools")
+    pools = start_letrade_pools(vhost, log_dir, [q.name for q in letrade.WORKER_QUEUES])
+    yield LetradePools(vhost, pools)
+    stop_all(pools)
+    _admin().delete_vhost(vhost.name)
+    for name in store.client().scan_iter(match=store.key("letrade", "*")):
+        store.client().delete(name)

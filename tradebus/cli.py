@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import IntEnum
 
@@ -10,8 +11,10 @@ import click
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+import routing
 from routing import route as route_keys
 from routing import trace
+from routing.profile import PROFILES, TOPOLOGY_ENV
 from tradebus.errors import (
     BrokerUnreachable,
     ManagementAPIError,
@@ -31,6 +34,7 @@ class ExitCode(IntEnum):
     TOPOLOGY_CONFLICT = 3
     BROKER_UNREACHABLE = 4
     MANAGEMENT_API_ERROR = 5
+    UNHEALTHY = 6
 
 
 def _connection() -> Connection:
@@ -38,8 +42,26 @@ def _connection() -> Connection:
 
 
 @click.group()
-def main() -> None:
-    """tradebus: the MasterTrade message bus on RabbitMQ and Celery."""
+@click.option(
+    "--topology",
+    type=click.Choice(PROFILES),
+    default=None,
+    help=f"The bus to work on (default: ${TOPOLOGY_ENV}, else mastertrade).",
+)
+def main(topology: str | None) -> None:
+    """tradebus: the MasterTrade (and Letrade_v1) message bus on RabbitMQ and Celery."""
+    if topology is not None and topology != routing.PROFILE:
+        # The profile is read once, when routing is imported (routing/profile.py), and this process has
+        # imported it already: run the same command again with the profile in its environment.
+        os.environ[TOPOLOGY_ENV] = topology
+        os.execv(sys.executable, [sys.executable, "-m", "tradebus.cli", *sys.argv[1:]])
+
+
+def _mastertrade_only(what: str) -> None:
+    """Exit with a usage error when this process runs another profile than MasterTrade."""
+    if routing.PROFILE != routing.MASTERTRADE:
+        click.echo(f"{what} exists for the mastertrade topology only (this is {routing.PROFILE})", err=True)
+        sys.exit(ExitCode.USAGE)
 
 
 @main.group()
@@ -79,10 +101,11 @@ def topology_show() -> None:
     """Print the exchanges and queues (arguments, bindings, stage, pool) as tables."""
     from tradebus.app import app
     from tradebus.report import topology_tables
-    from tradebus.stage import stage_tasks
+    from tradebus.stage import stages_of_queues
 
     app.loader.import_default_modules()
-    click.echo(topology_tables({q: t.name for q, t in stage_tasks(app).items()}))
+    stages = {q: ", ".join(sorted(t.name for t in tasks)) for q, tasks in stages_of_queues(app).items()}
+    click.echo(topology_tables(stages))
 
 
 @topology.command("export")
@@ -101,6 +124,8 @@ def topology_export(vhost: str | None, users: bool, user_prefix: str, output: st
     from tradebus.errors import SettingsError
     from tradebus.topology import export_definitions
 
+    if users:
+        _mastertrade_only("--users")
     try:
         text = export_definitions(
             vhost or get_settings().management.vhost, users=users, user_prefix=user_prefix
@@ -130,6 +155,7 @@ def topology_users(user_prefix: str) -> None:
     from tradebus.report import table
     from tradebus.users import UserDefinitions
 
+    _mastertrade_only("tradebus topology users")
     rows = []
     for account in UserDefinitions(prefix=user_prefix).accounts:
         topics = "; ".join(f"{ex}: {keys}" for ex, keys in sorted(account.topic_permissions().items()))
@@ -216,6 +242,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     from tradebus import dlq as dead
     from tradebus.report import replay_report
 
+    _mastertrade_only("tradebus dlq replay")
     (name,) = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
@@ -236,6 +263,7 @@ def bench_cmd(quick: bool, as_json: bool) -> None:
     """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md)."""
     from tradebus.bench import run_bench
 
+    _mastertrade_only("tradebus bench")
     try:
         results = run_bench(quick, click.echo)
     except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
@@ -266,6 +294,17 @@ def worker_cmd(pool: str, celery_args: tuple[str, ...]) -> None:
 @click.option("--seed", default=None, type=int, help="Random seed, for a repeatable market.")
 def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | None) -> None:
     """Publish simulated market data (candles, tickers, books, trades, sentiment...) to the broker."""
+    if routing.PROFILE == routing.LETRADE:
+        from tradebus.letrade import simulator as letrade_simulator
+        from tradebus.letrade.stage import publish
+
+        try:
+            count = letrade_simulator.run(publish, rate, duration or float("inf"))
+        except PublishFailed as exc:
+            click.echo(f"cannot publish: {exc}", err=True)
+            sys.exit(ExitCode.BROKER_UNREACHABLE)
+        click.echo(f"published {count} candles (market_data.binance.*)")
+        return
     from tradebus.simulator import MarketSimulator, Pace, run_publishing
 
     try:
@@ -283,7 +322,10 @@ def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | No
 @click.option("--json", "as_json", is_flag=True, help="End with one line of JSON with the figures.")
 def demo_cmd(duration: float, broker: str | None, as_json: bool) -> None:
     """Run the trading pipeline on simulated market data and report what it did."""
-    from tradebus.demo import run_demo
+    if routing.PROFILE == routing.LETRADE:
+        from tradebus.letrade.demo import run_demo
+    else:
+        from tradebus.demo import run_demo
 
     try:
         code = run_demo(duration, broker, as_json)
@@ -291,3 +333,39 @@ def demo_cmd(duration: float, broker: str | None, as_json: bool) -> None:
         click.echo(f"cannot reach the broker: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
     sys.exit(ExitCode.OK if code == 0 else ExitCode.FAILURE)
+
+
+@main.command("health")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one line of JSON.")
+def health_cmd(as_json: bool) -> None:
+    """Status (healthy, degraded, unhealthy) and queue depth of the bus; exits 6 unless healthy."""
+    from tradebus.health import bus_health
+    from tradebus.report import table
+
+    try:
+        with _connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            report = bus_health(
+                conn,
+                [q.name for q in routing.WORKER_QUEUES],
+                [q.name for q in routing.DEAD_LETTER_QUEUES],
+                [q.name for q in routing.UNROUTED_QUEUES],
+            )
+    except (OperationalError, OSError) as exc:
+        click.echo(f"cannot reach the broker: {exc}", err=True)
+        sys.exit(ExitCode.BROKER_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(f"status: {report['status']}")
+        click.echo(f"queue depth: {report['queue_depth']}")
+        click.echo(f"dead letters: {report['dead_letters']}; unrouted: {report['unrouted']}")
+        queues = report["queues"]
+        assert isinstance(queues, dict)
+        rows = [(q, s["messages"], s["consumers"]) for q, s in sorted(queues.items())]
+        click.echo(table(["queue", "messages", "consumers"], rows))
+    sys.exit(ExitCode.OK if report["status"] == "healthy" else ExitCode.UNHEALTHY)
+
+
+if __name__ == "__main__":
+    main(prog_name="tradebus")

@@ -22,6 +22,8 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
+from routing import RETRY, topic_matches
+from tradebus.deadletter import ORIGINAL_ROUTING_KEY
 from tradebus.messages import wire_bytes
 
 #: Header carrying the content type a raw delivery arrived with, for the stage to check.
@@ -107,6 +109,26 @@ def to_task_message(message: Message, task_name: str) -> Message:
     )
 
 
+def original_routing_key(message: Message) -> str:
+    """The key a delivery was first published with: a retry names it in its headers (tradebus/stage.py)."""
+    delivery = message.delivery_info or {}
+    if delivery.get("exchange") == RETRY.name:
+        return str((message.headers or {}).get(ORIGINAL_ROUTING_KEY) or "")
+    return str(delivery.get("routing_key") or "")
+
+
+def stage_for_key(candidates: list[tuple[tuple[str, ...], str]], routing_key: str) -> str:
+    """The stage of a queue that takes ``routing_key``: the first whose patterns match it.
+
+    None matching (a message bound to the queue by hand): the first stage, which dead-letters it as
+    misrouted rather than let it pass unseen.
+    """
+    for keys, name in candidates:
+        if not keys or any(topic_matches(pattern, routing_key) for pattern in keys):
+            return name
+    return candidates[0][1]
+
+
 class StageConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, dispatching each delivery to the stage of the queue it arrived on."""
 
@@ -119,10 +141,13 @@ class StageConsumer(Consumer):  # type: ignore[misc]
         return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        from tradebus.stage import stage_tasks
+        from tradebus.stage import stages_of_queues
 
         handle = super().create_task_handler(*args, **kwargs)
-        stages = {queue: task.name for queue, task in stage_tasks(self.app).items()}
+        stages = {
+            queue: [(task.keys, task.name) for task in tasks]
+            for queue, tasks in stages_of_queues(self.app).items()
+        }
         queue_of_tag: dict[str, str] = {}
 
         def queue_for(tag: str | None) -> str | None:
@@ -136,8 +161,9 @@ class StageConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Message) -> Any:
             # On a stage queue the stage runs, whatever task a message names (a message naming celery.chain
             # or any other task must not get past the stage's checks); other queues carry Celery's own.
-            stage = stages.get(queue_for(message.delivery_info.get("consumer_tag")) or "")
-            if stage is not None:
+            candidates = stages.get(queue_for(message.delivery_info.get("consumer_tag")) or "")
+            if candidates:
+                stage = stage_for_key(candidates, original_routing_key(message))
                 message = to_task_message(message, stage)
             return handle(message)
 

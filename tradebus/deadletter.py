@@ -2,7 +2,8 @@
 
 RabbitMQ dead-letters expired, overflowed and rejected messages itself (with ``x-death``), but only on
 queues that name a dead-letter exchange, and without saying *why* a consumer gave up. A stage that meets
-invalid input publishes the original body to ``mastertrade.dlx`` with the ``dlq.<queue>`` key and these
+invalid input publishes the original body to the dead-letter exchange (MasterTrade: ``mastertrade.dlx``
+with the ``dlq.<queue>`` key; Letrade: ``letrade.dlq`` with the original key plus ``.dead``) and these
 headers, waits for the broker's confirm, and only then acknowledges the original.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from routing import DLX, dead_letter_queue_name
+from routing import dead_letter_route
 from tradebus.messages import wire_bytes
 from tradebus.publisher import send
 
@@ -56,10 +57,11 @@ def dead_letter(
         encoding = "utf-8"
     except UnicodeDecodeError:
         encoding = "binary"  # kept byte for byte, and labelled as what it is
+    exchange, routing_key = dead_letter_route(queue, delivery_info.get("routing_key") or "")
     return send(
         raw,
-        exchange=DLX.name,
-        routing_key=dead_letter_queue_name(queue),
+        exchange=exchange,
+        routing_key=routing_key,
         headers=headers,
         persistent=True,
         content_encoding=encoding,

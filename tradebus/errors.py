@@ -149,3 +149,7 @@ class SettingsError(TradebusError, ValueError):
 
 class FlowerRefused(TradebusError):
     """Flower would be reachable without authentication, so it does not start."""
+
+
+class BadSubscription(TradebusError, ValueError):
+    """A subscription pattern that cannot match any message of the bus."""

@@ -71,3 +71,35 @@ def dlq_alerts(stats: dict[str, QueueStats], threshold: int = DLQ_ALERT_DEPTH) -
         for name, s in sorted(stats.items())
         if name in names and s.messages is not None and s.messages > threshold
     ]
+
+
+def bus_health(
+    connection: Connection,
+    worker_queues: Iterable[str],
+    dead_letter_queues: Iterable[str] = (),
+    unrouted_queues: Iterable[str] = (),
+) -> dict[str, object]:
+    """The seed's ``health_check()``: ``status`` and ``queue_depth``, with what they are made of.
+
+    ``status`` is ``healthy`` when every worker queue has a consumer, ``degraded`` when some have none,
+    ``unhealthy`` when none has (or a queue is missing: the topology is not declared). ``queue_depth`` is
+    what waits in the worker queues; dead letters and unrouted messages are counted apart.
+    """
+    workers, dead, unrouted = list(worker_queues), list(dead_letter_queues), list(unrouted_queues)
+    stats = queue_stats(connection, [*workers, *dead, *unrouted])
+    missing = [q for q in workers if stats[q].messages is None]
+    serving = [q for q in workers if stats[q].consumers]
+    if missing or not serving:
+        status = "unhealthy"
+    elif len(serving) < len(workers):
+        status = "degraded"
+    else:
+        status = "healthy"
+    return {
+        "status": status,
+        "queue_depth": sum(stats[q].messages or 0 for q in workers),
+        "dead_letters": sum(stats[q].messages or 0 for q in dead),
+        "unrouted": sum(stats[q].messages or 0 for q in unrouted),
+        "missing_queues": missing,
+        "queues": {q: {"messages": stats[q].messages, "consumers": stats[q].consumers} for q in workers},
+    }

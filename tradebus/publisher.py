@@ -115,6 +115,7 @@ def send(
     content_encoding: str = "utf-8",
     app: Celery | None = None,
     signed_route: tuple[str, str] | None = None,
+    priority: int | None = None,
 ) -> str:
     """Publish raw ``body`` and wait for the broker's confirm; returns the message id.
 
@@ -138,6 +139,8 @@ def send(
         "message_id": message_id,
         "headers": {PUBLISHED_AT: time.time(), **(headers or {})},
     }
+    if priority is not None:
+        properties["priority"] = priority
     where = f"{routing_key!r} on {exchange!r}"
     with app.producer_or_acquire() as producer:
         if producer.connection.transport.driver_type != "amqp":

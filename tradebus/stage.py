@@ -29,6 +29,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
+from pydantic import BaseModel
 
 from routing import QUEUES_BY_NAME, RETRY, route
 from tradebus import recorder, signing, store
@@ -68,7 +69,9 @@ class StageTask(Task):  # type: ignore[misc]
     """A Celery task that is the one stage of one queue."""
 
     queue_name: str
-    accepts: tuple[type[BusMessage], ...]
+    #: Routing-key patterns this stage takes from a queue it shares with other stages (empty: every key).
+    keys: tuple[str, ...] = ()
+    accepts: tuple[type[Any], ...]
     #: The stage's own function, called with the validated message.
     handler: Callable[[Any], Any]
     retry_policy: RetryPolicy = SEED_POLICY
@@ -301,9 +304,18 @@ def _record(task: StageTask, message: BusMessage) -> None:
 
 
 def stage(
-    name: str, *, queue: str, accepts: type[BusMessage] | tuple[type[BusMessage], ...], **options: Any
+    name: str,
+    *,
+    queue: str,
+    accepts: type[Any] | tuple[type[Any], ...],
+    keys: tuple[str, ...] = (),
+    base: type[StageTask] | None = None,
+    **options: Any,
 ) -> Callable[[Callable[[Any], R]], StageTask]:
-    """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to ``app.task``."""
+    """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to ``app.task``.
+
+    Stages that share a queue (a Letrade service's inbox) each take the routing keys matching ``keys``.
+    """
     if queue not in QUEUES_BY_NAME:
         raise KeyError(f"stage {name}: no queue {queue!r} in routing")
     accepted = accepts if isinstance(accepts, tuple) else (accepts,)
@@ -322,9 +334,10 @@ def stage(
         task: StageTask = app.task(
             run,
             bind=True,
-            base=StageTask,
+            base=base or StageTask,
             name=name,
             queue_name=queue,
+            keys=keys,
             accepts=accepted,
             handler=staticmethod(fn),
             **options,
@@ -338,9 +351,20 @@ def _as_body(payload: Any) -> bytes:
     """A best-effort wire body for a payload that arrived already decoded."""
     if isinstance(payload, BusMessage):
         return encode(payload)
+    if isinstance(payload, BaseModel):  # a Letrade envelope
+        return payload.model_dump_json().encode()
     return json.dumps(payload, default=str).encode()
 
 
+def stages_of_queues(celery_app: Any = app) -> dict[str, list[StageTask]]:
+    """The registered stage tasks, by the queue they consume (several when they share it, by key)."""
+    stages: dict[str, list[StageTask]] = {}
+    for task in celery_app.tasks.values():
+        if isinstance(task, StageTask):
+            stages.setdefault(task.queue_name, []).append(task)
+    return stages
+
+
 def stage_tasks(celery_app: Any = app) -> dict[str, StageTask]:
-    """The registered stage tasks, by the queue each one consumes."""
-    return {t.queue_name: t for t in celery_app.tasks.values() if isinstance(t, StageTask)}
+    """The first registered stage task of every queue (MasterTrade has one stage per queue)."""
+    return {queue: tasks[0] for queue, tasks in stages_of_queues(celery_app).items()}

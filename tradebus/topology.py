@@ -142,6 +142,8 @@ def check_and_declare(connection: Connection, management: Management | None) -> 
             raise TopologyConflict(rows)
         extra = extra_bindings(management.bindings())
     declare(connection)
+    if not POLICIES:  # Letrade: every queue dead-letters by its own arguments, nothing to apply
+        return extra
     if management is None or not reachable:
         where = management.settings.base_url if management is not None else "(none configured)"
         raise ManagementAPIError(

@@ -28,12 +28,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from routing import DLX, RETRY, ROUTES
-from routing.exchanges import TASKS
+from routing.exchanges import DLX, RETRY, TASKS
+from routing.keys import ROUTES
 from routing.services import EVERY_SERVICE, OWN_NAME_FIELDS, PUBLISHES, REPORTS_ON_EVERY_SERVICE
 from tradebus.errors import SettingsError
 from tradebus.settings import USER_PASSWORD_PREFIX
-from workers.profiles import POOLS
+from workers.profiles import MASTERTRADE_POOLS as POOLS
 
 DEFAULT_USER_PREFIX = "tradebus-"
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
@@ -226,8 +226,10 @@ def publishers_of(queue: str) -> list[str]:
 
     Computed like ``tradebus route``: one documented message per route, routed through the topology.
     """
-    from routing import route
+    from routing.queues import ROUTER
     from tradebus.samples import documented_messages
+
+    route = ROUTER.route
 
     reaches: dict[str, set[str]] = {}
     for message in documented_messages():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from routing import WORKER_QUEUES
+from routing import LETRADE, PROFILE, WORKER_QUEUES
 from tradebus.errors import UnknownPool
 
 
@@ -38,7 +38,7 @@ class PoolProfile:
         return self.concurrency * self.prefetch_multiplier
 
 
-POOLS: dict[str, PoolProfile] = {
+MASTERTRADE_POOLS: dict[str, PoolProfile] = {
     p.name: p
     for p in (
         # The seed's consumer table.
@@ -71,6 +71,21 @@ POOLS: dict[str, PoolProfile] = {
         PoolProfile("periodic_tasks", concurrency=1, prefetch_multiplier=1),
     )
 }
+
+#: Letrade_v1 gives no consumer counts. Prefetch 1 wherever trade messages arrive: priority reorders only
+#: what is still queued, so a deep prefetch buffer of market data would make a trade command wait behind it.
+LETRADE_POOLS: dict[str, PoolProfile] = {
+    p.name: p
+    for p in (
+        PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1, critical=True),
+        PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1, critical=True),
+        PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1, critical=True),
+        PoolProfile("letrade.market_data", concurrency=1, prefetch_multiplier=10),
+    )
+}
+
+#: The pools of the profile this process runs (routing/profile.py).
+POOLS = LETRADE_POOLS if PROFILE == LETRADE else MASTERTRADE_POOLS
 
 assert set(POOLS) == {q.name for q in WORKER_QUEUES}, "every worker queue needs exactly one pool profile"
 

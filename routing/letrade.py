@@ -1,0 +1,189 @@
+"""The Letrade_v1 topology as data (seed 003): three topic exchanges, the ``letrade.dlq`` exchange, the
+routing keys of every documented message, one inbox queue per service and one dead-letter queue per key.
+
+Decisions where the seed is silent or cannot be taken literally are in docs/letrade.md:
+
+* market data (``market_data.{exchange}.{symbol}``) travels on ``letrade.events``, the section the seed
+  lists it under; requests and their responses share ``letrade.requests``;
+* each service consumes one inbox queue with ``x-max-priority``, so a trade command overtakes the market
+  data queued before it (priority orders messages within one queue only);
+* a dead letter goes to ``letrade.dlq`` with its original key plus ``.dead``; each documented key has a
+  dead-letter queue, bound to the ``.dead`` key and to the plain key (what RabbitMQ itself dead-letters,
+  a rejected message, keeps its original key);
+* every exchange names the alternate exchange ``letrade.unrouted``: what no binding takes is kept there.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Exchange, Queue, binding
+
+from routing.match import ALTERNATE_EXCHANGE, Router
+
+NAME = "letrade"
+DEAD_SUFFIX = ".dead"
+DLQ_PREFIX = "letrade.dlq."
+#: RabbitMQ's advice: at most 10 priority levels (each level costs the queue an internal sub-queue).
+MAX_PRIORITY = 10
+#: The seed: "trade messages: priority HIGH". Commands, trade events and capital allocation are trade
+#: messages; market data is the bulk they must overtake.
+PRIORITY_HIGH = 9
+PRIORITY_NORMAL = 5
+PRIORITY_LOW = 1
+#: Bound on the queue of unroutable messages; past it the publisher's confirm is a nack, never a drop.
+UNROUTED_MAX_LENGTH = 100_000
+#: ...and on its bytes: a late ``response.market_data`` (its caller gave up) may be up to 128 KB.
+UNROUTED_MAX_BYTES = 256 * 1024 * 1024
+
+UNROUTED_EXCHANGE = Exchange("letrade.unrouted", type="fanout", durable=True, auto_delete=False)
+
+
+def _topic(name: str) -> Exchange:
+    return Exchange(
+        name,
+        type="topic",
+        durable=True,
+        auto_delete=False,
+        arguments={ALTERNATE_EXCHANGE: UNROUTED_EXCHANGE.name},
+    )
+
+
+COMMANDS = _topic("letrade.commands")
+EVENTS = _topic("letrade.events")
+REQUESTS = _topic("letrade.requests")
+#: The seed's DLQ exchange: routing key = original routing key + ``.dead``.
+DLX = _topic("letrade.dlq")
+#: Retries go straight back to the inbox that failed them: every inbox is bound here by its own name.
+RETRY = _topic("letrade.retry")
+_BY_NAME = {e.name: e for e in (COMMANDS, EVENTS, REQUESTS)}
+
+
+@dataclass(frozen=True)
+class LetradeRoute:
+    """A documented message: its exchange, routing-key template and priority."""
+
+    name: str
+    exchange: str
+    template: str
+    priority: int
+    #: Whether it must survive a broker restart (market data is stale within seconds: transient).
+    persistent: bool = True
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The payload fields the template reads, in order."""
+        return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
+
+    @property
+    def pattern(self) -> str:
+        """The topic pattern every key of this route matches (``market_data.*.*``)."""
+        return self.template.format(**{name: "*" for name in self.fields})
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """The queue that keeps this route's dead letters."""
+        return dead_letter_queue_name(self.pattern.replace(".*", ""))
+
+    def key(self, **values: str) -> str:
+        """The routing key for these field values."""
+        return self.template.format(**values)
+
+
+_ROUTES = (
+    LetradeRoute("execute_trade", COMMANDS.name, "commands.execute_trade", PRIORITY_HIGH),
+    LetradeRoute("cancel_order", COMMANDS.name, "commands.cancel_order", PRIORITY_HIGH),
+    LetradeRoute("trade_executed", EVENTS.name, "events.trade_executed", PRIORITY_HIGH),
+    LetradeRoute("error", EVENTS.name, "events.error", PRIORITY_NORMAL),
+    LetradeRoute(
+        "market_data", EVENTS.name, "market_data.{exchange}.{symbol}", PRIORITY_LOW, persistent=False
+    ),
+    LetradeRoute("capital_allocation_request", REQUESTS.name, "request.capital.allocation", PRIORITY_HIGH),
+    LetradeRoute("capital_allocation_response", REQUESTS.name, "response.capital.allocation", PRIORITY_HIGH),
+    LetradeRoute("market_data_request", REQUESTS.name, "request.market_data", PRIORITY_NORMAL),
+    LetradeRoute("market_data_response", REQUESTS.name, "response.market_data", PRIORITY_NORMAL),
+)
+#: Route name -> route.
+ROUTES: dict[str, LetradeRoute] = {r.name: r for r in _ROUTES}
+#: The exchange a key's first word belongs to.
+EXCHANGE_OF_FAMILY: dict[str, str] = {
+    "commands": COMMANDS.name,
+    "events": EVENTS.name,
+    "market_data": EVENTS.name,
+    "request": REQUESTS.name,
+    "response": REQUESTS.name,
+}
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The dead-letter queue of a key family (``commands.execute_trade``, ``market_data``).
+
+    Letrade's dead letters are kept by routing key, not by the queue that failed them (docs/letrade.md).
+    """
+    return f"{DLQ_PREFIX}{queue}"
+
+
+def dead_letter_route(queue: str, routing_key: str) -> tuple[str, str]:
+    """Where a message that failed on ``queue`` goes: ``letrade.dlq``, its routing key plus ``.dead``."""
+    return DLX.name, f"{routing_key or queue}{DEAD_SUFFIX}"
+
+
+def _inbox(service: str, *route_names: str) -> Queue:
+    routes = [ROUTES[name] for name in route_names]
+    arguments: dict[str, Any] = {"x-max-priority": MAX_PRIORITY, "x-dead-letter-exchange": DLX.name}
+    name = f"letrade.{service}"
+    return Queue(
+        name,
+        bindings=[binding(_BY_NAME[r.exchange], routing_key=r.pattern) for r in routes]
+        + [binding(RETRY, routing_key=name)],
+        durable=True,
+        auto_delete=False,
+        queue_arguments=arguments,
+    )
+
+
+#: One inbox per service; what each consumes is the seed's sequence diagrams (docs/letrade.md).
+EXCHANGE_CONNECTOR = _inbox("exchange_connector", "execute_trade", "cancel_order", "market_data")
+CAPITAL_MANAGER = _inbox("capital_manager", "capital_allocation_request")
+MARKET_DATA_SERVICE = _inbox("market_data", "market_data_request", "market_data")
+STRATEGY = _inbox("strategy", "market_data", "capital_allocation_response", "trade_executed", "error")
+
+STAGE_QUEUES: tuple[Queue, ...] = (EXCHANGE_CONNECTOR, CAPITAL_MANAGER, MARKET_DATA_SERVICE, STRATEGY)
+TASK_QUEUES: tuple[Queue, ...] = ()
+WORKER_QUEUES: tuple[Queue, ...] = STAGE_QUEUES + TASK_QUEUES
+
+DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
+    Queue(
+        r.dead_letter_queue,
+        bindings=[binding(DLX, routing_key=r.pattern + DEAD_SUFFIX), binding(DLX, routing_key=r.pattern)],
+        durable=True,
+        auto_delete=False,
+    )
+    for r in _ROUTES
+)
+UNROUTED_QUEUES: tuple[Queue, ...] = (
+    Queue(
+        "letrade.unrouted",
+        bindings=[binding(UNROUTED_EXCHANGE, routing_key="")],
+        durable=True,
+        auto_delete=False,
+        queue_arguments={
+            "x-max-length": UNROUTED_MAX_LENGTH,
+            "x-max-length-bytes": UNROUTED_MAX_BYTES,
+            "x-overflow": "reject-publish",
+        },
+    ),
+)
+#: Queues whose dead letters are stale prices when the broker expired them: none (no Letrade TTLs).
+MARKET_DATA_QUEUES: frozenset[str] = frozenset()
+
+QUEUES: tuple[Queue, ...] = WORKER_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
+QUEUES_BY_NAME: dict[str, Queue] = {q.name: q for q in QUEUES}
+
+EXCHANGES: tuple[Exchange, ...] = (UNROUTED_EXCHANGE, COMMANDS, EVENTS, REQUESTS, DLX, RETRY)
+PUBLIC_EXCHANGES: dict[str, Exchange] = {e.name: e for e in (COMMANDS, EVENTS, REQUESTS, DLX)}
+PERSISTENT_EXCHANGES = frozenset({COMMANDS.name, EVENTS.name, REQUESTS.name, DLX.name})
+
+ROUTER = Router(EXCHANGES, QUEUES)

@@ -1,0 +1,41 @@
+"""Capital manager: answers ``request.capital.allocation`` with ``response.capital.allocation``.
+
+The response's ``request_id`` is the request's ``message_id``; it carries the request's strategy id in its
+headers, so ``*.strategy_<id>.*`` subscribers see it. The rules are tradebus/letrade/capital.py.
+"""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+
+from routing.letrade import CAPITAL_MANAGER
+from tradebus.letrade import capital, paper
+from tradebus.letrade.messages import (
+    CapitalAllocationRequestMessage,
+    CapitalAllocationResponseMessage,
+    build,
+)
+from tradebus.letrade.stage import letrade_stage, publish
+
+logger = get_task_logger(__name__)
+SOURCE = "capital_manager"
+
+
+@letrade_stage(
+    "tradebus.capital_manager.allocate", queue=CAPITAL_MANAGER.name, accepts=CapitalAllocationRequestMessage
+)
+def allocate(message: CapitalAllocationRequestMessage) -> None:
+    """Approve, reduce or reject a strategy's request for capital."""
+    answer = capital.allocate(message.payload, message.message_id, paper.account(), paper.prices())
+    logger.info(
+        "allocation %s for strategy %s: %s %s",
+        message.message_id,
+        message.payload.strategy_id,
+        answer.result,
+        answer.approved_quantity,
+    )
+    # The response's id derives from the request's: a redelivered request answers with the same message.
+    response = build(
+        CapitalAllocationResponseMessage, answer, SOURCE, message_id=f"response-{message.message_id}"
+    )
+    publish(response, strategy_id=message.payload.strategy_id)

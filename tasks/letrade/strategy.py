@@ -1,0 +1,119 @@
+"""Strategy: the seed's trade flow, one message at a time.
+
+market data -> (crossover) ``request.capital.allocation`` -> ``response.capital.allocation`` (approved)
+-> ``commands.execute_trade`` -> ``events.trade_executed``. The rule and the state are
+tradebus/letrade/strategy.py. Responses to other callers' requests (the same key reaches every
+subscriber) are not this strategy's and are left alone.
+"""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+
+from routing.letrade import STRATEGY
+from tradebus.letrade import strategy as state
+from tradebus.letrade.messages import (
+    CapitalAllocationRequest,
+    CapitalAllocationRequestMessage,
+    CapitalAllocationResponseMessage,
+    ErrorMessage,
+    ExecuteTrade,
+    ExecuteTradeMessage,
+    MarketDataMessage,
+    TradeExecutedMessage,
+    build,
+)
+from tradebus.letrade.stage import letrade_stage, publish
+
+logger = get_task_logger(__name__)
+SOURCE = f"strategy_{state.STRATEGY_ID}"
+
+
+@letrade_stage("tradebus.strategy.on_market_data", queue=STRATEGY.name, accepts=MarketDataMessage)
+def on_market_data(message: MarketDataMessage) -> None:
+    """Ask the capital manager for capital when the averages cross."""
+    candle = message.payload
+    side = state.crossover(state.add_close(candle.symbol, candle.close))
+    if side is None or (side == "sell" and state.holding(candle.symbol) <= 0):
+        return
+    if not state.lock(candle.symbol):
+        return
+    held = state.holding(candle.symbol)
+    quantity = state.ORDER_NOTIONAL / candle.close if side == "buy" else held
+    request = build(
+        CapitalAllocationRequestMessage,
+        CapitalAllocationRequest(
+            strategy_id=state.STRATEGY_ID,
+            symbol=candle.symbol,
+            side=side,
+            quantity=quantity,
+            price=candle.close,
+        ),
+        SOURCE,
+    )
+    # The order id is chosen now, so a redelivered response repeats the same command (filled once).
+    context = {
+        "symbol": candle.symbol,
+        "exchange": candle.exchange,
+        "side": side,
+        "client_order_id": state.next_order_id(),
+    }
+    state.remember(request.message_id, context)
+    try:
+        publish(request)
+    except Exception:
+        state.unlock(candle.symbol)
+        raise
+    state.counted("requests")
+
+
+@letrade_stage(
+    "tradebus.strategy.on_allocation", queue=STRATEGY.name, accepts=CapitalAllocationResponseMessage
+)
+def on_allocation(message: CapitalAllocationResponseMessage) -> None:
+    """An approved (or reduced) allocation becomes a trade command; a rejection frees the pair."""
+    answer = message.payload
+    context = state.pending(answer.request_id)
+    if context is None:
+        logger.debug("allocation %s is another caller's (or expired)", answer.request_id)
+        return
+    if answer.result == "rejected" or answer.approved_quantity <= 0:
+        state.counted("rejected")
+        state.unlock(context["symbol"])
+        state.forget(answer.request_id)
+        return
+    state.counted("approved")
+    command = ExecuteTrade(
+        strategy_id=state.STRATEGY_ID,
+        exchange=context["exchange"],
+        symbol=context["symbol"],
+        side=context["side"],
+        type="market",
+        amount=answer.approved_quantity,
+        stop_loss=answer.suggested_stop_loss,
+        take_profit=answer.suggested_take_profit,
+        client_order_id=context["client_order_id"],
+    )
+    publish(build(ExecuteTradeMessage, command, SOURCE, message_id=f"command-{answer.request_id}"))
+    state.forget(answer.request_id)
+
+
+@letrade_stage("tradebus.strategy.on_trade_executed", queue=STRATEGY.name, accepts=TradeExecutedMessage)
+def on_trade_executed(message: TradeExecutedMessage) -> None:
+    """Book the strategy's own fills and free the pair for its next trade."""
+    event = message.payload
+    if event.strategy_id != state.STRATEGY_ID or event.status == "open":
+        return
+    if event.status == "filled":
+        state.book(event.symbol, event.side, event.filled)
+        state.counted("executed")
+    state.unlock(event.symbol)
+
+
+@letrade_stage("tradebus.strategy.on_error", queue=STRATEGY.name, accepts=ErrorMessage)
+def on_error(message: ErrorMessage) -> None:
+    """A failed trade of this strategy frees its pair."""
+    context = message.payload.context
+    if context.get("strategy_id") == state.STRATEGY_ID and isinstance(context.get("symbol"), str):
+        state.counted("errors")
+        state.unlock(context["symbol"])

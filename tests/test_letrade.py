@@ -1,0 +1,228 @@
+"""Letrade_v1 as data and rules: its routing, envelope, subscriptions, capital rules and strategy.
+No broker needed; the live behaviour is in test_letrade_live.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from routing import letrade
+from tests.letrade_samples import CONSUMERS, PAYLOADS, body
+from tradebus.errors import (
+    BadSubscription,
+    InvalidJSON,
+    MessageTooLarge,
+    Misrouted,
+    SchemaViolation,
+    UnknownMessageType,
+)
+from tradebus.letrade import capital
+from tradebus.letrade import strategy as rule
+from tradebus.letrade.bus import qualify
+from tradebus.letrade.messages import (
+    MAX_CANDLES,
+    MarketDataResponseMessage,
+    build,
+    class_for_key,
+    encode,
+    parse,
+)
+from tradebus.letrade.paper import Account, Position
+from tradebus.letrade.subscriptions import compile_pattern
+from tradebus.messages import MAX_MESSAGE_BYTES
+from workers.profiles import LETRADE_POOLS
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_every_documented_key_reaches_the_services_that_consume_it(name: str) -> None:
+    key, _ = PAYLOADS[name]
+    assert letrade.ROUTER.route(letrade.ROUTES[name].exchange, key) == CONSUMERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_the_seeds_example_of_every_message_validates_and_computes_its_own_key(name: str) -> None:
+    key, _ = PAYLOADS[name]
+    message = parse(json.dumps(body(name)), key)
+    assert message.routing_key == key
+    assert message.exchange == letrade.ROUTES[name].exchange
+    assert message.message_id == "550e8400-e29b-41d4-a716-446655440000"
+
+
+def test_timestamps_go_out_as_the_seed_writes_them() -> None:
+    message = parse(json.dumps(body("trade_executed")), "events.trade_executed")
+    sent = json.loads(encode(message))
+    assert sent["timestamp"] == "2024-01-01T10:00:00.000Z"
+    assert sent["payload"]["timestamp"] == "2024-01-01T10:00:00.000Z"
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_a_dead_letter_key_is_the_original_key_plus_dead_and_reaches_its_dead_letter_queue(name: str) -> None:
+    key, _ = PAYLOADS[name]
+    exchange, dead_key = letrade.dead_letter_route(f"letrade.{name}", key)
+    assert (exchange, dead_key) == ("letrade.dlq", f"{key}.dead")
+    expected = {letrade.ROUTES[name].dead_letter_queue}
+    assert letrade.ROUTER.route(exchange, dead_key) == expected
+    # What RabbitMQ dead-letters itself (a rejection) keeps its key, and lands in the same queue.
+    assert letrade.ROUTER.route(exchange, key) == expected
+
+
+def test_a_key_no_binding_takes_is_kept_in_letrade_unrouted() -> None:
+    for exchange in ("letrade.commands", "letrade.events", "letrade.requests", "letrade.dlq"):
+        assert letrade.ROUTER.route(exchange, "commands.launch_rocket") == {"letrade.unrouted"}
+
+
+def test_trade_commands_outrank_market_data_in_every_inbox() -> None:
+    assert letrade.ROUTES["execute_trade"].priority > letrade.ROUTES["market_data"].priority
+    assert letrade.ROUTES["cancel_order"].priority == letrade.PRIORITY_HIGH
+    for queue in letrade.WORKER_QUEUES:
+        assert queue.queue_arguments["x-max-priority"] >= letrade.PRIORITY_HIGH
+
+
+def test_pools_that_receive_trade_messages_prefetch_one_so_priority_holds() -> None:
+    assert set(LETRADE_POOLS) == {q.name for q in letrade.WORKER_QUEUES}
+    for name in ("letrade.exchange_connector", "letrade.capital_manager", "letrade.strategy"):
+        assert LETRADE_POOLS[name].prefetch_multiplier == 1
+        assert LETRADE_POOLS[name].critical
+
+
+def test_market_data_key_uses_the_pair_without_its_slash_in_lower_case() -> None:
+    assert parse(json.dumps(body("market_data")), "market_data.binance.btcusdt").routing_key == (
+        "market_data.binance.btcusdt"
+    )
+
+
+def test_a_message_whose_payload_routes_elsewhere_than_its_key_is_refused() -> None:
+    with pytest.raises(Misrouted):
+        parse(json.dumps(body("market_data")), "market_data.kraken.btcusdt")
+
+
+def test_invalid_payload_names_the_field() -> None:
+    bad = body("execute_trade")
+    bad["payload"] = {**bad["payload"], "amount": -1}
+    with pytest.raises(SchemaViolation, match=r"payload\.amount"):
+        parse(json.dumps(bad), "commands.execute_trade")
+
+
+def test_envelope_without_source_is_refused() -> None:
+    bad = body("cancel_order")
+    del bad["source"]
+    with pytest.raises(SchemaViolation, match="source"):
+        parse(json.dumps(bad), "commands.cancel_order")
+
+
+def test_a_limit_order_without_a_price_is_refused() -> None:
+    bad = body("execute_trade")
+    bad["payload"] = {**bad["payload"], "type": "limit", "price": None}
+    with pytest.raises(SchemaViolation, match="limit order needs a price"):
+        parse(json.dumps(bad), "commands.execute_trade")
+
+
+def test_unknown_key_and_broken_json_get_their_own_errors() -> None:
+    with pytest.raises(UnknownMessageType):
+        class_for_key("commands.launch_rocket")
+    with pytest.raises(InvalidJSON):
+        parse(b"{not json", "commands.cancel_order")
+
+
+def test_messages_over_128_kb_are_refused_both_ways() -> None:
+    candle = PAYLOADS["market_data_response"][1]["data"][0]
+    payload = {**PAYLOADS["market_data_response"][1], "data": [candle] * 1200}
+    too_big = build(MarketDataResponseMessage, payload, "market_data_service")
+    assert len(too_big.model_dump_json()) > MAX_MESSAGE_BYTES
+    with pytest.raises(MessageTooLarge, match=r"limit is 131072"):
+        encode(too_big)
+    with pytest.raises(MessageTooLarge):
+        parse(b" " * (MAX_MESSAGE_BYTES + 1), "commands.cancel_order")
+
+
+def test_the_most_candles_a_request_may_ask_for_fit_in_one_message() -> None:
+    candle = {**PAYLOADS["market_data_response"][1]["data"][0], "close": 50050.123456, "volume": 1234.5678}
+    payload = {**PAYLOADS["market_data_response"][1], "data": [candle] * MAX_CANDLES}
+    assert len(encode(build(MarketDataResponseMessage, payload, "market_data_service"))) <= MAX_MESSAGE_BYTES
+
+
+def test_the_seeds_short_key_is_qualified_by_its_exchange() -> None:
+    assert qualify("letrade.commands", "execute_trade") == "commands.execute_trade"
+    assert qualify("letrade.events", "trade_executed") == "events.trade_executed"
+    assert qualify("letrade.commands", "commands.cancel_order") == "commands.cancel_order"
+
+
+def test_market_data_binance_wildcard_is_bound_as_written() -> None:
+    plan = compile_pattern("market_data.binance.*")
+    assert plan.bindings == (("letrade.events", "market_data.binance.*"),)
+    assert plan.accepts("market_data.binance.ethusdt")
+
+
+def test_trade_star_is_bound_one_word_wide_and_filtered_within_the_word() -> None:
+    plan = compile_pattern("events.trade_*")
+    assert plan.bindings == (("letrade.events", "events.*"),)
+    assert plan.accepts("events.trade_executed")
+    assert not plan.accepts("events.error")
+
+
+def test_strategy_pattern_follows_the_strategy_header_on_every_exchange() -> None:
+    plan = compile_pattern("*.strategy_123.*")
+    assert {exchange for exchange, _ in plan.bindings} == {
+        "letrade.commands",
+        "letrade.events",
+        "letrade.requests",
+    }
+    assert plan.accepts("commands.execute_trade", {"x-letrade-strategy-id": 123})
+    assert not plan.accepts("commands.execute_trade", {"x-letrade-strategy-id": 124})
+    assert not plan.accepts("events.error", {})
+
+
+@pytest.mark.parametrize("pattern", ["", "orders.#", "events..x", "events.trade executed"])
+def test_a_pattern_that_cannot_match_a_letrade_key_is_refused(pattern: str) -> None:
+    with pytest.raises(BadSubscription):
+        compile_pattern(pattern)
+
+
+def _request(**changes: object) -> object:
+    from tradebus.letrade.messages import CapitalAllocationRequest
+
+    data = {**PAYLOADS["capital_allocation_request"][1], **changes}
+    return CapitalAllocationRequest.model_validate(data)
+
+
+def test_the_seeds_allocation_request_is_approved_with_every_documented_field() -> None:
+    answer = capital.allocate(_request(), "req_123", Account(10_000.0), {})  # type: ignore[arg-type]
+    assert (answer.request_id, answer.result, answer.approved_quantity) == ("req_123", "approved", 0.01)
+    assert answer.suggested_stop_loss == 49000.0 and answer.suggested_take_profit == 52000.0
+    assert answer.portfolio_impact.position_size_percent == pytest.approx(5.0)
+    assert answer.portfolio_impact.available_capital_after == pytest.approx(10_000 - 500 * 1.001)
+    assert answer.risk_level == "low" and answer.reasons == []
+
+
+def test_a_buy_larger_than_a_tenth_of_equity_is_reduced_and_says_why() -> None:
+    answer = capital.allocate(_request(quantity=1.0), "r", Account(10_000.0), {})  # type: ignore[arg-type]
+    assert answer.result == "reduced"
+    assert answer.approved_quantity == pytest.approx(1_000 / 50_000)
+    assert answer.reasons
+
+
+def test_a_buy_without_cash_and_a_sell_without_position_are_rejected() -> None:
+    broke = capital.allocate(_request(), "r", Account(0.0), {})  # type: ignore[arg-type]
+    assert (broke.result, broke.approved_quantity, broke.reasons) == (
+        "rejected",
+        0.0,
+        ["insufficient capital"],
+    )
+    sell = capital.allocate(_request(side="sell", stop_loss=None, take_profit=None), "r", Account(1e4), {})  # type: ignore[arg-type]
+    assert sell.result == "rejected" and sell.reasons == ["no position to sell"]
+
+
+def test_a_sell_is_capped_at_the_position_held() -> None:
+    account = Account(0.0, {"BTC/USDT": Position(0.004, 50_000.0)})
+    answer = capital.allocate(_request(side="sell", stop_loss=None, take_profit=None), "r", account, {})  # type: ignore[arg-type]
+    assert (answer.result, answer.approved_quantity) == ("reduced", 0.004)
+    assert answer.suggested_stop_loss > 50_000 > answer.suggested_take_profit
+
+
+def test_moving_averages_crossing_up_buy_and_crossing_down_sell() -> None:
+    flat = [100.0] * rule.LONG_WINDOW
+    assert rule.crossover([*flat, 110.0]) == "buy"
+    assert rule.crossover([*flat, 90.0]) == "sell"
+    assert rule.crossover([*flat, 100.0]) is None
+    assert rule.crossover([100.0, 110.0]) is None

@@ -1,0 +1,304 @@
+"""``LetradeBus``: the seed's ``MessageBus`` client, synchronous, on Kombu.
+
+    with LetradeBus(source="strategy_123") as bus:
+        bus.publish("letrade.commands", "execute_trade", {...})        # the seed's short key works too
+        bus.subscribe("events.trade_*", handle)                         # handle(topic, payload_dict)
+        bus.drain(5.0)                                                  # deliver for up to 5 s
+        answer = bus.request("request.capital.allocation", {...}, timeout=5.0)
+        print(bus.health_check()["status"])
+
+Every publish is validated (envelope, payload, 128 KB), carries its route's priority and persistence, and
+returns only once RabbitMQ confirmed it. Subscriptions use a queue of their own that lives as long as the
+connection (tradebus/letrade/subscriptions.py says what each pattern binds). A handler that raises gets
+its message dead-lettered to ``letrade.dlq`` with the reason, as a stage's would.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
+from kombu.message import Message
+
+from routing import letrade
+from tradebus import deadletter as dl
+from tradebus.errors import (
+    InvalidMessage,
+    Misrouted,
+    PublishFailed,
+    RequestTimeout,
+    UnknownMessageType,
+)
+from tradebus.health import bus_health
+from tradebus.letrade.messages import Envelope, Payload, build, class_for_key, encode, parse
+from tradebus.letrade.stage import STRATEGY_HEADER
+from tradebus.letrade.subscriptions import compile_pattern
+from tradebus.publisher import PUBLISHED_AT, TYPE_HEADER
+from tradebus.settings import get_settings
+
+Handler = Callable[[str, dict[str, Any]], None]
+HANDLER_ERROR = "handler_error"
+DEFAULT_TIMEOUT = 5.0
+
+
+def qualify(exchange: str, routing_key: str) -> str:
+    """The full key for a short one: ``("letrade.commands", "execute_trade")`` -> ``commands.execute_trade``.
+
+    The seed's publisher example publishes ``execute_trade`` to ``letrade.commands``; the bindings are on
+    ``commands.execute_trade``, so the short key would reach no queue.
+    """
+    if routing_key.split(".")[0] in letrade.EXCHANGE_OF_FAMILY:
+        return routing_key
+    families = [f for f, e in letrade.EXCHANGE_OF_FAMILY.items() if e == exchange and f != "market_data"]
+    for family in families:
+        candidate = f"{family}.{routing_key}"
+        if any(r.pattern == candidate for r in letrade.ROUTES.values()):
+            return candidate
+    return routing_key
+
+
+class LetradeBus:
+    """A connection to the Letrade bus: publish, subscribe, request and health check."""
+
+    def __init__(self, url: str | None = None, *, source: str = "client") -> None:
+        self.url = url or get_settings().broker_url
+        self.source = source
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._consumers: list[Consumer] = []
+
+    # --- connection ---------------------------------------------------------------------------------
+    def connect(self) -> LetradeBus:
+        """Open the connection (publishes wait for the broker's confirms)."""
+        if self._connection is None:
+            self._connection = Connection(
+                self.url, connect_timeout=5, transport_options={"confirm_publish": True}
+            )
+            self._connection.ensure_connection(max_retries=3)
+            self._producer = Producer(self._connection.channel())
+        return self
+
+    def close(self) -> None:
+        """Cancel the subscriptions (their queues go with them) and close the connection."""
+        for consumer in self._consumers:
+            consumer.cancel()
+        self._consumers.clear()
+        if self._connection is not None:
+            self._connection.release()
+        self._connection = self._producer = None
+
+    def __enter__(self) -> LetradeBus:
+        return self.connect()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> Connection:
+        """The open connection."""
+        self.connect()
+        assert self._connection is not None
+        return self._connection
+
+    # --- publishing ---------------------------------------------------------------------------------
+    def message(self, routing_key: str, payload: Payload | dict[str, Any], **envelope: Any) -> Envelope:
+        """The validated message ``payload`` makes on ``routing_key``, from this client's source."""
+        return build(class_for_key(routing_key), payload, self.source, **envelope)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Envelope | Payload | dict[str, Any],
+        *,
+        strategy_id: int | None = None,
+    ) -> str:
+        """Validate and publish; returns the message id. InvalidMessage (nothing sent) or PublishFailed."""
+        key = qualify(exchange, routing_key)
+        message = payload if isinstance(payload, Envelope) else self.message(key, payload)
+        if (message.exchange, message.routing_key) != (exchange, key):
+            raise Misrouted(
+                f"a {message.type} message goes to {message.routing_key!r} on {message.exchange}, "
+                f"not {key!r} on {exchange}"
+            )
+        self.send(message, strategy_id=strategy_id)
+        return message.message_id
+
+    def send(self, message: Envelope, *, strategy_id: int | None = None) -> None:
+        """Publish a validated message on its own route, confirmed."""
+        headers: dict[str, Any] = {TYPE_HEADER: message.type, PUBLISHED_AT: time.time()}
+        strategy = strategy_id if strategy_id is not None else message.strategy_id
+        if strategy is not None:
+            headers[STRATEGY_HEADER] = strategy
+        self._publish(
+            encode(message),
+            message.exchange,
+            message.routing_key,
+            message_id=message.message_id,
+            headers=headers,
+            priority=message.route.priority,
+            delivery_mode=2 if message.route.persistent else 1,
+        )
+
+    def _publish(self, body: bytes, exchange: str, routing_key: str, **properties: Any) -> None:
+        self.connect()
+        assert self._producer is not None
+        try:
+            self._producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                retry=False,
+                **properties,
+            )
+        except Exception as exc:
+            raise PublishFailed(f"broker did not confirm {routing_key!r} on {exchange}: {exc}") from exc
+
+    # --- subscribing --------------------------------------------------------------------------------
+    def subscribe(self, pattern: str, handler: Handler) -> str:
+        """Call ``handler(topic, payload)`` for every message ``pattern`` matches; returns the queue name."""
+        plan = compile_pattern(pattern)
+        name = f"letrade.subscriber.{self.source}.{uuid.uuid4().hex[:8]}"
+        queue = Queue(
+            name,
+            bindings=[
+                binding(Exchange(e, type="topic", passive=True), routing_key=k) for e, k in plan.bindings
+            ],
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+            queue_arguments={"x-dead-letter-exchange": letrade.DLX.name},
+        )
+
+        def deliver(message: Message) -> None:
+            routing_key = message.delivery_info.get("routing_key", "")
+            if not plan.accepts(routing_key, message.headers):
+                message.ack()
+                return
+            self._handle(name, routing_key, message, handler)
+
+        consumer = Consumer(self.connection.channel(), queues=[queue], on_message=deliver, no_ack=False)
+        consumer.qos(prefetch_count=100)
+        consumer.consume()
+        self._consumers.append(consumer)
+        return name
+
+    def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
+        try:
+            parsed = parse(message.body, routing_key, message.content_type)
+        except InvalidMessage as exc:
+            self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
+            return
+        try:
+            handler(routing_key, parsed.payload.model_dump(mode="json"))
+        except Exception as exc:  # noqa: BLE001 - the handler's failure is the dead letter's reason
+            self._dead_letter(queue, routing_key, message, HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        message.ack()
+
+    def _dead_letter(self, queue: str, routing_key: str, message: Message, reason: str, error: str) -> None:
+        """Dead-letter ``message`` to ``letrade.dlq`` with why; if even that fails the broker does it."""
+        exchange, key = letrade.dead_letter_route(queue, routing_key)
+        headers = {
+            dl.REASON: reason,
+            dl.ERROR: error[: dl.MAX_ERROR_CHARS],
+            dl.QUEUE: queue,
+            dl.ORIGINAL_EXCHANGE: message.delivery_info.get("exchange", ""),
+            dl.ORIGINAL_ROUTING_KEY: routing_key,
+            dl.ORIGINAL_MESSAGE_ID: (message.properties or {}).get("message_id", ""),
+        }
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        try:
+            self._publish(body, exchange, key, headers=headers, delivery_mode=2)
+        except PublishFailed:
+            message.reject(requeue=False)  # the queue's dead-letter exchange keeps it
+            return
+        message.ack()
+
+    def drain(self, timeout: float) -> int:
+        """Deliver what arrives to the handlers for up to ``timeout`` seconds; returns how many arrived."""
+        delivered, deadline = 0, time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.connection.drain_events(timeout=left)
+            except TimeoutError:
+                break
+            delivered += 1
+        return delivered
+
+    # --- request / response -------------------------------------------------------------------------
+    def request(
+        self,
+        routing_key: str,
+        payload: Payload | dict[str, Any],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        message_id: str | None = None,
+    ) -> Envelope:
+        """Send a ``request.*`` message and wait for its ``response.*`` (matched by request id).
+
+        The response key reaches every caller waiting on it; each keeps only the answer to its own
+        request. RequestTimeout when none comes in ``timeout`` seconds.
+        """
+        key = qualify(letrade.REQUESTS.name, routing_key)
+        if not key.startswith("request."):
+            raise UnknownMessageType(f"{routing_key!r} is not a request key (request.*)")
+        data = payload.model_dump() if isinstance(payload, Payload) else dict(payload)
+        message_id = message_id or str(uuid.uuid4())
+        payload_model = class_for_key(key).model_fields["payload"].annotation
+        if isinstance(payload_model, type) and "request_id" in getattr(payload_model, "model_fields", {}):
+            data.setdefault("request_id", message_id)  # a market-data request names its own id
+        message = self.message(key, data, message_id=message_id)
+        request_id = getattr(message.payload, "request_id", message.message_id)
+        answers: list[Envelope] = []
+        response_key = "response." + key.removeprefix("request.")
+        queue = Queue(
+            f"letrade.reply.{self.source}.{uuid.uuid4().hex[:8]}",
+            bindings=[
+                binding(Exchange(letrade.REQUESTS.name, type="topic", passive=True), routing_key=response_key)
+            ],
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
+
+        def take(delivery: Message) -> None:
+            delivery.ack()
+            try:
+                answer = parse(delivery.body, response_key, delivery.content_type)
+            except InvalidMessage:
+                return  # the responder's own stage dead-letters nothing here: an invalid answer is no answer
+            if getattr(answer.payload, "request_id", None) == request_id:
+                answers.append(answer)
+
+        channel = self.connection.channel()
+        try:
+            with Consumer(channel, queues=[queue], on_message=take):
+                self.send(message)  # bound before sent: the answer cannot overtake the binding
+                deadline = time.monotonic() + timeout
+                while not answers and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        self.connection.drain_events(timeout=left)
+                    except TimeoutError:
+                        break
+        finally:
+            channel.close()
+        if not answers:
+            raise RequestTimeout(f"no {response_key} for request {request_id} within {timeout:g}s")
+        return answers[0]
+
+    # --- health -------------------------------------------------------------------------------------
+    def health_check(self) -> dict[str, object]:
+        """The seed's health check: ``status`` and ``queue_depth`` (and what they are made of)."""
+        return bus_health(
+            self.connection,
+            [q.name for q in letrade.WORKER_QUEUES],
+            [q.name for q in letrade.DEAD_LETTER_QUEUES],
+            [q.name for q in letrade.UNROUTED_QUEUES],
+        )

@@ -1,0 +1,62 @@
+"""The market-data service's candle history in Redis, and its answer to ``request.market_data``.
+
+Candles arrive one minute each; a longer timeframe is built from them (open of the first, close of the
+last, high and low over all, volumes summed), bucketed on the timeframe's boundaries.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tradebus import store
+from tradebus.letrade.messages import MAX_CANDLES, Candle, MarketData
+
+TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400}
+#: One-minute candles kept per pair.
+KEPT = 10_000
+
+
+def _k(symbol: str) -> str:
+    return store.key("letrade", "candles", symbol)
+
+
+def add(candle: MarketData) -> None:
+    """Keep ``candle`` (by its timestamp: a repeat replaces the same minute)."""
+    key = _k(candle.symbol)
+    at = candle.timestamp.timestamp()
+    bar = Candle(
+        timestamp=candle.timestamp,
+        open=candle.open,
+        high=candle.high,
+        low=candle.low,
+        close=candle.close,
+        volume=candle.volume,
+    )
+    pipe = store.client().pipeline()
+    pipe.zremrangebyscore(key, at, at)
+    pipe.zadd(key, {bar.model_dump_json(): at})
+    pipe.zremrangebyrank(key, 0, -KEPT - 1)
+    pipe.execute()
+
+
+def history(symbol: str, timeframe: str, limit: int) -> list[Candle]:
+    """The last ``limit`` candles of ``symbol`` in ``timeframe``, oldest first."""
+    step = TIMEFRAME_SECONDS[timeframe]
+    wanted = min(limit, MAX_CANDLES) * (step // 60)
+    raw = store.client().zrange(_k(symbol), -wanted, -1)
+    bars = [Candle.model_validate_json(r) for r in raw if isinstance(r, bytes | str)]
+    buckets: dict[int, list[Candle]] = {}
+    for bar in bars:
+        buckets.setdefault(int(bar.timestamp.timestamp()) // step * step, []).append(bar)
+    merged = [
+        Candle(
+            timestamp=datetime.fromtimestamp(start, UTC),
+            open=group[0].open,
+            high=max(b.high for b in group),
+            low=min(b.low for b in group),
+            close=group[-1].close,
+            volume=sum(b.volume for b in group),
+        )
+        for start, group in sorted(buckets.items())
+    ]
+    return merged[-limit:]

@@ -1,0 +1,289 @@
+"""Letrade's paper exchange in Redis: the account the capital manager allocates from and the exchange
+connector fills against.
+
+Every order is executed once per ``client_order_id`` (the command's own, else its message id): the fill
+and the order's record are written in one WATCH/MULTI transaction, and a redelivered command finds the
+record and gets the same answer back. A market order fills at the last market price the connector saw;
+a limit order fills at once when it is marketable and otherwise rests until a price crosses it or it is
+cancelled. Fees are the seed's example rate, 0.1% of the cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from tradebus import store
+from tradebus.letrade.messages import CancelOrder, ErrorReport, ExecuteTrade, TradeExecuted
+
+INITIAL_CASH = 10_000.0
+FEE_RATE = 0.001
+#: Transaction attempts before a contended account is reported as a (transient) failure.
+MAX_ATTEMPTS = 50
+TRADE_EVENT, ERROR_EVENT = "trade_executed", "error"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Base currency held in one pair, at what average price."""
+
+    quantity: float
+    average_price: float
+
+
+@dataclass(frozen=True)
+class Account:
+    """Cash (quote currency) and positions by pair."""
+
+    cash: float
+    positions: dict[str, Position] = field(default_factory=dict)
+
+    def equity(self, prices: dict[str, float]) -> float:
+        """Cash plus every position at its last price (its average price when none is known)."""
+        return self.cash + sum(
+            p.quantity * prices.get(symbol, p.average_price) for symbol, p in self.positions.items()
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _k(*parts: str) -> str:
+    return store.key("letrade", *parts)
+
+
+def reset(cash: float = INITIAL_CASH) -> None:
+    """A fresh paper account: ``cash`` and no positions, no orders."""
+    client = store.client()
+    for name in client.scan_iter(match=_k("*"), count=1000):
+        client.delete(name)
+    client.set(_k("cash"), cash)
+
+
+def _account(cash: Any, positions: dict[Any, Any]) -> Account:
+    held = {}
+    for symbol, raw in positions.items():
+        data = json.loads(raw)
+        held[_text(symbol)] = Position(**data)
+    return Account(INITIAL_CASH if cash is None else float(cash), held)
+
+
+def account() -> Account:
+    """The account as it is now."""
+    client = store.client()
+    return _account(client.get(_k("cash")), client.hgetall(_k("positions")))
+
+
+def record_price(exchange: str, symbol: str, price: float) -> None:
+    """Remember the last price of ``symbol`` on ``exchange``: market orders fill at it."""
+    store.client().hset(_k("prices"), f"{exchange}:{symbol}", price)
+
+
+def last_price(exchange: str, symbol: str) -> float | None:
+    """The last price seen for ``symbol`` on ``exchange``."""
+    raw = store.client().hget(_k("prices"), f"{exchange}:{symbol}")
+    return None if raw is None else float(raw)
+
+
+def prices() -> dict[str, float]:
+    """Last prices by pair (any exchange)."""
+    raw = store.client().hgetall(_k("prices"))
+    return {_text(k).split(":", 1)[1]: float(v) for k, v in raw.items()}
+
+
+def _transaction(watch: list[str], body: Callable[[Pipeline], dict[str, Any]]) -> dict[str, Any]:
+    client = store.client()
+    for _ in range(MAX_ATTEMPTS):
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(*watch)  # type: ignore[no-untyped-call]
+                result = body(pipe)
+                pipe.execute()
+                return result
+            except WatchError:
+                continue
+    raise ConnectionError(f"paper account still contended after {MAX_ATTEMPTS} attempts")
+
+
+def _error(error_type: str, message: str, context: dict[str, Any]) -> dict[str, Any]:
+    report = ErrorReport(error_type=error_type, error_message=message, context=context)
+    return {"event": ERROR_EVENT, "payload": report.model_dump(mode="json")}
+
+
+def _fill(pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float) -> dict[str, Any]:
+    """Book ``command`` filled at ``price`` (in ``pipe``'s transaction), or say why it cannot be."""
+    cost = round(command.amount * price, 8)
+    fee = round(cost * FEE_RATE, 8)
+    cash_raw = pipe.get(_k("cash"))
+    cash = INITIAL_CASH if cash_raw is None else float(cash_raw)
+    raw = pipe.hget(_k("positions"), command.symbol)
+    held = Position(**json.loads(raw)) if raw else Position(0.0, 0.0)
+    context = {
+        "strategy_id": command.strategy_id,
+        "symbol": command.symbol,
+        "requested_amount": command.amount,
+    }
+    if command.side == "buy":
+        if cash < cost + fee:
+            return _error("trade_execution_failed", "Insufficient balance", context | {"available": cash})
+        quantity = held.quantity + command.amount
+        average = (held.quantity * held.average_price + cost) / quantity
+        cash -= cost + fee
+    else:
+        if held.quantity + 1e-12 < command.amount:
+            return _error(
+                "trade_execution_failed", "Insufficient position", context | {"held": held.quantity}
+            )
+        quantity = held.quantity - command.amount
+        average = held.average_price
+        cash += cost - fee
+    pipe.multi()
+    pipe.set(_k("cash"), cash)
+    if quantity > 1e-12:
+        pipe.hset(
+            _k("positions"), command.symbol, json.dumps({"quantity": quantity, "average_price": average})
+        )
+    else:
+        pipe.hdel(_k("positions"), command.symbol)
+    event = TradeExecuted(
+        strategy_id=command.strategy_id,
+        order_id=order_id,
+        symbol=command.symbol,
+        side=command.side,
+        type=command.type,
+        amount=command.amount,
+        filled=command.amount,
+        status="filled",
+        average_price=price,
+        cost=cost,
+        fee=fee,
+        exchange=command.exchange,
+        client_order_id=command.client_order_id,
+    )
+    return {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
+
+
+def _resting(command: ExecuteTrade, order_id: str) -> dict[str, Any]:
+    event = TradeExecuted(
+        strategy_id=command.strategy_id,
+        order_id=order_id,
+        symbol=command.symbol,
+        side=command.side,
+        type=command.type,
+        amount=command.amount,
+        filled=0.0,
+        status="open",
+        exchange=command.exchange,
+        client_order_id=command.client_order_id,
+    )
+    return {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
+
+
+def execute(command: ExecuteTrade) -> dict[str, Any]:
+    """Execute ``command`` once; returns ``{"event", "payload", "again"}`` (``again``: a redelivery)."""
+    assert command.client_order_id is not None, "the connector names every order"
+    order_id = f"paper-{command.client_order_id}"
+    record_key = _k("orders", order_id)
+    open_key = _k("open", command.exchange, command.symbol)
+
+    def body(pipe: Pipeline) -> dict[str, Any]:
+        done = pipe.get(record_key)
+        if done is not None:
+            previous: dict[str, Any] = json.loads(done)
+            return previous | {"again": True}
+        market = pipe.hget(_k("prices"), f"{command.exchange}:{command.symbol}")
+        price = float(market) if market is not None else command.price
+        if price is None:
+            result = _error(
+                "trade_execution_failed",
+                f"no market price for {command.symbol} on {command.exchange} yet",
+                {"strategy_id": command.strategy_id, "symbol": command.symbol},
+            )
+        elif command.type == "limit" and command.price is not None and not _crosses(command, price):
+            result = _resting(command, order_id)
+            pipe.multi()
+            pipe.hset(open_key, order_id, command.model_dump_json())
+        else:
+            result = _fill(pipe, command, order_id, price)
+            if not pipe.explicit_transaction:
+                pipe.multi()
+        pipe.set(record_key, json.dumps(result))
+        return result | {"again": False}
+
+    return _transaction([record_key, _k("cash"), _k("positions"), _k("prices"), open_key], body)
+
+
+def _crosses(command: ExecuteTrade, price: float) -> bool:
+    assert command.price is not None
+    return price <= command.price if command.side == "buy" else price >= command.price
+
+
+def fill_resting(exchange: str, symbol: str, price: float) -> list[dict[str, Any]]:
+    """Fill the resting limit orders ``price`` crosses; returns what each produced."""
+    open_key = _k("open", exchange, symbol)
+    results = []
+    for order_id, raw in store.client().hgetall(open_key).items():
+        command = ExecuteTrade.model_validate_json(raw)
+        if not _crosses(command, price):
+            continue
+        oid = _text(order_id)
+
+        def body(pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid) -> dict[str, Any]:
+            if not pipe.hexists(open_key, oid):
+                return {}
+            result = _fill(pipe, command, oid, price)
+            if not pipe.explicit_transaction:
+                pipe.multi()
+            pipe.hdel(open_key, oid)
+            pipe.set(_k("orders", oid), json.dumps(result))
+            return result
+
+        if result := _transaction([open_key, _k("cash"), _k("positions")], body):
+            results.append(result)
+    return results
+
+
+def cancel(command: CancelOrder) -> dict[str, Any]:
+    """Cancel a resting order: a ``canceled`` trade event, or an error event when it is not open."""
+    open_key = _k("open", command.exchange, command.symbol)
+
+    record_key = _k("orders", command.order_id)
+
+    def body(pipe: Pipeline) -> dict[str, Any]:
+        raw = pipe.hget(open_key, command.order_id)
+        done = pipe.get(record_key)
+        pipe.multi()
+        if raw is None and done is not None and json.loads(done)["payload"].get("status") == "canceled":
+            answer: dict[str, Any] = json.loads(done)
+            return answer  # a redelivered cancel: the same answer
+        if raw is None:
+            return _error(
+                "cancel_failed",
+                f"order {command.order_id} is not open (filled, cancelled or unknown)",
+                {"order_id": command.order_id, "symbol": command.symbol},
+            )
+        order = ExecuteTrade.model_validate_json(raw)
+        pipe.hdel(open_key, command.order_id)
+        event = TradeExecuted(
+            strategy_id=order.strategy_id,
+            order_id=command.order_id,
+            symbol=order.symbol,
+            side=order.side,
+            type=order.type,
+            amount=order.amount,
+            filled=0.0,
+            status="canceled",
+            exchange=order.exchange,
+            client_order_id=order.client_order_id,
+        )
+        result = {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
+        pipe.set(record_key, json.dumps(result))
+        return result
+
+    return _transaction([open_key, record_key], body)
