@@ -154,7 +154,7 @@ STAGE_QUEUES: tuple[Queue, ...] = (EXCHANGE_CONNECTOR, CAPITAL_MANAGER, MARKET_D
 TASK_QUEUES: tuple[Queue, ...] = ()
 WORKER_QUEUES: tuple[Queue, ...] = STAGE_QUEUES + TASK_QUEUES
 
-DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
+_ROUTE_DLQS: tuple[Queue, ...] = tuple(
     Queue(
         r.dead_letter_queue,
         bindings=[binding(DLX, routing_key=r.pattern + DEAD_SUFFIX), binding(DLX, routing_key=r.pattern)],
@@ -163,6 +163,15 @@ DEAD_LETTER_QUEUES: tuple[Queue, ...] = tuple(
     )
     for r in _ROUTES
 )
+#: A delivery that came back through letrade.retry carries its inbox's name as its key; what RabbitMQ
+#: dead-letters of it (a rejection) keeps that key.
+INBOX_DLQ = Queue(
+    dead_letter_queue_name("inboxes"),
+    bindings=[binding(DLX, routing_key="letrade.*"), binding(DLX, routing_key="letrade.*" + DEAD_SUFFIX)],
+    durable=True,
+    auto_delete=False,
+)
+DEAD_LETTER_QUEUES: tuple[Queue, ...] = (*_ROUTE_DLQS, INBOX_DLQ)
 UNROUTED_QUEUES: tuple[Queue, ...] = (
     Queue(
         "letrade.unrouted",

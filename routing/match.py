@@ -62,7 +62,8 @@ class Router:
         for queue in queues:
             for binding in queue.bindings:
                 self._bindings.setdefault(binding.exchange.name, []).append((binding.routing_key, queue.name))
-        self._routes: dict[tuple[str, str], frozenset[str]] = {}
+        # Per router, bounded, least recently used first out: keys carry order ids, so they never repeat.
+        self.route = lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._route)
 
     def trace(self, exchange: str, key: str) -> list[Hop]:
         """The exchanges a message published to ``exchange`` with ``key`` passes through, in order."""
@@ -78,11 +79,6 @@ class Router:
             current = None if matched else self._alternates.get(current)
         return hops
 
-    def route(self, exchange: str, key: str) -> frozenset[str]:
+    def _route(self, exchange: str, key: str) -> frozenset[str]:
         """The queues a message published to ``exchange`` with routing ``key`` is delivered to."""
-        found = self._routes.get((exchange, key))
-        if found is None:
-            found = frozenset(q for hop in self.trace(exchange, key) for q in hop.queues)
-            if len(self._routes) < ROUTE_CACHE_SIZE:
-                self._routes[(exchange, key)] = found
-        return found
+        return frozenset(q for hop in self.trace(exchange, key) for q in hop.queues)

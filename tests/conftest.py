@@ -34,6 +34,8 @@ def vhost_url(vhost: str) -> str:
 
 
 os.environ["TRADEBUS_BROKER_URL"] = vhost_url(SESSION_VHOST)
+# The suite runs MasterTrade in this process, whatever the shell exported; Letrade runs in subprocesses.
+os.environ["TRADEBUS_TOPOLOGY"] = "mastertrade"
 os.environ["TRADEBUS_REDIS_PREFIX"] = f"tradebus-test-{RUN_ID}"
 
 from kombu import Connection  # noqa: E402

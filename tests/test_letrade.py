@@ -4,11 +4,19 @@ No broker needed; the live behaviour is in test_letrade_live.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from kombu.message import Message
 
+import routing
 from routing import letrade
 from tests.letrade_samples import CONSUMERS, PAYLOADS, body
+from tradebus import consumer
+from tradebus.consumer import stage_for_key
+from tradebus.deadletter import ORIGINAL_ROUTING_KEY
 from tradebus.errors import (
     BadSubscription,
     InvalidJSON,
@@ -20,15 +28,9 @@ from tradebus.errors import (
 from tradebus.letrade import capital
 from tradebus.letrade import strategy as rule
 from tradebus.letrade.bus import qualify
-from tradebus.letrade.messages import (
-    MAX_CANDLES,
-    MarketDataResponseMessage,
-    build,
-    class_for_key,
-    encode,
-    parse,
-)
+from tradebus.letrade.messages import MarketDataResponseMessage, build, class_for_key, encode, parse
 from tradebus.letrade.paper import Account, Position
+from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
 from tradebus.messages import MAX_MESSAGE_BYTES
 from workers.profiles import LETRADE_POOLS
@@ -180,7 +182,7 @@ def test_a_pattern_that_cannot_match_a_letrade_key_is_refused(pattern: str) -> N
 
 
 def _request(**changes: object) -> object:
-    from tradebus.letrade.messages import CapitalAllocationRequest
+    from tradebus.letrade.payloads import CapitalAllocationRequest
 
     data = {**PAYLOADS["capital_allocation_request"][1], **changes}
     return CapitalAllocationRequest.model_validate(data)
@@ -226,3 +228,53 @@ def test_moving_averages_crossing_up_buy_and_crossing_down_sell() -> None:
     assert rule.crossover([*flat, 90.0]) == "sell"
     assert rule.crossover([*flat, 100.0]) is None
     assert rule.crossover([100.0, 110.0]) is None
+
+
+def _run(*argv: str, topology: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRADEBUS_TOPOLOGY"}
+    if topology is not None:
+        env["TRADEBUS_TOPOLOGY"] = topology
+    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_mastertrade_is_the_profile_when_none_is_chosen_and_an_unknown_one_is_refused() -> None:
+    show = ("-c", "import routing; print(routing.PROFILE, len(routing.WORKER_QUEUES))")
+    assert _run(*show).stdout.split()[0] == "mastertrade"
+    assert _run(*show, topology="letrade").stdout.split() == ["letrade", str(len(letrade.WORKER_QUEUES))]
+    refused = _run(*show, topology="nasdaq")
+    assert refused.returncode != 0 and "choose one of mastertrade, letrade" in refused.stderr
+
+
+def test_the_cli_routes_shows_and_exports_the_letrade_topology() -> None:
+    cli = ("-m", "tradebus.cli", "--topology", "letrade")
+    routed = _run(*cli, "route", "letrade.events", "market_data.binance.btcusdt")
+    assert routed.returncode == 0, routed.stderr
+    assert routed.stdout.splitlines()[-1] == (
+        "queues: letrade.exchange_connector, letrade.market_data, letrade.strategy"
+    )
+    shown = _run(*cli, "topology", "show")
+    assert "tradebus.letrade_strategy.on_allocation" in shown.stdout
+    exported = json.loads(_run(*cli, "topology", "export", "--vhost", "/").stdout)
+    assert {e["name"] for e in exported["exchanges"]} == {e.name for e in letrade.EXCHANGES}
+    assert exported["policies"] == []
+    assert _run(*cli, "bench").returncode == 2  # MasterTrade's benchmark, and it says so
+
+
+def _delivery(exchange: str, routing_key: str, headers: dict[str, object] | None = None) -> Message:
+    delivery_info = {"exchange": exchange, "routing_key": routing_key}
+    return Message(body=b"{}", delivery_info=delivery_info, headers=headers)
+
+
+def test_a_retried_message_goes_back_to_the_stage_of_its_original_key_in_a_shared_inbox() -> None:
+    # The first stage is also where a key no stage takes falls back to: the retry must not end there.
+    stages = [(("commands.execute_trade",), "execute_trade"), (("market_data.*.*",), "track_price")]
+    # A retry arrives keyed by its queue's name, through this profile's retry exchange.
+    headers = {ORIGINAL_ROUTING_KEY: "market_data.binance.btcusdt"}
+    retried = _delivery(routing.RETRY.name, "letrade.exchange_connector", headers)
+    assert stage_for_key(stages, consumer.original_routing_key(retried)) == "track_price"
+    direct = _delivery("letrade.events", "market_data.binance.btcusdt")
+    assert stage_for_key(stages, consumer.original_routing_key(direct)) == "track_price"
+    # Only a retry may say where it came from: the same header on a direct delivery is ignored.
+    forged = _delivery("letrade.commands", "commands.execute_trade", headers)
+    assert stage_for_key(stages, consumer.original_routing_key(forged)) == "execute_trade"
+    assert stage_for_key(stages, "commands.unknown") == "execute_trade"

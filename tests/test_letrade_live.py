@@ -30,7 +30,7 @@ from tests.conftest import (
 from tests.letrade_samples import CONSUMERS, PAYLOADS
 from tests.live import wait_until
 from tradebus.deadletter import ORIGINAL_ROUTING_KEY, REASON, RETRIES
-from tradebus.errors import MessageTooLarge
+from tradebus.errors import MessageTooLarge, RequestTimeout
 from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.messages import MarketDataResponseMessage, build
 from tradebus.retries import SEED_POLICY
@@ -132,6 +132,7 @@ class Doomed:
 
     vhost: Vhost
     message_id: str
+    candle_id: str
     sent: float
     pools: list[Any]
 
@@ -146,7 +147,7 @@ def doomed(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     pools = start_letrade_pools(
         vhost,
         tmp_path_factory.mktemp("doomed"),
-        ["letrade.capital_manager"],
+        ["letrade.capital_manager", "letrade.exchange_connector"],
         {"TRADEBUS_REDIS_URL": "redis://127.0.0.1:1/0"},  # nothing listens on port 1
     )
     with LetradeBus(vhost.url, source="tests") as bus:
@@ -154,14 +155,19 @@ def doomed(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         message_id = bus.publish(
             "letrade.requests", "request.capital.allocation", PAYLOADS["capital_allocation_request"][1]
         )
-    yield Doomed(vhost, message_id, sent, pools)
+        # A candle on the connector's shared inbox: its retries must come back to track_price.
+        candle_id = bus.publish("letrade.events", "market_data.binance.btcusdt", PAYLOADS["market_data"][1])
+    yield Doomed(vhost, message_id, candle_id, sent, pools)
     stop_all(pools)
     _admin().delete_vhost(vhost.name)
 
 
-def test_doomed_request_is_under_way(doomed: Doomed) -> None:
-    """Starts the doomed request now; test_the_request_is_dead_lettered... checks it last."""
-    assert doomed.message_id
+def test_a_request_failing_for_a_transient_reason_is_not_dead_lettered_at_once(doomed: Doomed) -> None:
+    """Starts the doomed request early; the last test of the module finds it dead-lettered."""
+    time.sleep(2.0)  # the first attempt has failed by now (the pools were consuming before it was sent)
+    queue = letrade.ROUTES["capital_allocation_request"].dead_letter_queue
+    with doomed.vhost.connection() as conn:
+        assert conn.channel().queue_declare(queue, passive=True)[1] == 0
 
 
 # --- the services at work -----------------------------------------------------------------------------
@@ -257,17 +263,44 @@ def test_a_resting_limit_order_is_cancelled_by_cancel_order(letrade_pools: Letra
     assert [e["status"] for e in events if e["client_order_id"] == order] == ["open", "canceled"]
 
 
+def test_a_resting_limit_order_fills_when_a_candle_crosses_its_price(letrade_pools: LetradePools) -> None:
+    from tradebus.letrade import paper
+
+    events: list[dict[str, Any]] = []
+    symbol = pair()
+    key = "market_data.binance." + symbol.replace("/", "").lower()
+    candle = {**PAYLOADS["market_data"][1], "symbol": symbol}
+    bus = letrade_pools.bus()
+    try:
+        bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
+        bus.publish("letrade.events", key, candle)
+        assert wait_until(lambda: paper.last_price("binance", symbol) is not None), letrade_pools.logs()
+        order = f"t{uuid.uuid4().hex[:8]}"
+        bus.publish("letrade.commands", "execute_trade", trade(symbol, order, type="limit", price=40_000.0))
+        collect(bus, events, lambda: any(e["client_order_id"] == order for e in events))
+        lower = {**candle, "open": 39_500.0, "high": 39_600.0, "low": 38_900.0, "close": 39_000.0}
+        bus.publish("letrade.events", key, lower)
+        collect(bus, events, lambda: any(e["status"] == "filled" for e in events))
+    finally:
+        bus.close()
+    states = [(e["status"], e["filled"], e["average_price"]) for e in events if e["client_order_id"] == order]
+    assert states == [("open", 0.0, None), ("filled", 0.01, 39_000.0)]
+    assert paper.unannounced() == {}
+
+
 def test_wildcard_subscriptions_receive_what_their_pattern_names_and_nothing_else(
     letrade_pools: LetradePools,
 ) -> None:
     binance: list[str] = []
     strategy: list[str] = []
+    trade_events: list[tuple[str, dict[str, Any]]] = []
     mine, other = 901, 902
     symbol = pair()
     word = symbol.replace("/", "").lower()
     bus = letrade_pools.bus()
     try:
         bus.subscribe("market_data.binance.*", lambda topic, payload: binance.append(topic))
+        bus.subscribe("events.trade_*", lambda topic, payload: trade_events.append((topic, payload)))
         bus.subscribe(f"*.strategy_{mine}.*", lambda topic, payload: strategy.append(topic))
         candle = {**PAYLOADS["market_data"][1], "symbol": symbol}
         bus.publish("letrade.events", f"market_data.kraken.{word}", {**candle, "exchange": "kraken"})
@@ -275,16 +308,26 @@ def test_wildcard_subscriptions_receive_what_their_pattern_names_and_nothing_els
         for strategy_id in (other, mine):
             payload = trade(symbol, f"t{uuid.uuid4().hex[:8]}", strategy_id=strategy_id, amount=0.001)
             bus.publish("letrade.commands", "execute_trade", payload)
+        # An error event of the same pair: events.* carries it, events.trade_* must not hand it over.
+        failing = trade(symbol, f"t{uuid.uuid4().hex[:8]}", strategy_id=mine, amount=1_000.0)
+        bus.publish("letrade.commands", "execute_trade", failing)
         collect(
             bus,
             strategy,
-            lambda: "events.trade_executed" in strategy and f"market_data.binance.{word}" in binance,
+            lambda: "events.error" in strategy and len(trade_events) >= 2 and bool(binance),
         )
         bus.drain(1.0)  # anything that should not have come has had its chance
     finally:
         bus.close()
     assert [t for t in binance if word in t] == [f"market_data.binance.{word}"]
-    assert sorted(strategy) == ["commands.execute_trade", "events.trade_executed"]
+    assert sorted(strategy) == [
+        "commands.execute_trade",
+        "commands.execute_trade",
+        "events.error",
+        "events.trade_executed",
+    ]
+    ours = [(t, p) for t, p in trade_events if p.get("symbol") == symbol]
+    assert sorted(t for t, _ in ours) == ["events.trade_executed", "events.trade_executed"]
 
 
 def test_an_invalid_command_goes_to_letrade_dlq_on_its_key_plus_dead_with_the_reason(
@@ -355,6 +398,26 @@ def test_health_check_reports_status_and_queue_depth(letrade_pools: LetradePools
     assert "status: healthy" in done.stdout and "queue depth:" in done.stdout
 
 
+def test_a_trade_event_delivered_twice_moves_the_strategys_position_once(letrade_pools: LetradePools) -> None:
+    from tradebus.letrade import strategy as state
+
+    symbol = pair()
+    event = {**PAYLOADS["trade_executed"][1], "strategy_id": state.STRATEGY_ID, "symbol": symbol}
+    event["order_id"] = f"o{uuid.uuid4().hex[:8]}"
+    bus = letrade_pools.bus()
+    try:
+        message = bus.message("events.trade_executed", event)
+        bus.send(message)
+        bus.send(message)  # at least once: the connector repeats an event when its command comes back
+        inbox = letrade_pools.vhost.connection().channel()
+        assert wait_until(lambda: inbox.queue_declare("letrade.strategy", passive=True)[1] == 0)
+        assert wait_until(lambda: state.holding(symbol) > 0)
+        time.sleep(1.0)  # the second copy has had its chance
+    finally:
+        bus.close()
+    assert state.holding(symbol) == pytest.approx(0.01)
+
+
 def test_flower_shows_the_letrade_pools_and_their_tasks(
     letrade_pools: LetradePools, start_flower: Callable[..., FlowerProcess]
 ) -> None:
@@ -377,7 +440,40 @@ def test_flower_shows_the_letrade_pools_and_their_tasks(
     found = wait_until(workers, timeout=60)
     assert {name.split("-")[0] for name in found} == {q.name for q in letrade.WORKER_QUEUES}, flower.output()
     registered = {task for info in found.values() for task in info.get("registered", [])}
-    assert {"tradebus.capital_manager.allocate", "tradebus.exchange_connector.execute_trade"} <= registered
+    assert {
+        "tradebus.letrade_capital_manager.allocate",
+        "tradebus.letrade_exchange_connector.execute_trade",
+    } <= registered
+
+
+@pytest.fixture
+def idle_letrade(broker: Vhost) -> Iterator[Vhost]:
+    """A vhost of one test's own with Letrade's topology and no service running."""
+    vhost = _make_vhost(f"{broker.name}-letrade-{uuid.uuid4().hex[:6]}")
+    declare_letrade(vhost)
+    yield vhost
+    _admin().delete_vhost(vhost.name)
+
+
+def test_health_check_without_services_is_unhealthy_and_counts_what_waits(idle_letrade: Vhost) -> None:
+    with LetradeBus(idle_letrade.url, source="tests") as bus:
+        for n in range(3):
+            bus.publish("letrade.commands", "execute_trade", trade(pair(), f"idle{n}"))
+        health = bus.health_check()
+    assert (health["status"], health["queue_depth"]) == ("unhealthy", 3)
+    env = {**os.environ, "TRADEBUS_BROKER_URL": idle_letrade.url}
+    argv = [sys.executable, "-m", "tradebus.cli", "--topology", "letrade", "health", "--json"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 6, done.stdout + done.stderr
+    assert json.loads(done.stdout)["queue_depth"] == 3
+
+
+def test_a_request_nobody_answers_times_out_with_a_clear_error(idle_letrade: Vhost) -> None:
+    with LetradeBus(idle_letrade.url, source="tests") as bus:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout, match=r"no response\.capital\.allocation .* within 1s"):
+            bus.request("request.capital.allocation", PAYLOADS["capital_allocation_request"][1], timeout=1)
+    assert 1.0 <= time.monotonic() - started < 10
 
 
 # --- priority under a backlog ------------------------------------------------------------------------
@@ -411,7 +507,7 @@ def test_a_trade_command_overtakes_the_market_data_queued_before_it(
             )
         finally:
             stop_all(pools)
-    assert [e["client_order_id"] for e in events[:1]] == [order]
+    assert [e["client_order_id"] for e in events] == [order], "the command was not executed"
     # Without priority the command would come after all 3,000 candles; it came before most of them.
     assert depth > backlog / 2
 
@@ -472,3 +568,8 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
     assert letter.headers[RETRIES] == SEED_POLICY.max_retries
     assert json.loads(letter.body)["message_id"] == doomed.message_id
     assert elapsed >= sum(SEED_POLICY.delays)
+    # The candle's retries went back to the connector's price stage, not to another stage of its inbox.
+    candles = take_all(doomed.vhost, letrade.ROUTES["market_data"].dead_letter_queue)
+    (candle,) = [m for m in candles if json.loads(m.body)["message_id"] == doomed.candle_id]
+    assert candle.delivery_info["routing_key"] == "market_data.binance.btcusdt.dead"
+    assert (candle.headers[REASON], candle.headers[RETRIES]) == ("max_retries", SEED_POLICY.max_retries)

@@ -14,6 +14,7 @@ from amqp.exceptions import AccessRefused
 from celery.utils.log import get_logger
 from kombu import Connection
 
+from routing import POLICIES
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.management import Management
 from tradebus.settings import get_settings
@@ -44,8 +45,8 @@ def declare_topology(connection: Connection) -> None:
             "with TRADEBUS_DECLARE_TOPOLOGY=0 after the admin user ran `tradebus topology declare`"
         )
         raise
-    if connection.transport.driver_type != "amqp":
-        return  # the in-memory transport has no policies (docs/topology.md)
+    if connection.transport.driver_type != "amqp" or not POLICIES:
+        return  # the in-memory transport has no policies (docs/topology.md); Letrade needs none
     try:
         apply_policies(Management(get_settings().management, timeout=MANAGEMENT_TIMEOUT))
     except (BrokerUnreachable, ManagementAPIError) as exc:

@@ -153,3 +153,7 @@ class FlowerRefused(TradebusError):
 
 class BadSubscription(TradebusError, ValueError):
     """A subscription pattern that cannot match any message of the bus."""
+
+
+class AccountContended(Transient):
+    """The paper account kept changing under a transaction; the message is retried later."""

@@ -263,13 +263,18 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
     """
     if not isinstance(sender, StageTask) or request is None or not request.args:
         return
+    delivery = dict(request.delivery_info or {})
+    if delivery.get("exchange") == RETRY.name:  # a retry: dead-lettered under its original route
+        headers = request.headers or {}
+        delivery["exchange"] = headers.get(ORIGINAL_EXCHANGE) or delivery["exchange"]
+        delivery["routing_key"] = headers.get(ORIGINAL_ROUTING_KEY) or delivery.get("routing_key")
     try:
         dead_letter(
             request.args[0],
             queue=sender.queue_name,
             reason=REVOKED,
             error="revoked by an operator before it ran",
-            delivery_info=request.delivery_info,
+            delivery_info=delivery,
             message_id=request.id,
         )
     except Exception:  # the worker must go on; the revocation itself is in Celery's log

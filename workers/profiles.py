@@ -80,7 +80,8 @@ LETRADE_POOLS: dict[str, PoolProfile] = {
         PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1, critical=True),
         PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1, critical=True),
         PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1, critical=True),
-        PoolProfile("letrade.market_data", concurrency=1, prefetch_multiplier=10),
+        # Critical too: it answers requests, and a request lost with its process is a caller left waiting.
+        PoolProfile("letrade.market_data", concurrency=1, prefetch_multiplier=10, critical=True),
     )
 }
 

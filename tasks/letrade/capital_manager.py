@@ -14,6 +14,7 @@ from tradebus.letrade.messages import (
     CapitalAllocationRequestMessage,
     CapitalAllocationResponseMessage,
     build,
+    derived_id,
 )
 from tradebus.letrade.stage import letrade_stage, publish
 
@@ -22,7 +23,9 @@ SOURCE = "capital_manager"
 
 
 @letrade_stage(
-    "tradebus.capital_manager.allocate", queue=CAPITAL_MANAGER.name, accepts=CapitalAllocationRequestMessage
+    "tradebus.letrade_capital_manager.allocate",
+    queue=CAPITAL_MANAGER.name,
+    accepts=CapitalAllocationRequestMessage,
 )
 def allocate(message: CapitalAllocationRequestMessage) -> None:
     """Approve, reduce or reject a strategy's request for capital."""
@@ -36,6 +39,9 @@ def allocate(message: CapitalAllocationRequestMessage) -> None:
     )
     # The response's id derives from the request's: a redelivered request answers with the same message.
     response = build(
-        CapitalAllocationResponseMessage, answer, SOURCE, message_id=f"response-{message.message_id}"
+        CapitalAllocationResponseMessage,
+        answer,
+        SOURCE,
+        message_id=derived_id("response", message.message_id),
     )
     publish(response, strategy_id=message.payload.strategy_id)

@@ -23,6 +23,7 @@ from tradebus.letrade.messages import (
     MarketDataMessage,
     TradeExecutedMessage,
     build,
+    derived_id,
 )
 from tradebus.letrade.stage import letrade_stage, publish
 
@@ -31,32 +32,41 @@ SOURCE = "exchange_connector"
 
 
 def _announce(result: dict[str, Any], answering: str) -> None:
-    """Publish what an order came to; its id derives from the command's, so a redelivery repeats it."""
-    cls: type[Envelope] = TradeExecutedMessage if result["event"] == paper.TRADE_EVENT else ErrorMessage
-    strategy = result["payload"].get("strategy_id", result["payload"].get("context", {}).get("strategy_id"))
+    """Publish what an order came to. Its id derives from the order and its state (an error's: from the
+    message it answers), so a redelivery repeats the same message, which subscribers can tell apart."""
+    payload = result["payload"]
+    if result["event"] == paper.TRADE_EVENT:
+        cls: type[Envelope] = TradeExecutedMessage
+        message_id = derived_id(paper.TRADE_EVENT, payload["order_id"], payload["status"])
+        strategy = payload.get("strategy_id")
+    else:
+        cls, message_id = ErrorMessage, derived_id(paper.ERROR_EVENT, answering)
+        strategy = payload.get("context", {}).get("strategy_id")
     publish(
-        build(cls, result["payload"], SOURCE, message_id=f"{result['event']}-{answering}"),
+        build(cls, payload, SOURCE, message_id=message_id),
         strategy_id=strategy if isinstance(strategy, int) else None,
     )
 
 
 @letrade_stage(
-    "tradebus.exchange_connector.execute_trade", queue=EXCHANGE_CONNECTOR.name, accepts=ExecuteTradeMessage
+    "tradebus.letrade_exchange_connector.execute_trade",
+    queue=EXCHANGE_CONNECTOR.name,
+    accepts=ExecuteTradeMessage,
 )
 def execute_trade(message: ExecuteTradeMessage) -> None:
-    """Fill (or rest, or refuse) a trade command exactly once per client order id."""
+    """Fill (or rest, or refuse) a trade command exactly once per client order id (else message id)."""
     command = message.payload
-    if command.client_order_id is None:
-        command = command.model_copy(update={"client_order_id": message.message_id})
-    result = paper.execute(command)
+    result = paper.execute(command, command.client_order_id or message.message_id)
     if result.pop("again"):
         recorder.bump("duplicate_deliveries")
     logger.info("%s %s %s: %s", command.side, command.amount, command.symbol, result["payload"].get("status"))
-    _announce(result, str(command.client_order_id))
+    _announce(result, message.message_id)
 
 
 @letrade_stage(
-    "tradebus.exchange_connector.cancel_order", queue=EXCHANGE_CONNECTOR.name, accepts=CancelOrderMessage
+    "tradebus.letrade_exchange_connector.cancel_order",
+    queue=EXCHANGE_CONNECTOR.name,
+    accepts=CancelOrderMessage,
 )
 def cancel_order(message: CancelOrderMessage) -> None:
     """Cancel a resting order."""
@@ -64,11 +74,16 @@ def cancel_order(message: CancelOrderMessage) -> None:
 
 
 @letrade_stage(
-    "tradebus.exchange_connector.track_price", queue=EXCHANGE_CONNECTOR.name, accepts=MarketDataMessage
+    "tradebus.letrade_exchange_connector.track_price",
+    queue=EXCHANGE_CONNECTOR.name,
+    accepts=MarketDataMessage,
 )
 def track_price(message: MarketDataMessage) -> None:
-    """Remember the pair's last price and fill the resting limit orders it crosses."""
+    """Remember the pair's last price, fill the resting limit orders it crosses, and publish every fill
+    still in the outbox (this delivery's, or one whose delivery died before it had published)."""
     candle = message.payload
     paper.record_price(candle.exchange, candle.symbol, candle.close)
-    for result in paper.fill_resting(candle.exchange, candle.symbol, candle.close):
-        _announce(result, f"{result['payload'].get('order_id', '')}-{message.message_id}")
+    paper.fill_resting(candle.exchange, candle.symbol, candle.close)
+    for order_id, result in paper.unannounced().items():
+        _announce(result, order_id)
+        paper.announced(order_id)

@@ -11,24 +11,27 @@ from tradebus.letrade import candles
 from tradebus.letrade.messages import (
     MarketDataMessage,
     MarketDataRequestMessage,
-    MarketDataResponse,
     MarketDataResponseMessage,
     build,
+    derived_id,
     encode,
 )
+from tradebus.letrade.payloads import MarketDataResponse
 from tradebus.letrade.stage import letrade_stage, publish
 
 SOURCE = "market_data_service"
 
 
-@letrade_stage("tradebus.market_data.store", queue=MARKET_DATA_SERVICE.name, accepts=MarketDataMessage)
+@letrade_stage(
+    "tradebus.letrade_market_data.store", queue=MARKET_DATA_SERVICE.name, accepts=MarketDataMessage
+)
 def store_candle(message: MarketDataMessage) -> None:
     """Keep a candle for later requests."""
     candles.add(message.payload)
 
 
 @letrade_stage(
-    "tradebus.market_data.answer", queue=MARKET_DATA_SERVICE.name, accepts=MarketDataRequestMessage
+    "tradebus.letrade_market_data.answer", queue=MARKET_DATA_SERVICE.name, accepts=MarketDataRequestMessage
 )
 def answer(message: MarketDataRequestMessage) -> None:
     """Answer a history request with the candles kept, in the timeframe asked for."""
@@ -39,7 +42,7 @@ def answer(message: MarketDataRequestMessage) -> None:
             request_id=request.request_id, symbol=request.symbol, timeframe=request.timeframe, data=data
         )
         answer = build(
-            MarketDataResponseMessage, response, SOURCE, message_id=f"response-{message.message_id}"
+            MarketDataResponseMessage, response, SOURCE, message_id=derived_id("response", message.message_id)
         )
         try:
             encode(answer)

@@ -13,27 +13,27 @@ from celery.utils.log import get_task_logger
 from routing.letrade import STRATEGY
 from tradebus.letrade import strategy as state
 from tradebus.letrade.messages import (
-    CapitalAllocationRequest,
     CapitalAllocationRequestMessage,
     CapitalAllocationResponseMessage,
     ErrorMessage,
-    ExecuteTrade,
     ExecuteTradeMessage,
     MarketDataMessage,
     TradeExecutedMessage,
     build,
+    derived_id,
 )
+from tradebus.letrade.payloads import CapitalAllocationRequest, ExecuteTrade
 from tradebus.letrade.stage import letrade_stage, publish
 
 logger = get_task_logger(__name__)
 SOURCE = f"strategy_{state.STRATEGY_ID}"
 
 
-@letrade_stage("tradebus.strategy.on_market_data", queue=STRATEGY.name, accepts=MarketDataMessage)
+@letrade_stage("tradebus.letrade_strategy.on_market_data", queue=STRATEGY.name, accepts=MarketDataMessage)
 def on_market_data(message: MarketDataMessage) -> None:
     """Ask the capital manager for capital when the averages cross."""
     candle = message.payload
-    side = state.crossover(state.add_close(candle.symbol, candle.close))
+    side = state.crossover(state.add_close(candle.symbol, candle.timestamp.timestamp(), candle.close))
     if side is None or (side == "sell" and state.holding(candle.symbol) <= 0):
         return
     if not state.lock(candle.symbol):
@@ -68,14 +68,16 @@ def on_market_data(message: MarketDataMessage) -> None:
 
 
 @letrade_stage(
-    "tradebus.strategy.on_allocation", queue=STRATEGY.name, accepts=CapitalAllocationResponseMessage
+    "tradebus.letrade_strategy.on_allocation", queue=STRATEGY.name, accepts=CapitalAllocationResponseMessage
 )
 def on_allocation(message: CapitalAllocationResponseMessage) -> None:
     """An approved (or reduced) allocation becomes a trade command; a rejection frees the pair."""
     answer = message.payload
     context = state.pending(answer.request_id)
     if context is None:
-        logger.debug("allocation %s is another caller's (or expired)", answer.request_id)
+        # Every subscriber of the response key gets every response: this one answers another caller
+        # (who has its own copy), or a request of ours older than PENDING_SECONDS.
+        logger.info("allocation %s is not a pending request of this strategy; left alone", answer.request_id)
         return
     if answer.result == "rejected" or answer.approved_quantity <= 0:
         state.counted("rejected")
@@ -94,23 +96,25 @@ def on_allocation(message: CapitalAllocationResponseMessage) -> None:
         take_profit=answer.suggested_take_profit,
         client_order_id=context["client_order_id"],
     )
-    publish(build(ExecuteTradeMessage, command, SOURCE, message_id=f"command-{answer.request_id}"))
+    publish(build(ExecuteTradeMessage, command, SOURCE, message_id=derived_id("command", answer.request_id)))
     state.forget(answer.request_id)
 
 
-@letrade_stage("tradebus.strategy.on_trade_executed", queue=STRATEGY.name, accepts=TradeExecutedMessage)
+@letrade_stage(
+    "tradebus.letrade_strategy.on_trade_executed", queue=STRATEGY.name, accepts=TradeExecutedMessage
+)
 def on_trade_executed(message: TradeExecutedMessage) -> None:
     """Book the strategy's own fills and free the pair for its next trade."""
     event = message.payload
     if event.strategy_id != state.STRATEGY_ID or event.status == "open":
         return
-    if event.status == "filled":
-        state.book(event.symbol, event.side, event.filled)
+    # Trade events come at least once (a redelivered command repeats its event): book each order once.
+    if event.status == "filled" and state.book(event.order_id, event.symbol, event.side, event.filled):
         state.counted("executed")
     state.unlock(event.symbol)
 
 
-@letrade_stage("tradebus.strategy.on_error", queue=STRATEGY.name, accepts=ErrorMessage)
+@letrade_stage("tradebus.letrade_strategy.on_error", queue=STRATEGY.name, accepts=ErrorMessage)
 def on_error(message: ErrorMessage) -> None:
     """A failed trade of this strategy frees its pair."""
     context = message.payload.context

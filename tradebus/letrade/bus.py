@@ -26,6 +26,7 @@ from kombu.message import Message
 
 from routing import letrade
 from tradebus import deadletter as dl
+from tradebus import signing
 from tradebus.errors import (
     InvalidMessage,
     Misrouted,
@@ -34,10 +35,10 @@ from tradebus.errors import (
     UnknownMessageType,
 )
 from tradebus.health import bus_health
-from tradebus.letrade.messages import Envelope, Payload, build, class_for_key, encode, parse
-from tradebus.letrade.stage import STRATEGY_HEADER
+from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, build, class_for_key, encode, parse
+from tradebus.letrade.payloads import Payload
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.publisher import PUBLISHED_AT, TYPE_HEADER
+from tradebus.publisher import CONTENT_TYPE, PUBLISHED_AT, TYPE_HEADER
 from tradebus.settings import get_settings
 
 Handler = Callable[[str, dict[str, Any]], None]
@@ -144,16 +145,28 @@ class LetradeBus:
             delivery_mode=2 if message.route.persistent else 1,
         )
 
-    def _publish(self, body: bytes, exchange: str, routing_key: str, **properties: Any) -> None:
+    def _publish(
+        self, body: bytes, exchange: str, routing_key: str, headers: dict[str, Any], **properties: Any
+    ) -> None:
         self.connect()
         assert self._producer is not None
+        message_id = properties.setdefault("message_id", str(uuid.uuid4()))
+        # Signed when this process has a key, as every tradebus publish is (tradebus/signing.py).
+        headers = headers | signing.outgoing(
+            body,
+            message_id=message_id,
+            exchange=exchange,
+            routing_key=routing_key,
+            content_type=CONTENT_TYPE,
+        )
         try:
             self._producer.publish(
                 body,
                 exchange=exchange,
                 routing_key=routing_key,
-                content_type="application/json",
+                content_type=CONTENT_TYPE,
                 content_encoding="utf-8",
+                headers=headers,
                 retry=False,
                 **properties,
             )
@@ -266,14 +279,16 @@ class LetradeBus:
             exclusive=True,
             auto_delete=True,
             durable=False,
+            queue_arguments={"x-dead-letter-exchange": letrade.DLX.name},
         )
 
         def take(delivery: Message) -> None:
-            delivery.ack()
             try:
                 answer = parse(delivery.body, response_key, delivery.content_type)
-            except InvalidMessage:
-                return  # the responder's own stage dead-letters nothing here: an invalid answer is no answer
+            except InvalidMessage as exc:  # no answer, and kept with the reason
+                self._dead_letter(queue.name, response_key, delivery, exc.reason, str(exc))
+                return
+            delivery.ack()
             if getattr(answer.payload, "request_id", None) == request_id:
                 answers.append(answer)
 

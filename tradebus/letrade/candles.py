@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tradebus import store
-from tradebus.letrade.messages import MAX_CANDLES, Candle, MarketData
+from tradebus.letrade.payloads import MAX_CANDLES, Candle, MarketData
 
 TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400}
 #: One-minute candles kept per pair.

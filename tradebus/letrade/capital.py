@@ -13,8 +13,8 @@ Pure functions of the request and the paper account (tradebus/letrade/paper.py);
 
 from __future__ import annotations
 
-from tradebus.letrade.messages import CapitalAllocationRequest, CapitalAllocationResponse, PortfolioImpact
 from tradebus.letrade.paper import FEE_RATE, Account
+from tradebus.letrade.payloads import CapitalAllocationRequest, CapitalAllocationResponse, PortfolioImpact
 
 MAX_POSITION_PERCENT = 10.0
 MAX_PORTFOLIO_RISK_PERCENT = 25.0

@@ -10,201 +10,41 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from routing.letrade import ROUTES, LetradeRoute
 from routing.match import topic_matches
 from tradebus.errors import InvalidJSON, MessageTooLarge, Misrouted, SchemaViolation, UnknownMessageType
+from tradebus.letrade.payloads import (
+    CancelOrder,
+    CapitalAllocationRequest,
+    CapitalAllocationResponse,
+    ErrorReport,
+    ExecuteTrade,
+    Ident,
+    MarketData,
+    MarketDataRequest,
+    MarketDataResponse,
+    Payload,
+    Timestamp,
+    TradeExecuted,
+    routing_word,
+    utcnow,
+)
 from tradebus.messages import MAX_MESSAGE_BYTES, wire_bytes
 from tradebus.publisher import describe, is_json_content_type
 
-#: ``BTC/USDT``: base and quote, upper case, one slash.
-Pair = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{1,15}/[A-Z0-9]{1,15}$")]
-#: An exchange as it appears in a routing key: ``binance``.
-ExchangeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
-#: An id that may travel in a header or a key: no dots, no spaces.
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-:]{1,128}$")]
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit"]
-Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
-#: Candles one market-data response may carry (about 110 bytes each: the 128 KB limit holds ~1,100).
-MAX_CANDLES = 1_000
+#: Header naming the strategy a message belongs to, for ``*.strategy_<id>.*`` subscriptions.
+STRATEGY_HEADER = "x-letrade-strategy-id"
+#: Namespace of the ids derived from other ids (a response's from its request's).
+_DERIVED = uuid.UUID("5c1f2a8e-7d3b-4f6a-9e0c-2b8d4a6f1c3e")
 
 
-def _iso_ms(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-Timestamp = Annotated[AwareDatetime, PlainSerializer(_iso_ms, return_type=str)]
-
-
-def utcnow() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
-
-
-def routing_word(symbol: str) -> str:
-    """A pair as its routing-key word: ``BTC/USDT`` -> ``btcusdt`` (the seed's example)."""
-    return symbol.replace("/", "").lower()
-
-
-class Payload(BaseModel):
-    """Base of every payload: strict fields, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExecuteTrade(Payload):
-    """``commands.execute_trade``. ``client_order_id`` makes a redelivered command fill once."""
-
-    strategy_id: Annotated[int, Field(ge=0)]
-    exchange: ExchangeName
-    symbol: Pair
-    side: Side
-    type: OrderType = "market"
-    amount: Positive
-    price: Positive | None = None
-    stop_loss: Positive | None = None
-    take_profit: Positive | None = None
-    client_order_id: Ident | None = None
-
-    @model_validator(mode="after")
-    def _limit_has_price(self) -> ExecuteTrade:
-        if self.type == "limit" and self.price is None:
-            raise ValueError("a limit order needs a price")
-        return self
-
-
-class CancelOrder(Payload):
-    """``commands.cancel_order``."""
-
-    order_id: Ident
-    symbol: Pair
-    exchange: ExchangeName
-
-
-class TradeExecuted(Payload):
-    """``events.trade_executed``: an order's state after the exchange answered (CCXT's order fields)."""
-
-    strategy_id: Annotated[int, Field(ge=0)]
-    order_id: Ident
-    symbol: Pair
-    side: Side
-    type: OrderType
-    amount: Positive
-    filled: NonNegative
-    status: Literal["filled", "open", "canceled"]
-    average_price: Positive | None = None
-    cost: NonNegative = 0.0
-    fee: NonNegative = 0.0
-    timestamp: Timestamp = Field(default_factory=utcnow)
-    exchange: ExchangeName
-    #: Not in the seed's example: the command's id, so the strategy knows which command this answers.
-    client_order_id: Ident | None = None
-
-
-class Candle(Payload):
-    """One OHLCV bar of a market-data response."""
-
-    timestamp: Timestamp
-    open: Positive
-    high: Positive
-    low: Positive
-    close: Positive
-    volume: NonNegative
-
-
-class MarketData(Payload):
-    """``market_data.{exchange}.{symbol}``: a candle."""
-
-    symbol: Pair
-    timestamp: Timestamp = Field(default_factory=utcnow)
-    open: Positive
-    high: Positive
-    low: Positive
-    close: Positive
-    volume: NonNegative
-    exchange: ExchangeName
-
-    @model_validator(mode="after")
-    def _candle_is_consistent(self) -> MarketData:
-        if self.low > min(self.open, self.close) or self.high < max(self.open, self.close):
-            raise ValueError("candle must satisfy low <= open, close <= high")
-        return self
-
-
-class ErrorReport(Payload):
-    """``events.error``."""
-
-    error_type: Ident
-    error_message: Annotated[str, Field(max_length=2_000)]
-    context: dict[str, Any] = Field(default_factory=dict)
-    timestamp: Timestamp = Field(default_factory=utcnow)
-
-
-class CapitalAllocationRequest(Payload):
-    """``request.capital.allocation``: the envelope's ``message_id`` is the request id."""
-
-    strategy_id: Annotated[int, Field(ge=0)]
-    symbol: Pair
-    side: Side
-    quantity: Positive
-    price: Positive
-    stop_loss: Positive | None = None
-    take_profit: Positive | None = None
-
-
-class PortfolioImpact(Payload):
-    """What an approved allocation would do to the portfolio."""
-
-    position_size_percent: NonNegative
-    new_portfolio_risk_percent: NonNegative
-    available_capital_after: float
-
-
-class CapitalAllocationResponse(Payload):
-    """``response.capital.allocation``: ``request_id`` is the request's ``message_id``."""
-
-    request_id: Ident
-    result: Literal["approved", "reduced", "rejected"]
-    approved_quantity: NonNegative
-    risk_level: Literal["low", "medium", "high"]
-    reasons: list[str] = Field(default_factory=list)
-    suggested_stop_loss: Positive | None = None
-    suggested_take_profit: Positive | None = None
-    portfolio_impact: PortfolioImpact
-
-
-class MarketDataRequest(Payload):
-    """``request.market_data``."""
-
-    symbol: Pair
-    timeframe: Timeframe = "1m"
-    limit: Annotated[int, Field(ge=1, le=MAX_CANDLES)] = 100
-    request_id: Ident
-
-
-class MarketDataResponse(Payload):
-    """``response.market_data``."""
-
-    request_id: Ident
-    symbol: Pair
-    timeframe: Timeframe
-    data: list[Candle]
+def derived_id(*parts: str) -> str:
+    """A message id computed from ``parts``: the same on every redelivery, and always a valid id."""
+    return str(uuid.uuid5(_DERIVED, "\x1f".join(parts)))
 
 
 class Envelope(BaseModel):

@@ -19,13 +19,17 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from tradebus import store
-from tradebus.letrade.messages import CancelOrder, ErrorReport, ExecuteTrade, TradeExecuted
+from tradebus.errors import AccountContended
+from tradebus.letrade.messages import derived_id
+from tradebus.letrade.payloads import CancelOrder, ErrorReport, ExecuteTrade, TradeExecuted
 
 INITIAL_CASH = 10_000.0
 FEE_RATE = 0.001
 #: Transaction attempts before a contended account is reported as a (transient) failure.
 MAX_ATTEMPTS = 50
 TRADE_EVENT, ERROR_EVENT = "trade_executed", "error"
+#: Longest client order id kept in the order id as it is (ids are at most 128 characters).
+MAX_READABLE_ID = 100
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def _transaction(watch: list[str], body: Callable[[Pipeline], dict[str, Any]]) -
                 return result
             except WatchError:
                 continue
-    raise ConnectionError(f"paper account still contended after {MAX_ATTEMPTS} attempts")
+    raise AccountContended(f"paper account still contended after {MAX_ATTEMPTS} attempts")
 
 
 def _error(error_type: str, message: str, context: dict[str, Any]) -> dict[str, Any]:
@@ -185,10 +189,14 @@ def _resting(command: ExecuteTrade, order_id: str) -> dict[str, Any]:
     return {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
 
 
-def execute(command: ExecuteTrade) -> dict[str, Any]:
-    """Execute ``command`` once; returns ``{"event", "payload", "again"}`` (``again``: a redelivery)."""
-    assert command.client_order_id is not None, "the connector names every order"
-    order_id = f"paper-{command.client_order_id}"
+def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
+    """Execute ``command`` once per ``client_order_id``; returns ``{"event", "payload", "again"}``
+    (``again``: a redelivery, answered from the record of the first)."""
+    command = command.model_copy(update={"client_order_id": client_order_id})
+    # Readable when it can be (``paper-strategy_123_001``), always a valid id.
+    order_id = (
+        f"paper-{client_order_id}" if len(client_order_id) <= MAX_READABLE_ID else derived_id(client_order_id)
+    )
     record_key = _k("orders", order_id)
     open_key = _k("open", command.exchange, command.symbol)
 
@@ -205,48 +213,61 @@ def execute(command: ExecuteTrade) -> dict[str, Any]:
                 f"no market price for {command.symbol} on {command.exchange} yet",
                 {"strategy_id": command.strategy_id, "symbol": command.symbol},
             )
-        elif command.type == "limit" and command.price is not None and not _crosses(command, price):
+        elif (
+            command.type == "limit"
+            and command.price is not None
+            and not _crosses(command, command.price, price)
+        ):
             result = _resting(command, order_id)
             pipe.multi()
             pipe.hset(open_key, order_id, command.model_dump_json())
         else:
             result = _fill(pipe, command, order_id, price)
-            if not pipe.explicit_transaction:
-                pipe.multi()
+        if not pipe.explicit_transaction:
+            pipe.multi()
         pipe.set(record_key, json.dumps(result))
         return result | {"again": False}
 
     return _transaction([record_key, _k("cash"), _k("positions"), _k("prices"), open_key], body)
 
 
-def _crosses(command: ExecuteTrade, price: float) -> bool:
-    assert command.price is not None
-    return price <= command.price if command.side == "buy" else price >= command.price
+def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
+    return price <= limit if command.side == "buy" else price >= limit
 
 
-def fill_resting(exchange: str, symbol: str, price: float) -> list[dict[str, Any]]:
-    """Fill the resting limit orders ``price`` crosses; returns what each produced."""
+def fill_resting(exchange: str, symbol: str, price: float) -> None:
+    """Fill the resting limit orders ``price`` crosses. Each fill is booked with its event in the outbox
+    (``unannounced``), in one transaction: the event is published even if this delivery dies."""
     open_key = _k("open", exchange, symbol)
-    results = []
     for order_id, raw in store.client().hgetall(open_key).items():
         command = ExecuteTrade.model_validate_json(raw)
-        if not _crosses(command, price):
+        if command.price is None or not _crosses(command, command.price, price):
             continue
         oid = _text(order_id)
 
         def body(pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid) -> dict[str, Any]:
             if not pipe.hexists(open_key, oid):
-                return {}
+                return {}  # filled or cancelled meanwhile
             result = _fill(pipe, command, oid, price)
             if not pipe.explicit_transaction:
                 pipe.multi()
             pipe.hdel(open_key, oid)
             pipe.set(_k("orders", oid), json.dumps(result))
+            pipe.hset(_k("unannounced"), oid, json.dumps(result))
             return result
 
-        if result := _transaction([open_key, _k("cash"), _k("positions")], body):
-            results.append(result)
-    return results
+        _transaction([open_key, _k("cash"), _k("positions")], body)
+
+
+def unannounced() -> dict[str, dict[str, Any]]:
+    """Fills of resting orders whose event is not yet confirmed published, by order id."""
+    raw = store.client().hgetall(_k("unannounced"))
+    return {_text(oid): json.loads(result) for oid, result in raw.items()}
+
+
+def announced(order_id: str) -> None:
+    """The event of ``order_id``'s fill is published: take it out of the outbox."""
+    store.client().hdel(_k("unannounced"), order_id)
 
 
 def cancel(command: CancelOrder) -> dict[str, Any]:

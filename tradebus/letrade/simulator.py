@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
-from tradebus.letrade.messages import MarketData, MarketDataMessage, build
+from tradebus.letrade.messages import MarketDataMessage, build
+from tradebus.letrade.payloads import MarketData
 
 EXCHANGE = "binance"
 START_PRICES = {"BTC/USDT": 50_000.0, "ETH/USDT": 3_000.0, "SOL/USDT": 150.0}

@@ -13,15 +13,13 @@ from typing import Any, TypeVar
 
 from celery.result import AsyncResult
 
-from routing import letrade, route, topic_matches
+from routing import letrade, topic_matches
 from tradebus.errors import InvalidMessage, Misrouted, UnknownMessageType, WrongStage
-from tradebus.letrade.messages import Envelope, encode, parse
+from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, encode, parse
 from tradebus.publisher import TYPE_HEADER, send
 from tradebus.stage import StageTask, stage
 
 R = TypeVar("R")
-#: Header naming the strategy a message belongs to, for ``*.strategy_<id>.*`` subscriptions.
-STRATEGY_HEADER = "x-letrade-strategy-id"
 
 
 def publish(
@@ -60,7 +58,7 @@ class LetradeStageTask(StageTask):
         if not isinstance(message, self.accepts):
             names = ", ".join(cls.route_name for cls in self.accepts)
             return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in route(message.exchange, message.routing_key):
+        if self.queue_name not in letrade.ROUTER.route(message.exchange, message.routing_key):
             return Misrouted(f"{message.routing_key!r} never reaches {self.queue_name}")
         if self.keys and not any(topic_matches(p, message.routing_key) for p in self.keys):
             return Misrouted(f"{self.name} takes {', '.join(self.keys)}, not {message.routing_key!r}")

@@ -49,14 +49,17 @@ def crossover(closes: list[float]) -> str | None:
     return None
 
 
-def add_close(pair: str, close: float) -> list[float]:
-    """Append a close for ``pair``; returns the last ``LONG_WINDOW + 1`` closes, oldest first."""
+def add_close(pair: str, at: float, close: float) -> list[float]:
+    """Keep the close of the candle at ``at`` (a redelivered candle replaces itself); returns the last
+    ``LONG_WINDOW + 1`` closes, oldest first."""
     key = _k("closes", pair)
     pipe = store.client().pipeline()
-    pipe.rpush(key, close)
-    pipe.ltrim(key, -(LONG_WINDOW + 1), -1)
-    pipe.lrange(key, 0, -1)
-    return [float(v) for v in pipe.execute()[-1]]
+    pipe.zremrangebyscore(key, at, at)
+    pipe.zadd(key, {f"{at}:{close}": at})
+    pipe.zremrangebyrank(key, 0, -(LONG_WINDOW + 2))
+    pipe.zrange(key, 0, -1)
+    members = pipe.execute()[-1]
+    return [float((m.decode() if isinstance(m, bytes) else str(m)).split(":", 1)[1]) for m in members]
 
 
 def lock(pair: str) -> bool:
@@ -75,9 +78,17 @@ def holding(pair: str) -> float:
     return float(raw) if raw else 0.0
 
 
-def book(pair: str, side: str, filled: float) -> None:
-    """Update the strategy's own position from a trade event."""
-    store.client().hincrbyfloat(_k("positions"), pair, filled if side == "buy" else -filled)
+#: How long a booked order id is remembered (trade events are published at least once).
+BOOKED_SECONDS = 24 * 3600
+
+
+def book(order_id: str, pair: str, side: str, filled: float) -> bool:
+    """Update the strategy's own position from a trade event, once per order; False for a repeat."""
+    client = store.client()
+    if not client.set(_k("booked", order_id), 1, nx=True, ex=BOOKED_SECONDS):
+        return False
+    client.hincrbyfloat(_k("positions"), pair, filled if side == "buy" else -filled)
+    return True
 
 
 def remember(request_id: str, context: dict[str, Any]) -> None:

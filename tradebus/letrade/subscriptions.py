@@ -24,6 +24,7 @@ from typing import Any
 
 from routing.letrade import COMMANDS, EVENTS, EXCHANGE_OF_FAMILY, REQUESTS
 from tradebus.errors import BadSubscription
+from tradebus.letrade.messages import STRATEGY_HEADER
 
 STRATEGY_WORD = re.compile(r"^strategy_(\d+)$")
 #: Where a strategy's messages travel: everything but market data.
@@ -49,7 +50,7 @@ class Subscription:
     def accepts(self, routing_key: str, headers: dict[str, Any] | None = None) -> bool:
         """Whether a delivery with ``routing_key`` (and ``headers``) is one the pattern asked for."""
         if self.strategy_id is not None:
-            value = (headers or {}).get("x-letrade-strategy-id")
+            value = (headers or {}).get(STRATEGY_HEADER)
             return value is not None and str(value) == str(self.strategy_id)
         return self.words is None or _match(self.words, tuple(routing_key.split(".")))
 
