@@ -87,6 +87,9 @@ def test_a_pool_process_killed_mid_task_loses_nothing_and_fills_nothing_twice(po
             killed_mid_task = True
             break
     assert all_filled(tag, count), pool.log()[-3000:]
+    # The worker logs a lost task when it notices its process is gone, which on a busy machine can be
+    # after the loop's 0.3 s look: a kill that hit a running order shows in the log by now.
+    killed_mid_task = killed_mid_task or "WorkerLostError" in pool.log()
     figures = measure("pool process killed mid-task", pool.vhost, tag, count, confirmed)
     figures.notes["killed_mid_task"] = killed_mid_task
     figures.save()

@@ -303,8 +303,12 @@ def _embedded(echo: Callable[[str], None]) -> Iterator[Connection]:
         yield connection
 
 
-def run_demo(duration: float, broker: str | None, as_json: bool) -> int:
-    """Run the demo; 0 when it produced fills and dead-lettered nothing."""
+@contextlib.contextmanager
+def environment(broker: str | None, echo: Callable[[str], None]) -> Iterator[tuple[Connection, str, bool]]:
+    """The broker and pools a demo runs on, and a Redis prefix of its own, removed afterwards.
+
+    Yields (connection, broker URL, whether it is the in-memory broker). Both profiles' demos use it.
+    """
     url = choose_broker(broker)
     memory = url.startswith("memory")
     os.environ["TRADEBUS_REDIS_PREFIX"] = f"tradebus-demo-{uuid.uuid4().hex[:8]}"
@@ -314,20 +318,26 @@ def run_demo(duration: float, broker: str | None, as_json: bool) -> int:
     from tradebus.app import app
 
     app.conf.broker_url = url
-    echo = click.echo
     if not memory and not _reachable(url):
         raise BrokerUnreachable(f"no broker at {urlsplit(url).hostname}:{urlsplit(url).port or 5672}")
-    environment = _embedded(echo) if memory else _rabbitmq_pools(url, echo)
+    pools = _embedded(echo) if memory else _rabbitmq_pools(url, echo)
     try:
-        with environment as connection:
-            rates = f"about {simulator.DEFAULT_RATE:g} msg/s, bursts to {simulator.DEFAULT_BURST_RATE:g}"
-            echo(f"simulating market data for {duration:g}s ({rates})")
-            result = _run_pipeline(
-                connection, duration, Progress(echo, sys.stdout.isatty()), "memory" if memory else "rabbitmq"
-            )
+        with pools as connection:
+            yield connection, url, memory
     finally:
         with contextlib.suppress(Exception):
             store.clear()
+
+
+def run_demo(duration: float, broker: str | None, as_json: bool) -> int:
+    """Run the demo; 0 when it produced fills and dead-lettered nothing."""
+    echo = click.echo
+    with environment(broker, echo) as (connection, _, memory):
+        rates = f"about {simulator.DEFAULT_RATE:g} msg/s, bursts to {simulator.DEFAULT_BURST_RATE:g}"
+        echo(f"simulating market data for {duration:g}s ({rates})")
+        result = _run_pipeline(
+            connection, duration, Progress(echo, sys.stdout.isatty()), "memory" if memory else "rabbitmq"
+        )
     _summary(result, echo)
     if as_json:
         click.echo(result.as_json())

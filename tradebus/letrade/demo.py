@@ -9,30 +9,24 @@ check. Same pools and brokers as the MasterTrade demo (tradebus/demo.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 from kombu import Connection
 
 from routing import letrade
-from tradebus import store
-from tradebus.demo import DRAIN_TIMEOUT, _depths, _embedded, _rabbitmq_pools, _reachable, choose_broker
-from tradebus.errors import BrokerUnreachable, RequestTimeout
+from tradebus.demo import DRAIN_TIMEOUT, _depths, environment
+from tradebus.errors import RequestTimeout
 from tradebus.health import bus_health
 from tradebus.letrade import paper, simulator
 from tradebus.letrade import strategy as strategy_state
 from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.stage import publish
 from tradebus.report import table
-from tradebus.settings import get_settings
 
 HISTORY_TIMEOUT = 10.0
 
@@ -126,26 +120,10 @@ def _run(
 
 def run_demo(duration: float, broker: str | None, as_json: bool) -> int:
     """Run the Letrade demo; 0 when trades were executed and nothing was dead-lettered."""
-    url = choose_broker(broker)
-    memory = url.startswith("memory")
-    os.environ["TRADEBUS_REDIS_PREFIX"] = f"tradebus-demo-{uuid.uuid4().hex[:8]}"
-    if not memory:
-        os.environ["TRADEBUS_BROKER_URL"] = url
-    get_settings.cache_clear()
-    from tradebus.app import app
-
-    app.conf.broker_url = url
     echo = click.echo
-    if not memory and not _reachable(url):
-        raise BrokerUnreachable(f"no broker at {urlsplit(url).hostname}:{urlsplit(url).port or 5672}")
-    environment = _embedded(echo) if memory else _rabbitmq_pools(url, echo)
-    try:
-        with environment as connection:
-            echo(f"Letrade_v1: simulating {simulator.DEFAULT_RATE:g} candles/s for {duration:g}s")
-            result = _run(connection, url, duration, memory, echo)
-    finally:
-        with contextlib.suppress(Exception):
-            store.clear()
+    with environment(broker, echo) as (connection, url, memory):
+        echo(f"Letrade_v1: simulating {simulator.DEFAULT_RATE:g} candles/s for {duration:g}s")
+        result = _run(connection, url, duration, memory, echo)
     _summary(result, echo)
     if as_json:
         click.echo(result.as_json())

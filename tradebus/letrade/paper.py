@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from redis.client import Pipeline
 from redis.exceptions import WatchError
@@ -173,7 +173,8 @@ def _fill(pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float) ->
     return {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
 
 
-def _resting(command: ExecuteTrade, order_id: str) -> dict[str, Any]:
+def _unfilled(command: ExecuteTrade, order_id: str, status: Literal["open", "canceled"]) -> dict[str, Any]:
+    """The event of an order nothing of which is filled: resting (``open``) or ``canceled``."""
     event = TradeExecuted(
         strategy_id=command.strategy_id,
         order_id=order_id,
@@ -182,7 +183,7 @@ def _resting(command: ExecuteTrade, order_id: str) -> dict[str, Any]:
         type=command.type,
         amount=command.amount,
         filled=0.0,
-        status="open",
+        status=status,
         exchange=command.exchange,
         client_order_id=command.client_order_id,
     )
@@ -218,7 +219,7 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
             and command.price is not None
             and not _crosses(command, command.price, price)
         ):
-            result = _resting(command, order_id)
+            result = _unfilled(command, order_id, "open")
             pipe.multi()
             pipe.hset(open_key, order_id, command.model_dump_json())
         else:
@@ -291,19 +292,7 @@ def cancel(command: CancelOrder) -> dict[str, Any]:
             )
         order = ExecuteTrade.model_validate_json(raw)
         pipe.hdel(open_key, command.order_id)
-        event = TradeExecuted(
-            strategy_id=order.strategy_id,
-            order_id=command.order_id,
-            symbol=order.symbol,
-            side=order.side,
-            type=order.type,
-            amount=order.amount,
-            filled=0.0,
-            status="canceled",
-            exchange=order.exchange,
-            client_order_id=order.client_order_id,
-        )
-        result = {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
+        result = _unfilled(order, command.order_id, "canceled")
         pipe.set(record_key, json.dumps(result))
         return result
 
