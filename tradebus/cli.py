@@ -299,7 +299,6 @@ def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | No
         from tradebus.letrade.stage import publish
 
         click.echo(f"Letrade candles at {rate:g}/s (--burst-rate and --seed are MasterTrade's simulator's)")
-
         try:
             count = letrade_simulator.run(publish, rate, duration or float("inf"))
         except PublishFailed as exc:
