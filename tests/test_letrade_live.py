@@ -133,6 +133,7 @@ class Doomed:
     vhost: Vhost
     message_id: str
     candle_id: str
+    symbol: str
     sent: float
     pools: list[Any]
 
@@ -156,8 +157,11 @@ def doomed(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "letrade.requests", "request.capital.allocation", PAYLOADS["capital_allocation_request"][1]
         )
         # A candle on the connector's shared inbox: its retries must come back to track_price.
-        candle_id = bus.publish("letrade.events", "market_data.binance.btcusdt", PAYLOADS["market_data"][1])
-    yield Doomed(vhost, message_id, candle_id, sent, pools)
+        symbol = pair()
+        candle = {**PAYLOADS["market_data"][1], "symbol": symbol}
+        candle_key = "market_data.binance." + symbol.replace("/", "").lower()
+        candle_id = bus.publish("letrade.events", candle_key, candle)
+    yield Doomed(vhost, message_id, candle_id, symbol, sent, pools)
     stop_all(pools)
     _admin().delete_vhost(vhost.name)
 
@@ -476,6 +480,49 @@ def test_a_request_nobody_answers_times_out_with_a_clear_error(idle_letrade: Vho
     assert 1.0 <= time.monotonic() - started < 10
 
 
+def test_with_signing_required_a_signed_client_command_executes_and_an_unsigned_one_is_dead_lettered(
+    idle_letrade: Vhost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tradebus.settings import get_settings
+    from workers.launch import stop_all
+
+    client_key, connector_key = "c" * 40, "x" * 40
+    pools = start_letrade_pools(
+        idle_letrade,
+        tmp_path,
+        ["letrade.exchange_connector"],
+        {
+            "TRADEBUS_SIGNING_SERVICE": "exchange_connector",
+            "TRADEBUS_SIGNING_KEY": connector_key,
+            "TRADEBUS_SIGNING_TRUSTED_KEYS": f"strategy_900:{client_key}",
+            "TRADEBUS_SIGNING_REQUIRED": "1",
+        },
+    )
+    events: list[dict[str, Any]] = []
+    signed, unsigned = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    try:
+        monkeypatch.setenv("TRADEBUS_SIGNING_SERVICE", "strategy_900")
+        monkeypatch.setenv("TRADEBUS_SIGNING_KEY", client_key)
+        get_settings.cache_clear()
+        with LetradeBus(idle_letrade.url, source="strategy_900") as bus:
+            bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
+            bus.publish("letrade.commands", "execute_trade", trade(pair(), signed, amount=0.001))
+            monkeypatch.delenv("TRADEBUS_SIGNING_SERVICE")
+            monkeypatch.delenv("TRADEBUS_SIGNING_KEY")
+            get_settings.cache_clear()
+            bus.publish("letrade.commands", "execute_trade", trade(pair(), unsigned, amount=0.001))
+            collect(bus, events, lambda: bool(events))
+            bus.drain(1.0)
+        dlq = letrade.ROUTES["execute_trade"].dead_letter_queue
+        letters = wait_until(lambda: take_all(idle_letrade, dlq))
+    finally:
+        stop_all(pools)
+        get_settings.cache_clear()
+    assert [e["client_order_id"] for e in events] == [signed]
+    assert [json.loads(m.body)["payload"]["client_order_id"] for m in letters] == [unsigned]
+    assert letters[0].headers[REASON] == "unsigned"
+
+
 # --- priority under a backlog ------------------------------------------------------------------------
 
 
@@ -553,13 +600,26 @@ def test_letrade_demo_runs_in_one_process_without_a_broker() -> None:
 # --- last: the doomed request, retried 3 times after 5, 10 and 20 s, then dead-lettered ---------------
 
 
-def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three_retries(
-    doomed: Doomed,
+def peek_all(vhost: Vhost, queue: str) -> list[Any]:
+    """Every message in ``queue``, left in place (taken unacknowledged, given back with the channel)."""
+    with vhost.connection() as conn:
+        channel = conn.channel()
+        got = []
+        while (message := channel.basic_get(queue, no_ack=False)) is not None:
+            got.append(message)
+        channel.close()
+    return got
+
+
+def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three_retries_and_replayed(
+    doomed: Doomed, tmp_path: Path
 ) -> None:
-    queue = letrade.ROUTES["capital_allocation_request"].dead_letter_queue
-    letters: list[Any] = []
+    from tradebus.letrade import paper
+    from workers.launch import stop_all
+
+    requests_dlq = letrade.ROUTES["capital_allocation_request"].dead_letter_queue
     budget = sum(SEED_POLICY.delays) + 60
-    wait_until(lambda: letters.extend(take_all(doomed.vhost, queue)) or bool(letters), timeout=budget)
+    letters = wait_until(lambda: peek_all(doomed.vhost, requests_dlq), timeout=budget)
     elapsed = time.monotonic() - doomed.sent
     assert letters, "\n".join(p.log.read_text(errors="replace")[-3000:] for p in doomed.pools)
     (letter,) = letters
@@ -569,7 +629,38 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
     assert json.loads(letter.body)["message_id"] == doomed.message_id
     assert elapsed >= sum(SEED_POLICY.delays)
     # The candle's retries went back to the connector's price stage, not to another stage of its inbox.
-    candles = take_all(doomed.vhost, letrade.ROUTES["market_data"].dead_letter_queue)
+    candles_dlq = letrade.ROUTES["market_data"].dead_letter_queue
+    candles = wait_until(lambda: peek_all(doomed.vhost, candles_dlq), timeout=30)
     (candle,) = [m for m in candles if json.loads(m.body)["message_id"] == doomed.candle_id]
-    assert candle.delivery_info["routing_key"] == "market_data.binance.btcusdt.dead"
+    assert candle.delivery_info["routing_key"].endswith(".dead")
     assert (candle.headers[REASON], candle.headers[RETRIES]) == ("max_retries", SEED_POLICY.max_retries)
+
+    # Redis is back: `tradebus dlq replay` sends both again, and this time they are served.
+    stop_all(doomed.pools)
+    pools = start_letrade_pools(
+        doomed.vhost, tmp_path, ["letrade.capital_manager", "letrade.exchange_connector"]
+    )
+    answers: list[dict[str, Any]] = []
+    env = {**os.environ, "TRADEBUS_BROKER_URL": doomed.vhost.url}
+    try:
+        with LetradeBus(doomed.vhost.url, source="tests") as bus:
+            bus.subscribe("response.capital.allocation", lambda topic, payload: answers.append(payload))
+            for family in ("request.capital.allocation", "market_data"):
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "tradebus.cli",
+                    "--topology",
+                    "letrade",
+                    "dlq",
+                    "replay",
+                    family,
+                ]
+                done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0 and "replayed" in done.stdout, done.stdout + done.stderr
+            collect(bus, answers, lambda: bool(answers))
+        assert wait_until(lambda: paper.last_price("binance", doomed.symbol) is not None)
+    finally:
+        stop_all(pools)
+    assert [a["request_id"] for a in answers] == [doomed.message_id]
+    assert peek_all(doomed.vhost, requests_dlq) == [] and peek_all(doomed.vhost, candles_dlq) == []

@@ -242,7 +242,6 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     from tradebus import dlq as dead
     from tradebus.report import replay_report
 
-    _mastertrade_only("tradebus dlq replay")
     (name,) = _dead_letter_queues(queue)
     try:
         with _connection() as conn:

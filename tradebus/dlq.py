@@ -19,12 +19,21 @@ from typing import Any
 
 from kombu import Connection
 
-from routing import DEAD_LETTER_QUEUES, MARKET_DATA_QUEUES, RETRY, dead_letter_queue_name, route
+from routing import (
+    DEAD_LETTER_QUEUES,
+    LETRADE,
+    MARKET_DATA_QUEUES,
+    PROFILE,
+    RETRY,
+    dead_letter_queue_name,
+    route,
+)
 from routing.queues import DLQ_PREFIX
 from tradebus import deadletter as dl
 from tradebus.consumer import stage_argument
 from tradebus.errors import InvalidMessage
 from tradebus.health import queue_stats
+from tradebus.letrade.messages import parse as parse_letrade
 from tradebus.messages import wire_bytes
 from tradebus.publisher import TYPE_HEADER, parse_wire, send
 
@@ -164,20 +173,30 @@ def kept_back(letter: DeadLetter) -> str | None:
     return None
 
 
+def validated(letter: DeadLetter, payload: bytes, content_type: str | None) -> tuple[str, str, str]:
+    """(type, exchange, routing key) of the message inside ``letter``, valid for this process's profile,
+    or the InvalidMessage that says why not. A Letrade message is read as its original key names it."""
+    if PROFILE == LETRADE:
+        envelope = parse_letrade(payload, letter.routing_key, content_type)
+        return envelope.type, envelope.exchange, envelope.routing_key
+    message = parse_wire(payload, content_type)
+    return message.type, message.exchange, message.routing_key
+
+
 def destination(letter: DeadLetter, payload: bytes, content_type: str | None) -> tuple[str, str]:
     """Where a valid dead letter goes again: its original exchange and key, or straight to its queue.
 
     When the original route reaches other queues too (a fan-out), those subscribers processed it already;
-    the replay then goes to the queue that failed it, through ``mastertrade.retry`` (keyed by queue name).
+    the replay then goes to the queue that failed it, through the retry exchange (keyed by queue name).
     """
-    message = parse_wire(payload, content_type)
+    _, exchange, routing_key = validated(letter, payload, content_type)
     origin = letter.origin_queue
-    if origin and origin not in route(message.exchange, message.routing_key):
-        raise InvalidMessage(f"its payload routes as {message.routing_key!r}, which never reaches {origin}")
+    if origin and origin not in route(exchange, routing_key):
+        raise InvalidMessage(f"its payload routes as {routing_key!r}, which never reaches {origin}")
     reached = route(letter.exchange, letter.routing_key) if letter.exchange else frozenset()
     if origin and reached != {origin}:
         return RETRY.name, origin
-    return letter.exchange or message.exchange, letter.routing_key or message.routing_key
+    return letter.exchange or exchange, letter.routing_key or routing_key
 
 
 def _replay_headers(letter: DeadLetter, payload_type: str | None) -> dict[str, Any]:
@@ -210,7 +229,7 @@ def replay(connection: Connection, queue: str, limit: int, dry_run: bool = False
             payload, content_type = _payload(letter)
             try:
                 exchange, routing_key = destination(letter, payload, content_type)
-                kind = parse_wire(payload, content_type).type
+                kind = validated(letter, payload, content_type)[0]
             except InvalidMessage as exc:
                 results.append(Replay(letter, STILL_INVALID, f"{exc.reason}: {exc}"))
                 continue
