@@ -52,12 +52,13 @@ def collect(bus: LetradeBus, got: list[Any], done: Callable[[], bool], timeout: 
         bus.drain(0.2)
 
 
-def take_all(vhost: Vhost, queue: str) -> list[Any]:
-    """Every message in ``queue``, acknowledged."""
+def take_all(vhost: Vhost, queue: str, *, keep: bool = False) -> list[Any]:
+    """Every message in ``queue``: acknowledged, or with ``keep`` left in place (taken unacknowledged and
+    given back when the channel closes)."""
     with vhost.connection() as conn:
         channel = conn.channel()
         got = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        while (message := channel.basic_get(queue, no_ack=not keep)) is not None:
             got.append(message)
         channel.close()
     return got
@@ -600,17 +601,6 @@ def test_letrade_demo_runs_in_one_process_without_a_broker() -> None:
 # --- last: the doomed request, retried 3 times after 5, 10 and 20 s, then dead-lettered ---------------
 
 
-def peek_all(vhost: Vhost, queue: str) -> list[Any]:
-    """Every message in ``queue``, left in place (taken unacknowledged, given back with the channel)."""
-    with vhost.connection() as conn:
-        channel = conn.channel()
-        got = []
-        while (message := channel.basic_get(queue, no_ack=False)) is not None:
-            got.append(message)
-        channel.close()
-    return got
-
-
 def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three_retries_and_replayed(
     doomed: Doomed, tmp_path: Path
 ) -> None:
@@ -619,7 +609,7 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
 
     requests_dlq = letrade.ROUTES["capital_allocation_request"].dead_letter_queue
     budget = sum(SEED_POLICY.delays) + 60
-    letters = wait_until(lambda: peek_all(doomed.vhost, requests_dlq), timeout=budget)
+    letters = wait_until(lambda: take_all(doomed.vhost, requests_dlq, keep=True), timeout=budget)
     elapsed = time.monotonic() - doomed.sent
     assert letters, "\n".join(p.log.read_text(errors="replace")[-3000:] for p in doomed.pools)
     (letter,) = letters
@@ -630,7 +620,7 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
     assert elapsed >= sum(SEED_POLICY.delays)
     # The candle's retries went back to the connector's price stage, not to another stage of its inbox.
     candles_dlq = letrade.ROUTES["market_data"].dead_letter_queue
-    candles = wait_until(lambda: peek_all(doomed.vhost, candles_dlq), timeout=30)
+    candles = wait_until(lambda: take_all(doomed.vhost, candles_dlq, keep=True), timeout=30)
     (candle,) = [m for m in candles if json.loads(m.body)["message_id"] == doomed.candle_id]
     assert candle.delivery_info["routing_key"].endswith(".dead")
     assert (candle.headers[REASON], candle.headers[RETRIES]) == ("max_retries", SEED_POLICY.max_retries)
@@ -663,4 +653,7 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
     finally:
         stop_all(pools)
     assert [a["request_id"] for a in answers] == [doomed.message_id]
-    assert peek_all(doomed.vhost, requests_dlq) == [] and peek_all(doomed.vhost, candles_dlq) == []
+    assert (
+        take_all(doomed.vhost, requests_dlq, keep=True) == []
+        and take_all(doomed.vhost, candles_dlq, keep=True) == []
+    )
