@@ -1,91 +1,48 @@
-"""The topology as data: exchanges, queues, bindings and routing-key templates.
+"""The topology as data: each profile's exchanges, queues, bindings, routes and pools as one value.
 
-Imported by ``celeryconfig``, the CLI and the tests. Imports nothing from the app or the tasks.
-
-Two profiles share the machinery (routing/profile.py): MasterTrade (the default; routing/exchanges.py,
-queues.py, keys.py, policies.py) and Letrade_v1 (routing/letrade.py). The names below are the selected
-profile's; ``ROUTES``, ``CANDLE_INTERVALS`` and ``INTERVAL_SECONDS`` are MasterTrade's message routes,
-whatever the profile (Letrade's are ``routing.letrade.ROUTES``).
+``build(name, **options)`` returns a profile's :class:`Topology` (MasterTrade, the default, or Letrade_v1);
+everything else is handed that value. Imports nothing from the app, the stages or the workers.
 """
 
-from routing import letrade
-from routing.keys import CANDLE_INTERVALS, INTERVAL_SECONDS, ROUTES, Route
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from routing import letrade, mastertrade
 from routing.match import Hop, Router, topic_matches
-from routing.policies import Policy
-from routing.profile import LETRADE, MASTERTRADE, PROFILE, PROFILES
+from routing.model import Policy, PoolProfile, Route, Topology, TopologyOptions
 
-if PROFILE == LETRADE:
-    from routing.letrade import (
-        DEAD_LETTER_QUEUES,
-        DLX,
-        EXCHANGES,
-        MARKET_DATA_QUEUES,
-        PERSISTENT_EXCHANGES,
-        PUBLIC_EXCHANGES,
-        QUEUES,
-        QUEUES_BY_NAME,
-        RETRY,
-        ROUTER,
-        STAGE_QUEUES,
-        TASK_QUEUES,
-        UNROUTED_QUEUES,
-        WORKER_QUEUES,
-        dead_letter_queue_name,
-        dead_letter_route,
-    )
+MASTERTRADE = mastertrade.NAME
+LETRADE = letrade.NAME
+#: Profile name -> the function that builds its topology.
+BUILDERS: dict[str, Callable[[TopologyOptions | None], Topology]] = {
+    MASTERTRADE: mastertrade.build,
+    LETRADE: letrade.build,
+}
+PROFILES: tuple[str, ...] = tuple(BUILDERS)
 
-    POLICIES: tuple[Policy, ...] = ()
-else:
-    from routing.exchanges import DLX, EXCHANGES, PERSISTENT_EXCHANGES, PUBLIC_EXCHANGES, RETRY
-    from routing.policies import POLICIES
-    from routing.queues import (
-        DEAD_LETTER_QUEUES,
-        MARKET_DATA_QUEUES,
-        QUEUES,
-        QUEUES_BY_NAME,
-        ROUTER,
-        STAGE_QUEUES,
-        TASK_QUEUES,
-        UNROUTED_QUEUES,
-        WORKER_QUEUES,
-        dead_letter_queue_name,
-        dead_letter_route,
-    )
 
-route = ROUTER.route
-trace = ROUTER.trace
+def build(name: str = MASTERTRADE, **options: Any) -> Topology:
+    """Profile ``name``'s topology built with ``options`` (see TopologyOptions); ValueError if unknown."""
+    key = (name or MASTERTRADE).strip().lower()
+    if key not in BUILDERS:
+        raise ValueError(f"unknown topology {name!r}: choose one of {', '.join(PROFILES)}")
+    return BUILDERS[key](TopologyOptions(**options))
+
 
 __all__ = [
-    "CANDLE_INTERVALS",
-    "DEAD_LETTER_QUEUES",
-    "DLX",
-    "EXCHANGES",
-    "INTERVAL_SECONDS",
+    "BUILDERS",
     "LETRADE",
-    "MARKET_DATA_QUEUES",
     "MASTERTRADE",
-    "PERSISTENT_EXCHANGES",
-    "POLICIES",
-    "PROFILE",
     "PROFILES",
-    "PUBLIC_EXCHANGES",
-    "QUEUES",
-    "QUEUES_BY_NAME",
-    "RETRY",
-    "ROUTER",
-    "ROUTES",
-    "STAGE_QUEUES",
-    "TASK_QUEUES",
-    "UNROUTED_QUEUES",
-    "WORKER_QUEUES",
     "Hop",
     "Policy",
+    "PoolProfile",
     "Route",
     "Router",
-    "dead_letter_queue_name",
-    "dead_letter_route",
-    "letrade",
-    "route",
+    "Topology",
+    "TopologyOptions",
+    "build",
     "topic_matches",
-    "trace",
 ]

@@ -15,13 +15,13 @@ Decisions where the seed is silent or cannot be taken literally are in docs/letr
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Exchange, Queue, binding
+from kombu import Exchange, Queue
 
-from routing.match import ALTERNATE_EXCHANGE, Router
+from routing.build import durable_queue, exchange, fanout_exchange
+from routing.model import PoolProfile, Route, Topology, TopologyOptions
 
 NAME = "letrade"
 DEAD_SUFFIX = ".dead"
@@ -38,17 +38,11 @@ UNROUTED_MAX_LENGTH = 100_000
 #: ...and on its bytes: a late ``response.market_data`` (its caller gave up) may be up to 128 KB.
 UNROUTED_MAX_BYTES = 256 * 1024 * 1024
 
-UNROUTED_EXCHANGE = Exchange("letrade.unrouted", type="fanout", durable=True, auto_delete=False)
+UNROUTED_EXCHANGE = fanout_exchange("letrade.unrouted")
 
 
 def _topic(name: str) -> Exchange:
-    return Exchange(
-        name,
-        type="topic",
-        durable=True,
-        auto_delete=False,
-        arguments={ALTERNATE_EXCHANGE: UNROUTED_EXCHANGE.name},
-    )
+    return exchange(name, UNROUTED_EXCHANGE)
 
 
 COMMANDS = _topic("letrade.commands")
@@ -62,48 +56,36 @@ _BY_NAME = {e.name: e for e in (COMMANDS, EVENTS, REQUESTS)}
 
 
 @dataclass(frozen=True)
-class LetradeRoute:
-    """A documented message: its exchange, routing-key template and priority."""
+class LetradeRoute(Route):
+    """A documented message: its name, exchange, routing-key template and priority."""
 
-    name: str
-    exchange: str
-    template: str
-    priority: int
+    name: str = ""
+    priority: int = PRIORITY_NORMAL
     #: Whether it must survive a broker restart (market data is stale within seconds: transient).
     persistent: bool = True
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The payload fields the template reads, in order."""
-        return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
-
-    @property
-    def pattern(self) -> str:
-        """The topic pattern every key of this route matches (``market_data.*.*``)."""
-        return self.template.format(**{name: "*" for name in self.fields})
 
     @property
     def dead_letter_queue(self) -> str:
         """The queue that keeps this route's dead letters."""
         return dead_letter_queue_name(self.pattern.replace(".*", ""))
 
-    def key(self, **values: str) -> str:
-        """The routing key for these field values."""
-        return self.template.format(**values)
+
+def _route(
+    name: str, exchange: Exchange, template: str, priority: int, persistent: bool = True
+) -> LetradeRoute:
+    return LetradeRoute(exchange.name, template, name=name, priority=priority, persistent=persistent)
 
 
 _ROUTES = (
-    LetradeRoute("execute_trade", COMMANDS.name, "commands.execute_trade", PRIORITY_HIGH),
-    LetradeRoute("cancel_order", COMMANDS.name, "commands.cancel_order", PRIORITY_HIGH),
-    LetradeRoute("trade_executed", EVENTS.name, "events.trade_executed", PRIORITY_HIGH),
-    LetradeRoute("error", EVENTS.name, "events.error", PRIORITY_NORMAL),
-    LetradeRoute(
-        "market_data", EVENTS.name, "market_data.{exchange}.{symbol}", PRIORITY_LOW, persistent=False
-    ),
-    LetradeRoute("capital_allocation_request", REQUESTS.name, "request.capital.allocation", PRIORITY_HIGH),
-    LetradeRoute("capital_allocation_response", REQUESTS.name, "response.capital.allocation", PRIORITY_HIGH),
-    LetradeRoute("market_data_request", REQUESTS.name, "request.market_data", PRIORITY_NORMAL),
-    LetradeRoute("market_data_response", REQUESTS.name, "response.market_data", PRIORITY_NORMAL),
+    _route("execute_trade", COMMANDS, "commands.execute_trade", PRIORITY_HIGH),
+    _route("cancel_order", COMMANDS, "commands.cancel_order", PRIORITY_HIGH),
+    _route("trade_executed", EVENTS, "events.trade_executed", PRIORITY_HIGH),
+    _route("error", EVENTS, "events.error", PRIORITY_NORMAL),
+    _route("market_data", EVENTS, "market_data.{exchange}.{symbol}", PRIORITY_LOW, persistent=False),
+    _route("capital_allocation_request", REQUESTS, "request.capital.allocation", PRIORITY_HIGH),
+    _route("capital_allocation_response", REQUESTS, "response.capital.allocation", PRIORITY_HIGH),
+    _route("market_data_request", REQUESTS, "request.market_data", PRIORITY_NORMAL),
+    _route("market_data_response", REQUESTS, "response.market_data", PRIORITY_NORMAL),
 )
 #: Route name -> route.
 ROUTES: dict[str, LetradeRoute] = {r.name: r for r in _ROUTES}
@@ -134,13 +116,8 @@ def _inbox(service: str, *route_names: str) -> Queue:
     routes = [ROUTES[name] for name in route_names]
     arguments: dict[str, Any] = {"x-max-priority": MAX_PRIORITY, "x-dead-letter-exchange": DLX.name}
     name = f"letrade.{service}"
-    return Queue(
-        name,
-        bindings=[binding(_BY_NAME[r.exchange], routing_key=r.pattern) for r in routes]
-        + [binding(RETRY, routing_key=name)],
-        durable=True,
-        auto_delete=False,
-        queue_arguments=arguments,
+    return durable_queue(
+        name, [(_BY_NAME[r.exchange], r.pattern) for r in routes] + [(RETRY, name)], arguments
     )
 
 
@@ -155,30 +132,19 @@ TASK_QUEUES: tuple[Queue, ...] = ()
 WORKER_QUEUES: tuple[Queue, ...] = STAGE_QUEUES + TASK_QUEUES
 
 _ROUTE_DLQS: tuple[Queue, ...] = tuple(
-    Queue(
-        r.dead_letter_queue,
-        bindings=[binding(DLX, routing_key=r.pattern + DEAD_SUFFIX), binding(DLX, routing_key=r.pattern)],
-        durable=True,
-        auto_delete=False,
-    )
-    for r in _ROUTES
+    durable_queue(r.dead_letter_queue, [(DLX, r.pattern + DEAD_SUFFIX), (DLX, r.pattern)]) for r in _ROUTES
 )
 #: A delivery that came back through letrade.retry carries its inbox's name as its key; what RabbitMQ
 #: dead-letters of it (a rejection) keeps that key.
-INBOX_DLQ = Queue(
-    dead_letter_queue_name("inboxes"),
-    bindings=[binding(DLX, routing_key="letrade.*"), binding(DLX, routing_key="letrade.*" + DEAD_SUFFIX)],
-    durable=True,
-    auto_delete=False,
+INBOX_DLQ = durable_queue(
+    dead_letter_queue_name("inboxes"), [(DLX, "letrade.*"), (DLX, "letrade.*" + DEAD_SUFFIX)]
 )
 DEAD_LETTER_QUEUES: tuple[Queue, ...] = (*_ROUTE_DLQS, INBOX_DLQ)
 UNROUTED_QUEUES: tuple[Queue, ...] = (
-    Queue(
+    durable_queue(
         "letrade.unrouted",
-        bindings=[binding(UNROUTED_EXCHANGE, routing_key="")],
-        durable=True,
-        auto_delete=False,
-        queue_arguments={
+        [(UNROUTED_EXCHANGE, "")],
+        {
             "x-max-length": UNROUTED_MAX_LENGTH,
             "x-max-length-bytes": UNROUTED_MAX_BYTES,
             "x-overflow": "reject-publish",
@@ -188,11 +154,53 @@ UNROUTED_QUEUES: tuple[Queue, ...] = (
 #: Queues whose dead letters are stale prices when the broker expired them: none (no Letrade TTLs).
 MARKET_DATA_QUEUES: frozenset[str] = frozenset()
 
-QUEUES: tuple[Queue, ...] = WORKER_QUEUES + DEAD_LETTER_QUEUES + UNROUTED_QUEUES
-QUEUES_BY_NAME: dict[str, Queue] = {q.name: q for q in QUEUES}
-
 EXCHANGES: tuple[Exchange, ...] = (UNROUTED_EXCHANGE, COMMANDS, EVENTS, REQUESTS, DLX, RETRY)
 PUBLIC_EXCHANGES: dict[str, Exchange] = {e.name: e for e in (COMMANDS, EVENTS, REQUESTS, DLX)}
 PERSISTENT_EXCHANGES = frozenset({COMMANDS.name, EVENTS.name, REQUESTS.name, DLX.name})
 
-ROUTER = Router(EXCHANGES, QUEUES)
+#: Letrade_v1 gives no consumer counts. Prefetch 1 wherever trade messages arrive: priority reorders only
+#: what is still queued, so a deep prefetch buffer of market data would make a trade command wait behind it.
+POOLS: dict[str, PoolProfile] = {
+    p.name: p
+    for p in (
+        PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1),
+        PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1),
+        PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1),
+        PoolProfile("letrade.market_data", concurrency=1, prefetch_multiplier=10),
+    )
+}
+#: Every inbox is critical: each carries trade messages, and letrade.market_data answers requests (a request
+#: lost with its process is a caller left waiting).
+CRITICAL_QUEUES = frozenset(q.name for q in STAGE_QUEUES)
+
+#: Letrade's services, one stage module each.
+STAGE_MODULES: tuple[str, ...] = (
+    "tasks.letrade.capital_manager",
+    "tasks.letrade.exchange_connector",
+    "tasks.letrade.market_data",
+    "tasks.letrade.strategy",
+)
+
+
+def build(options: TopologyOptions | None = None) -> Topology:
+    """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools."""
+    return Topology(
+        name=NAME,
+        options=options or TopologyOptions(),
+        exchanges=EXCHANGES,
+        public_exchanges=PUBLIC_EXCHANGES,
+        persistent_exchanges=PERSISTENT_EXCHANGES,
+        dlx=DLX,
+        retry=RETRY,
+        stage_queues=STAGE_QUEUES,
+        task_queues=TASK_QUEUES,
+        dead_letter_queues=DEAD_LETTER_QUEUES,
+        unrouted_queues=UNROUTED_QUEUES,
+        market_data_queues=MARKET_DATA_QUEUES,
+        critical_queues=CRITICAL_QUEUES,
+        pools=POOLS,
+        policies=(),
+        dead_letter_route=dead_letter_route,
+        dead_letter_prefix=DLQ_PREFIX,
+        stage_modules=STAGE_MODULES,
+    )

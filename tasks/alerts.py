@@ -9,7 +9,7 @@ import logging
 from celery.utils.log import get_task_logger
 
 from tradebus import recorder
-from tradebus.messages import (
+from tradebus.mastertrade.messages import (
     CircuitBreaker,
     ConfigChange,
     OrderUpdate,
@@ -18,7 +18,7 @@ from tradebus.messages import (
     SystemHealth,
     WhaleAlert,
 )
-from tradebus.stage import stage
+from tradebus.mastertrade.stage import stage
 
 logger = get_task_logger(__name__)
 #: Whale alert levels worth an operator's attention.

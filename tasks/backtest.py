@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tradebus import store
-from tradebus.messages import TradingSignal
-from tradebus.stage import stage
+from tradebus.mastertrade.messages import TradingSignal
+from tradebus.mastertrade.stage import stage
 
 #: Backtest signals kept per strategy.
 KEPT = 10_000

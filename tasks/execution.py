@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 
 from celery.utils.log import get_task_logger
 
-from tradebus import account, recorder
+from tradebus import recorder
 from tradebus.errors import OrderRefused, StaleMessage
-from tradebus.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
-from tradebus.stage import stage
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
+from tradebus.mastertrade.stage import stage
+from tradebus.registry import delivery_id
 
 logger = get_task_logger(__name__)
 
@@ -40,7 +42,7 @@ def execute_order(message: OrderRequest) -> None:
         recorder.bump("duplicate_deliveries")
     else:
         logger.info("%s %s %s: %s", message.side, message.quantity, message.symbol, record["status"])
-    account.publish_once(account.fill_outcome(message), account.updates_of(record), execute_order.request.id)
+    account.publish_once(account.fill_outcome(message), account.updates_of(record), delivery_id())
 
 
 def _price(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> tuple[float, datetime] | None:

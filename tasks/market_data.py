@@ -5,9 +5,10 @@ The candle series serve whoever asks for history; the latest book and trade per 
 
 from __future__ import annotations
 
-from tradebus import candles, store
-from tradebus.messages import MarketData, OrderBook, Trade
-from tradebus.stage import stage
+from tradebus import store
+from tradebus.mastertrade import candles
+from tradebus.mastertrade.messages import MarketData, OrderBook, Trade
+from tradebus.mastertrade.stage import stage
 
 
 @stage("tradebus.market_data.record_candle", queue="market_data", accepts=MarketData)

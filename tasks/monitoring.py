@@ -5,15 +5,24 @@ health report (``system.health.{service}``, and ``system.alert.warning`` when a 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from celery.utils.log import get_task_logger
 
-from routing import DEAD_LETTER_QUEUES
 from tradebus import health, store
-from tradebus.app import app
-from tradebus.messages import ConfigChange, OrderUpdate, SystemAlert, SystemHealth, Ticker, TickerBatch
-from tradebus.publisher import publish
-from tradebus.stage import stage, stage_tasks
+from tradebus.application import current
+from tradebus.mastertrade.health import dlq_alerts, service_health
+from tradebus.mastertrade.messages import (
+    ConfigChange,
+    OrderUpdate,
+    SystemAlert,
+    SystemHealth,
+    Ticker,
+    TickerBatch,
+)
+from tradebus.mastertrade.stage import stage
+from tradebus.mastertrade.wire import publish
+from tradebus.registry import stage_tasks, task
 
 logger = get_task_logger(__name__)
 #: Orders kept in the blotter.
@@ -54,33 +63,35 @@ def on_system_notification(message: SystemHealth | SystemAlert | ConfigChange) -
         pipe.execute()
 
 
-def services() -> dict[str, list[str]]:
+def services(app: Any) -> dict[str, list[str]]:
     """The stage queues of each service (``tradebus.<service>.<action>``)."""
     grouped: dict[str, list[str]] = {}
-    for queue, task in sorted(stage_tasks(app).items()):
-        grouped.setdefault(task.name.split(".")[1], []).append(queue)
+    for queue, stage_task in sorted(stage_tasks(app).items()):
+        grouped.setdefault(stage_task.name.split(".")[1], []).append(queue)
     return grouped
 
 
-@app.task(name="tradebus.monitoring.health_report", ignore_result=True)  # type: ignore[untyped-decorator]
+@task("tradebus.monitoring.health_report", ignore_result=True)
 def health_report() -> dict[str, object]:
     """Publish each service's health, and a warning for every DLQ deeper than the seed's 10."""
-    grouped = services()
-    names = [q for queues in grouped.values() for q in queues] + [q.name for q in DEAD_LETTER_QUEUES]
+    app = current()
+    grouped = services(app)
+    dead_letter_queues = [q.name for q in app.topology.dead_letter_queues]
+    names = [q for queues in grouped.values() for q in queues] + dead_letter_queues
     with app.connection_for_write() as connection:
         stats = health.queue_stats(connection, names)
     statuses = {}
     for service, queues in grouped.items():
-        report = health.service_health(service, {q: stats[q] for q in queues})
-        publish(report)
+        report = service_health(service, {q: stats[q] for q in queues})
+        publish(report, app=app)
         statuses[service] = report.status
     raised = []
-    for alert in health.dlq_alerts(stats):
+    for alert in dlq_alerts(stats, dead_letter_queues):
         queue = str(alert.details["queue"])
         if store.client().set(
             store.key("monitor", "dlq_alerted", queue), "1", nx=True, ex=ALERT_COOLDOWN_SECONDS
         ):
-            publish(alert)
+            publish(alert, app=app)
             raised.append(queue)
     logger.info("health: %s; DLQ alerts: %s", json.dumps(statuses), raised or "none")
     return {"services": statuses, "dlq_alerts": raised}

@@ -14,9 +14,9 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.utils.log import get_task_logger
 
-from tradebus import account
 from tradebus.errors import RequestRefused, RequestTimeout, StaleMessage
-from tradebus.messages import (
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import (
     BusMessage,
     CircuitBreaker,
     OrderRequest,
@@ -25,8 +25,9 @@ from tradebus.messages import (
     RiskCheckResult,
     TradingSignal,
 )
-from tradebus.stage import stage
-from tradebus.trading.risk import answer_check
+from tradebus.mastertrade.stage import stage
+from tradebus.mastertrade.trading.risk import answer_check
+from tradebus.registry import delivery_id
 
 logger = get_task_logger(__name__)
 #: How long ``request_check`` waits for the risk manager by default, in seconds.
@@ -54,9 +55,7 @@ def evaluate_signal(signal: TradingSignal) -> None:
             decision["quantity"],
             "; ".join(decision["reasons"]),
         )
-    account.publish_once(
-        account.decision_outcome(signal), _outcomes(signal, record), evaluate_signal.request.id
-    )
+    account.publish_once(account.decision_outcome(signal), _outcomes(signal, record), delivery_id())
 
 
 def _outcomes(signal: TradingSignal, record: dict[str, Any]) -> list[BusMessage]:

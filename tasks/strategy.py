@@ -11,9 +11,10 @@ import itertools
 
 from celery.utils.log import get_task_logger
 
-from routing import INTERVAL_SECONDS
-from tradebus import recorder, store, strategy_state
-from tradebus.messages import (
+from routing.mastertrade.keys import INTERVAL_SECONDS
+from tradebus import recorder, store
+from tradebus.mastertrade import strategy_state
+from tradebus.mastertrade.messages import (
     MarketData,
     OnchainMetric,
     OrderBook,
@@ -24,9 +25,10 @@ from tradebus.messages import (
     TradingSignal,
     WhaleAlert,
 )
-from tradebus.publisher import publish
-from tradebus.stage import stage
-from tradebus.trading.strategy import MIN_CANDLES, Context, evaluate
+from tradebus.mastertrade.stage import stage
+from tradebus.mastertrade.trading.strategy import MIN_CANDLES, Context, evaluate
+from tradebus.mastertrade.wire import publish
+from tradebus.registry import delivery_id
 
 logger = get_task_logger(__name__)
 #: The strategy this service runs (the seed's example strategy id) and the candles it trades on.
@@ -52,9 +54,7 @@ def on_market_data(message: MarketData | OrderBook | Trade) -> None:
     position = strategy_state.position(STRATEGY_ID, message.symbol)
     context = Context(strategy_state.sentiment(message.symbol), strategy_state.whale_flow(message.symbol))
     idea = evaluate(series, position, context)
-    if idea is None or not strategy_state.claim_symbol(
-        STRATEGY_ID, message.symbol, on_market_data.request.id
-    ):
+    if idea is None or not strategy_state.claim_symbol(STRATEGY_ID, message.symbol, delivery_id()):
         return
     signal = TradingSignal(
         strategy_id=STRATEGY_ID,

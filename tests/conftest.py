@@ -40,8 +40,15 @@ os.environ["TRADEBUS_REDIS_PREFIX"] = f"tradebus-test-{RUN_ID}"
 
 from kombu import Connection  # noqa: E402
 
+import routing  # noqa: E402
 from tradebus.management import Management  # noqa: E402
-from tradebus.settings import ManagementSettings, get_settings  # noqa: E402
+from tradebus.settings import ManagementSettings, Settings  # noqa: E402
+
+#: Both buses' topologies, built once for the session.
+MASTERTRADE = routing.build("mastertrade")
+LETRADE = routing.build("letrade")
+#: The settings every app of this session starts from (the environment above).
+SETTINGS = Settings.from_env()
 
 REQUIRE_BROKER = os.environ.get("TRADEBUS_REQUIRE_BROKER") == "1"
 
@@ -56,7 +63,7 @@ def port_open(host: str, port: int) -> bool:
 
 
 def _missing_services() -> list[str]:
-    settings = get_settings()
+    settings = SETTINGS
     amqp = urlsplit(settings.broker_url)
     redis = urlsplit(settings.redis_url)
     api = urlsplit(settings.management.base_url)
@@ -90,14 +97,14 @@ class Vhost:
 
 
 def _admin() -> Management:
-    settings = get_settings().management
+    settings = SETTINGS.management
     return Management(ManagementSettings(settings.base_url, settings.username, settings.password, "/"))
 
 
 def _make_vhost(name: str) -> Vhost:
     admin = _admin()
     admin.create_vhost(name)
-    scoped = ManagementSettings.from_broker_url(vhost_url(name), get_settings().management_url)
+    scoped = ManagementSettings.from_broker_url(vhost_url(name), SETTINGS.management_url)
     return Vhost(name, vhost_url(name), Management(scoped))
 
 
@@ -128,11 +135,11 @@ def fresh_vhost(broker: Vhost) -> Iterator[Vhost]:
 
 
 def declare_all(vhost: Vhost) -> None:
-    """Declare the whole topology in ``vhost``, dead-letter policies included."""
+    """Declare MasterTrade's whole topology in ``vhost``, dead-letter policies included."""
     from tradebus.topology import check_and_declare
 
     with vhost.connection() as conn:
-        check_and_declare(conn, vhost.management)
+        check_and_declare(MASTERTRADE, conn, vhost.management)
 
 
 @pytest.fixture
@@ -155,17 +162,19 @@ def topology_vhost(broker: Vhost) -> Iterator[Vhost]:
 def fresh_state(broker: Vhost, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Redis prefix of one test's own: a fresh paper account, strategy and record, removed afterwards.
 
-    The session worker runs in this process and reads the prefix at every call, so it follows at once.
+    The session worker runs in this process on the default app and reads the app's settings at every call,
+    so it follows at once; worker processes a test starts take the prefix from their environment.
     """
-    from tradebus import store
+    from dataclasses import replace
+
+    from tradebus import app, store
 
     prefix = f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("TRADEBUS_REDIS_PREFIX", prefix)
-    get_settings.cache_clear()
+    monkeypatch.setattr(app, "settings", replace(app.settings, redis_prefix=prefix))
     yield prefix
     store.clear()
     monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 # --- pytest-celery's legacy fixtures, pointed at the real tradebus app -------------------------------
@@ -174,7 +183,7 @@ def fresh_state(broker: Vhost, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 @pytest.fixture(scope="session")
 def celery_session_app(broker: Vhost) -> Iterator[object]:
     """The real tradebus app (already configured for the session vhost), not a test app."""
-    from tradebus.app import app
+    from tradebus import app
 
     app.loader.import_default_modules()
     yield app
@@ -194,9 +203,8 @@ def celery_worker_pool() -> str:
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, object]:
     """The session worker consumes every worker queue; tradebus has no ``celery.ping`` task."""
-    from routing import WORKER_QUEUES
-
-    return {"queues": [q.name for q in WORKER_QUEUES], "perform_ping_check": False, "shutdown_timeout": 60.0}
+    queues = [q.name for q in MASTERTRADE.worker_queues]
+    return {"queues": queues, "perform_ping_check": False, "shutdown_timeout": 60.0}
 
 
 # --- least-privilege RabbitMQ users (tradebus/users.py) ------------------------------------------------
@@ -225,13 +233,15 @@ def service_users(fresh_vhost: Vhost) -> Iterator[ServiceUsers]:
 
     User names are global on a broker, so they carry this run's prefix; they are deleted afterwards.
     """
+    from tradebus.ops.users import UserDefinitions
     from tradebus.topology import definitions
-    from tradebus.users import UserDefinitions
 
     users = UserDefinitions(fresh_vhost.name, f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:4]}-")
     passwords = {a.service: uuid.uuid4().hex for a in users.accounts}
     admin = _admin()
-    admin.request("POST", "definitions", users.as_json(passwords) | definitions(fresh_vhost.name))
+    admin.request(
+        "POST", "definitions", users.as_json(passwords) | definitions(MASTERTRADE, fresh_vhost.name)
+    )
     try:
         yield ServiceUsers(fresh_vhost, users.prefix, passwords)
     finally:
@@ -363,16 +373,11 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 
 def declare_letrade(vhost: Vhost) -> None:
-    """Declare Letrade's exchanges and queues in ``vhost`` (this process runs MasterTrade's profile)."""
-    from routing import letrade
+    """Declare Letrade's exchanges and queues in ``vhost``."""
+    from tradebus.topology import declare
 
     with vhost.connection() as conn:
-        channel = conn.channel()
-        for exchange in letrade.EXCHANGES:
-            exchange(channel).declare()
-        for queue in letrade.QUEUES:
-            queue(channel).declare()
-        channel.close()
+        declare(LETRADE, conn)
 
 
 @dataclass
@@ -445,7 +450,6 @@ def letrade_vhost(broker: Vhost) -> Iterator[Vhost]:
 @pytest.fixture(scope="module")
 def letrade_pools(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LetradePools]:
     """Every Letrade pool on a vhost of its own, state under the session's Redis prefix (``letrade:*``)."""
-    from routing import letrade
     from tradebus import store
     from tradebus.letrade import paper
     from workers.launch import stop_all
@@ -454,7 +458,7 @@ def letrade_pools(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> It
     declare_letrade(vhost)
     paper.reset()
     log_dir = tmp_path_factory.mktemp("letrade-pools")
-    pools = start_letrade_pools(vhost, log_dir, [q.name for q in letrade.WORKER_QUEUES])
+    pools = start_letrade_pools(vhost, log_dir, [q.name for q in LETRADE.worker_queues])
     yield LetradePools(vhost, pools)
     stop_all(pools)
     _admin().delete_vhost(vhost.name)

@@ -15,9 +15,9 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, Vhost
 from tradebus import recorder, store
-from tradebus.messages import OrderRequest
+from tradebus.mastertrade.messages import OrderRequest
 from workers.launch import PoolProcess, start_pool
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -146,7 +146,8 @@ def updates_published(tag: str) -> int:
 
 def measure(scenario: str, vhost: Vhost, tag: str, published: int, confirmed: int) -> Figures:
     """Count fills, bookings, duplicates and dead letters after a fault test."""
-    from tradebus import account, dlq
+    from tradebus.mastertrade import account
+    from tradebus.ops import dlq
 
     records = fill_records(tag)
     metrics = recorder.metrics()
@@ -159,7 +160,7 @@ def measure(scenario: str, vhost: Vhost, tag: str, published: int, confirmed: in
                 updates[update["request_id"]] = updates.get(update["request_id"], 0) + 1
         dead = {}
         for name in ("dlq.order_requests", "unrouted.orders"):
-            letters = dlq.peek(conn, name, 1000)
+            letters = dlq.peek(MASTERTRADE, conn, name, 1000)
             for letter in letters:
                 dead[letter.reason] = dead.get(letter.reason, 0) + 1
     bookings = int(store.client().hget(store.key("account", "account"), "fills") or 0)

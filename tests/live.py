@@ -10,8 +10,7 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-import routing
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, Vhost
 from tradebus import recorder
 
 
@@ -46,7 +45,7 @@ def dead_letters(
         channel = conn.channel()
 
         def take() -> bool:
-            while (m := channel.basic_get(routing.dead_letter_queue_name(queue), no_ack=True)) is not None:
+            while (m := channel.basic_get(MASTERTRADE.dead_letter_prefix + queue, no_ack=True)) is not None:
                 body = m.body.decode(errors="replace") if isinstance(m.body, bytes) else m.body
                 got.append((body, dict(m.headers or {})))
             return len(got) >= count

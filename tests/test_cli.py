@@ -17,7 +17,7 @@ from kombu import Exchange, Queue
 
 import routing
 from tests.conftest import Vhost
-from tradebus.cli import ExitCode, main
+from tradebus.ops.cli import ExitCode, main
 from tradebus.topology import diff
 
 TRADEBUS = str(Path(sys.executable).with_name("tradebus"))

@@ -20,9 +20,9 @@ import yaml
 from click.testing import CliRunner
 
 from tradebus import tls
-from tradebus.cli import main
+from tradebus.ops.cli import main
+from tradebus.ops.users import accounts, password_variable, publishers_of, service_of_pool
 from tradebus.settings import Settings
-from tradebus.users import accounts, password_variable, publishers_of, service_of_pool
 from workers.profiles import POOLS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Vhost
-from tradebus.demo import percentiles
+from tradebus.ops.harness import percentiles
 
 TRADEBUS = str(Path(sys.executable).with_name("tradebus"))
 DURATION = "20"

@@ -11,13 +11,15 @@ import pytest
 from click.testing import CliRunner
 from kombu import Exchange, Producer, Queue
 
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, Vhost
 from tests.live import keyed, new_symbol, on, raw_publish, wait_until
-from tradebus import account, dlq
-from tradebus.cli import main
+from tradebus import app
 from tradebus.deadletter import dead_letter
-from tradebus.messages import OrderRequest, Ticker
-from tradebus.samples import order_request, order_update
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import OrderRequest, Ticker
+from tradebus.mastertrade.samples import order_request, order_update
+from tradebus.ops import dlq
+from tradebus.ops.cli import main
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
 
@@ -63,7 +65,7 @@ def test_a_message_the_broker_dead_lettered_is_explained_by_its_x_death(declared
             message_id="expired-1",
         )
         wait_until(lambda: dlq.depth(conn, "dlq.order_requests") == 1)
-        (letter,) = dlq.peek(conn, "dlq.order_requests", 10)
+        (letter,) = dlq.peek(MASTERTRADE, conn, "dlq.order_requests", 10)
         assert dlq.depth(conn, "dlq.order_requests") == 1
     assert (letter.reason, letter.origin_queue, letter.exchange, letter.routing_key, letter.count) == (
         "expired",
@@ -90,6 +92,7 @@ def test_replay_republishes_valid_dead_letters_with_a_linked_id_and_keeps_the_in
         timestamp=datetime.now(UTC),
     )
     dead_letter(
+        app,
         valid.model_dump_json().encode(),
         queue="order_requests",
         reason="max_retries",
@@ -99,6 +102,7 @@ def test_replay_republishes_valid_dead_letters_with_a_linked_id_and_keeps_the_in
     )
     invalid = json.dumps(valid.model_dump(mode="json") | {"quantity": -1})
     dead_letter(
+        app,
         invalid.encode(),
         queue="order_requests",
         reason="schema_violation",
@@ -120,7 +124,7 @@ def test_replay_republishes_valid_dead_letters_with_a_linked_id_and_keeps_the_in
             exclusive=True,
         )
         tap(conn.default_channel).declare()
-        results = dlq.replay(conn, "dlq.order_requests", limit=10)
+        results = dlq.replay(app, conn, "dlq.order_requests", limit=10)
         assert [r.outcome for r in results] == ["replayed", "still invalid"]
         assert dlq.depth(conn, "dlq.order_requests") == 1
         copy = wait_until(lambda: conn.default_channel.basic_get(tap.name, no_ack=True))
@@ -135,6 +139,7 @@ def test_replay_of_a_fanned_out_message_goes_only_to_the_queue_that_failed_it(
 ) -> None:
     update = order_update("filled", f"order-{uuid.uuid4().hex[:8]}")
     dead_letter(
+        app,
         update.model_dump_json().encode(),
         queue="strategy_order_updates",
         reason="max_retries",
@@ -144,7 +149,7 @@ def test_replay_of_a_fanned_out_message_goes_only_to_the_queue_that_failed_it(
     )
     assert wait_depth(empty_order_dlq, "dlq.strategy_order_updates", 1) == 1
     with empty_order_dlq.connection() as conn:
-        (result,) = dlq.replay(conn, "dlq.strategy_order_updates", limit=10)
+        (result,) = dlq.replay(app, conn, "dlq.strategy_order_updates", limit=10)
     assert result.detail == "'strategy_order_updates' on mastertrade.retry"
     assert wait_until(
         lambda: (
@@ -172,8 +177,8 @@ def test_replay_keeps_back_what_failed_a_signature_check_and_stale_market_data(d
             ticker.model_dump_json(), exchange="", routing_key="ticker_updates", expiration=0.001
         )
         wait_until(lambda: dlq.depth(conn, "dlq.ticker_updates") == 1)
-        signed = dlq.replay(conn, "dlq.order_requests", limit=10)
-        stale = dlq.replay(conn, "dlq.ticker_updates", limit=10)
+        signed = dlq.replay(app, conn, "dlq.order_requests", limit=10)
+        stale = dlq.replay(app, conn, "dlq.ticker_updates", limit=10)
         assert (dlq.depth(conn, "dlq.order_requests"), dlq.depth(conn, "dlq.ticker_updates")) == (1, 1)
     assert [(r.outcome, r.letter.reason) for r in signed] == [("kept", "bad_signature")]
     assert [(r.outcome, r.letter.reason) for r in stale] == [("kept", "expired")]

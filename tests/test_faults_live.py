@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ from kombu import Producer
 from tests.conftest import Vhost, free_port, port_open
 from tests.faults import Pool, fill_records, measure, orders, publish_confirmed, updates_published
 from tests.live import wait_until
-from tradebus import account, store
-from tradebus.messages import Ticker
-from tradebus.settings import get_settings
+from tradebus import app, store
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import Ticker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -106,9 +107,9 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
     argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(tmp_path), "--dbfilename", "faults.rdb"]
     url = f"redis://127.0.0.1:{port}/0"
-    monkeypatch.setenv("TRADEBUS_REDIS_URL", url)
-    monkeypatch.setenv("TRADEBUS_REDIS_PREFIX", f"faults-{uuid.uuid4().hex[:6]}")
-    get_settings.cache_clear()
+    prefix = f"faults-{uuid.uuid4().hex[:6]}"
+    # This process's app (the account below) and the pool's environment both name the new Redis.
+    monkeypatch.setattr(app, "settings", replace(app.settings, redis_url=url, redis_prefix=prefix))
     store.use(redis.Redis.from_url(url, socket_connect_timeout=1))
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     running = Pool(
@@ -117,7 +118,7 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
         {
             "TRADEBUS_BROKER_URL": declared_vhost.url,
             "TRADEBUS_REDIS_URL": url,
-            "TRADEBUS_REDIS_PREFIX": get_settings().redis_prefix,
+            "TRADEBUS_REDIS_PREFIX": prefix,
         },
     )
     try:
@@ -145,7 +146,6 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
         server.terminate()
         server.wait(10)
         store._override.clear()
-        get_settings.cache_clear()
 
 
 def _restart_rabbitmq() -> float:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import FlowerProcess
 from tradebus.errors import FlowerRefused
-from tradebus.flower import broker_api, plan
+from tradebus.ops.flower import broker_api, plan
 from tradebus.settings import Settings
 
 USER, PASSWORD = "operator", "flower-test-password"

@@ -21,8 +21,8 @@ import pytest
 from celery import Celery
 
 from tests.conftest import ARTIFACTS, FlowerProcess, Vhost
+from tradebus.mastertrade.samples import order_request, signal
 from tradebus.publisher import publish
-from tradebus.samples import order_request, signal
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tradebus.trading.indicators import atr, ema, macd, rsi, sma
+from tradebus.mastertrade.trading.indicators import atr, ema, macd, rsi, sma
 
 # Wilder's RSI worked example (as published by StockCharts): 14-period RSI of these closes.
 CLOSES = [

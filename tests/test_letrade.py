@@ -32,7 +32,7 @@ from tradebus.letrade.messages import MarketDataResponseMessage, build, class_fo
 from tradebus.letrade.paper import Account, Position
 from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.messages import MAX_MESSAGE_BYTES
+from tradebus.mastertrade.messages import MAX_MESSAGE_BYTES
 from workers.profiles import LETRADE_POOLS
 
 
@@ -246,7 +246,7 @@ def test_mastertrade_is_the_profile_when_none_is_chosen_and_an_unknown_one_is_re
 
 
 def test_the_cli_routes_shows_and_exports_the_letrade_topology() -> None:
-    cli = ("-m", "tradebus.cli", "--topology", "letrade")
+    cli = ("-m", "tradebus.ops.cli", "--topology", "letrade")
     routed = _run(*cli, "route", "letrade.events", "market_data.binance.btcusdt")
     assert routed.returncode == 0, routed.stderr
     assert routed.stdout.splitlines()[-1] == (

@@ -89,7 +89,7 @@ def test_topology_declare_with_the_letrade_profile_creates_its_exchanges_and_que
     try:
         env = {**os.environ, "TRADEBUS_BROKER_URL": vhost.url}
         env.pop("TRADEBUS_TOPOLOGY", None)
-        argv = [sys.executable, "-m", "tradebus.cli", "--topology", "letrade", "topology", "declare"]
+        argv = [sys.executable, "-m", "tradebus.ops.cli", "--topology", "letrade", "topology", "declare"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         exchanges = {e["name"] for e in vhost.management.exchanges()}
@@ -397,7 +397,7 @@ def test_health_check_reports_status_and_queue_depth(letrade_pools: LetradePools
     assert health["status"] == "healthy"
     assert isinstance(health["queue_depth"], int)
     env = {**os.environ, "TRADEBUS_BROKER_URL": letrade_pools.vhost.url}
-    argv = [sys.executable, "-m", "tradebus.cli", "--topology", "letrade", "health"]
+    argv = [sys.executable, "-m", "tradebus.ops.cli", "--topology", "letrade", "health"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "status: healthy" in done.stdout and "queue depth:" in done.stdout
@@ -467,7 +467,7 @@ def test_health_check_without_services_is_unhealthy_and_counts_what_waits(idle_l
         health = bus.health_check()
     assert (health["status"], health["queue_depth"]) == ("unhealthy", 3)
     env = {**os.environ, "TRADEBUS_BROKER_URL": idle_letrade.url}
-    argv = [sys.executable, "-m", "tradebus.cli", "--topology", "letrade", "health", "--json"]
+    argv = [sys.executable, "-m", "tradebus.ops.cli", "--topology", "letrade", "health", "--json"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 6, done.stdout + done.stderr
     assert json.loads(done.stdout)["queue_depth"] == 3
@@ -570,7 +570,7 @@ def test_letrade_demo_trades_through_the_seeds_flow(broker: Vhost) -> None:
         argv = [
             sys.executable,
             "-m",
-            "tradebus.cli",
+            "tradebus.ops.cli",
             "--topology",
             "letrade",
             "demo",
@@ -590,7 +590,16 @@ def test_letrade_demo_trades_through_the_seeds_flow(broker: Vhost) -> None:
 
 
 def test_letrade_demo_runs_in_one_process_without_a_broker() -> None:
-    argv = [sys.executable, "-m", "tradebus.cli", "--topology", "letrade", "demo", "--broker", "memory://"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tradebus.ops.cli",
+        "--topology",
+        "letrade",
+        "demo",
+        "--broker",
+        "memory://",
+    ]
     done = subprocess.run([*argv, "--duration", "5", "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -639,7 +648,7 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
                 argv = [
                     sys.executable,
                     "-m",
-                    "tradebus.cli",
+                    "tradebus.ops.cli",
                     "--topology",
                     "letrade",
                     "dlq",

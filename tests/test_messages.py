@@ -15,9 +15,15 @@ from tradebus.errors import (
     SchemaViolation,
     UnknownMessageType,
 )
-from tradebus.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, OrderRequest, OrderUpdate, TradingSignal
+from tradebus.mastertrade.messages import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    OrderRequest,
+    OrderUpdate,
+    TradingSignal,
+)
+from tradebus.mastertrade.samples import documented_messages, order_request, signal, ticker_batch
 from tradebus.publisher import parse_wire, publish
-from tradebus.samples import documented_messages, order_request, signal, ticker_batch
 
 #: The six formats exactly as the seed prints them.
 SEED_EXAMPLES = {

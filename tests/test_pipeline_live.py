@@ -18,11 +18,12 @@ from kombu import Producer
 from tasks.strategy import STRATEGY_ID
 from tests.conftest import Vhost
 from tests.live import keyed, new_symbol, on, wait_until
-from tradebus import account, candles, publish, recorder, store, strategy_state
+from tradebus import publish, recorder, store
 from tradebus.errors import RequestTimeout
-from tradebus.messages import MarketData, OrderRequest, Ticker, TradingSignal
-from tradebus.samples import risk_check
-from tradebus.trading.risk import Reservation
+from tradebus.mastertrade import account, candles, strategy_state
+from tradebus.mastertrade.messages import MarketData, OrderRequest, Ticker, TradingSignal
+from tradebus.mastertrade.samples import risk_check
+from tradebus.mastertrade.trading.risk import Reservation
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker", "fresh_state")]
 

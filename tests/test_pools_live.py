@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from celery import Celery
 
-import routing
-from tests.conftest import Vhost
-from workers.profiles import POOLS
+from tests.conftest import MASTERTRADE, Vhost
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+#: The pools of the bus the workers run (TRADEBUS_TOPOLOGY=mastertrade).
+POOLS = MASTERTRADE.pools
 
 #: Generous: the all-pools test starts 22 workers at once on two cores.
 STARTUP_TIMEOUT = 180.0
@@ -167,15 +168,16 @@ def test_a_starting_worker_declares_the_whole_topology_not_just_its_queue(
     worker = start_worker(*CELERY, "worker", "-Q", "order_requests")
     worker.consumer("order_requests")
     live = {q["name"] for q in fresh_vhost.management.queues()}
-    assert {q.name for q in routing.QUEUES} <= live
-    assert {e.name for e in routing.EXCHANGES} <= {e["name"] for e in fresh_vhost.management.exchanges()}
-    ours = {q.name for q in routing.QUEUES}
+    assert {q.name for q in MASTERTRADE.queues} <= live
+    assert {e.name for e in MASTERTRADE.exchanges} <= {e["name"] for e in fresh_vhost.management.exchanges()}
+    ours = {q.name for q in MASTERTRADE.queues}
     bindings = {
         (b["source"], b["routing_key"], b["destination"])
         for b in fresh_vhost.management.bindings()
         if b["destination"] in ours and b["source"]  # "" is the default exchange every queue has
     }
-    assert bindings == {(b.exchange.name, b.routing_key, q.name) for q in routing.QUEUES for b in q.bindings}
+    declared = {(b.exchange.name, b.routing_key, q.name) for q in MASTERTRADE.queues for b in q.bindings}
+    assert bindings == declared
 
 
 def test_every_pool_started_by_name_gets_its_profiled_processes_and_prefetch(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from celery import Celery
 from kombu import Exchange, Queue
 
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, SETTINGS, Vhost
+from tradebus.application import create_app
 from tradebus.errors import PublishFailed
 from tradebus.publisher import send
 
@@ -27,8 +29,8 @@ def _drain(vhost: Vhost, queue: str) -> list[bytes]:
 
 @pytest.fixture
 def app_on(fresh_vhost: Vhost) -> Iterator[Celery]:
-    """A Celery app publishing to a fresh vhost with confirms, as tradebus's does."""
-    app = Celery("publisher", broker=fresh_vhost.url)
+    """A tradebus app publishing to a fresh vhost with confirms, as tradebus's does."""
+    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=fresh_vhost.url), main="publisher")
     app.conf.broker_transport_options = {"confirm_publish": True}
     yield app
     app.close()
@@ -44,9 +46,9 @@ def test_publish_the_broker_nacks_raises_publish_failed(fresh_vhost: Vhost, app_
             routing_key="k",
             queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
         )(channel).declare()
-    send(b"first", exchange="full", routing_key="k", app=app_on)
+    send(app_on, b"first", exchange="full", routing_key="k")
     with pytest.raises(PublishFailed, match="refused"):
-        send(b"second", exchange="full", routing_key="k", app=app_on)
+        send(app_on, b"second", exchange="full", routing_key="k")
     assert _drain(fresh_vhost, "one-slot") == [b"first"]
 
 
@@ -56,6 +58,6 @@ def test_publish_to_a_missing_exchange_raises_and_the_next_publish_still_works(
     with fresh_vhost.connection() as conn:
         Queue("inbox", Exchange("present", type="direct"), routing_key="k")(conn.channel()).declare()
     with pytest.raises(PublishFailed, match="absent"):
-        send(b"lost?", exchange="absent", routing_key="k", app=app_on)
-    send(b"delivered", exchange="present", routing_key="k", app=app_on)
+        send(app_on, b"lost?", exchange="absent", routing_key="k")
+    send(app_on, b"delivered", exchange="present", routing_key="k")
     assert _drain(fresh_vhost, "inbox") == [b"delivered"]

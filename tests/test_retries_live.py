@@ -17,8 +17,8 @@ from tests.conftest import Vhost
 from tests.live import dead_letters, wait_until
 from tradebus import publish
 from tradebus.deadletter import ORIGINAL_ROUTING_KEY, REASON, RETRIES
+from tradebus.mastertrade.samples import signal
 from tradebus.retries import SEED_POLICY
-from tradebus.samples import signal
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
 

@@ -12,20 +12,21 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from kombu import Connection, Producer
 
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, SETTINGS, Vhost
 from tests.test_stages_live import wait_until
 from tradebus import signing
-from tradebus.deadletter import ORIGINAL_MESSAGE_ID, REASON
-from tradebus.publisher import publish
-from tradebus.samples import order_request, signal
-from tradebus.settings import SigningSettings, get_settings
+from tradebus.application import create_app
+from tradebus.headers import ORIGINAL_MESSAGE_ID, REASON
+from tradebus.mastertrade.samples import order_request, signal
+from tradebus.mastertrade.wire import publish
+from tradebus.settings import SigningSettings
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -43,7 +44,7 @@ class Executor:
         self.vhost = vhost
         self.process = process
         self.prefix = prefix
-        self.redis = redis.Redis.from_url(get_settings().redis_url)
+        self.redis = redis.Redis.from_url(SETTINGS.redis_url)
         self.dead: dict[str, dict[str, Any]] = {}
 
     def ran(self, message_id: str) -> int:
@@ -84,7 +85,7 @@ class Executor:
 @pytest.fixture(scope="module")
 def executor(topology_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     """The order_requests pool (one process), requiring signatures and trusting the risk service."""
-    prefix = f"{get_settings().redis_prefix}-signing-{uuid.uuid4().hex[:6]}"
+    prefix = f"{SETTINGS.redis_prefix}-signing-{uuid.uuid4().hex[:6]}"
     env = {
         "TRADEBUS_BROKER_URL": topology_vhost.url,
         "TRADEBUS_REDIS_PREFIX": prefix,
@@ -102,7 +103,7 @@ def executor(topology_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) ->
         yield executor
     finally:
         process.stop()
-        client = redis.Redis.from_url(get_settings().redis_url)
+        client = redis.Redis.from_url(SETTINGS.redis_url)
         for key in client.scan_iter(match=f"{prefix}:*"):
             client.delete(key)
 
@@ -130,13 +131,11 @@ def new_id() -> str:
     return f"req-{uuid.uuid4().hex[:12]}"
 
 
-def test_order_published_by_a_service_with_a_key_is_signed_and_runs(
-    executor: Executor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_order_published_by_a_service_with_a_key_is_signed_and_runs(executor: Executor) -> None:
     risk = SigningSettings.from_env({"TRADEBUS_SIGNING_SERVICE": "risk", "TRADEBUS_SIGNING_KEY": RISK_KEY})
-    monkeypatch.setattr(signing, "current", lambda: risk)
-    app = Celery("risk-service", broker=executor.vhost.url)
-    app.conf.broker_transport_options = {"confirm_publish": True}
+    # The risk service's own app: its settings carry its key, and it publishes to the executor's vhost.
+    settings = replace(SETTINGS, broker_url=executor.vhost.url, signing=risk)
+    app = create_app(MASTERTRADE, settings, main="risk-service")
     try:
         message_id = publish(order_request(new_id()), app=app)
     finally:
@@ -212,6 +211,7 @@ def test_a_retried_message_is_re_signed_by_the_worker_and_not_taken_for_a_replay
     broker: Vhost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tasks.backtest import record_signal
+    from tradebus import app
 
     required = SigningSettings.from_env(
         {
@@ -220,7 +220,8 @@ def test_a_retried_message_is_re_signed_by_the_worker_and_not_taken_for_a_replay
             "TRADEBUS_SIGNING_REQUIRED": "1",
         }
     )
-    monkeypatch.setattr(signing, "current", lambda: required)
+    # The session worker and this process's publisher both run on the default app: give it the key.
+    monkeypatch.setattr(app, "settings", replace(app.settings, signing=required))
     calls: list[float] = []
     monkeypatch.setattr(record_signal, "handler", failing_once(calls))
     publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from routing import route
-from tradebus.messages import MarketData
+from tradebus.mastertrade.messages import MarketData
+from tradebus.mastertrade.simulator import CANDLE_SECONDS, MarketSimulator, Pace, run
 from tradebus.publisher import parse_wire
-from tradebus.simulator import CANDLE_SECONDS, MarketSimulator, Pace, run
 
 NOW = 1_763_000_000.0
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from routing import STAGE_QUEUES
-from tradebus.app import app
+from tradebus.application import app
 from tradebus.errors import WrongStage
-from tradebus.samples import candle, order_request, signal
+from tradebus.mastertrade.samples import candle, order_request, signal
 from tradebus.stage import stage_tasks
 
 app.loader.import_default_modules()

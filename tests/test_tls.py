@@ -18,18 +18,18 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from celery import Celery
 from kombu import Connection
 
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, SETTINGS, Vhost
 from tests.test_stages_live import wait_until
 from tests.tls_proxy import Certificates, TLSProxy, make_certificates
 from tradebus import tls
+from tradebus.application import create_app
 from tradebus.errors import SettingsError
 from tradebus.management import Management
-from tradebus.publisher import publish
-from tradebus.samples import order_request
-from tradebus.settings import ManagementSettings, Settings, get_settings
+from tradebus.mastertrade.samples import order_request
+from tradebus.mastertrade.wire import publish
+from tradebus.settings import ManagementSettings, Settings
 from workers.launch import start_pool, wait_for_consumers
 
 
@@ -62,7 +62,7 @@ def test_a_client_certificate_goes_with_its_key_and_a_plain_url_takes_no_tls_set
 
 def test_the_celery_app_reads_its_tls_settings_from_the_environment() -> None:
     env = {**os.environ, "TRADEBUS_BROKER_URL": "amqps://u:p@rabbit:5671//", "TRADEBUS_BROKER_CA_FILE": "/ca"}
-    script = "from tradebus.app import app; print(app.conf.broker_use_ssl['ca_certs'], app.conf.broker_url)"
+    script = "from tradebus import app; print(app.conf.broker_use_ssl['ca_certs'], app.conf.broker_url)"
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
@@ -95,12 +95,12 @@ def test_a_message_is_published_and_consumed_over_amqps_with_the_ca_from_the_env
     declared_vhost: Vhost, amqps_proxy: TLSProxy, certificates: Certificates, tmp_path: Path
 ) -> None:
     env = tls_env(amqps(declared_vhost, amqps_proxy.port), certificates.ca)
-    prefix = f"{get_settings().redis_prefix}-tls-{uuid.uuid4().hex[:6]}"
+    prefix = f"{SETTINGS.redis_prefix}-tls-{uuid.uuid4().hex[:6]}"
     worker = start_pool("order_requests", tmp_path, ["-c", "1"], env={**env, "TRADEBUS_REDIS_PREFIX": prefix})
-    client = redis.Redis.from_url(get_settings().redis_url)
-    app = Celery("tls-publisher", broker=env["TRADEBUS_BROKER_URL"])
-    app.conf.broker_use_ssl = tls.broker_use_ssl(Settings.from_env(env))
-    app.conf.broker_transport_options = {"confirm_publish": True}
+    client = redis.Redis.from_url(SETTINGS.redis_url)
+    # A tradebus app of its own: amqps:// with the CA from the environment, confirms on (as tradebus's).
+    app = create_app(MASTERTRADE, Settings.from_env(env), main="tls-publisher")
+    assert app.conf.broker_use_ssl == tls.broker_use_ssl(Settings.from_env(env))
     try:
         with declared_vhost.connection() as conn:
             assert not wait_for_consumers(conn, ["order_requests"], 60, [worker]), worker.log.read_text()[
@@ -148,7 +148,7 @@ def test_a_broker_whose_certificate_does_not_verify_is_refused(
 def test_the_management_api_is_reached_over_https_with_the_brokers_ca(
     declared_vhost: Vhost, certificates: Certificates
 ) -> None:
-    api_port = urlsplit(get_settings().management.base_url).port or 15672
+    api_port = urlsplit(SETTINGS.management.base_url).port or 15672
     proxy = TLSProxy(certificates, api_port)
     try:
         vhost = declared_vhost.name

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection, Producer
 
-import routing
-from routing import route
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, Vhost
 from tests.contract import CONTRACT, UNROUTABLE
 from tradebus.topology import declare, diff
 
@@ -84,9 +82,9 @@ def test_seed_queues_carry_exactly_the_seed_arguments(topology_vhost: Vhost) -> 
 def test_every_declared_queue_and_exchange_matches_the_broker(topology_vhost: Vhost) -> None:
     live_queues = topology_vhost.management.queues()
     live_exchanges = topology_vhost.management.exchanges()
-    assert {q.name for q in routing.QUEUES} <= {q["name"] for q in live_queues}
-    assert {e.name for e in routing.EXCHANGES} <= {e["name"] for e in live_exchanges}
-    assert diff(live_exchanges, live_queues) == []
+    assert {q.name for q in MASTERTRADE.queues} <= {q["name"] for q in live_queues}
+    assert {e.name for e in MASTERTRADE.exchanges} <= {e["name"] for e in live_exchanges}
+    assert diff(MASTERTRADE, live_exchanges, live_queues) == []
     types = {e["name"]: e["type"] for e in live_exchanges}
     for name in ("mastertrade.market", "mastertrade.trading", "mastertrade.orders", "mastertrade.risk"):
         assert types[name] == "topic"
@@ -97,8 +95,8 @@ def test_every_declared_queue_and_exchange_matches_the_broker(topology_vhost: Vh
 def test_declaring_twice_changes_nothing(topology_vhost: Vhost) -> None:
     before = {q["name"]: q["arguments"] for q in topology_vhost.management.queues()}
     with topology_vhost.connection() as conn:
-        declare(conn)
-        declare(conn)
+        declare(MASTERTRADE, conn)
+        declare(MASTERTRADE, conn)
     after = {q["name"]: q["arguments"] for q in topology_vhost.management.queues()}
     assert after == before
 
@@ -114,7 +112,7 @@ def deliveries(topology_vhost: Vhost) -> Iterator[dict[tuple[str, str], set[str]
                 f"{exchange}|{key}", exchange=exchange, routing_key=key, content_type="text/plain"
             )
         reached: dict[tuple[str, str], set[str]] = {probe: set() for probe in probes}
-        for queue in routing.QUEUES:
+        for queue in MASTERTRADE.queues:
             for body, _, _ in _drain(conn, queue.name):
                 exchange, key = body.split("|", 1)
                 reached[(exchange, key)].add(queue.name)
@@ -126,7 +124,8 @@ def test_documented_key_lands_in_its_documented_queues_on_the_broker(
     deliveries: dict[tuple[str, str], set[str]], exchange: str, key: str, seed: set[str], added: set[str]
 ) -> None:
     assert deliveries[(exchange, key)] == seed | added
-    assert deliveries[(exchange, key)] == route(exchange, key), "tradebus route disagrees with the broker"
+    routed = MASTERTRADE.route(exchange, key)
+    assert deliveries[(exchange, key)] == routed, "tradebus route disagrees with the broker"
 
 
 @pytest.mark.parametrize(("exchange", "key", "unrouted"), UNROUTABLE, ids=[u[1] for u in UNROUTABLE])
@@ -181,7 +180,7 @@ def test_expired_critical_message_is_dead_lettered_not_dropped(
     assert dead[0][1]["x-death"][0]["reason"] == "expired"
 
 
-@pytest.mark.parametrize("queue", [q.name for q in routing.WORKER_QUEUES])
+@pytest.mark.parametrize("queue", [q.name for q in MASTERTRADE.worker_queues])
 def test_message_that_expires_on_any_stage_queue_is_dead_lettered_with_x_death(
     topology_vhost: Vhost, queue: str
 ) -> None:
@@ -202,11 +201,11 @@ def test_every_stage_queue_dead_letters_by_argument_or_by_exactly_one_tradebus_p
     deadline = time.monotonic() + 60
     while True:
         live = {q["name"]: q for q in topology_vhost.management.queues()}
-        shown = all(live[p.queue].get("policy") for p in routing.POLICIES if p.queue in live)
+        shown = all(live[p.queue].get("policy") for p in MASTERTRADE.policies if p.queue in live)
         if shown or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    for queue in routing.STAGE_QUEUES:
+    for queue in MASTERTRADE.stage_queues:
         arguments = live[queue.name]["arguments"]
         if "x-dead-letter-exchange" in arguments:
             assert live[queue.name].get("policy") in (None, ""), queue.name

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tradebus.messages import OrderRequest, TradingSignal
-from tradebus.samples import risk_check
-from tradebus.trading.execution import COMMISSION_RATE, SLIPPAGE, book, execute, order_updates
-from tradebus.trading.risk import Holding, Limits, Portfolio, Reservation, answer_check, decide
-from tradebus.trading.strategy import MIN_CANDLES, Candle, Context, Position, evaluate
+from tradebus.mastertrade.messages import OrderRequest, TradingSignal
+from tradebus.mastertrade.samples import risk_check
+from tradebus.mastertrade.trading.execution import COMMISSION_RATE, SLIPPAGE, book, execute, order_updates
+from tradebus.mastertrade.trading.risk import Holding, Limits, Portfolio, Reservation, answer_check, decide
+from tradebus.mastertrade.trading.strategy import MIN_CANDLES, Candle, Context, Position, evaluate
 
 NOW = 1_700_000_000.0
 LIMITS = Limits()
@@ -212,7 +212,7 @@ def test_a_round_trip_books_its_realized_pnl_net_of_both_commissions() -> None:
 
 
 def test_two_different_signals_at_the_same_moment_are_two_decisions() -> None:
-    from tradebus.account import request_id_for, signal_key
+    from tradebus.mastertrade.account import request_id_for, signal_key
 
     first, second = signal(), signal().model_copy(update={"entry_price": 101.0})
     assert signal_key(first) == signal_key(signal())

@@ -18,11 +18,11 @@ import routing
 from tests.conftest import ServiceUsers
 from tests.test_cli import run
 from tests.test_stages_live import wait_until
-from tradebus.cli import ExitCode, main
 from tradebus.errors import PublishFailed
+from tradebus.mastertrade.samples import order_request, signal
+from tradebus.ops.cli import ExitCode, main
+from tradebus.ops.users import UserDefinitions, accounts, hash_password, key_pattern
 from tradebus.publisher import send
-from tradebus.samples import order_request, signal
-from tradebus.users import UserDefinitions, accounts, hash_password, key_pattern
 from workers.launch import start_pool, wait_for_consumers
 from workers.profiles import POOLS
 

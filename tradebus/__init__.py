@@ -1,10 +1,29 @@
-"""tradebus: the MasterTrade message bus on RabbitMQ, with each pipeline stage a Celery task.
+"""tradebus: the MasterTrade and Letrade_v1 message buses on RabbitMQ, each pipeline stage a Celery task.
 
-``tradebus.app`` is the Celery application (``celery -A tradebus worker -Q order_requests``);
-``tradebus.publish(message)`` sends any bus message to its exchange with the routing key its payload implies.
+``tradebus.application`` is the default Celery application, built on first use from the environment
+(``celery -A tradebus worker -Q order_requests``); ``tradebus.application.create_app(topology, settings)``
+builds any other. ``tradebus.publish(message)`` sends a MasterTrade message to its exchange and routing key.
+Importing the package builds nothing.
 """
 
-from tradebus.app import app
-from tradebus.publisher import publish
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["app", "publish"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from tradebus.application import default_app
+        from tradebus.ops import flower
+
+        app = default_app()
+        # `celery -A tradebus flower` is secure by default: login from the environment or loopback only.
+        flower.install(app.settings)
+        return app
+    if name == "publish":
+        from tradebus.mastertrade.wire import publish
+
+        return publish
+    raise AttributeError(f"module 'tradebus' has no attribute {name!r}")

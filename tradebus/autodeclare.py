@@ -11,13 +11,12 @@ user may not, and the admin user declared the topology before any worker started
 from __future__ import annotations
 
 from amqp.exceptions import AccessRefused
+from celery import Celery
 from celery.utils.log import get_logger
 from kombu import Connection
 
-from routing import POLICIES
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.management import Management
-from tradebus.settings import get_settings
 from tradebus.topology import apply_policies, declare
 
 logger = get_logger(__name__)
@@ -25,30 +24,31 @@ logger = get_logger(__name__)
 MANAGEMENT_TIMEOUT = 3.0
 
 
-def declare_topology(connection: Connection) -> None:
-    """Declare every exchange, queue and binding of ``routing`` on ``connection``, and the policies.
+def declare_topology(app: Celery, connection: Connection) -> None:
+    """Declare every exchange, queue and binding of ``app``'s topology on ``connection``, and the policies.
 
     Called by the worker's consumer (tradebus/consumer.py) each time it connects, so the dead-letter
     queues and alternate exchanges exist before the first message is taken.
     """
-    if not get_settings().declare_topology:
+    topology, settings = app.topology, app.settings
+    if not settings.declare_topology:
         logger.info(
             "TRADEBUS_DECLARE_TOPOLOGY=0: this worker declares nothing and consumes the topology the "
             "admin user declared (`tradebus topology declare`)"
         )
         return
     try:
-        declare(connection)
+        declare(topology, connection)
     except AccessRefused:
         logger.error(
             "this worker's RabbitMQ user may not declare the topology; a least-privilege worker runs "
             "with TRADEBUS_DECLARE_TOPOLOGY=0 after the admin user ran `tradebus topology declare`"
         )
         raise
-    if connection.transport.driver_type != "amqp" or not POLICIES:
+    if connection.transport.driver_type != "amqp" or not topology.policies:
         return  # the in-memory transport has no policies (docs/topology.md); Letrade needs none
     try:
-        apply_policies(Management(get_settings().management, timeout=MANAGEMENT_TIMEOUT))
+        apply_policies(topology, Management(settings.management, timeout=MANAGEMENT_TIMEOUT))
     except (BrokerUnreachable, ManagementAPIError) as exc:
         logger.warning(
             "dead-letter policies not applied (%s); run `tradebus topology declare` so that expired "

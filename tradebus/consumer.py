@@ -22,12 +22,12 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
-from routing import RETRY, topic_matches
-from tradebus.deadletter import ORIGINAL_ROUTING_KEY
-from tradebus.messages import wire_bytes
+from routing import topic_matches
+from tradebus.autodeclare import declare_topology
+from tradebus.codec import wire_bytes
+from tradebus.headers import CONTENT_TYPE, ORIGINAL_ROUTING_KEY
+from tradebus.registry import stages_of_queues
 
-#: Header carrying the content type a raw delivery arrived with, for the stage to check.
-CONTENT_TYPE_HEADER = "x-tradebus-content-type"
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: Headers that Celery or Kombu read as task metadata or body encoding; a plain message's own headers must
@@ -80,7 +80,7 @@ def to_task_message(message: Message, task_name: str) -> Message:
         text = raw.decode("utf-8", errors="surrogateescape")
         task_id = properties.get("message_id") or derived_id(message, raw)
         retries, eta = 0, None
-        headers[CONTENT_TYPE_HEADER] = message.content_type or ""
+        headers[CONTENT_TYPE] = message.content_type or ""
     headers = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
     headers.update(
         lang="py",
@@ -109,10 +109,10 @@ def to_task_message(message: Message, task_name: str) -> Message:
     )
 
 
-def original_routing_key(message: Message) -> str:
+def original_routing_key(message: Message, retry_exchange: str) -> str:
     """The key a delivery was first published with: a retry names it in its headers (tradebus/stage.py)."""
     delivery = message.delivery_info or {}
-    if delivery.get("exchange") == RETRY.name:
+    if delivery.get("exchange") == retry_exchange:
         return str((message.headers or {}).get(ORIGINAL_ROUTING_KEY) or "")
     return str(delivery.get("routing_key") or "")
 
@@ -134,20 +134,17 @@ class StageConsumer(Consumer):  # type: ignore[misc]
 
     def connect(self) -> Any:
         """Connect, then declare the whole topology (tradebus/autodeclare.py) before anything is consumed."""
-        from tradebus.autodeclare import declare_topology
-
         connection = super().connect()
-        declare_topology(connection)
+        declare_topology(self.app, connection)
         return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        from tradebus.stage import stages_of_queues
-
         handle = super().create_task_handler(*args, **kwargs)
         stages = {
             queue: [(task.keys, task.name) for task in tasks]
             for queue, tasks in stages_of_queues(self.app).items()
         }
+        retry_exchange = self.app.topology.retry.name
         queue_of_tag: dict[str, str] = {}
 
         def queue_for(tag: str | None) -> str | None:
@@ -163,7 +160,7 @@ class StageConsumer(Consumer):  # type: ignore[misc]
             # or any other task must not get past the stage's checks); other queues carry Celery's own.
             candidates = stages.get(queue_for(message.delivery_info.get("consumer_tag")) or "")
             if candidates:
-                stage = stage_for_key(candidates, original_routing_key(message))
+                stage = stage_for_key(candidates, original_routing_key(message, retry_exchange))
                 message = to_task_message(message, stage)
             return handle(message)
 

@@ -13,23 +13,18 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from routing import dead_letter_route
-from tradebus.messages import wire_bytes
+from celery import Celery
+
+from tradebus import headers as h
+from tradebus.codec import wire_bytes
 from tradebus.publisher import send
 
-REASON = "x-tradebus-reason"
-ERROR = "x-tradebus-error"
-QUEUE = "x-tradebus-queue"
-ORIGINAL_EXCHANGE = "x-tradebus-original-exchange"
-ORIGINAL_ROUTING_KEY = "x-tradebus-original-routing-key"
-ORIGINAL_MESSAGE_ID = "x-tradebus-original-message-id"
-DEAD_LETTERED_AT = "x-tradebus-dead-lettered-at"
-RETRIES = "x-tradebus-retries"
 #: Longest error text kept in a header (RabbitMQ headers live in memory with the message).
 MAX_ERROR_CHARS = 2_000
 
 
 def dead_letter(
+    app: Celery,
     body: str | bytes,
     *,
     queue: str,
@@ -39,17 +34,20 @@ def dead_letter(
     message_id: str | None = None,
     retries: int = 0,
 ) -> str:
-    """Publish ``body`` to the DLQ of ``queue`` with why it failed; returns the dead letter's id."""
+    """Publish ``body`` to the DLQ of ``queue`` with why it failed; returns the dead letter's id.
+
+    Where the dead letter goes is the app's topology's rule (``Topology.dead_letter_route``).
+    """
     delivery_info = delivery_info or {}
     headers = {
-        REASON: reason,
-        ERROR: error[:MAX_ERROR_CHARS],
-        QUEUE: queue,
-        ORIGINAL_EXCHANGE: delivery_info.get("exchange") or "",
-        ORIGINAL_ROUTING_KEY: delivery_info.get("routing_key") or "",
-        ORIGINAL_MESSAGE_ID: message_id or "",
-        DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
-        RETRIES: retries,
+        h.REASON: str(reason),
+        h.ERROR: error[:MAX_ERROR_CHARS],
+        h.QUEUE: queue,
+        h.ORIGINAL_EXCHANGE: delivery_info.get("exchange") or "",
+        h.ORIGINAL_ROUTING_KEY: delivery_info.get("routing_key") or "",
+        h.ORIGINAL_MESSAGE_ID: message_id or "",
+        h.DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
+        h.RETRIES: retries,
     }
     raw = wire_bytes(body)
     try:
@@ -57,8 +55,9 @@ def dead_letter(
         encoding = "utf-8"
     except UnicodeDecodeError:
         encoding = "binary"  # kept byte for byte, and labelled as what it is
-    exchange, routing_key = dead_letter_route(queue, delivery_info.get("routing_key") or "")
+    exchange, routing_key = app.topology.dead_letter_route(queue, delivery_info.get("routing_key") or "")
     return send(
+        app,
         raw,
         exchange=exchange,
         routing_key=routing_key,

@@ -1,6 +1,42 @@
-"""Every error tradebus raises, under one base class."""
+"""Every error tradebus raises, under one base class, and every reason a message is dead-lettered.
+
+The core's errors come first; domain refusals (an order a rule refuses, a stale order) are
+InvalidMessage subclasses at the end, so a stage dead-letters them with their reason.
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a message was dead-lettered: the ``x-tradebus-reason`` header, one value per cause."""
+
+    INVALID_MESSAGE = "invalid_message"
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
+    MISROUTED = "misrouted"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    UNTRUSTED_SIGNER = "untrusted_signer"
+    STALE_SIGNATURE = "stale_signature"
+    REPLAYED = "replayed"
+    #: A stage raised while handling a valid message.
+    STAGE_ERROR = "stage_error"
+    #: A client's subscription handler raised (tradebus/letrade/bus.py).
+    HANDLER_ERROR = "handler_error"
+    #: A transient failure outlasted every retry.
+    MAX_RETRIES = "max_retries"
+    #: An operator revoked the message.
+    REVOKED = "revoked"
+    #: Redelivered more than MAX_REDELIVERIES times: it kills the process running it.
+    REDELIVERY_LIMIT = "redelivery_limit"
+    #: Domain refusals: an order too old to fill, an order a rule refuses.
+    STALE = "stale"
+    ORDER_REFUSED = "order_refused"
 
 
 class TradebusError(Exception):
@@ -11,79 +47,79 @@ class InvalidMessage(TradebusError, ValueError):
     """A message does not match the wire contract (schema, JSON, type or size)."""
 
     #: A short machine-readable reason, written into dead-letter headers.
-    reason = "invalid_message"
+    reason = Reason.INVALID_MESSAGE
 
 
 class InvalidJSON(InvalidMessage):
     """A message body is not valid JSON."""
 
-    reason = "invalid_json"
+    reason = Reason.INVALID_JSON
 
 
 class SchemaViolation(InvalidMessage):
     """A message is JSON but breaks its schema."""
 
-    reason = "schema_violation"
+    reason = Reason.SCHEMA_VIOLATION
 
 
 class UnknownMessageType(InvalidMessage):
     """A message's ``type`` is not one this stage (or the bus) knows."""
 
-    reason = "unknown_message_type"
+    reason = Reason.UNKNOWN_MESSAGE_TYPE
 
 
 class Misrouted(InvalidMessage):
     """A message arrived on a queue its own payload does not route to."""
 
-    reason = "misrouted"
+    reason = Reason.MISROUTED
 
 
 class MessageTooLarge(InvalidMessage):
     """A message is over the 128 KB limit."""
 
-    reason = "message_too_large"
+    reason = Reason.MESSAGE_TOO_LARGE
 
 
 class UnsupportedContentType(InvalidMessage):
     """A message is not JSON (pickle and every other serializer are refused unread)."""
 
-    reason = "unsupported_content_type"
+    reason = Reason.UNSUPPORTED_CONTENT_TYPE
 
 
 class SignatureRejected(InvalidMessage):
     """A message's signature does not prove who sent it and when; it is dead-lettered, never executed."""
 
-    reason = "bad_signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 class Unsigned(SignatureRejected):
     """Signing is required and the message carries no signature."""
 
-    reason = "unsigned"
+    reason = Reason.UNSIGNED
 
 
 class UntrustedSigner(SignatureRejected):
     """The message is signed by a service whose key this one does not trust."""
 
-    reason = "untrusted_signer"
+    reason = Reason.UNTRUSTED_SIGNER
 
 
 class BadSignature(SignatureRejected):
     """The signature does not match the message (tampered, wrong key, or malformed)."""
 
-    reason = "bad_signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 class StaleSignature(SignatureRejected):
     """The message was signed outside the accepted time window."""
 
-    reason = "stale_signature"
+    reason = Reason.STALE_SIGNATURE
 
 
 class Replayed(SignatureRejected):
     """This signed message (signer, message id, attempt) was already accepted on this queue."""
 
-    reason = "replayed"
+    reason = Reason.REPLAYED
 
 
 class Transient(TradebusError):
@@ -122,13 +158,13 @@ class RequestRefused(TradebusError):
 class StaleMessage(InvalidMessage):
     """A signal or an order too old to act on (a late redelivery or a replay): trading on it now is wrong."""
 
-    reason = "stale"
+    reason = Reason.STALE
 
 
 class OrderRefused(InvalidMessage):
     """An order request the executor must never execute (not risk-approved, or not for paper trading)."""
 
-    reason = "order_refused"
+    reason = Reason.ORDER_REFUSED
 
 
 class BrokerUnreachable(TradebusError):

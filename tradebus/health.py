@@ -1,8 +1,8 @@
 """Health of the bus from the broker's own numbers: consumers per service, dead letters per queue.
 
 Read with passive queue declarations, so it needs only an AMQP connection (no management API) and works
-on every transport. ``report`` turns them into the system health messages and the seed's DLQ alert
-(more than 10 dead letters in a queue means a systematic failure).
+on every transport. Both buses use it; MasterTrade turns it into its system health messages and the seed's
+DLQ alert (tradebus/mastertrade/health.py).
 """
 
 from __future__ import annotations
@@ -11,12 +11,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kombu import Connection
-
-from routing import DEAD_LETTER_QUEUES
-from tradebus.messages import SystemAlert, SystemHealth
-
-#: The seed's rule: alert when a dead-letter queue holds more than this many messages.
-DLQ_ALERT_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -43,34 +37,6 @@ def queue_stats(connection: Connection, names: Iterable[str]) -> dict[str, Queue
     finally:
         channel.close()
     return stats
-
-
-def service_health(service: str, queues: dict[str, QueueStats]) -> SystemHealth:
-    """``healthy`` when every queue of the service has a consumer, ``unhealthy`` when none has."""
-    serving = [q for q, s in queues.items() if s.consumers]
-    if len(serving) == len(queues):
-        status = "healthy"
-    elif serving:
-        status = "degraded"
-    else:
-        status = "unhealthy"
-    details = {q: {"messages": s.messages, "consumers": s.consumers} for q, s in queues.items()}
-    return SystemHealth(service=service, status=status, details=details)
-
-
-def dlq_alerts(stats: dict[str, QueueStats], threshold: int = DLQ_ALERT_DEPTH) -> list[SystemAlert]:
-    """A warning for each dead-letter queue holding more than ``threshold`` messages."""
-    names = {q.name for q in DEAD_LETTER_QUEUES}
-    return [
-        SystemAlert(
-            severity="warning",
-            message=f"{name} holds {s.messages} dead letters (more than {threshold}): a systematic failure",
-            source="tradebus.monitoring",
-            details={"queue": name, "depth": s.messages, "threshold": threshold},
-        )
-        for name, s in sorted(stats.items())
-        if name in names and s.messages is not None and s.messages > threshold
-    ]
 
 
 def bus_health(

@@ -227,6 +227,19 @@ class Settings:
 
 
 @cache
-def get_settings() -> Settings:
-    """The process's settings, read once from the environment."""
+def _from_env() -> Settings:
     return Settings.from_env()
+
+
+def current_settings() -> Settings:
+    """The settings of the app this code runs under: the running task's app, else Celery's current app.
+
+    Code outside any tradebus app (a bare script) gets the settings of the environment, read once.
+    """
+    from celery import current_app, current_task
+
+    for app in (getattr(current_task, "app", None), current_app):
+        settings = getattr(app, "settings", None)
+        if isinstance(settings, Settings):
+            return settings
+    return _from_env()

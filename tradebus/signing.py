@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from tradebus import store
+from tradebus.codec import wire_bytes
 from tradebus.errors import (
     BadSignature,
     Replayed,
@@ -41,12 +42,9 @@ from tradebus.errors import (
     Unsigned,
     UntrustedSigner,
 )
-from tradebus.messages import wire_bytes
-from tradebus.settings import SigningSettings, get_settings
+from tradebus.headers import SIGNATURE, SIGNED_AT, SIGNER
+from tradebus.settings import SigningSettings, current_settings
 
-SIGNER = "x-tradebus-signer"
-SIGNATURE = "x-tradebus-signature"
-SIGNED_AT = "x-tradebus-signed-at"
 HEADERS = (SIGNER, SIGNATURE, SIGNED_AT)
 VERSION = "v1"
 DOMAIN = f"tradebus-{VERSION}"
@@ -54,7 +52,7 @@ DOMAIN = f"tradebus-{VERSION}"
 
 def current() -> SigningSettings:
     """This process's signing settings (``TRADEBUS_SIGNING_*``)."""
-    return get_settings().signing
+    return current_settings().signing
 
 
 def canonical(

@@ -31,33 +31,22 @@ from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
-from routing import QUEUES_BY_NAME, RETRY, route
+from routing import topic_matches
 from tradebus import recorder, signing, store
-from tradebus.app import app
-from tradebus.consumer import CONTENT_TYPE_HEADER
-from tradebus.deadletter import ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, dead_letter
+from tradebus.deadletter import dead_letter
 from tradebus.errors import (
     InvalidMessage,
     Misrouted,
+    Reason,
     SignatureCheckUnavailable,
     UnknownMessageType,
     WrongStage,
 )
-from tradebus.messages import BusMessage
-from tradebus.publisher import PUBLISHED_AT, encode, parse_wire, publish, to_message
+from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
 from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
-from workers.profiles import POOLS
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
-#: Dead-letter reason for a stage that raised while handling a valid message.
-STAGE_ERROR = "stage_error"
-#: Dead-letter reason for a transient failure that outlasted every retry.
-MAX_RETRIES = "max_retries"
-#: Dead-letter reason for a stage message an operator revoked.
-REVOKED = "revoked"
-#: Dead-letter reason for a message redelivered more than MAX_REDELIVERIES times (it kills its process).
-REDELIVERY_LIMIT = "redelivery_limit"
 MAX_REDELIVERIES = 5
 #: How long a redelivery count is remembered.
 REDELIVERY_WINDOW_SECONDS = 24 * 3600
@@ -66,7 +55,11 @@ _CELERY_CONTROL = (Retry, Reject, Ignore)
 
 
 class StageTask(Task):  # type: ignore[misc]
-    """A Celery task that is the one stage of one queue."""
+    """A Celery task that is the one stage of one queue (or of the keys ``keys`` of a shared queue).
+
+    A profile subclasses it to say how its messages are decoded, named and published
+    (tradebus/mastertrade/stage.py, tradebus/letrade/stage.py); everything else is shared.
+    """
 
     queue_name: str
     #: Routing-key patterns this stage takes from a queue it shares with other stages (empty: every key).
@@ -75,32 +68,48 @@ class StageTask(Task):  # type: ignore[misc]
     #: The stage's own function, called with the validated message.
     handler: Callable[[Any], Any]
     retry_policy: RetryPolicy = SEED_POLICY
+    #: The base class of the profile's messages (what ``delay`` takes).
+    message_base: type[Any] = BaseModel
     typing = False
 
-    def mismatch(self, message: BusMessage) -> InvalidMessage | None:
-        """Why this stage cannot take ``message``: a type it does not accept, or a payload routed elsewhere.
+    # --- what a profile defines -------------------------------------------------------------------------
+
+    def decode(self, payload: Any, content_type: str | None) -> Any:
+        """``payload`` (raw body or a decoded dict) as one of the profile's messages, or InvalidMessage."""
+        raise NotImplementedError
+
+    def send_message(self, message: Any, message_id: str | None) -> str:
+        """Publish ``message`` on its documented exchange and key, confirmed; returns its message id."""
+        raise NotImplementedError
+
+    @staticmethod
+    def type_name(cls: type[Any]) -> str:
+        """How an error names a message class."""
+        return cls.__name__
+
+    # --- shared -----------------------------------------------------------------------------------------
+
+    def mismatch(self, message: Any) -> InvalidMessage | None:
+        """Why this stage cannot take ``message``: a type it does not accept, or a message routed elsewhere.
 
         A signal marked backtest published on a live key is the case that matters: its own payload says it
         must never reach the risk manager.
         """
         if not isinstance(message, self.accepts):
-            names = ", ".join(cls.__name__ for cls in self.accepts)
+            names = ", ".join(self.type_name(cls) for cls in self.accepts)
             return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in route(message.exchange, message.routing_key):
+        if self.queue_name not in self.app.topology.route(message.exchange, message.routing_key):
             return Misrouted(
                 f"a {message.type} routed by its payload as {message.routing_key!r} never reaches "
                 f"{self.queue_name}"
             )
+        if self.keys and not any(topic_matches(p, message.routing_key) for p in self.keys):
+            return Misrouted(f"{self.name} takes {', '.join(self.keys)}, not {message.routing_key!r}")
         return None
 
-    def parse(
-        self, payload: str | bytes | dict[str, Any] | BusMessage, content_type: str | None = None
-    ) -> BusMessage:
+    def parse(self, payload: Any, content_type: str | None = None) -> Any:
         """Validate ``payload`` as a message this stage accepts on its queue, or raise InvalidMessage."""
-        if isinstance(payload, str | bytes):
-            message = parse_wire(payload, content_type)
-        else:
-            message = to_message(payload)
+        message = payload if isinstance(payload, self.accepts) else self.decode(payload, content_type)
         if problem := self.mismatch(message):
             raise problem
         return message
@@ -119,7 +128,9 @@ class StageTask(Task):  # type: ignore[misc]
         """
         delivery = self.request.delivery_info or {}
         exchange, routing_key = delivery.get("exchange") or "", delivery.get("routing_key") or ""
-        if exchange != RETRY.name:  # only a retry or a replay may say where it came from first
+        if (
+            exchange != self.app.topology.retry.name
+        ):  # only a retry or a replay may say where it came from first
             return exchange, routing_key
         headers = self.headers
         return headers.get(ORIGINAL_EXCHANGE) or exchange, headers.get(ORIGINAL_ROUTING_KEY) or routing_key
@@ -130,6 +141,7 @@ class StageTask(Task):  # type: ignore[misc]
         logger.warning("%s: dead-lettering %s (%s): %s", self.queue_name, self.request.id, reason, error)
         exchange, routing_key = self.origin()
         dead_letter(
+            self.app,
             body,
             queue=self.queue_name,
             reason=reason,
@@ -148,7 +160,7 @@ class StageTask(Task):  # type: ignore[misc]
             ORIGINAL_ROUTING_KEY: routing_key,
         }
         # This worker vouches for the retry with its own signature and attempt number (tradebus/signing.py).
-        headers |= signing.retry_headers(self, self.headers.get(CONTENT_TYPE_HEADER))
+        headers |= signing.retry_headers(self, self.headers.get(CONTENT_TYPE))
         delay = self.retry_policy.delay(self.request.retries or 0)
         logger.warning(
             "%s: %s failed (%s: %s); retry %d of %d in %.1fs",
@@ -165,7 +177,7 @@ class StageTask(Task):  # type: ignore[misc]
             countdown=delay,
             max_retries=self.retry_policy.max_retries,
             queue=self.queue_name,
-            exchange=RETRY.name,
+            exchange=self.app.topology.retry.name,
             routing_key=self.queue_name,
             headers=headers,
         )
@@ -176,7 +188,7 @@ class StageTask(Task):  # type: ignore[misc]
         if (self.request.retries or 0) < self.retry_policy.max_retries:
             self.retry_later(exc)
         error = f"still failing after {self.retry_policy.max_retries} retries: {type(exc).__name__}: {exc}"
-        self.dead_letter(payload, MAX_RETRIES, error)
+        self.dead_letter(payload, Reason.MAX_RETRIES, error)
 
     def over_redelivery_limit(self) -> bool:
         """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no)."""
@@ -215,18 +227,18 @@ class StageTask(Task):  # type: ignore[misc]
         if kwargs or not args or len(args) != 1:
             raise WrongStage(f"{self.name}.delay() takes exactly one message")
         (message,) = args
-        if not isinstance(message, BusMessage):
+        if not isinstance(message, self.message_base):
             raise WrongStage(f"{self.name}.delay() takes a bus message, not {type(message).__name__}")
         if problem := self.mismatch(message):
             raise WrongStage(str(problem)) from problem
-        return self.AsyncResult(publish(message, message_id=task_id))
+        return self.AsyncResult(self.send_message(message, task_id))
 
     def run_stage(self, payload: Any) -> Any:
         """Validate, record and handle one delivery; every way it can fail ends in a retry or the DLQ."""
         try:
             # Signatures first, before the body is even parsed (tradebus/signing.py; no-op unless required).
-            signing.check_delivery(self, payload, self.headers.get(CONTENT_TYPE_HEADER))
-            message = self.parse(payload, self.headers.get(CONTENT_TYPE_HEADER))
+            signing.check_delivery(self, payload, self.headers.get(CONTENT_TYPE))
+            message = self.parse(payload, self.headers.get(CONTENT_TYPE))
         except InvalidMessage as exc:
             self.dead_letter(payload, exc.reason, str(exc))
             return None
@@ -235,7 +247,9 @@ class StageTask(Task):  # type: ignore[misc]
             return None
         if self.over_redelivery_limit():
             self.dead_letter(
-                payload, REDELIVERY_LIMIT, f"redelivered more than {MAX_REDELIVERIES} times; it may crash"
+                payload,
+                Reason.REDELIVERY_LIMIT,
+                f"redelivered more than {MAX_REDELIVERIES} times; it may crash",
             )
             return None
         _record(self, message)
@@ -251,7 +265,7 @@ class StageTask(Task):  # type: ignore[misc]
                 self.retry_or_give_up(payload, exc)
                 return None
             logger.exception("%s: stage %s failed on %s", self.queue_name, self.name, self.request.id)
-            self.dead_letter(payload, STAGE_ERROR, f"{type(exc).__name__}: {exc}")
+            self.dead_letter(payload, Reason.STAGE_ERROR, f"{type(exc).__name__}: {exc}")
             return None
 
 
@@ -264,15 +278,18 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
     if not isinstance(sender, StageTask) or request is None or not request.args:
         return
     delivery = dict(request.delivery_info or {})
-    if delivery.get("exchange") == RETRY.name:  # a retry: dead-lettered under its original route
+    if (
+        delivery.get("exchange") == sender.app.topology.retry.name
+    ):  # a retry: dead-lettered under its original route
         headers = request.headers or {}
         delivery["exchange"] = headers.get(ORIGINAL_EXCHANGE) or delivery["exchange"]
         delivery["routing_key"] = headers.get(ORIGINAL_ROUTING_KEY) or delivery.get("routing_key")
     try:
         dead_letter(
+            sender.app,
             request.args[0],
             queue=sender.queue_name,
-            reason=REVOKED,
+            reason=Reason.REVOKED,
             error="revoked by an operator before it ran",
             delivery_info=delivery,
             message_id=request.id,
@@ -281,7 +298,7 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
         logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
 
 
-def _record(task: StageTask, message: BusMessage) -> None:
+def _record(task: StageTask, message: Any) -> None:
     """Note the delivery in Redis; observability must never cost a message, so failures only log."""
     request = task.request
     delivery = request.delivery_info or {}
@@ -308,68 +325,8 @@ def _record(task: StageTask, message: BusMessage) -> None:
         logger.warning("%s: could not record %s: %s", task.queue_name, request.id, exc)
 
 
-def stage(
-    name: str,
-    *,
-    queue: str,
-    accepts: type[Any] | tuple[type[Any], ...],
-    keys: tuple[str, ...] = (),
-    base: type[StageTask] | None = None,
-    **options: Any,
-) -> Callable[[Callable[[Any], R]], StageTask]:
-    """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to ``app.task``.
-
-    Stages that share a queue (a Letrade service's inbox) each take the routing keys matching ``keys``.
-    """
-    if queue not in QUEUES_BY_NAME:
-        raise KeyError(f"stage {name}: no queue {queue!r} in routing")
-    accepted = accepts if isinstance(accepts, tuple) else (accepts,)
-    if POOLS[queue].critical:
-        # Redeliver the message if the pool process running it dies.
-        options = {"reject_on_worker_lost": True, **options}
-
-    def decorate(fn: Callable[[Any], R]) -> StageTask:
-        def run(self: StageTask, payload: Any) -> Any:
-            return self.run_stage(payload)
-
-        run.__name__ = fn.__name__
-        run.__qualname__ = fn.__qualname__
-        run.__doc__ = fn.__doc__
-        run.__module__ = fn.__module__
-        task: StageTask = app.task(
-            run,
-            bind=True,
-            base=base or StageTask,
-            name=name,
-            queue_name=queue,
-            keys=keys,
-            accepts=accepted,
-            handler=staticmethod(fn),
-            **options,
-        )
-        return task
-
-    return decorate
-
-
 def _as_body(payload: Any) -> bytes:
     """A best-effort wire body for a payload that arrived already decoded."""
-    if isinstance(payload, BusMessage):
-        return encode(payload)
-    if isinstance(payload, BaseModel):  # a Letrade envelope
+    if isinstance(payload, BaseModel):
         return payload.model_dump_json().encode()
     return json.dumps(payload, default=str).encode()
-
-
-def stages_of_queues(celery_app: Any = app) -> dict[str, list[StageTask]]:
-    """The registered stage tasks, by the queue they consume (several when they share it, by key)."""
-    stages: dict[str, list[StageTask]] = {}
-    for task in celery_app.tasks.values():
-        if isinstance(task, StageTask):
-            stages.setdefault(task.queue_name, []).append(task)
-    return stages
-
-
-def stage_tasks(celery_app: Any = app) -> dict[str, StageTask]:
-    """The first registered stage task of every queue (MasterTrade has one stage per queue)."""
-    return {queue: tasks[0] for queue, tasks in stages_of_queues(celery_app).items()}

@@ -6,29 +6,29 @@ The embedded demo, with no Redis to talk to, swaps in an in-process one with :fu
 
 from __future__ import annotations
 
-from functools import cache
-
 import redis
 
-from tradebus.settings import get_settings
+from tradebus.settings import current_settings
 
 #: Fail fast when Redis is down: the stage then retries the message later (tradebus/retries.py).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
 _override: list[redis.Redis] = []
-
-
-@cache
-def _from_settings() -> redis.Redis:
-    return redis.Redis.from_url(
-        get_settings().redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
-    )
+#: One client per Redis URL in this process (two apps of one process may name two Redis servers).
+_clients: dict[str, redis.Redis] = {}
 
 
 def client() -> redis.Redis:
-    """This process's Redis client (redis-py reconnects by itself after a fork)."""
-    return _override[-1] if _override else _from_settings()
+    """The Redis client of the app this code runs under (redis-py reconnects by itself after a fork)."""
+    if _override:
+        return _override[-1]
+    url = current_settings().redis_url
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+        )
+    return _clients[url]
 
 
 def use(replacement: redis.Redis) -> None:
@@ -41,7 +41,7 @@ def key(*parts: str) -> str:
 
     With no parts, the prefix itself.
     """
-    return ":".join((get_settings().redis_prefix, *parts))
+    return ":".join((current_settings().redis_prefix, *parts))
 
 
 def clear() -> None:

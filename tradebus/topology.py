@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
-from routing import (
-    DEAD_LETTER_QUEUES,
-    EXCHANGES,
-    POLICIES,
-    QUEUES,
-    STAGE_QUEUES,
-    TASK_QUEUES,
-    UNROUTED_QUEUES,
-)
+from routing import Topology
 from tradebus.errors import ManagementAPIError, TopologyConflict
 from tradebus.management import Management
 
@@ -61,7 +52,9 @@ def _diff_spec(name: str, live: dict[str, Any], wanted: dict[str, Any]) -> list[
     return rows
 
 
-def diff(live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]) -> list[Difference]:
+def diff(
+    topology: Topology, live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]
+) -> list[Difference]:
     """Differences between live objects (as the management API lists them) and the topology.
 
     Objects missing from the broker are not differences: declaring creates them.
@@ -69,25 +62,25 @@ def diff(live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]
     exchanges = {e["name"]: e for e in live_exchanges}
     queues = {q["name"]: q for q in live_queues}
     rows: list[Difference] = []
-    for exchange in EXCHANGES:
+    for exchange in topology.exchanges:
         if exchange.name in exchanges:
             rows += _diff_spec(
                 f"exchange {exchange.name}", exchanges[exchange.name], _exchange_spec(exchange)
             )
-    for queue in QUEUES:
+    for queue in topology.queues:
         if queue.name in queues:
             rows += _diff_spec(f"queue {queue.name}", queues[queue.name], _queue_spec(queue))
     return rows
 
 
-def extra_bindings(live_bindings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def extra_bindings(topology: Topology, live_bindings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """Live bindings on tradebus's exchanges that the topology does not declare: (exchange, key, queue).
 
     Declaring never removes them, and one of them can change the routing contract (a catch-all on
     ``mastertrade.trading`` would take live signals away from ``mastertrade.trading.live``).
     """
-    ours = {e.name for e in EXCHANGES}
-    wanted = {(b.exchange.name, b.routing_key or "", q.name) for q in QUEUES for b in q.bindings}
+    ours = {e.name for e in topology.exchanges}
+    wanted = {(b.exchange.name, b.routing_key or "", q.name) for q in topology.queues for b in q.bindings}
     live = {(b["source"], b["routing_key"], b["destination"]) for b in live_bindings if b["source"] in ours}
     return sorted(live - wanted)
 
@@ -101,13 +94,13 @@ def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
     return TopologyConflict([row])
 
 
-def declare(connection: Connection) -> None:
+def declare(topology: Topology, connection: Connection) -> None:
     """Declare every exchange, queue and binding; idempotent. Raises TopologyConflict on a mismatch."""
     channel = connection.channel()
     try:
-        for exchange in EXCHANGES:
+        for exchange in topology.exchanges:
             exchange(channel).declare()
-        for queue in QUEUES:
+        for queue in topology.queues:
             queue(channel).declare()
     except PreconditionFailed as exc:
         raise conflict_from_error(exc) from exc
@@ -116,17 +109,19 @@ def declare(connection: Connection) -> None:
             channel.close()
 
 
-def apply_policies(management: Management) -> None:
-    """Create or update the dead-letter policies (routing/policies.py); idempotent."""
+def apply_policies(topology: Topology, management: Management) -> None:
+    """Create or update the topology's policies (routing/mastertrade/policies.py); idempotent."""
     live = {p["name"]: p for p in management.policies()}
-    for policy in POLICIES:
+    for policy in topology.policies:
         wanted = policy.as_json()
         current = live.get(policy.name)
         if current is None or any(current.get(k) != v for k, v in wanted.items()):
             management.put_policy(policy.name, wanted)
 
 
-def check_and_declare(connection: Connection, management: Management | None) -> list[tuple[str, str, str]]:
+def check_and_declare(
+    topology: Topology, connection: Connection, management: Management | None
+) -> list[tuple[str, str, str]]:
     """Compare with the live broker first (when its API answers), then declare, then apply the policies.
 
     With the management API, every conflicting argument is reported at once and nothing is touched;
@@ -137,12 +132,12 @@ def check_and_declare(connection: Connection, management: Management | None) -> 
     reachable = management is not None and management.reachable()
     extra: list[tuple[str, str, str]] = []
     if management is not None and reachable:
-        rows = diff(management.exchanges(), management.queues())
+        rows = diff(topology, management.exchanges(), management.queues())
         if rows:
             raise TopologyConflict(rows)
-        extra = extra_bindings(management.bindings())
-    declare(connection)
-    if not POLICIES:  # Letrade: every queue dead-letters by its own arguments, nothing to apply
+        extra = extra_bindings(topology, management.bindings())
+    declare(topology, connection)
+    if not topology.policies:  # Letrade: every queue dead-letters by its own arguments, nothing to apply
         return extra
     if management is None or not reachable:
         where = management.settings.base_url if management is not None else "(none configured)"
@@ -151,14 +146,16 @@ def check_and_declare(connection: Connection, management: Management | None) -> 
             "answer, so the dead-letter policies are not applied: what market-data queues expire would "
             "be dropped"
         )
-    apply_policies(management)
+    apply_policies(topology, management)
     return extra
 
 
-def definitions(vhost: str = "/") -> dict[str, Any]:
+def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
     """The topology as RabbitMQ definitions, for ``rabbitmqctl import_definitions``."""
-    exchanges = [{"name": e.name, "vhost": vhost, "internal": False, **_exchange_spec(e)} for e in EXCHANGES]
-    queues = [{"name": q.name, "vhost": vhost, **_queue_spec(q)} for q in QUEUES]
+    exchanges = [
+        {"name": e.name, "vhost": vhost, "internal": False, **_exchange_spec(e)} for e in topology.exchanges
+    ]
+    queues = [{"name": q.name, "vhost": vhost, **_queue_spec(q)} for q in topology.queues]
     bindings = [
         {
             "source": b.exchange.name,
@@ -168,36 +165,21 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
             "routing_key": b.routing_key,
             "arguments": {},
         }
-        for q in QUEUES
+        for q in topology.queues
         # Kombu keeps bindings in a set: sort them, so the export is the same file on every run.
         for b in sorted(q.bindings, key=lambda b: (b.exchange.name, b.routing_key or ""))
     ]
-    policies = [{"vhost": vhost, "name": p.name, **p.as_json()} for p in POLICIES]
+    policies = [{"vhost": vhost, "name": p.name, **p.as_json()} for p in topology.policies]
     return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies}
 
 
-def queue_kind(name: str) -> str:
+def queue_kind(topology: Topology, name: str) -> str:
     """``stage``, ``task``, ``dead-letter`` or ``unrouted``."""
-    if name in {q.name for q in STAGE_QUEUES}:
+    if name in {q.name for q in topology.stage_queues}:
         return "stage"
-    if name in {q.name for q in TASK_QUEUES}:
+    if name in {q.name for q in topology.task_queues}:
         return "task"
-    if name in {q.name for q in DEAD_LETTER_QUEUES}:
+    if name in {q.name for q in topology.dead_letter_queues}:
         return "dead-letter"
-    assert name in {q.name for q in UNROUTED_QUEUES}
+    assert name in {q.name for q in topology.unrouted_queues}
     return "unrouted"
-
-
-def export_definitions(vhost: str, *, users: bool = False, user_prefix: str = "tradebus-") -> str:
-    """``definitions(vhost)`` as JSON, with the least-privilege users (tradebus/users.py) when ``users``.
-
-    The users' passwords come from ``TRADEBUS_USER_PASSWORD_<SERVICE>``; SettingsError names the missing ones.
-    """
-    data: dict[str, Any] = {}
-    if users:
-        from tradebus.settings import get_settings
-        from tradebus.users import UserDefinitions
-
-        data |= UserDefinitions(vhost, user_prefix).as_json(get_settings().user_passwords)
-    data |= definitions(vhost)
-    return json.dumps(data, indent=2)

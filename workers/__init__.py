@@ -1,5 +1,5 @@
-"""Worker pools: one per stage queue, sized from the seed's consumer table."""
+"""Worker pools: one per worker queue of a topology, sized from its pool table."""
 
-from workers.profiles import POOLS, PoolProfile, combined, pool
+from workers.profiles import combined, pool
 
-__all__ = ["POOLS", "PoolProfile", "combined", "pool"]
+__all__ = ["combined", "pool"]

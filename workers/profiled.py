@@ -44,8 +44,8 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
         self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any
     ) -> Any:
         names = _queue_names(queues)
-        profile = combined(names)
-        for queue in shares_a_critical_queue(names):
+        profile = combined(self.app.topology, names)
+        for queue in shares_a_critical_queue(self.app.topology, names):
             logger.warning(
                 "%s shares this worker's prefetch window with %d other queue(s); run it alone "
                 "(tradebus worker %s) to keep its documented prefetch",

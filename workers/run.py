@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from workers.profiles import pool
 
 
 def worker_argv(name: str, extra: Sequence[str] = ()) -> list[str]:
-    """The ``celery worker`` arguments that start pool ``name`` (its profile sizes it)."""
-    profile = pool(name)
-    return ["worker", "-Q", profile.queue, "-n", f"{profile.name}@%h", "--loglevel", "INFO", *extra]
+    """The ``celery worker`` arguments that start pool ``name`` (its profile in the topology sizes it)."""
+    return ["worker", "-Q", name, "-n", f"{name}@%h", "--loglevel", "INFO", *extra]
 
 
-def run_pool(name: str, extra: Sequence[str] = ()) -> None:
-    """Run pool ``name`` in this process until it is stopped."""
-    from tradebus.app import app
-
+def run_pool(app: Any, name: str, extra: Sequence[str] = ()) -> None:
+    """Run pool ``name`` of ``app``'s topology in this process until it is stopped; UnknownPool if none."""
+    pool(app.topology, name)
     app.worker_main(worker_argv(name, extra))

@@ -8,8 +8,10 @@
         print(bus.health_check()["status"])
 
 Every publish is validated (envelope, payload, 128 KB), carries its route's priority and persistence, and
-returns only once RabbitMQ confirmed it. Subscriptions use a queue of their own that lives as long as the
-connection (tradebus/letrade/subscriptions.py says what each pattern binds). A handler that raises gets
+returns only once RabbitMQ confirmed it: it goes through the core's publisher (tradebus/publisher.py), as a
+stage's would, on an app of Letrade's topology, reconnecting when the connection drops. Subscriptions use
+a queue of their own that lives as long as the connection (tradebus/letrade/subscriptions.py says what
+each pattern binds). A handler that raises gets
 its message dead-lettered to ``letrade.dlq`` with the reason, as a stage's would.
 """
 
@@ -18,31 +20,32 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
+from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
 from routing import letrade
-from tradebus import deadletter as dl
-from tradebus import signing
+from tradebus.application import TradebusCelery, create_app
+from tradebus.deadletter import dead_letter
 from tradebus.errors import (
     InvalidMessage,
     Misrouted,
     PublishFailed,
+    Reason,
     RequestTimeout,
     UnknownMessageType,
 )
 from tradebus.health import bus_health
-from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, build, class_for_key, encode, parse
+from tradebus.letrade.messages import Envelope, build, class_for_key, parse
 from tradebus.letrade.payloads import Payload
+from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.publisher import CONTENT_TYPE, PUBLISHED_AT, TYPE_HEADER
-from tradebus.settings import get_settings
+from tradebus.settings import current_settings
 
 Handler = Callable[[str, dict[str, Any]], None]
-HANDLER_ERROR = "handler_error"
 DEFAULT_TIMEOUT = 5.0
 
 
@@ -65,22 +68,24 @@ def qualify(exchange: str, routing_key: str) -> str:
 class LetradeBus:
     """A connection to the Letrade bus: publish, subscribe, request and health check."""
 
-    def __init__(self, url: str | None = None, *, source: str = "client") -> None:
-        self.url = url or get_settings().broker_url
+    def __init__(
+        self, url: str | None = None, *, source: str = "client", app: TradebusCelery | None = None
+    ) -> None:
+        if app is None:
+            settings = current_settings()
+            app = create_app(letrade.build(), replace(settings, broker_url=url or settings.broker_url))
+        self.app = app
+        self.url = url or app.settings.broker_url
         self.source = source
         self._connection: Connection | None = None
-        self._producer: Producer | None = None
         self._consumers: list[Consumer] = []
 
     # --- connection ---------------------------------------------------------------------------------
     def connect(self) -> LetradeBus:
-        """Open the connection (publishes wait for the broker's confirms)."""
+        """Open the connection subscriptions and replies are consumed on (publishes use the app's pool)."""
         if self._connection is None:
-            self._connection = Connection(
-                self.url, connect_timeout=5, transport_options={"confirm_publish": True}
-            )
+            self._connection = Connection(self.url, connect_timeout=5)
             self._connection.ensure_connection(max_retries=3)
-            self._producer = Producer(self._connection.channel())
         return self
 
     def close(self) -> None:
@@ -90,7 +95,7 @@ class LetradeBus:
         self._consumers.clear()
         if self._connection is not None:
             self._connection.release()
-        self._connection = self._producer = None
+        self._connection = None
 
     def __enter__(self) -> LetradeBus:
         return self.connect()
@@ -130,48 +135,8 @@ class LetradeBus:
         return message.message_id
 
     def send(self, message: Envelope, *, strategy_id: int | None = None) -> None:
-        """Publish a validated message on its own route, confirmed."""
-        headers: dict[str, Any] = {TYPE_HEADER: message.type, PUBLISHED_AT: time.time()}
-        strategy = strategy_id if strategy_id is not None else message.strategy_id
-        if strategy is not None:
-            headers[STRATEGY_HEADER] = strategy
-        self._publish(
-            encode(message),
-            message.exchange,
-            message.routing_key,
-            message_id=message.message_id,
-            headers=headers,
-            priority=message.route.priority,
-            delivery_mode=2 if message.route.persistent else 1,
-        )
-
-    def _publish(
-        self, body: bytes, exchange: str, routing_key: str, headers: dict[str, Any], **properties: Any
-    ) -> None:
-        self.connect()
-        assert self._producer is not None
-        message_id = properties.setdefault("message_id", str(uuid.uuid4()))
-        # Signed when this process has a key, as every tradebus publish is (tradebus/signing.py).
-        headers = headers | signing.outgoing(
-            body,
-            message_id=message_id,
-            exchange=exchange,
-            routing_key=routing_key,
-            content_type=CONTENT_TYPE,
-        )
-        try:
-            self._producer.publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                content_type=CONTENT_TYPE,
-                content_encoding="utf-8",
-                headers=headers,
-                retry=False,
-                **properties,
-            )
-        except Exception as exc:
-            raise PublishFailed(f"broker did not confirm {routing_key!r} on {exchange}: {exc}") from exc
+        """Publish a validated message on its own route, with its priority, confirmed."""
+        publish(message, strategy_id=strategy_id, app=self.app)
 
     # --- subscribing --------------------------------------------------------------------------------
     def subscribe(self, pattern: str, handler: Handler) -> str:
@@ -211,26 +176,31 @@ class LetradeBus:
         try:
             handler(routing_key, parsed.payload.model_dump(mode="json"))
         except Exception as exc:  # noqa: BLE001 - the handler's failure is the dead letter's reason
-            self._dead_letter(queue, routing_key, message, HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            self._dead_letter(
+                queue, routing_key, message, Reason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
+            )
             return
         message.ack()
 
     def _dead_letter(self, queue: str, routing_key: str, message: Message, reason: str, error: str) -> None:
-        """Dead-letter ``message`` to ``letrade.dlq`` with why; if even that fails the broker does it."""
-        exchange, key = letrade.dead_letter_route(queue, routing_key)
-        headers = {
-            dl.REASON: reason,
-            dl.ERROR: error[: dl.MAX_ERROR_CHARS],
-            dl.QUEUE: queue,
-            dl.ORIGINAL_EXCHANGE: message.delivery_info.get("exchange", ""),
-            dl.ORIGINAL_ROUTING_KEY: routing_key,
-            dl.ORIGINAL_MESSAGE_ID: (message.properties or {}).get("message_id", ""),
-        }
+        """Dead-letter ``message`` to ``letrade.dlq`` with why, as a stage would (tradebus/deadletter.py);
+        if even that fails, the queue's dead-letter exchange keeps it."""
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
-            self._publish(body, exchange, key, headers=headers, delivery_mode=2)
+            dead_letter(
+                self.app,
+                body,
+                queue=queue,
+                reason=reason,
+                error=error,
+                delivery_info={
+                    "exchange": message.delivery_info.get("exchange", ""),
+                    "routing_key": routing_key,
+                },
+                message_id=(message.properties or {}).get("message_id", ""),
+            )
         except PublishFailed:
-            message.reject(requeue=False)  # the queue's dead-letter exchange keeps it
+            message.reject(requeue=False)
             return
         message.ack()
 
@@ -313,7 +283,7 @@ class LetradeBus:
         """The seed's health check: ``status`` and ``queue_depth`` (and what they are made of)."""
         return bus_health(
             self.connection,
-            [q.name for q in letrade.WORKER_QUEUES],
-            [q.name for q in letrade.DEAD_LETTER_QUEUES],
-            [q.name for q in letrade.UNROUTED_QUEUES],
+            [q.name for q in self.app.topology.worker_queues],
+            [q.name for q in self.app.topology.dead_letter_queues],
+            [q.name for q in self.app.topology.unrouted_queues],
         )

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from routing.letrade import ROUTES, LetradeRoute
 from routing.match import topic_matches
-from tradebus.errors import InvalidJSON, MessageTooLarge, Misrouted, SchemaViolation, UnknownMessageType
+from tradebus.codec import check_incoming, describe, encode_model
+from tradebus.errors import InvalidJSON, Misrouted, SchemaViolation, UnknownMessageType
 from tradebus.letrade.payloads import (
     CancelOrder,
     CapitalAllocationRequest,
@@ -33,8 +34,6 @@ from tradebus.letrade.payloads import (
     routing_word,
     utcnow,
 )
-from tradebus.messages import MAX_MESSAGE_BYTES, wire_bytes
-from tradebus.publisher import describe, is_json_content_type
 
 #: Header naming the strategy a message belongs to, for ``*.strategy_<id>.*`` subscriptions.
 STRATEGY_HEADER = "x-letrade-strategy-id"
@@ -162,13 +161,7 @@ def class_for_key(routing_key: str) -> type[Envelope]:
 
 def encode(message: Envelope) -> bytes:
     """The JSON body of ``message``; MessageTooLarge over 128 KB (send large data by reference)."""
-    body = message.model_dump_json().encode()
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise MessageTooLarge(
-            f"{message.type} message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES} "
-            "(send large data by reference)"
-        )
-    return body
+    return encode_model(message, message.type)
 
 
 def build(cls: type[Envelope], payload: Payload | dict[str, Any], source: str, **envelope: Any) -> Envelope:
@@ -182,13 +175,7 @@ def build(cls: type[Envelope], payload: Payload | dict[str, Any], source: str, *
 
 def parse(body: str | bytes, routing_key: str, content_type: str | None = None) -> Envelope:
     """Validate a delivery as the message its routing key names, or raise the InvalidMessage saying why."""
-    from tradebus.errors import UnsupportedContentType
-
-    if not is_json_content_type(content_type):
-        raise UnsupportedContentType(f"content type {content_type!r} is refused; the bus carries JSON only")
-    size = len(wire_bytes(body))
-    if size > MAX_MESSAGE_BYTES:
-        raise MessageTooLarge(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    check_incoming(body, content_type)
     cls = class_for_key(routing_key)
     try:
         message = cls.model_validate_json(body)

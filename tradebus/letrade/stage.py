@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from celery.result import AsyncResult
+from celery import Celery
 
-from routing import letrade, topic_matches
-from tradebus.errors import InvalidMessage, Misrouted, UnknownMessageType, WrongStage
+from routing.letrade import ROUTES
+from tradebus import headers as h
+from tradebus import registry
+from tradebus.application import current
 from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, encode, parse
-from tradebus.publisher import TYPE_HEADER, send
-from tradebus.stage import StageTask, stage
+from tradebus.publisher import send
+from tradebus.stage import StageTask
 
 R = TypeVar("R")
 
@@ -27,7 +29,7 @@ def publish(
     *,
     strategy_id: int | None = None,
     headers: Mapping[str, Any] | None = None,
-    app: Any = None,
+    app: Celery | None = None,
 ) -> str:
     """Publish ``message`` on its exchange and key, with its priority, confirmed; returns its message id.
 
@@ -35,10 +37,11 @@ def publish(
     """
     body = encode(message)
     strategy = strategy_id if strategy_id is not None else message.strategy_id
-    extra = {TYPE_HEADER: message.type, **(headers or {})}
+    extra = {h.TYPE: message.type, **(headers or {})}
     if strategy is not None:
         extra[STRATEGY_HEADER] = strategy
     return send(
+        app or current(),
         body,
         exchange=message.exchange,
         routing_key=message.routing_key,
@@ -46,56 +49,34 @@ def publish(
         headers=extra,
         persistent=message.route.persistent,
         priority=message.route.priority,
-        app=app,
     )
 
 
 class LetradeStageTask(StageTask):
     """A stage of a Letrade inbox: parses the envelope its routing key names."""
 
-    def mismatch(self, message: Any) -> InvalidMessage | None:
-        """Why this stage cannot take ``message``: another message type, or routed elsewhere."""
-        if not isinstance(message, self.accepts):
-            names = ", ".join(cls.route_name for cls in self.accepts)
-            return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in letrade.ROUTER.route(message.exchange, message.routing_key):
-            return Misrouted(f"{message.routing_key!r} never reaches {self.queue_name}")
-        if self.keys and not any(topic_matches(p, message.routing_key) for p in self.keys):
-            return Misrouted(f"{self.name} takes {', '.join(self.keys)}, not {message.routing_key!r}")
-        return None
+    message_base = Envelope
 
-    def parse(self, payload: Any, content_type: str | None = None) -> Any:
+    @staticmethod
+    def type_name(cls: type[Any]) -> str:
+        """Letrade names a message by its route."""
+        return str(cls.route_name)
+
+    def decode(self, payload: Any, content_type: str | None) -> Any:
         """Validate ``payload`` as the message its original routing key names, or raise InvalidMessage."""
-        if isinstance(payload, Envelope):
-            message = payload
-        else:
-            _, routing_key = self.origin()
-            message = parse(payload, routing_key, content_type)
-        if problem := self.mismatch(message):
-            raise problem
-        return message
+        _, routing_key = self.origin()
+        return parse(payload, routing_key, content_type)
 
-    def apply_async(
-        self,
-        args: tuple[Any, ...] | list[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        task_id: str | None = None,
-        **options: Any,
-    ) -> AsyncResult:
-        """Publish the Letrade message this stage accepts (Celery's own retries go through unchanged)."""
-        if self.app.conf.task_always_eager or options.get("retries"):
-            return super().apply_async(args, kwargs, task_id=task_id, **options)
-        if options or kwargs or not args or len(args) != 1 or not isinstance(args[0], Envelope):
-            raise WrongStage(f"{self.name}.delay() takes exactly one Letrade message")
-        (message,) = args
-        if problem := self.mismatch(message):
-            raise WrongStage(str(problem)) from problem
-        return self.AsyncResult(publish(message))
+    def send_message(self, message: Any, message_id: str | None) -> str:
+        """Publish the Letrade message on its route, with its priority."""
+        return publish(message, app=self.app)
 
 
 def letrade_stage(
     name: str, *, queue: str, accepts: type[Envelope], **options: Any
-) -> Callable[[Callable[[Any], R]], StageTask]:
+) -> Callable[[Callable[[Any], R]], Any]:
     """Make ``fn(message)`` the stage ``name`` for ``accepts`` messages arriving on inbox ``queue``."""
-    pattern = letrade.ROUTES[accepts.route_name].pattern
-    return stage(name, queue=queue, accepts=accepts, keys=(pattern,), base=LetradeStageTask, **options)
+    pattern = ROUTES[accepts.route_name].pattern
+    return registry.stage(
+        name, queue=queue, accepts=accepts, keys=(pattern,), base=LetradeStageTask, **options
+    )

@@ -1,0 +1,194 @@
+"""The topology as one value: what a profile declares, routes and runs, built by ``routing.build``.
+
+A :class:`Topology` holds a bus's exchanges, queues (with their arguments and bindings), policies, message
+routes, worker pools and dead-letter naming. Each profile builds one (``routing.mastertrade.build``,
+``routing.letrade.build``) from :class:`TopologyOptions`; the app, the workers, the CLI and the tests are
+handed that value. Nothing here reads the environment or imports the app.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from routing.match import Hop, Router
+
+#: Queue types a topology may be built with.
+CLASSIC = "classic"
+QUEUE_TYPES: tuple[str, ...] = (CLASSIC,)
+#: Above an operator's catch-all policies (priority 0); an operator policy that must win over ours has to
+#: repeat our keys.
+POLICY_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class TopologyOptions:
+    """How a profile's topology is built: the variants later features choose between.
+
+    ``queue_type`` is the type of the critical queues and ``market_data_shards`` the number of queues
+    market data for the strategy is spread over (0: the seed's one queue). Only the seed's single-node
+    topology (classic, no shards) is built today; a value no profile builds yet is refused here, at the
+    edge, rather than silently ignored.
+    """
+
+    queue_type: str = CLASSIC
+    market_data_shards: int = 0
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue type {self.queue_type!r}: built today: {', '.join(QUEUE_TYPES)}")
+        if self.market_data_shards != 0:
+            raise ValueError("market-data sharding is not built yet: market_data_shards must be 0")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message type is published: an exchange and a routing-key template."""
+
+    exchange: str
+    template: str
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The payload fields the template reads, in order."""
+        return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
+
+    @property
+    def pattern(self) -> str:
+        """The topic pattern every key of this route matches (``market_data.*.*``)."""
+        return self.template.format(**{name: "*" for name in self.fields})
+
+    def key(self, **values: str) -> str:
+        """The routing key for these field values."""
+        return self.template.format(**values)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A RabbitMQ policy applied to exactly one queue."""
+
+    name: str
+    queue: str
+    definition: dict[str, Any]
+    priority: int = POLICY_PRIORITY
+    apply_to: str = "queues"
+
+    @property
+    def pattern(self) -> str:
+        """The policy's pattern: the queue's name and nothing else."""
+        return f"^{re.escape(self.queue)}$"
+
+    def as_json(self) -> dict[str, Any]:
+        """The body of ``PUT /api/policies/{vhost}/{name}``."""
+        return {
+            "pattern": self.pattern,
+            "definition": self.definition,
+            "priority": self.priority,
+            "apply-to": self.apply_to,
+        }
+
+
+@dataclass(frozen=True)
+class PoolProfile:
+    """A pool of worker processes consuming one worker queue."""
+
+    queue: str
+    concurrency: int
+    prefetch_multiplier: int
+
+    @property
+    def name(self) -> str:
+        """The pool's name, which is its queue's name."""
+        return self.queue
+
+    @property
+    def prefetch_count(self) -> int:
+        """The unacknowledged messages RabbitMQ allows this pool."""
+        return self.concurrency * self.prefetch_multiplier
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """One bus: everything declared, how messages route, which stages and pools consume what."""
+
+    name: str
+    options: TopologyOptions
+    #: Every exchange, alternate exchanges first so that each one exists before it is named.
+    exchanges: tuple[Exchange, ...]
+    #: The exchanges publishers address, by name.
+    public_exchanges: Mapping[str, Exchange]
+    #: Exchanges whose messages must survive a broker restart (delivery mode 2).
+    persistent_exchanges: frozenset[str]
+    #: Where dead letters go, and where retries go back to their queue (bound there by the queue's name).
+    dlx: Exchange
+    retry: Exchange
+    #: Queues a stage consumes, queues of plain Celery tasks, dead-letter and unrouted queues.
+    stage_queues: tuple[Queue, ...]
+    task_queues: tuple[Queue, ...]
+    dead_letter_queues: tuple[Queue, ...]
+    unrouted_queues: tuple[Queue, ...]
+    #: Queues whose messages are prices: transient, and stale once dead.
+    market_data_queues: frozenset[str]
+    #: Queues that must not lose a message when the pool process running it dies (redelivered).
+    critical_queues: frozenset[str]
+    pools: Mapping[str, PoolProfile]
+    policies: tuple[Policy, ...]
+    #: ``(queue, routing key) -> (exchange, routing key)`` of a dead letter from that queue.
+    dead_letter_route: Callable[[str, str], tuple[str, str]]
+    #: The prefix of every dead-letter queue's name.
+    dead_letter_prefix: str
+    #: Modules whose stages and tasks this bus runs (Celery's ``include``).
+    stage_modules: tuple[str, ...]
+    #: Celery beat's schedule and the routes of plain Celery tasks.
+    beat_schedule: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = {q.name for q in self.worker_queues} ^ set(self.pools)
+        if missing:
+            raise ValueError(f"{self.name}: every worker queue needs exactly one pool: {sorted(missing)}")
+
+    @cached_property
+    def worker_queues(self) -> tuple[Queue, ...]:
+        """Every queue a worker consumes."""
+        return self.stage_queues + self.task_queues
+
+    @cached_property
+    def queues(self) -> tuple[Queue, ...]:
+        """Every queue declared."""
+        return self.worker_queues + self.dead_letter_queues + self.unrouted_queues
+
+    @cached_property
+    def queues_by_name(self) -> dict[str, Queue]:
+        """Every queue, by name."""
+        return {q.name: q for q in self.queues}
+
+    @cached_property
+    def router(self) -> Router:
+        """Routing over this topology's exchanges and bindings."""
+        return Router(self.exchanges, self.queues)
+
+    def route(self, exchange: str, routing_key: str) -> frozenset[str]:
+        """The queues a message published to ``exchange`` with ``routing_key`` reaches."""
+        return self.router.route(exchange, routing_key)
+
+    def trace(self, exchange: str, routing_key: str) -> list[Hop]:
+        """The exchanges such a message passes through, with the queues each delivered to."""
+        return self.router.trace(exchange, routing_key)
+
+    def pool(self, name: str) -> PoolProfile:
+        """The pool called ``name``; KeyError naming the real ones."""
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise KeyError(f"no pool {name!r}; pools: {', '.join(sorted(self.pools))}") from None
+
+    def is_dead_letter_queue(self, name: str) -> bool:
+        """Whether ``name`` is one of this bus's dead-letter queues."""
+        return name.startswith(self.dead_letter_prefix) and name in self.queues_by_name

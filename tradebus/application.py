@@ -1,0 +1,91 @@
+"""The Celery app factory: ``create_app(topology, settings)`` builds the app of one bus.
+
+The app carries its :class:`~routing.Topology` and :class:`~tradebus.settings.Settings`; the consumer, the
+stages, the publisher and the worker read them from the app they run under, so one process can hold the
+apps of both buses. ``celery -A tradebus`` finds the default app (``tradebus.application``), built from the
+environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_*``).
+"""
+
+from __future__ import annotations
+
+from copy import copy
+from functools import cache
+from typing import Any
+
+from celery import Celery
+from kombu.utils.objects import cached_property
+
+import tradebus.memory  # noqa: F401 - memory:// deliveries name their consumer tag, as RabbitMQ's do
+from routing import Topology, build
+from tradebus import tls
+from tradebus.settings import Settings
+
+#: The environment variable naming the default app's topology (``mastertrade`` or ``letrade``).
+TOPOLOGY_ENV = "TRADEBUS_TOPOLOGY"
+
+
+class TradebusCelery(Celery):  # type: ignore[misc]
+    """Celery, with the bus's topology and settings, and a worker sized from the topology's pools."""
+
+    topology: Topology
+    settings: Settings
+
+    @cached_property  # type: ignore[untyped-decorator]
+    def Worker(self) -> Any:  # noqa: N802 - Celery's own attribute name
+        return self.subclass_with_self("workers.profiled:ProfiledWorker")
+
+
+def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
+    """What ``celeryconfig`` leaves to the bus: broker, results, queues, stage modules, beat, routes."""
+    # Celery fills in a default exchange on the queues it is given; hand it copies so the topology's data
+    # stays as declared.
+    task_queues = [copy(queue) for queue in topology.worker_queues]
+    if not settings.declare_topology:
+        # A least-privilege worker (TRADEBUS_DECLARE_TOPOLOGY=0) may not declare: it consumes what the
+        # topology service declared, and its retries do not redeclare their queue (docs/security.md).
+        for queue in task_queues:
+            queue.no_declare = True
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.redis_url,
+        "task_queues": task_queues,
+        "include": list(topology.stage_modules),
+        "beat_schedule": {name: dict(entry) for name, entry in topology.beat_schedule.items()},
+        "task_routes": {name: dict(route) for name, route in topology.task_routes.items()},
+    }
+    # amqps:// with the CA and client certificate from TRADEBUS_BROKER_*_FILE (tradebus/tls.py).
+    if (broker_ssl := tls.broker_use_ssl(settings)) is not None:
+        config["broker_use_ssl"] = broker_ssl
+    return config
+
+
+def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus") -> TradebusCelery:
+    """A Celery app of ``topology``'s bus with ``settings``; its stages register when it finalizes."""
+    app = TradebusCelery(main, set_as_current=False)
+    app.topology = topology
+    app.settings = settings
+    app.config_from_object("celeryconfig")
+    app.conf.update(celery_config(topology, settings))
+    return app
+
+
+@cache
+def default_app() -> TradebusCelery:
+    """The app ``celery -A tradebus`` runs: topology and settings from the environment, read once."""
+    import os
+
+    settings = Settings.from_env()
+    app = create_app(build(os.environ.get(TOPOLOGY_ENV) or "mastertrade"), settings)
+    app.set_current()
+    app.set_default()
+    return app
+
+
+def current() -> TradebusCelery:
+    """The app this code runs under: the running task's, else Celery's current app, else the default app."""
+    from celery import current_app, current_task
+
+    for app in (getattr(current_task, "app", None), current_app._get_current_object()):
+        if isinstance(app, TradebusCelery):
+            return app
+    return default_app()

@@ -1,0 +1,347 @@
+"""The paper trading account in Redis: cash, holdings, reservations, closed trades, last prices, breaker.
+
+Two writers, each in one Redis transaction (WATCH/MULTI), so concurrent pool processes and redelivered
+messages cannot corrupt it:
+
+* the risk manager's :func:`decide` reads the portfolio, applies the rules of
+  ``tradebus.mastertrade.trading.risk`` and stores its decision under the signal's key together with the
+  reservation of an approved order; the same signal delivered again gets the stored decision back, never
+  a second order;
+* the executor's :func:`fill` claims the order request's ``request_id`` together with the booking of its
+  fills; the same request delivered again gets the stored fills back, so it is filled exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from tradebus import store
+from tradebus.mastertrade.messages import BusMessage, OrderRequest, OrderUpdate, TradingSignal
+from tradebus.mastertrade.trading.execution import Execution, book, execute, order_updates
+from tradebus.mastertrade.trading.risk import Decision, Holding, Limits, Portfolio, Reservation
+from tradebus.mastertrade.trading.risk import decide as risk_decide
+from tradebus.mastertrade.wire import publish
+
+#: The paper portfolio's limits.
+LIMITS = Limits()
+#: How many closed-trade results are kept (the loss streak reads the last few).
+RESULTS_KEPT = 1_000
+#: The oldest order request the executor fills (the seed's order_requests TTL is 60 s; retries add 35 s):
+#: an older one is refused as stale, so a dead letter replayed long after cannot trade at today's price.
+ORDER_MAX_AGE_SECONDS = 10 * 60
+#: An approved order's reservation lapses when its order could no longer be filled.
+RESERVATION_SECONDS = ORDER_MAX_AGE_SECONDS
+#: The oldest trading signal the risk manager decides on (the simulator replays the last day).
+SIGNAL_MAX_AGE_SECONDS = 2 * 24 * 3600
+#: How long a decision or a fill record is remembered: longer than any signal or order is accepted, so a
+#: redelivered or replayed one always finds it.
+RECORD_TTL_SECONDS = 30 * 24 * 3600
+#: How long one delivery may take to publish what a decision or a fill produced before another may.
+PUBLISH_CLAIM_SECONDS = 30
+_ORDER_NAMESPACE = uuid.UUID("6ba7b812-9dad-11d1-80b4-00c04fd430c8")
+
+
+def _k(name: str) -> str:
+    return store.key("account", name)
+
+
+def _decode(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+#: The market time of the newest price this process wrote, per account and symbol.
+_newest: dict[tuple[str, str], float] = {}
+
+
+def record_price(symbol: str, price: float, at: float | None = None) -> None:
+    """Remember the last price the executor saw for ``symbol`` at market time ``at`` (default: now).
+
+    A price older than one this process already wrote (a late or replayed tick) does not overwrite it.
+    """
+    at = time.time() if at is None else at
+    seen = (store.key(), symbol)
+    if at < _newest.get(seen, float("-inf")):
+        return
+    _newest[seen] = at
+    store.client().hset(_k("prices"), symbol, repr(price))
+
+
+def last_price(symbol: str) -> float | None:
+    """The last price the executor saw for ``symbol``."""
+    raw = store.client().hget(_k("prices"), symbol)
+    return float(raw) if raw is not None else None
+
+
+#: The reads the portfolio is made of, in the order ``_portfolio`` takes them.
+def _portfolio_reads() -> list[tuple[str, ...]]:
+    return [
+        ("hgetall", _k("account")),
+        ("hgetall", _k("holdings")),
+        ("hgetall", _k("reservations")),
+        ("lrange", _k("results"), "0", "-1"),
+        ("hgetall", _k("prices")),
+    ]
+
+
+def _portfolio(values: list[Any], limits: Limits, now: float | None = None) -> tuple[Portfolio, int]:
+    """The portfolio and the number of trades ever closed, from the values of ``_portfolio_reads``.
+
+    Reservations of orders too old to be filled any more are left out.
+    """
+    now = time.time() if now is None else now
+    raw_account, raw_holdings, raw_reservations, raw_results, raw_prices = values
+    reservations = {_decode(r): Reservation(**json.loads(v)) for r, v in raw_reservations.items()}
+    account = {_decode(k): _decode(v) for k, v in raw_account.items()}
+    results = [float(v) for v in raw_results]
+    closed = int(account.get("closed_trades", 0))
+    # streak_from counts closed trades since the account opened; results keeps only the last RESULTS_KEPT.
+    streak_from = max(0, int(account.get("streak_from", 0)) - (closed - len(results)))
+    current = Portfolio(
+        cash=float(account.get("cash", limits.initial_capital)),
+        holdings={_decode(s): Holding(**json.loads(v)) for s, v in raw_holdings.items()},
+        marks={_decode(s): float(v) for s, v in raw_prices.items()},
+        peak_equity=float(account.get("peak", limits.initial_capital)),
+        reservations={r: v for r, v in reservations.items() if v.at >= now - RESERVATION_SECONDS},
+        results=results,
+        breaker_until=float(account.get("breaker_until", 0.0)),
+        streak_from=streak_from,
+    )
+    return current, closed
+
+
+def _read(reads: list[tuple[str, ...]]) -> list[Any]:
+    """Run ``reads`` in one round trip."""
+    reader = store.client().pipeline(transaction=False)
+    for name, *args in reads:
+        getattr(reader, name)(*args)
+    values: list[Any] = reader.execute()
+    return values
+
+
+def _transaction(
+    watched: list[str], reads: list[tuple[str, ...]], body: Callable[[list[Any], Pipeline], dict[str, Any]]
+) -> dict[str, Any]:
+    """Read, decide and write as one Redis transaction, in three round trips, again if a watched key moved.
+
+    WATCH first; then every read in one pipeline on another connection (a change after the WATCH fails
+    the EXEC, so the reads cannot be stale); then ``body`` queues its writes between MULTI and EXEC.
+    """
+    with store.client().pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                values = _read(reads)
+                pipe.multi()
+                result = body(values, pipe)
+                pipe.execute()
+                return result
+            except WatchError:
+                continue
+
+
+def portfolio(limits: Limits = LIMITS) -> Portfolio:
+    """The portfolio as it is now (decisions read it inside their own transaction)."""
+    current, _ = _portfolio(_read(_portfolio_reads()), limits)
+    return current
+
+
+def reset(cash: float = LIMITS.initial_capital, peak: float | None = None) -> None:
+    """Open the paper account afresh: ``cash``, no holdings, no history, the breaker reset."""
+    client = store.client()
+    client.delete(*(_k(name) for name in ("account", "holdings", "reservations", "results")))
+    client.hset(_k("account"), mapping={"cash": repr(cash), "peak": repr(cash if peak is None else peak)})
+
+
+def signal_key(signal: TradingSignal) -> str:
+    """What makes a signal the same signal when it is delivered again: every field of it."""
+    return hashlib.sha256(signal.model_dump_json().encode()).hexdigest()
+
+
+def request_id_for(signal: TradingSignal) -> str:
+    """The order request id an approved signal gets: the same for every delivery of the signal."""
+    return "req-" + signal_key(signal)[:24]
+
+
+def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = None) -> dict[str, Any]:
+    """Decide on ``signal`` once.
+
+    Returns ``{"decision": Decision as a dict, "order": OrderRequest JSON or None, "breach_new": bool,
+    "breaker_reset": bool, "again": bool}``: ``breach_new`` when a breach starts (not at every refusal
+    while it lasts), ``breaker_reset`` when this decision found the breaker's cooldown over, ``again`` when
+    the decision was taken at an earlier delivery of the same signal.
+    """
+    now = time.time() if now is None else now
+    key = store.key("decisions", signal_key(signal))
+    watched = [key, _k("account"), _k("holdings"), _k("reservations"), _k("results")]
+
+    def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
+        stored, *portfolio_values = values
+        if stored is not None:
+            record: dict[str, Any] = json.loads(stored)
+            return record | {"again": True}
+        current, closed = _portfolio(portfolio_values, limits, now)
+        decision = risk_decide(signal, current, limits, now)
+        order = _order_for(signal, decision) if decision.approved else None
+        breached = b"drawdown_breached" in portfolio_values[0]
+        reset = 0 < current.breaker_until <= now
+        record = {
+            "decision": asdict(decision),
+            "order": order.model_dump(mode="json") if order else None,
+            "breach_new": bool(decision.breaches) and not breached,
+            "breaker_reset": reset,
+        }
+        pipe.set(key, json.dumps(record), ex=RECORD_TTL_SECONDS)
+        pipe.hincrby(store.key("metrics"), "orders" if order else "signals_refused", 1)
+        if reset:
+            pipe.hset(_k("account"), "breaker_until", "0")
+        pipe.hset(_k("account"), "peak", repr(max(decision.peak_equity, current.peak_equity)))
+        if decision.breaches:
+            pipe.hset(_k("account"), "drawdown_breached", "1")
+        elif signal.action == "BUY":
+            pipe.hdel(_k("account"), "drawdown_breached")
+        if decision.trips_breaker:
+            pipe.hset(
+                _k("account"), mapping={"breaker_until": repr(decision.breaker_until), "streak_from": closed}
+            )
+        lapsed = set(_decode(r) for r in portfolio_values[2]) - set(current.reservations)
+        if lapsed:
+            pipe.hdel(_k("reservations"), *lapsed)
+        if order is not None:
+            reserved = Reservation(
+                order.symbol, order.side, order.quantity, order.quantity * signal.entry_price, now
+            )
+            pipe.hset(_k("reservations"), order.request_id, json.dumps(asdict(reserved)))
+        return record | {"again": False}
+
+    return _transaction(watched, [("get", key), *_portfolio_reads()], body)
+
+
+def _order_for(signal: TradingSignal, decision: Decision) -> OrderRequest:
+    return OrderRequest(
+        request_id=request_id_for(signal),
+        strategy_id=signal.strategy_id,
+        symbol=signal.symbol,
+        side=signal.action,
+        order_type="MARKET",
+        quantity=decision.quantity,
+        stop_loss=signal.stop_loss,
+        take_profit=signal.take_profit,
+        environment="paper",
+        risk_approved=True,
+        timestamp=datetime.now(UTC),
+    )
+
+
+def order_id_for(request_id: str) -> str:
+    """The order id the executor gives a request: the same for every delivery of it."""
+    return f"order-{uuid.uuid5(_ORDER_NAMESPACE, request_id).hex[:20]}"
+
+
+def fill(order: OrderRequest) -> dict[str, Any]:
+    """Execute ``order`` once against the last price and book it.
+
+    Returns ``{"status": ..., "updates": [OrderUpdate JSON], "published": bool, "again": bool}``; ``again``
+    is true when an earlier delivery of the same ``request_id`` already executed it.
+    """
+    key = store.key("fills", order.request_id)
+    order_id = order_id_for(order.request_id)
+    exchange_order_id = str(int(hashlib.sha256(order_id.encode()).hexdigest()[:12], 16))
+
+    def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
+        stored, raw_holding, price = values
+        if stored is not None:
+            record: dict[str, Any] = json.loads(stored)
+            return record | {"again": True}
+        holding = Holding(**json.loads(raw_holding)) if raw_holding else None
+        execution = execute(order, float(price) if price else None, holding.quantity if holding else 0.0)
+        updates = order_updates(order, execution, order_id, exchange_order_id, datetime.now(UTC))
+        record = {"status": execution.status, "updates": [u.model_dump(mode="json") for u in updates]}
+        pipe.set(key, json.dumps(record), ex=RECORD_TTL_SECONDS)
+        pipe.hdel(_k("reservations"), order.request_id)
+        pipe.hincrby(
+            store.key("metrics"), "fills" if execution.status == "filled" else f"orders_{execution.status}", 1
+        )
+        if execution.fills:
+            _book(pipe, order, holding, execution)
+        return record | {"again": False}
+
+    reads = [("get", key), ("hget", _k("holdings"), order.symbol), ("hget", _k("prices"), order.symbol)]
+    return _transaction([key, _k("holdings")], reads, body)
+
+
+def _book(pipe: Pipeline, order: OrderRequest, holding: Holding | None, execution: Execution) -> None:
+    booking = book(holding, order.side, execution)
+    if booking.holding is None:
+        pipe.hdel(_k("holdings"), order.symbol)
+    else:
+        pipe.hset(_k("holdings"), order.symbol, json.dumps(asdict(booking.holding)))
+    # HINCRBYFLOAT on a missing field starts from 0: the account opens with its initial capital first.
+    pipe.hsetnx(_k("account"), "cash", repr(LIMITS.initial_capital))
+    pipe.hincrbyfloat(_k("account"), "cash", booking.cash_delta)
+    pipe.hincrby(_k("account"), "fills", 1)
+    if booking.realized is not None:
+        pipe.rpush(_k("results"), repr(booking.realized))
+        pipe.ltrim(_k("results"), -RESULTS_KEPT, -1)
+        pipe.hincrby(_k("account"), "closed_trades", 1)
+
+
+def fill_outcome(order: OrderRequest) -> str:
+    """The key naming what the fill of ``order`` publishes (its order updates)."""
+    return store.key("fills", order.request_id)
+
+
+def decision_outcome(signal: TradingSignal) -> str:
+    """The key naming what the decision on ``signal`` publishes (its order, breaches, breaker changes)."""
+    return store.key("decisions", signal_key(signal))
+
+
+def claim_publication(outcome: str, claimant: str) -> bool:
+    """Whether the delivery of message ``claimant`` should publish what ``outcome`` produced.
+
+    Not when it is published already, nor while another message is publishing it (its claim lapses after
+    PUBLISH_CLAIM_SECONDS). An earlier attempt of the same message (a worker killed while publishing, a
+    retry after a failed publish) hands its claim on: RabbitMQ never has one message in two deliveries at
+    once, so the holder with the same id is a dead attempt, and waiting for it would publish nothing.
+    """
+    client = store.client()
+    if client.exists(f"{outcome}:published"):
+        return False
+    claim = f"{outcome}:publishing"
+    if client.set(claim, claimant, nx=True, ex=PUBLISH_CLAIM_SECONDS):
+        return True
+    holder = client.get(claim)
+    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == claimant:
+        client.expire(claim, PUBLISH_CLAIM_SECONDS)
+        return True
+    return False
+
+
+def publish_once(outcome: str, messages: Iterable[BusMessage], claimant: str) -> None:
+    """Publish what ``outcome`` produced unless another delivery did or is doing it (claim_publication)."""
+    if claim_publication(outcome, claimant):
+        for message in messages:
+            publish(message)
+        mark_published(outcome)
+
+
+def mark_published(outcome: str) -> None:
+    """Note that what ``outcome`` produced reached the broker: later deliveries publish nothing."""
+    pipe = store.client().pipeline(transaction=False)
+    pipe.set(f"{outcome}:published", "1", ex=RECORD_TTL_SECONDS)
+    pipe.delete(f"{outcome}:publishing")
+    pipe.execute()
+
+
+def updates_of(record: dict[str, Any]) -> list[OrderUpdate]:
+    """The order updates stored in a fill record."""
+    return [OrderUpdate.model_validate(u) for u in record["updates"]]

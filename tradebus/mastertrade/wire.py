@@ -1,0 +1,146 @@
+"""MasterTrade's wire contract: validate a message, parse a delivery, encode and publish a message.
+
+``publish`` validates first (a clear error and nothing sent), picks exchange and routing key from the
+message's own fields, and returns only once RabbitMQ has confirmed it (tradebus/publisher.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from celery import Celery
+from pydantic import Field, TypeAdapter, ValidationError
+
+from tradebus import headers as h
+from tradebus.application import current
+from tradebus.codec import check_incoming, describe, encode_model
+from tradebus.errors import InvalidJSON, InvalidMessage, SchemaViolation, UnknownMessageType
+from tradebus.mastertrade.messages import (
+    BusMessage,
+    CircuitBreaker,
+    ConfigChange,
+    MarketData,
+    OnchainMetric,
+    OrderBook,
+    OrderRequest,
+    OrderUpdate,
+    RiskBreach,
+    RiskCheck,
+    Sentiment,
+    StockIndex,
+    SystemAlert,
+    SystemHealth,
+    Ticker,
+    TickerBatch,
+    Trade,
+    TradingSignal,
+    WhaleAlert,
+)
+from tradebus.publisher import send
+
+MESSAGE_CLASSES: tuple[type[BusMessage], ...] = (
+    MarketData,
+    Ticker,
+    TickerBatch,
+    OrderBook,
+    Trade,
+    Sentiment,
+    StockIndex,
+    OnchainMetric,
+    WhaleAlert,
+    TradingSignal,
+    OrderRequest,
+    OrderUpdate,
+    RiskCheck,
+    RiskBreach,
+    CircuitBreaker,
+    SystemHealth,
+    SystemAlert,
+    ConfigChange,
+)
+
+
+def message_type(cls: type[BusMessage]) -> str:
+    """The ``type`` value a message class carries on the wire."""
+    default = cls.model_fields["type"].default
+    assert isinstance(default, str)
+    return default
+
+
+MESSAGE_TYPES: dict[str, type[BusMessage]] = {message_type(cls): cls for cls in MESSAGE_CLASSES}
+
+
+def adapter_for(classes: tuple[type[BusMessage], ...]) -> TypeAdapter[Any]:
+    """A validator for any of ``classes``, picked by the ``type`` field."""
+    if len(classes) == 1:
+        return TypeAdapter(classes[0])
+    union: Any = classes[0]
+    for cls in classes[1:]:
+        union = union | cls
+    return TypeAdapter(Annotated[union, Field(discriminator="type")])
+
+
+#: Validates any bus message.
+ANY_MESSAGE = adapter_for(MESSAGE_CLASSES)
+
+
+def to_message(message: BusMessage | Mapping[str, Any]) -> BusMessage:
+    """Validate ``message`` (a model or its dict) against the wire contract, or raise InvalidMessage."""
+    data = message.model_dump(mode="json") if isinstance(message, BusMessage) else dict(message)
+    kind = data.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise UnknownMessageType(f"unknown message type {kind!r}; known: {', '.join(sorted(MESSAGE_TYPES))}")
+    try:
+        return MESSAGE_TYPES[kind].model_validate(data)
+    except ValidationError as exc:
+        raise SchemaViolation(f"invalid {kind} message: {describe(exc)}") from exc
+
+
+def parse_wire(body: str | bytes, content_type: str | None = None) -> BusMessage:
+    """Parse a message as it arrives from the broker, or raise the InvalidMessage that says why not."""
+    check_incoming(body, content_type)
+    try:
+        message: BusMessage = ANY_MESSAGE.validate_json(body)
+    except ValidationError:
+        pass  # diagnose below, off the fast path
+    else:
+        return message
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidJSON(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SchemaViolation(f"a message is a JSON object, not {type(data).__name__}")
+    return to_message(data)
+
+
+def encode(message: BusMessage) -> bytes:
+    """The JSON body of ``message``, refused when over the size limit."""
+    return encode_model(message, message.type)
+
+
+def publish(
+    message: BusMessage | Mapping[str, Any],
+    *,
+    message_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    app: Celery | None = None,
+) -> str:
+    """Validate ``message`` and publish it to its exchange and routing key; returns the message id.
+
+    Raises InvalidMessage (nothing is sent) or PublishFailed (the broker did not confirm).
+    """
+    if not isinstance(message, BusMessage | Mapping):
+        raise InvalidMessage(f"cannot publish {type(message).__name__}; expected a bus message or dict")
+    validated = to_message(message)
+    all_headers = {h.TYPE: validated.type, **(headers or {})}
+    return send(
+        app or current(),
+        encode(validated),
+        exchange=validated.exchange,
+        routing_key=validated.routing_key,
+        message_id=message_id,
+        headers=all_headers,
+    )

@@ -1,0 +1,346 @@
+"""``tradebus bench``: tradebus's paths against raw Kombu and bare Celery, in one run on one broker.
+
+* hop: one message through one queue to one consumer process, paced so nothing queues (latency) and as
+  fast as possible (throughput), for a raw Kombu consumer, a bare Celery task and a tradebus stage;
+* fan-out: ticks through ``ticker.*`` to both of its stages (ticker_updates, executor_market_data), one
+  tick per message and batched (TickerBatch), as fast as both stages keep up;
+* order path: signal -> risk -> order -> paper fill latency, under background market load.
+
+Each run gets a vhost and a Redis prefix of its own; the figures are ratios against the baselines run
+here, on this machine (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import kombu
+from kombu import Connection, Queue
+
+from tradebus import recorder
+from tradebus.application import TradebusCelery
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import Ticker, TradingSignal
+from tradebus.mastertrade.samples import ticker_batch
+from tradebus.mastertrade.wire import publish
+from tradebus.ops import benchapp
+from tradebus.ops.benchkit import (
+    Plan,
+    background_ticks,
+    bench_vhost,
+    count,
+    latencies,
+    stage_count,
+    wait,
+    machine,
+    rss_mb,
+)
+from tradebus.ops.harness import percentiles
+from tradebus.publisher import send
+from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
+
+#: Seconds of publishing before the fan-out's rates are sampled.
+WARM_UP_SECONDS = 2.0
+#: Ticks per message of the batched background load of the order-path scenario.
+BACKGROUND_BATCH = 50
+
+
+class Bench:
+    """One benchmark run: its vhost, its processes, its results."""
+
+    def __init__(self, app: TradebusCelery, plan: Plan, echo: Callable[[str], None]) -> None:
+        self.app, self.plan, self.echo = app, plan, echo
+        self.log_dir = Path(tempfile.mkdtemp(prefix="tradebus-bench-"))
+        self.results: dict[str, Any] = {"machine": machine(), "plan": plan.__dict__}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        #: Each round trip's signal is a minute after the last, from yesterday (the risk manager refuses
+        #: signals over two days old).
+        self.signals_from = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
+        self.pools: list[PoolProcess] = []
+
+    @property
+    def url(self) -> str:
+        return self.app.settings.broker_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        settings = self.app.settings
+        return {
+            "TRADEBUS_TOPOLOGY": self.app.topology.name,
+            "TRADEBUS_BROKER_URL": settings.broker_url,
+            "TRADEBUS_REDIS_URL": settings.redis_url,
+            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+        }
+
+    def spawn(self, argv: list[str], name: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                argv,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+    def pool(self, name: str, *extra: str) -> None:
+        self.pools.append(start_pool(name, self.log_dir, ["--loglevel", "WARNING", *extra], self.env))
+
+    def wait_consumers(self, *queues: str) -> None:
+        with Connection(self.url) as conn:
+            missing = wait_for_consumers(conn, queues, 90.0, self.pools)
+        if missing:
+            raise RuntimeError(f"no consumer on {', '.join(missing)}; logs in {self.log_dir}")
+
+    def stop(self) -> None:
+        stop_all(self.pools)
+        self.pools = []
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(20)
+        self.processes = []
+
+    # --- hop -------------------------------------------------------------------------------------
+    def hop(self) -> None:
+        """One queue, one consumer process: raw Kombu, bare Celery, a tradebus stage."""
+        body = Ticker(symbol="BTCUSDT", price=45_000.0, bid=44_999.5, ask=45_000.5).model_dump_json()
+        prefix = self.app.settings.redis_prefix
+        raw_key = f"{prefix}:bench:raw"
+        bare_key = f"{prefix}:{benchapp.BARE_KEY_SUFFIX}"
+        with Connection(self.url) as conn:
+            for name in (benchapp.RAW_QUEUE, benchapp.BARE_QUEUE):
+                Queue(name, durable=True)(conn.default_channel).declare()
+        self.spawn([sys.executable, "-m", "tradebus.ops.benchapp", benchapp.RAW_QUEUE, raw_key], "raw")
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tradebus.ops.benchapp",
+                "worker",
+                "-Q",
+                benchapp.BARE_QUEUE,
+                "-c",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "--loglevel",
+                "WARNING",
+            ],
+            "bare",
+        )
+        self.pool("ticker_updates", "-c", "1", "--prefetch-multiplier", "1")
+        self.wait_consumers(benchapp.RAW_QUEUE, benchapp.BARE_QUEUE, "ticker_updates")
+        benchapp.app.conf.update(broker_url=self.url, broker_transport_options={"confirm_publish": True})
+
+        def raw() -> None:
+            send(self.app, body.encode(), exchange="", routing_key=benchapp.RAW_QUEUE)
+
+        def bare() -> None:
+            benchapp.hop.apply_async((time.time(), body), queue=benchapp.BARE_QUEUE)
+
+        def stage() -> None:
+            send(self.app, body.encode(), exchange="", routing_key="ticker_updates")
+
+        kinds: list[tuple[str, Callable[[], None], Callable[[], int], Callable[[], list[float]]]] = [
+            ("raw kombu", raw, lambda: count(raw_key), lambda: latencies(raw_key)),
+            ("bare celery", bare, lambda: count(bare_key), lambda: latencies(bare_key)),
+            (
+                "tradebus stage",
+                stage,
+                lambda: stage_count("ticker_updates"),
+                lambda: recorder.latencies("ticker_updates"),
+            ),
+        ]
+        hop: dict[str, Any] = {}
+        for name, sender, count, samples in kinds:
+            hop[name] = self._hop(sender, count, samples)
+            self.echo(f"  hop {name}: {hop[name]}")
+        trees = {
+            "raw kombu": self.processes[0].pid,
+            "bare celery": self.processes[1].pid,
+            "tradebus stage": self.pools[-1].process.pid,
+        }
+        for name, pid in trees.items():
+            hop[name]["rss_mb"] = rss_mb(pid)
+        base = hop["bare celery"]
+        hop["tradebus / bare celery"] = {
+            "p50": round(hop["tradebus stage"]["latency_ms"]["p50"] / base["latency_ms"]["p50"], 2),
+            "p99": round(hop["tradebus stage"]["latency_ms"]["p99"] / base["latency_ms"]["p99"], 2),
+            "throughput": round(hop["tradebus stage"]["per_second"] / base["per_second"], 2),
+            "memory": round(hop["tradebus stage"]["rss_mb"] / base["rss_mb"], 2),
+        }
+        self.results["hop"] = hop
+        self.stop()
+
+    def _hop(
+        self, sender: Callable[[], None], count: Callable[[], int], samples: Callable[[], list[float]]
+    ) -> dict[str, Any]:
+        plan = self.plan
+        start = count()
+        paced_from = time.monotonic()
+        for i in range(plan.hop_messages):  # paced: nothing waits in the queue
+            time.sleep(max(0.0, i / plan.hop_rate - (time.monotonic() - paced_from)))
+            sender()
+        wait(lambda: count() >= start + plan.hop_messages, 60, "the paced messages")
+        latency = percentiles(samples()[: plan.hop_messages])
+        begun = time.monotonic()
+        before = count()
+        for _ in range(plan.burst_messages):
+            sender()
+        wait(lambda: count() >= before + plan.burst_messages, 120, "the burst")
+        elapsed = time.monotonic() - begun
+        return {"latency_ms": latency, "per_second": round(plan.burst_messages / elapsed, 1)}
+
+    # --- fan-out ---------------------------------------------------------------------------------
+    def fanout(self) -> None:
+        """Ticks through ticker.* to both of its stage pools (at their profiles), flat out.
+
+        The publisher runs as fast as it can while the two stages' counts are sampled over a window after a
+        warm-up: the slower stage's rate is what the fan-out sustains (what it cannot take piles up and
+        expires into the DLQ, as it would in production).
+        """
+        stages = ("ticker_updates", "executor_market_data")
+        for name in stages:
+            self.pool(name)
+        self.wait_consumers(*stages)
+        results = {}
+        for size in self.plan.batch_sizes:
+            message = Ticker(symbol="BTCUSDT", price=45_000.0) if size == 1 else ticker_batch("BTCUSDT", size)
+            stop = threading.Event()
+            sent = [0]
+
+            def flood(message: Any = message, stop: threading.Event = stop, sent: list[int] = sent) -> None:
+                while not stop.is_set():
+                    publish(message)
+                    sent[0] += 1
+
+            publisher = threading.Thread(target=flood, daemon=True)
+            begun = time.monotonic()
+            publisher.start()
+            time.sleep(WARM_UP_SECONDS)
+            first, t1 = {q: stage_count(q) for q in stages}, time.monotonic()
+            time.sleep(self.plan.fanout_seconds)
+            last, t2 = {q: stage_count(q) for q in stages}, time.monotonic()
+            stop.set()
+            publisher.join()
+            offered = sent[0] / (time.monotonic() - begun)
+            rates = {q: (last[q] - first[q]) / (t2 - t1) for q in stages}
+            results[f"{size} per message"] = {
+                "pool_rss_mb": {pool.name: rss_mb(pool.process.pid) for pool in self.pools},
+                "ticks_per_second": round(min(rates.values()) * size),
+                "offered_ticks_per_second": round(offered * size),
+                "messages_per_second": {q: round(r, 1) for q, r in rates.items()},
+            }
+            self.echo(f"  fan-out, {size} tick(s) per message: {results[f'{size} per message']}")
+            with Connection(self.url) as conn:
+                for queue in stages:  # what the stages could not take, so the next size starts level
+                    conn.default_channel.queue_purge(queue)
+            time.sleep(1.0)
+        self.results["fanout"] = results
+        self.stop()
+
+    # --- order path ------------------------------------------------------------------------------
+    def order_path(self) -> None:
+        """Signal -> risk -> order -> fill, one round trip at a time: idle, then under background ticks sent
+        one per message, then the same ticks per second in batches of BACKGROUND_BATCH."""
+        for name in ("trading_signals", "order_requests", "executor_market_data", "ticker_updates"):
+            self.pool(name)
+        self.wait_consumers("trading_signals", "order_requests", "executor_market_data", "ticker_updates")
+        account.reset()
+        fills: dict[str, float] = {}
+        orders = kombu.Exchange("mastertrade.orders", type="topic", no_declare=True)
+        tap = Queue(
+            f"bench.fills.{uuid.uuid4().hex[:6]}", orders, routing_key="order.update.filled.#", exclusive=True
+        )
+
+        def on_fill(body: Any, message: Any) -> None:
+            update = body if isinstance(body, dict) else json.loads(body)
+            fills[update["request_id"]] = time.time()
+            message.ack()
+
+        loads = {
+            "idle": (0.0, 1),
+            f"{self.plan.background_ticks:g} ticks/s, one per message": (self.plan.background_ticks, 1),
+            f"{self.plan.background_ticks:g} ticks/s, {BACKGROUND_BATCH} per message": (
+                self.plan.background_ticks,
+                BACKGROUND_BATCH,
+            ),
+        }
+        results: dict[str, Any] = {}
+        trip = 0
+        with Connection(self.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
+            for load, (rate, batch) in loads.items():
+                stop = threading.Event()
+                background = threading.Thread(target=background_ticks, args=(rate, batch, stop), daemon=True)
+                background.start()
+                latencies = []
+                try:
+                    for _ in range(self.plan.round_trips):
+                        latencies.append(self._round_trip(conn, fills, trip))
+                        trip += 1
+                finally:
+                    stop.set()
+                    background.join()
+                results[load] = percentiles(latencies)
+                self.echo(f"  signal -> fill, {load}: {results[load]}")
+        self.results["order_path"] = {"signal_to_fill_ms": results}
+        self.stop()
+
+    def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
+        """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
+        symbol = f"BENCH{trip % 4}USDT"
+        action = "BUY" if trip % 8 < 4 else "SELL"
+        price = 100.0 * (1.01 ** (trip // 4))
+        publish(Ticker(symbol=symbol, price=price))
+        wait(lambda: account.last_price(symbol) == price, 30, f"the executor to see {symbol} at {price}")
+        signal = TradingSignal(
+            strategy_id="bench",
+            symbol=symbol,
+            action=action,
+            confidence=0.9,
+            entry_price=price,
+            position_size_pct=0.02,
+            timestamp=self.signals_from + timedelta(minutes=trip),
+        )
+        request_id = account.request_id_for(signal)
+        begun = time.time()
+        publish(signal)
+        deadline = time.monotonic() + 30
+        while request_id not in fills and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1)
+        if request_id not in fills:
+            raise RuntimeError(f"no fill for {action} {symbol} (round trip {trip}); logs in {self.log_dir}")
+        return (fills[request_id] - begun) * 1000
+
+
+def run_bench(app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every scenario on ``app``'s bus; returns the figures."""
+    plan = Plan.quick() if quick else Plan()
+    with bench_vhost(app, echo) as bench_app:
+        bench = Bench(bench_app, plan, echo)
+        try:
+            for scenario in (bench.hop, bench.fanout, bench.order_path):
+                echo(f"{scenario.__name__.replace('_', ' ')} ...")
+                scenario()
+        finally:
+            bench.stop()
+        bench.results["finished_at"] = datetime.now(UTC).isoformat()
+        return bench.results

@@ -1,0 +1,131 @@
+"""Flower, secure by default: ``celery -A tradebus flower`` with tradebus's settings and no extra flags.
+
+Flower 2.2 collects its options in this order: ``FLOWER_*`` variables, then the command line, then
+``flowerconfig.py`` in the working directory, then the command line again. The Celery command loads the
+tradebus app (and with it this module) before Flower parses anything, so tradebus registers a parse
+callback on Flower's options (Tornado's global ``options``): it runs after each parse, sees whatever the
+operator set through Flower's own channels, and only fills in what is missing:
+
+* basic auth from ``TRADEBUS_FLOWER_USER`` / ``TRADEBUS_FLOWER_PASSWORD`` unless Flower already has a login
+  (``--basic_auth``, ``FLOWER_BASIC_AUTH``, or OAuth with ``--auth``);
+* with no login at all, the address 127.0.0.1, logged as a warning; an explicit non-loopback address
+  without a login is refused (exit 2), and so is ``FLOWER_UNAUTHENTICATED_API``;
+* the broker view's ``--broker_api`` from ``TRADEBUS_MANAGEMENT_URL`` (or the broker URL), so queue depths
+  come from the RabbitMQ management API with tradebus's login, never typed on a command line.
+
+Flower itself refuses ``/api/...`` without credentials (401) once any login is configured, and without a
+login unless ``FLOWER_UNAUTHENTICATED_API`` is set, which tradebus refuses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from tradebus.errors import FlowerRefused, TradebusError
+from tradebus.settings import Settings
+
+logger = logging.getLogger("tradebus.ops.flower")
+LOOPBACK = "127.0.0.1"
+#: Flower's escape hatch that opens its API to anyone; tradebus refuses to start with it.
+UNAUTHENTICATED_API = "FLOWER_UNAUTHENTICATED_API"
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+
+
+@dataclass
+class Plan:
+    """What tradebus changes in Flower's options, and what it tells the operator."""
+
+    changes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def broker_api(settings: Settings) -> str | None:
+    """The management API URL, with tradebus's login, as Flower's ``--broker_api`` wants it (``.../api/``)."""
+    if urlsplit(settings.broker_url).scheme not in {"amqp", "amqps", "pyamqp", "pyamqps"}:
+        return None
+    management = settings.management
+    base = urlsplit(management.base_url)
+    login = f"{quote(management.username, safe='')}:{quote(management.password, safe='')}"
+    return urlunsplit((base.scheme, f"{login}@{base.netloc}", f"{base.path}/api/", "", ""))
+
+
+def plan(options: Mapping[str, Any], settings: Settings, environ: Mapping[str, str]) -> Plan:
+    """Decide Flower's missing options from tradebus's settings; FlowerRefused when it would be open."""
+    result = Plan()
+    if (environ.get(UNAUTHENTICATED_API) or "").strip().lower() in _TRUE:
+        raise FlowerRefused(f"{UNAUTHENTICATED_API} would open Flower's API to anyone; unset it")
+    basic_auth = list(options.get("basic_auth") or [])
+    if not basic_auth and settings.flower.user and settings.flower.password:
+        basic_auth = [f"{settings.flower.user}:{settings.flower.password}"]
+        result.changes["basic_auth"] = basic_auth
+        result.notes.append(f"basic auth for {settings.flower.user!r} (TRADEBUS_FLOWER_USER)")
+    authenticated = bool(basic_auth) or bool(options.get("auth"))
+    address = options.get("address") or ""
+    if not authenticated and not options.get("unix_socket"):
+        if not address:
+            result.changes["address"] = LOOPBACK
+            result.warnings.append(
+                "no Flower login is configured (TRADEBUS_FLOWER_USER and TRADEBUS_FLOWER_PASSWORD, or "
+                f"FLOWER_BASIC_AUTH): listening on {LOOPBACK} only"
+            )
+        elif not is_loopback(address):
+            raise FlowerRefused(
+                f"refusing to listen on {address} without a login; set TRADEBUS_FLOWER_USER and "
+                "TRADEBUS_FLOWER_PASSWORD (or FLOWER_BASIC_AUTH)"
+            )
+    if not options.get("broker_api") and (api := broker_api(settings)) is not None:
+        result.changes["broker_api"] = api
+        result.notes.append(f"broker view from the management API at {settings.management.base_url}")
+    return result
+
+
+def configure(settings: Settings) -> None:
+    """Tornado parse callback: apply :func:`plan` to Flower's options, or stop Flower with exit code 2."""
+    from tornado.options import options
+
+    if "basic_auth" not in options or "broker_api" not in options:
+        return  # somebody else's Tornado options, not Flower's
+    names = ("basic_auth", "auth", "address", "unix_socket", "broker_api")
+    current = {name: getattr(options, name) for name in names}
+    try:
+        decided = plan(current, settings, os.environ)
+    except TradebusError as exc:  # FlowerRefused, or a TRADEBUS_FLOWER_* setting that makes no sense
+        logger.error("tradebus: Flower not started: %s", exc)
+        raise SystemExit(2) from exc
+    for name, value in decided.changes.items():
+        setattr(options, name, value)
+    for note in decided.notes:
+        logger.info("tradebus: %s", note)
+    for warning in decided.warnings:
+        logger.warning("tradebus: %s", warning)
+
+
+_installed: list[bool] = []
+
+
+def install(settings: Settings) -> None:
+    """Register :func:`configure` with Flower's options for the default app's ``settings``, once per process
+    (``tradebus.app`` calls it)."""
+    if _installed:
+        return
+    from tornado.options import options
+
+    options.add_parse_callback(lambda: configure(settings))
+    _installed.append(True)

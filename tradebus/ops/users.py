@@ -1,0 +1,268 @@
+"""RabbitMQ users with least privilege: one per service, every permission derived from the topology.
+
+A service is the ``<service>`` of its stage tasks' names (``tradebus.strategy.on_sentiment``): it reads the
+queues of its pools and writes only the exchanges of the routes it publishes (routing/services.py), with
+topic permissions that limit the routing keys to those routes' templates, so the strategy may publish
+``signal.*.*`` but never ``order.request.*``. Every worker also
+
+* publishes dead letters to ``mastertrade.dlx`` and its retries straight back to its own queues through
+  ``mastertrade.retry`` (topic permissions: routing key = one of its queues' names);
+* uses Celery's own machinery: the ``celeryev`` and ``celery.pidbox`` exchanges, ``reply.celery.pidbox``,
+  and the auto-delete queues ``celeryev.*`` and ``*.celery.pidbox`` it declares for events and remote
+  control (configure is granted on these names only);
+* declares nothing of the topology: it runs with ``TRADEBUS_DECLARE_TOPOLOGY=0`` and the admin user
+  declares the topology once (RabbitMQ's definitions at boot, then ``tradebus topology declare``).
+
+Passwords come from ``TRADEBUS_USER_PASSWORD_<SERVICE>`` and leave this module only as RabbitMQ's salted
+SHA-256 hash. docs/security.md lists every account and what it may do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from routing import Topology, mastertrade
+from routing.mastertrade.exchanges import DLX, RETRY, TASKS
+from routing.mastertrade.keys import ROUTES
+from routing.mastertrade.pools import POOLS
+from routing.mastertrade.services import EVERY_SERVICE, OWN_NAME_FIELDS, PUBLISHES, REPORTS_ON_EVERY_SERVICE
+from tradebus.application import TradebusCelery, create_app
+from tradebus.errors import SettingsError
+from tradebus.settings import USER_PASSWORD_PREFIX, current_settings
+from tradebus.topology import definitions
+
+DEFAULT_USER_PREFIX = "tradebus-"
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+NOTHING = "^$"
+#: Celery's own exchanges and the auto-delete queues it declares for events, remote control and replies.
+CELERY_INTERNALS = (
+    r"celeryev",
+    r"celery\.pidbox",
+    r"reply\.celery\.pidbox",
+    r"celeryev\..+",
+    r".+\.celery\.pidbox",
+)
+
+
+def _any_of(names: Iterable[str]) -> str:
+    """A permission regex that matches exactly these (already escaped) names."""
+    alternatives = sorted(set(names))
+    return f"^({'|'.join(alternatives)})$" if alternatives else NOTHING
+
+
+def key_pattern(route_name: str, service: str) -> str:
+    """The routing keys of a route's template as a regex: each ``{field}`` is one word (or the service)."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(ROUTES[route_name].template):
+        parts.append(re.escape(literal))
+        if name:
+            own = OWN_NAME_FIELDS.get(route_name) == name and service not in REPORTS_ON_EVERY_SERVICE
+            parts.append(re.escape(service) if own else r"[^.]+")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One RabbitMQ user: the service it is for, its tags and what it may configure, write and read."""
+
+    service: str
+    consumes: tuple[str, ...] = ()
+    publishes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    worker: bool = True
+    administrator: bool = False
+    extra_configure: tuple[str, ...] = ()
+    extra_write: tuple[str, ...] = ()
+    extra_read: tuple[str, ...] = ()
+
+    @property
+    def _celery(self) -> tuple[str, ...]:
+        return CELERY_INTERNALS if self.worker or "management" in self.tags else ()
+
+    @property
+    def configure(self) -> str:
+        """Resources it may declare or delete: Celery's own, never the topology."""
+        return ".*" if self.administrator else _any_of((*self._celery, *self.extra_configure))
+
+    @property
+    def write(self) -> str:
+        """Exchanges it publishes to (and queues it binds: Celery's own)."""
+        if self.administrator:
+            return ".*"
+        exchanges = [re.escape(ROUTES[r].exchange) for r in self.publishes]
+        if self.worker:
+            exchanges += [re.escape(DLX.name), re.escape(RETRY.name)]
+        return _any_of((*exchanges, *self._celery, *self.extra_write))
+
+    @property
+    def read(self) -> str:
+        """Queues it consumes (and exchanges it binds Celery's queues to)."""
+        if self.administrator:
+            return ".*"
+        return _any_of((*(re.escape(q) for q in self.consumes), *self._celery, *self.extra_read))
+
+    def topic_permissions(self) -> dict[str, str]:
+        """Topic exchange -> the routing keys it may publish there. It binds no queue to one (read: none).
+
+        A worker retries through ``mastertrade.retry`` into its own queues only.
+        """
+        keys: dict[str, list[str]] = {}
+        for route_name in self.publishes:
+            keys.setdefault(ROUTES[route_name].exchange, []).append(key_pattern(route_name, self.service))
+        if self.worker and self.consumes:
+            keys[RETRY.name] = [re.escape(queue) for queue in self.consumes]
+        return {exchange: f"^({'|'.join(sorted(set(patterns)))})$" for exchange, patterns in keys.items()}
+
+
+@cache
+def _mastertrade_app() -> TradebusCelery:
+    """A MasterTrade app, whatever bus this process runs: the users are MasterTrade's services."""
+    return create_app(mastertrade.build(), current_settings())
+
+
+def _stage_services() -> dict[str, str]:
+    """Worker queue -> the service whose tasks it carries (``tradebus.<service>.<action>``): a stage queue's
+    stage task, a task queue's routed tasks (celeryconfig's ``task_routes``)."""
+    from tradebus.registry import stage_tasks
+
+    app = _mastertrade_app()
+    services = {queue: task.name.split(".")[1] for queue, task in stage_tasks(app).items()}
+    for task_name, destination in (app.conf.task_routes or {}).items():
+        services.setdefault(destination["queue"], task_name.split(".")[1])
+    return services
+
+
+def service_of_pool(pool: str, stage_services: Mapping[str, str] | None = None) -> str:
+    """The service whose user a worker pool runs as: its stage's service, or the pool's own name."""
+    services = _stage_services() if stage_services is None else stage_services
+    return services.get(POOLS[pool].queue, pool)
+
+
+def accounts(stage_services: Mapping[str, str] | None = None) -> list[Account]:
+    """Every account: one per service that runs a pool or publishes, then Flower, beat and the admin."""
+    services = _stage_services() if stage_services is None else stage_services
+    consumes: dict[str, list[str]] = {name: [] for name in PUBLISHES}
+    for pool in POOLS:
+        consumes.setdefault(service_of_pool(pool, services), []).append(POOLS[pool].queue)
+    found = [
+        Account(name, tuple(sorted(queues)), (*PUBLISHES.get(name, ()), *EVERY_SERVICE))
+        for name, queues in sorted(consumes.items())
+    ]
+    return [
+        *found,
+        # Flower: Celery events and remote control only, and the management API's queue list (tag).
+        Account("flower", tags=("management",), worker=False),
+        # Celery beat: sends periodic tasks to mastertrade.tasks, where only their queue is bound.
+        Account("beat", worker=False, extra_write=(re.escape(TASKS.name),)),
+        Account("admin", tags=("administrator",), worker=False, administrator=True),
+    ]
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + SHA-256(salt + password))."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def password_variable(service: str) -> str:
+    """The environment variable holding ``service``'s password."""
+    return f"{USER_PASSWORD_PREFIX}{service.upper()}"
+
+
+@dataclass(frozen=True)
+class UserDefinitions:
+    """The accounts as RabbitMQ definitions for one vhost, with user names under ``prefix``."""
+
+    vhost: str = "/"
+    prefix: str = DEFAULT_USER_PREFIX
+    accounts: list[Account] = field(default_factory=accounts)
+
+    def user(self, service: str) -> str:
+        """The RabbitMQ user name of ``service``."""
+        return f"{self.prefix}{service}"
+
+    def as_json(self, passwords: Mapping[str, str]) -> dict[str, Any]:
+        """``vhosts``, ``users``, ``permissions``, ``topic_permissions``; SettingsError without a password."""
+        missing = [password_variable(a.service) for a in self.accounts if not passwords.get(a.service)]
+        if missing:
+            raise SettingsError(f"no password for these users; set {', '.join(missing)}")
+        return {
+            "vhosts": [{"name": self.vhost}],
+            "users": [
+                {
+                    "name": self.user(a.service),
+                    "password_hash": hash_password(passwords[a.service]),
+                    "hashing_algorithm": HASHING_ALGORITHM,
+                    "tags": list(a.tags),
+                    "limits": {},
+                }
+                for a in self.accounts
+            ],
+            "permissions": [
+                {
+                    "user": self.user(a.service),
+                    "vhost": self.vhost,
+                    "configure": a.configure,
+                    "write": a.write,
+                    "read": a.read,
+                }
+                for a in self.accounts
+            ],
+            "topic_permissions": [
+                {
+                    "user": self.user(a.service),
+                    "vhost": self.vhost,
+                    "exchange": ex,
+                    "write": keys,
+                    "read": NOTHING,
+                }
+                for a in self.accounts
+                for ex, keys in sorted(a.topic_permissions().items())
+            ],
+        }
+
+
+def publishers_of(queue: str) -> list[str]:
+    """The services whose messages can reach ``queue``: the keys its consumer must trust (docs/security.md).
+
+    Computed like ``tradebus route``: one documented message per route, routed through the topology.
+    """
+    from tradebus.mastertrade.samples import documented_messages
+
+    route = _mastertrade_app().topology.route
+
+    reaches: dict[str, set[str]] = {}
+    for message in documented_messages():
+        name = "backtest_signal" if getattr(message, "backtest", False) else message.route_name
+        reaches.setdefault(name, set()).update(route(message.exchange, message.routing_key))
+    services = {a.service: a.publishes for a in accounts() if a.worker}
+    return sorted(s for s, routes in services.items() if any(queue in reaches.get(r, ()) for r in routes))
+
+
+def export_definitions(
+    topology: Topology,
+    vhost: str,
+    *,
+    users: bool = False,
+    user_prefix: str = "tradebus-",
+    passwords: Mapping[str, str] | None = None,
+) -> str:
+    """``definitions(topology, vhost)`` as JSON, with the least-privilege users when ``users``.
+
+    The users' passwords come from ``passwords`` (``TRADEBUS_USER_PASSWORD_<SERVICE>``); SettingsError
+    names the missing ones.
+    """
+    data: dict[str, Any] = {}
+    if users:
+        data |= UserDefinitions(vhost, user_prefix).as_json(passwords or {})
+    data |= definitions(topology, vhost)
+    return json.dumps(data, indent=2)

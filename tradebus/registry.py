@@ -1,0 +1,120 @@
+"""Which app runs which stage: stages and tasks register on the apps of the bus their module belongs to.
+
+``stage(name, queue=..., accepts=..., base=...)`` makes ``fn(message)`` a stage task (tradebus/stage.py) of
+every app whose topology lists ``fn``'s module in its ``stage_modules``, now or when such an app finalizes:
+Celery's own ``shared_task`` mechanism, limited to one bus, so a process may hold both buses' apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Celery, current_app, current_task
+from celery._state import _get_active_apps, connect_on_app_finalize
+from celery.local import Proxy
+
+from tradebus.stage import StageTask
+
+R = TypeVar("R")
+
+
+def _attach(module: str, register: Callable[[Celery], Any]) -> None:
+    """Run ``register(app)`` for every app whose topology lists ``module``, now and when one finalizes.
+
+    Celery's own ``shared_task`` mechanism, limited to the apps of the bus the module belongs to: one
+    process may hold both buses' apps, and a MasterTrade stage has no place on Letrade's.
+    """
+
+    def attach(app: Celery) -> None:
+        topology = getattr(app, "topology", None)
+        if topology is not None and module in topology.stage_modules:
+            register(app)
+
+    connect_on_app_finalize(attach)
+    for app in _get_active_apps():
+        if app.finalized:
+            with app._finalize_mutex:
+                attach(app)
+
+
+def task(name: str, **options: Any) -> Callable[[Callable[..., R]], Any]:
+    """A plain Celery task ``name`` (beat's periodic report), on the apps whose topology lists its module."""
+
+    def decorate(fn: Callable[..., R]) -> Any:
+        _attach(fn.__module__, lambda app: app._task_from_fun(fn, name=name, **options))
+        return Proxy(lambda: current_app.tasks[name])
+
+    return decorate
+
+
+def stage(
+    name: str,
+    *,
+    queue: str,
+    accepts: type[Any] | tuple[type[Any], ...],
+    base: type[StageTask],
+    keys: tuple[str, ...] = (),
+    **options: Any,
+) -> Callable[[Callable[[Any], R]], Any]:
+    """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to Celery's task.
+
+    The task is registered on every app whose topology lists ``fn``'s module (its ``stage_modules``); the
+    value returned stands for it on Celery's current app, like ``shared_task``'s. Stages that share a queue
+    (a Letrade service's inbox) each take the routing keys matching ``keys``. A stage of one of the
+    topology's critical queues is redelivered when the pool process running it dies.
+    """
+    accepted = accepts if isinstance(accepts, tuple) else (accepts,)
+
+    def decorate(fn: Callable[[Any], R]) -> Any:
+        def run(self: StageTask, payload: Any) -> Any:
+            return self.run_stage(payload)
+
+        run.__name__ = fn.__name__
+        run.__qualname__ = fn.__qualname__
+        run.__doc__ = fn.__doc__
+        run.__module__ = fn.__module__
+
+        def register(app: Celery) -> StageTask:
+            topology = app.topology
+            if queue not in topology.queues_by_name:
+                raise KeyError(f"stage {name}: no queue {queue!r} in the {topology.name} topology")
+            critical = {"reject_on_worker_lost": True} if queue in topology.critical_queues else {}
+            registered: StageTask = app._task_from_fun(
+                run,
+                bind=True,
+                base=base,
+                name=name,
+                queue_name=queue,
+                keys=keys,
+                accepts=accepted,
+                handler=staticmethod(fn),
+                **(critical | options),
+            )
+            return registered
+
+        _attach(fn.__module__, register)
+        return Proxy(lambda: current_app.tasks[name])
+
+    return decorate
+
+
+def delivery_id() -> str:
+    """The message id of the delivery the running stage handles (what idempotency keys derive from)."""
+    request = current_task.request
+    return str(request.id)
+
+
+def stages_of_queues(celery_app: Celery) -> dict[str, list[StageTask]]:
+    """The app's stage tasks, by the queue they consume (several when they share it, by key)."""
+    celery_app.loader.import_default_modules()
+    stages: dict[str, list[StageTask]] = {}
+    for registered in celery_app.tasks.values():
+        if isinstance(registered, StageTask):
+            stages.setdefault(registered.queue_name, []).append(registered)
+    return stages
+
+
+def stage_tasks(celery_app: Celery) -> dict[str, StageTask]:
+    """The first registered stage task of every queue (MasterTrade has one stage per queue)."""
+    return {queue: tasks[0] for queue, tasks in stages_of_queues(celery_app).items()}
