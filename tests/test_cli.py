@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 from kombu import Exchange, Queue
 
-import routing
-from tests.conftest import Vhost
+from tests.conftest import MASTERTRADE, Vhost
 from tradebus.ops.cli import ExitCode, main
 from tradebus.topology import diff
 
@@ -54,7 +53,7 @@ def test_route_of_an_unknown_exchange_is_a_usage_error() -> None:
 def test_topology_show_lists_every_queue_with_its_stage_and_pool() -> None:
     result = CliRunner().invoke(main, ["topology", "show"])
     assert result.exit_code == 0
-    for queue in routing.QUEUES:
+    for queue in MASTERTRADE.queues:
         assert queue.name in result.output
     assert "tradebus.execution.execute_order" in result.output
     assert "3 x prefetch 1" in result.output
@@ -63,8 +62,8 @@ def test_topology_show_lists_every_queue_with_its_stage_and_pool() -> None:
 def test_topology_export_is_definitions_json_for_the_given_vhost() -> None:
     result = CliRunner().invoke(main, ["topology", "export", "--vhost", "trading"])
     data = json.loads(result.output)
-    assert {q["name"] for q in data["queues"]} == {q.name for q in routing.QUEUES}
-    assert {e["name"] for e in data["exchanges"]} == {e.name for e in routing.EXCHANGES}
+    assert {q["name"] for q in data["queues"]} == {q.name for q in MASTERTRADE.queues}
+    assert {e["name"] for e in data["exchanges"]} == {e.name for e in MASTERTRADE.exchanges}
     assert {item["vhost"] for key in ("queues", "exchanges", "bindings") for item in data[key]} == {"trading"}
 
 
@@ -87,7 +86,7 @@ def test_exported_definitions_import_with_rabbitmqctl_into_the_same_topology(fre
         )
         assert imported.returncode == 0, imported.stderr
         management = fresh_vhost.management
-        wanted = {(b.exchange.name, b.routing_key, q.name) for q in routing.QUEUES for b in q.bindings}
+        wanted = {(b.exchange.name, b.routing_key, q.name) for q in MASTERTRADE.queues for b in q.bindings}
 
         def live_bindings() -> set[tuple[str, str, str]]:
             return {
@@ -100,11 +99,11 @@ def test_exported_definitions_import_with_rabbitmqctl_into_the_same_topology(fre
         while live_bindings() != wanted and time.monotonic() < deadline:
             time.sleep(0.2)
     assert live_bindings() == wanted
-    assert {q.name for q in routing.QUEUES} <= {q["name"] for q in management.queues()}
+    assert {q.name for q in MASTERTRADE.queues} <= {q["name"] for q in management.queues()}
     assert {p["name"]: p["definition"] for p in management.policies()} == {
-        p.name: p.definition for p in routing.POLICIES
+        p.name: p.definition for p in MASTERTRADE.policies
     }
-    assert diff(management.exchanges(), management.queues()) == []
+    assert diff(MASTERTRADE, management.exchanges(), management.queues()) == []
 
 
 @pytest.mark.broker
@@ -115,7 +114,7 @@ def test_declare_is_idempotent_and_queues_lists_every_queue(fresh_vhost: Vhost) 
     listing = run("queues", env=env)
     assert listing.returncode == ExitCode.OK
     rows = {line.split()[0]: line.split()[1:] for line in listing.stdout.splitlines()[2:]}
-    assert set(rows) == {q.name for q in routing.QUEUES}
+    assert set(rows) == {q.name for q in MASTERTRADE.queues}
     assert rows["order_requests"] == ["stage", "0", "0"]
 
 

@@ -1,6 +1,6 @@
 """docker-compose.yml, checked by parsing (there is no Docker engine here) against the code it runs.
 
-Every pool of workers/profiles.py has a worker service with its queue, concurrency and prefetch, running as
+Every pool of routing/mastertrade/pools.py has a worker service with its queue, concurrency and prefetch, running as
 its service's least-privilege user and signing as that service; RabbitMQ imports the definitions
 `tradebus topology export --users` writes; nothing starts before the broker is healthy; no secret is in the
 file, and every one it needs is in .env.example.
@@ -19,12 +19,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from tests.conftest import MASTERTRADE
 from tradebus import tls
 from tradebus.ops.cli import main
 from tradebus.ops.users import accounts, password_variable, publishers_of, service_of_pool
 from tradebus.settings import Settings
-from workers.profiles import POOLS
 
+#: Compose runs MasterTrade's pools.
+POOLS = MASTERTRADE.pools
 ROOT = Path(__file__).resolve().parent.parent
 TRADEBUS_IMAGE = "tradebus:latest"
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<op>:?[?-])?(?P<arg>[^}]*)\}")

@@ -9,14 +9,15 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner, Result
 from kombu.message import Message
 
-import routing
 from routing import letrade
+from tests.conftest import LETRADE
 from tests.letrade_samples import CONSUMERS, PAYLOADS, body
 from tradebus import consumer
+from tradebus.codec import MAX_MESSAGE_BYTES
 from tradebus.consumer import stage_for_key
-from tradebus.deadletter import ORIGINAL_ROUTING_KEY
 from tradebus.errors import (
     BadSubscription,
     InvalidJSON,
@@ -32,14 +33,14 @@ from tradebus.letrade.messages import MarketDataResponseMessage, build, class_fo
 from tradebus.letrade.paper import Account, Position
 from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.mastertrade.messages import MAX_MESSAGE_BYTES
-from workers.profiles import LETRADE_POOLS
+from tradebus.headers import ORIGINAL_ROUTING_KEY
+from tradebus.ops.cli import ExitCode, main
 
 
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
 def test_every_documented_key_reaches_the_services_that_consume_it(name: str) -> None:
     key, _ = PAYLOADS[name]
-    assert letrade.ROUTER.route(letrade.ROUTES[name].exchange, key) == CONSUMERS[name]
+    assert LETRADE.route(letrade.ROUTES[name].exchange, key) == CONSUMERS[name]
 
 
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
@@ -64,28 +65,28 @@ def test_a_dead_letter_key_is_the_original_key_plus_dead_and_reaches_its_dead_le
     exchange, dead_key = letrade.dead_letter_route(f"letrade.{name}", key)
     assert (exchange, dead_key) == ("letrade.dlq", f"{key}.dead")
     expected = {letrade.ROUTES[name].dead_letter_queue}
-    assert letrade.ROUTER.route(exchange, dead_key) == expected
+    assert LETRADE.route(exchange, dead_key) == expected
     # What RabbitMQ dead-letters itself (a rejection) keeps its key, and lands in the same queue.
-    assert letrade.ROUTER.route(exchange, key) == expected
+    assert LETRADE.route(exchange, key) == expected
 
 
 def test_a_key_no_binding_takes_is_kept_in_letrade_unrouted() -> None:
     for exchange in ("letrade.commands", "letrade.events", "letrade.requests", "letrade.dlq"):
-        assert letrade.ROUTER.route(exchange, "commands.launch_rocket") == {"letrade.unrouted"}
+        assert LETRADE.route(exchange, "commands.launch_rocket") == {"letrade.unrouted"}
 
 
 def test_trade_commands_outrank_market_data_in_every_inbox() -> None:
     assert letrade.ROUTES["execute_trade"].priority > letrade.ROUTES["market_data"].priority
     assert letrade.ROUTES["cancel_order"].priority == letrade.PRIORITY_HIGH
-    for queue in letrade.WORKER_QUEUES:
+    for queue in LETRADE.worker_queues:
         assert queue.queue_arguments["x-max-priority"] >= letrade.PRIORITY_HIGH
 
 
 def test_pools_that_receive_trade_messages_prefetch_one_so_priority_holds() -> None:
-    assert set(LETRADE_POOLS) == {q.name for q in letrade.WORKER_QUEUES}
+    assert set(LETRADE.pools) == {q.name for q in LETRADE.worker_queues}
     for name in ("letrade.exchange_connector", "letrade.capital_manager", "letrade.strategy"):
-        assert LETRADE_POOLS[name].prefetch_multiplier == 1
-        assert LETRADE_POOLS[name].critical
+        assert LETRADE.pools[name].prefetch_multiplier == 1
+        assert name in LETRADE.critical_queues
 
 
 def test_market_data_key_uses_the_pair_without_its_slash_in_lower_case() -> None:
@@ -238,26 +239,29 @@ def _run(*argv: str, topology: str | None = None) -> subprocess.CompletedProcess
 
 
 def test_mastertrade_is_the_profile_when_none_is_chosen_and_an_unknown_one_is_refused() -> None:
-    show = ("-c", "import routing; print(routing.PROFILE, len(routing.WORKER_QUEUES))")
+    show = ("-c", "from tradebus import app; print(app.topology.name, len(app.topology.worker_queues))")
     assert _run(*show).stdout.split()[0] == "mastertrade"
-    assert _run(*show, topology="letrade").stdout.split() == ["letrade", str(len(letrade.WORKER_QUEUES))]
+    assert _run(*show, topology="letrade").stdout.split() == ["letrade", str(len(LETRADE.worker_queues))]
     refused = _run(*show, topology="nasdaq")
     assert refused.returncode != 0 and "choose one of mastertrade, letrade" in refused.stderr
 
 
 def test_the_cli_routes_shows_and_exports_the_letrade_topology() -> None:
-    cli = ("-m", "tradebus.ops.cli", "--topology", "letrade")
-    routed = _run(*cli, "route", "letrade.events", "market_data.binance.btcusdt")
-    assert routed.returncode == 0, routed.stderr
-    assert routed.stdout.splitlines()[-1] == (
+    # In process: this process's default app is MasterTrade's; --topology builds Letrade's for the command.
+    def cli(*args: str) -> Result:
+        return CliRunner().invoke(main, ["--topology", "letrade", *args])
+
+    routed = cli("route", "letrade.events", "market_data.binance.btcusdt")
+    assert routed.exit_code == 0, routed.output
+    assert routed.output.splitlines()[-1] == (
         "queues: letrade.exchange_connector, letrade.market_data, letrade.strategy"
     )
-    shown = _run(*cli, "topology", "show")
-    assert "tradebus.letrade_strategy.on_allocation" in shown.stdout
-    exported = json.loads(_run(*cli, "topology", "export", "--vhost", "/").stdout)
+    shown = cli("topology", "show")
+    assert "tradebus.letrade_strategy.on_allocation" in shown.output
+    exported = json.loads(cli("topology", "export", "--vhost", "/").output)
     assert {e["name"] for e in exported["exchanges"]} == {e.name for e in letrade.EXCHANGES}
     assert exported["policies"] == []
-    assert _run(*cli, "bench").returncode == 2  # MasterTrade's benchmark, and it says so
+    assert cli("bench").exit_code == ExitCode.USAGE  # MasterTrade's benchmark, and it says so
 
 
 def _delivery(exchange: str, routing_key: str, headers: dict[str, object] | None = None) -> Message:
@@ -270,11 +274,12 @@ def test_a_retried_message_goes_back_to_the_stage_of_its_original_key_in_a_share
     stages = [(("commands.execute_trade",), "execute_trade"), (("market_data.*.*",), "track_price")]
     # A retry arrives keyed by its queue's name, through this profile's retry exchange.
     headers = {ORIGINAL_ROUTING_KEY: "market_data.binance.btcusdt"}
-    retried = _delivery(routing.RETRY.name, "letrade.exchange_connector", headers)
-    assert stage_for_key(stages, consumer.original_routing_key(retried)) == "track_price"
+    retry = LETRADE.retry.name
+    retried = _delivery(retry, "letrade.exchange_connector", headers)
+    assert stage_for_key(stages, consumer.original_routing_key(retried, retry)) == "track_price"
     direct = _delivery("letrade.events", "market_data.binance.btcusdt")
-    assert stage_for_key(stages, consumer.original_routing_key(direct)) == "track_price"
+    assert stage_for_key(stages, consumer.original_routing_key(direct, retry)) == "track_price"
     # Only a retry may say where it came from: the same header on a direct delivery is ignored.
     forged = _delivery("letrade.commands", "commands.execute_trade", headers)
-    assert stage_for_key(stages, consumer.original_routing_key(forged)) == "execute_trade"
+    assert stage_for_key(stages, consumer.original_routing_key(forged, retry)) == "execute_trade"
     assert stage_for_key(stages, "commands.unknown") == "execute_trade"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from celery import Celery
 
+from tests.conftest import MASTERTRADE, SETTINGS
 from tests.contract import CONTRACT
 from tradebus.errors import (
     InvalidJSON,
@@ -15,15 +17,11 @@ from tradebus.errors import (
     SchemaViolation,
     UnknownMessageType,
 )
-from tradebus.mastertrade.messages import (
-    MAX_MESSAGE_BYTES,
-    MESSAGE_TYPES,
-    OrderRequest,
-    OrderUpdate,
-    TradingSignal,
-)
+from tradebus.application import create_app
+from tradebus.codec import MAX_MESSAGE_BYTES
+from tradebus.mastertrade.messages import OrderRequest, OrderUpdate, TradingSignal
 from tradebus.mastertrade.samples import documented_messages, order_request, signal, ticker_batch
-from tradebus.publisher import parse_wire, publish
+from tradebus.mastertrade.wire import MESSAGE_TYPES, parse_wire, publish
 
 #: The six formats exactly as the seed prints them.
 SEED_EXAMPLES = {
@@ -130,7 +128,9 @@ def test_bad_wire_body_raises_the_error_that_names_its_reason(body: str, error: 
 @pytest.fixture
 def unreachable_app() -> Celery:
     """An app whose broker does not exist: any attempt to send would fail with a connection error."""
-    app = Celery("unreachable", broker="amqp://nobody:nothing@127.0.0.1:1//")
+    app = create_app(
+        MASTERTRADE, replace(SETTINGS, broker_url="amqp://nobody:nothing@127.0.0.1:1//"), main="unreachable"
+    )
     # Give up on connecting at once (the default waits through several reconnection attempts).
     app.conf.broker_transport_options = {"max_retries": 0, "interval_start": 0, "interval_step": 0}
     return app

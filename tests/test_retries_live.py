@@ -16,7 +16,7 @@ import redis
 from tests.conftest import Vhost
 from tests.live import dead_letters, wait_until
 from tradebus import publish
-from tradebus.deadletter import ORIGINAL_ROUTING_KEY, REASON, RETRIES
+from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.mastertrade.samples import signal
 from tradebus.retries import SEED_POLICY
 

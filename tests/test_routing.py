@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-import routing
-from routing import QUEUES_BY_NAME, STAGE_QUEUES, route, topic_matches
+from routing import topic_matches
+from routing.mastertrade import exchanges
+from routing.mastertrade.keys import CANDLE_INTERVALS
+from tests.conftest import MASTERTRADE
 from tests.contract import CONTRACT, SEED_BINDINGS, UNROUTABLE
-from workers.profiles import POOLS
+
+route = MASTERTRADE.route
+QUEUES_BY_NAME = MASTERTRADE.queues_by_name
+STAGE_QUEUES = MASTERTRADE.stage_queues
+POOLS = MASTERTRADE.pools
 
 
 @pytest.mark.parametrize(
@@ -43,7 +49,7 @@ def test_seed_literal_bindings_deliver_only_13_of_23_documented_routes() -> None
     delivered = [(ex, key) for ex, key, seed in documented if seed <= _seed_route(ex, key)]
     assert len(documented) == 23
     assert len(delivered) == 13
-    assert (routing.exchanges.TRADING.name, "signal.BTCUSDT.uuid-1234") not in delivered
+    assert (exchanges.TRADING.name, "signal.BTCUSDT.uuid-1234") not in delivered
 
 
 @pytest.mark.parametrize(("exchange", "key", "seed", "added"), CONTRACT, ids=[c[1] for c in CONTRACT])
@@ -58,7 +64,7 @@ def test_key_no_binding_matches_is_kept_in_the_unrouted_queue(exchange: str, key
     assert route(exchange, key) == {unrouted}
 
 
-@pytest.mark.parametrize("interval", routing.CANDLE_INTERVALS)
+@pytest.mark.parametrize("interval", CANDLE_INTERVALS)
 def test_market_data_takes_candles_of_every_interval_and_never_orderbook_or_trades(interval: str) -> None:
     assert "market_data" in route("mastertrade.market", f"market.data.BTCUSDT.{interval}")
     for key in ("market.data.orderbook.BTCUSDT", "market.data.trade.BTCUSDT"):
@@ -71,7 +77,7 @@ def test_backtest_signal_never_reaches_trading_signals() -> None:
 
 
 def test_every_dead_letter_routing_key_reaches_a_declared_queue() -> None:
-    for queue in routing.QUEUES:
+    for queue in MASTERTRADE.queues:
         args = queue.queue_arguments or {}
         if "x-dead-letter-exchange" in args:
             target = route(args["x-dead-letter-exchange"], args["x-dead-letter-routing-key"])
@@ -81,12 +87,12 @@ def test_every_dead_letter_routing_key_reaches_a_declared_queue() -> None:
 
 def test_every_stage_queue_has_a_dead_letter_queue_and_a_pool() -> None:
     for queue in STAGE_QUEUES:
-        assert routing.dead_letter_queue_name(queue.name) in QUEUES_BY_NAME
+        assert MASTERTRADE.dead_letter_prefix + queue.name in QUEUES_BY_NAME
         assert queue.name in POOLS
 
 
 def test_every_topic_exchange_names_an_alternate_exchange_that_ends_in_a_queue() -> None:
-    for exchange in routing.EXCHANGES:
+    for exchange in MASTERTRADE.exchanges:
         if exchange.type in {"topic", "direct"}:
             assert "alternate-exchange" in (exchange.arguments or {}), exchange.name
             reached = route(exchange.name, "no.binding.takes.this.key")
@@ -94,8 +100,8 @@ def test_every_topic_exchange_names_an_alternate_exchange_that_ends_in_a_queue()
 
 
 def test_every_queue_and_exchange_is_durable() -> None:
-    assert all(q.durable and not q.auto_delete for q in routing.QUEUES)
-    assert all(e.durable and not e.auto_delete for e in routing.EXCHANGES)
+    assert all(q.durable and not q.auto_delete for q in MASTERTRADE.queues)
+    assert all(e.durable and not e.auto_delete for e in MASTERTRADE.exchanges)
 
 
 def test_seed_pool_profiles_match_the_consumer_table() -> None:
@@ -108,7 +114,7 @@ def test_seed_pool_profiles_match_the_consumer_table() -> None:
     }
     for queue, (consumers, prefetch) in table.items():
         assert (POOLS[queue].concurrency, POOLS[queue].prefetch_multiplier) == (consumers, prefetch)
-    assert POOLS["order_requests"].critical and POOLS["trading_signals"].critical
+    assert {"order_requests", "trading_signals"} <= MASTERTRADE.critical_queues
 
 
 def test_seed_throughput_table_consumer_totals_hold_for_the_seed_queues() -> None:
@@ -135,7 +141,7 @@ def test_seed_throughput_table_consumer_totals_hold_for_the_seed_queues() -> Non
 def test_unrouted_queues_refuse_publishes_past_their_bound_except_the_one_the_broker_dead_letters_into() -> (
     None
 ):
-    for queue in routing.UNROUTED_QUEUES:
+    for queue in MASTERTRADE.unrouted_queues:
         args = queue.queue_arguments or {}
         if queue.name == "unrouted.dlx":
             assert args == {}

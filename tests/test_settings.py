@@ -51,8 +51,11 @@ def test_pyproject_installs_every_package_of_the_source_tree() -> None:
     import tomllib
     from pathlib import Path
 
+    from setuptools import find_packages
+
     root = Path(__file__).resolve().parent.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    listed = set(find_packages(root, include=find["include"], exclude=find.get("exclude", ())))
     found = {
         ".".join(init.parent.relative_to(root).parts)
         for top in ("tradebus", "tasks", "routing", "workers")

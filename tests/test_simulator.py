@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from routing import route
+from tests.conftest import MASTERTRADE
 from tradebus.mastertrade.messages import MarketData
 from tradebus.mastertrade.simulator import CANDLE_SECONDS, MarketSimulator, Pace, run
-from tradebus.publisher import parse_wire
+from tradebus.mastertrade.wire import parse_wire
 
 NOW = 1_763_000_000.0
 
@@ -28,7 +28,7 @@ def test_every_simulated_message_is_valid_on_the_wire_and_reaches_a_stage() -> N
     assert {"ticker", "trade", "orderbook", "market_data", "sentiment", "onchain_metric"} <= set(kinds)
     for message in messages:
         assert parse_wire(message.model_dump_json()) == message
-        assert not any(q.startswith("unrouted.") for q in route(message.exchange, message.routing_key))
+        assert not any(q.startswith("unrouted.") for q in MASTERTRADE.route(message.exchange, message.routing_key))
 
 
 def test_candles_are_consistent_and_aligned_to_their_interval() -> None:

@@ -8,18 +8,18 @@ import sys
 
 import pytest
 
-from routing import STAGE_QUEUES
-from tradebus.application import app
+from tests.conftest import MASTERTRADE
+from tradebus import app
 from tradebus.errors import WrongStage
 from tradebus.mastertrade.samples import candle, order_request, signal
-from tradebus.stage import stage_tasks
+from tradebus.registry import stage_tasks
 
 app.loader.import_default_modules()
 
 
 def test_every_stage_queue_has_exactly_one_stage_task_named_after_its_module() -> None:
     stages = stage_tasks(app)
-    assert set(stages) == {q.name for q in STAGE_QUEUES}
+    assert set(stages) == {q.name for q in MASTERTRADE.stage_queues}
     for queue, task in stages.items():
         module = task.run.__module__.removeprefix("tasks.")
         assert task.name == f"tradebus.{module}.{task.run.__name__}", queue
@@ -54,7 +54,7 @@ def test_backtest_signal_cannot_be_handed_to_the_risk_stage() -> None:
 
 def test_config_reads_the_environment_and_accepts_json_only() -> None:
     code = (
-        "import celeryconfig as c; print(c.broker_url); print(c.result_backend); "
+        "from tradebus import app; c = app.conf; print(c.broker_url); print(c.result_backend); "
         "print(c.accept_content, c.task_serializer, c.result_serializer, c.event_serializer)"
     )
     env = {
@@ -71,7 +71,5 @@ def test_config_reads_the_environment_and_accepts_json_only() -> None:
 
 
 def test_celery_configuration_leaves_the_routing_data_as_declared() -> None:
-    import routing
-
-    assert set(app.amqp.queues) >= {q.name for q in STAGE_QUEUES}
-    assert all(q.exchange is None for q in routing.STAGE_QUEUES)
+    assert set(app.amqp.queues) >= {q.name for q in MASTERTRADE.stage_queues}
+    assert all(q.exchange is None for q in app.topology.stage_queues)

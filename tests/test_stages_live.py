@@ -13,16 +13,17 @@ from kombu import Connection, Producer
 from tests.conftest import Vhost
 from tests.contract import CONTRACT
 from tests.live import dead_letters, entry, on, raw_publish, wait_until
-from tradebus import publish, recorder, store
-from tradebus.deadletter import ORIGINAL_ROUTING_KEY, QUEUE, REASON
+from tradebus import app, publish, recorder, store
+from tradebus.headers import ORIGINAL_ROUTING_KEY, QUEUE, REASON
 from tradebus.mastertrade.samples import candle, documented_messages, order_request, order_update, signal
-from tradebus.stage import MAX_REDELIVERIES, stage_tasks
+from tradebus.registry import stage_tasks
+from tradebus.stage import MAX_REDELIVERIES
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
 
 
 def test_every_documented_message_runs_the_stage_of_each_queue_it_reaches(broker: Vhost) -> None:
-    stages = {queue: task.name for queue, task in stage_tasks().items()}
+    stages = {queue: task.name for queue, task in stage_tasks(app).items()}
     sent = [
         (publish(m), m, seed | added)
         for m, (_, _, seed, added) in zip(documented_messages(), CONTRACT, strict=True)
@@ -80,8 +81,6 @@ def test_plain_json_from_a_non_celery_publisher_runs_the_right_stage(broker: Vho
 
 
 def test_celery_task_message_on_a_fanout_key_runs_each_queues_own_stage(broker: Vhost) -> None:
-    from tradebus.application import app
-
     update = order_update("filled", f"order-{uuid.uuid4().hex[:8]}")
     result = app.send_task(
         "tradebus.alerts.on_order_update",
@@ -231,8 +230,6 @@ def test_body_that_is_not_utf8_reaches_the_dlq_byte_for_byte(broker: Vhost) -> N
 def test_celery_message_naming_another_task_on_a_stage_queue_runs_the_stage_not_that_task(
     broker: Vhost,
 ) -> None:
-    from tradebus.application import app
-
     order = order_request(f"req-{uuid.uuid4().hex[:8]}")
     result = app.send_task(
         "tradebus.monitoring.health_report",
@@ -256,8 +253,6 @@ def test_message_without_an_id_gets_the_same_id_at_every_delivery(broker: Vhost,
 
 
 def test_a_stage_message_an_operator_revokes_is_dead_lettered_not_dropped(broker: Vhost) -> None:
-    from tradebus.application import app
-
     message_id = f"revoked-{uuid.uuid4().hex[:8]}"
     app.control.revoke(message_id)
     time.sleep(0.5)  # the revocation reaches the worker's remote control before the message does

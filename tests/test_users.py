@@ -7,24 +7,25 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 from click.testing import CliRunner
 
-import routing
-from tests.conftest import ServiceUsers
+from tests.conftest import MASTERTRADE, SETTINGS, ServiceUsers
+from tests.live import wait_until
 from tests.test_cli import run
-from tests.test_stages_live import wait_until
+from tradebus.application import TradebusCelery, create_app
 from tradebus.errors import PublishFailed
 from tradebus.mastertrade.samples import order_request, signal
 from tradebus.ops.cli import ExitCode, main
 from tradebus.ops.users import UserDefinitions, accounts, hash_password, key_pattern
 from tradebus.publisher import send
 from workers.launch import start_pool, wait_for_consumers
-from workers.profiles import POOLS
+
+POOLS = MASTERTRADE.pools
 
 ACCOUNTS = {a.service: a for a in accounts()}
 
@@ -70,7 +71,7 @@ def test_a_service_reports_only_its_own_health_and_configuration_changes_are_the
 
 
 def test_no_service_may_configure_the_topology_and_only_admin_may_do_everything() -> None:
-    names = [e.name for e in routing.EXCHANGES] + [q.name for q in routing.QUEUES]
+    names = [e.name for e in MASTERTRADE.exchanges] + [q.name for q in MASTERTRADE.queues]
     for service, account in ACCOUNTS.items():
         declarable = [n for n in names if re.fullmatch(account.configure, n)]
         assert declarable == ([] if service != "admin" else names), service
@@ -111,9 +112,9 @@ def test_export_with_users_writes_a_private_file_holding_topology_and_users(tmp_
 
 
 @contextmanager
-def service_app(url: str) -> Iterator[Celery]:
-    """A Celery app publishing with confirms as one service's user."""
-    app = Celery("service", broker=url)
+def service_app(url: str) -> Iterator[TradebusCelery]:
+    """A MasterTrade app publishing with confirms as one service's user."""
+    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=url), main="service")
     app.conf.broker_transport_options = {"confirm_publish": True}
     try:
         yield app
@@ -138,17 +139,15 @@ def test_strategy_user_publishes_a_signal_and_is_refused_an_order_request(
 ) -> None:
     with service_app(service_users.url("strategy")) as app:
         live = signal("s1")
-        send(
-            live.model_dump_json().encode(), exchange=live.exchange, routing_key="signal.BTCUSDT.s1", app=app
-        )
+        send(app, live.model_dump_json().encode(), exchange=live.exchange, routing_key="signal.BTCUSDT.s1")
         assert [json.loads(body)["strategy_id"] for body, _ in _take(service_users, "trading_signals")] == [
             "s1"
         ]
         order = order_request().model_dump_json().encode()
         with pytest.raises(PublishFailed, match="ACCESS_REFUSED"):
-            send(order, exchange="mastertrade.orders", routing_key="order.request.BTCUSDT", app=app)
+            send(app, order, exchange="mastertrade.orders", routing_key="order.request.BTCUSDT")
         with pytest.raises(PublishFailed, match="ACCESS_REFUSED"):
-            send(order, exchange="mastertrade.trading", routing_key="order.request.BTCUSDT", app=app)
+            send(app, order, exchange="mastertrade.trading", routing_key="order.request.BTCUSDT")
     assert _take(service_users, "order_requests") == []
     assert _take(service_users, "unrouted.trading") == []
 
@@ -162,7 +161,7 @@ def test_a_service_user_cannot_delete_or_redeclare_the_topology(service_users: S
         with pytest.raises(AccessRefused):
             conn.channel().queue_delete("order_requests")
         with pytest.raises(AccessRefused):
-            routing.QUEUES_BY_NAME["order_requests"](conn.channel()).declare()
+            MASTERTRADE.queues_by_name["order_requests"](conn.channel()).declare()
 
 
 @pytest.mark.broker
@@ -172,16 +171,14 @@ def test_a_least_privilege_worker_consumes_its_queue_and_dead_letters_what_it_ca
 ) -> None:
     import redis
 
-    from tradebus.settings import get_settings
-
-    prefix = f"{get_settings().redis_prefix}-users-{uuid.uuid4().hex[:6]}"
+    prefix = f"{SETTINGS.redis_prefix}-users-{uuid.uuid4().hex[:6]}"
     env = {
         "TRADEBUS_BROKER_URL": service_users.url("execution"),
         "TRADEBUS_DECLARE_TOPOLOGY": "0",
         "TRADEBUS_REDIS_PREFIX": prefix,
     }
     worker = start_pool("order_requests", tmp_path, ["-c", "1"], env=env)
-    client = redis.Redis.from_url(get_settings().redis_url)
+    client = redis.Redis.from_url(SETTINGS.redis_url)
     try:
         with service_users.vhost.connection() as conn:
             assert not wait_for_consumers(conn, ["order_requests"], 60, [worker]), worker.log.read_text()[
@@ -189,8 +186,8 @@ def test_a_least_privilege_worker_consumes_its_queue_and_dead_letters_what_it_ca
             ]
         route = {"exchange": "mastertrade.orders", "routing_key": "order.request.BTCUSDT"}
         with service_app(service_users.url("risk")) as app:
-            good = send(order_request("req-lp").model_dump_json().encode(), app=app, **route)
-            send(b"{not json", app=app, **route)
+            good = send(app, order_request("req-lp").model_dump_json().encode(), **route)
+            send(app, b"{not json", **route)
         ran = wait_until(lambda: client.lrange(f"{prefix}:received:order_requests", 0, -1), timeout=30)
         assert [json.loads(e)["id"] for e in ran] == [good], worker.log.read_text()[-3000:]
         dead = wait_until(lambda: _take(service_users, "dlq.order_requests"), timeout=30)
@@ -212,14 +209,14 @@ def test_a_service_retries_into_its_own_queues_only_and_never_through_the_defaul
 ) -> None:
     body = order_request().model_dump_json().encode()
     with service_app(service_users.url("execution")) as app:
-        send(body, exchange="mastertrade.retry", routing_key="order_requests", app=app)
+        send(app, body, exchange="mastertrade.retry", routing_key="order_requests")
         with pytest.raises(PublishFailed, match="ACCESS_REFUSED"):
-            send(body, exchange="mastertrade.retry", routing_key="trading_signals", app=app)
+            send(app, body, exchange="mastertrade.retry", routing_key="trading_signals")
     with service_app(service_users.url("strategy")) as app:
         with pytest.raises(PublishFailed, match="ACCESS_REFUSED"):
-            send(body, exchange="", routing_key="order_requests", app=app)
+            send(app, body, exchange="", routing_key="order_requests")
         with pytest.raises(PublishFailed, match="ACCESS_REFUSED"):
-            send(body, exchange="mastertrade.retry", routing_key="order_requests", app=app)
+            send(app, body, exchange="mastertrade.retry", routing_key="order_requests")
     assert len(_take(service_users, "order_requests")) == 1
     assert _take(service_users, "trading_signals") == []
 
@@ -233,8 +230,8 @@ def test_a_worker_whose_user_may_not_declare_fails_on_access_refused_and_consume
     worker = start_pool("order_requests", tmp_path, ["-c", "1"], env={"TRADEBUS_BROKER_URL": url})
     try:
         with service_app(service_users.url("risk")) as app:
-            send(order_request("req-refused").model_dump_json().encode(), exchange="mastertrade.orders",
-                 routing_key="order.request.BTCUSDT", app=app)  # fmt: skip
+            send(app, order_request("req-refused").model_dump_json().encode(), exchange="mastertrade.orders",
+                 routing_key="order.request.BTCUSDT")  # fmt: skip
         refused = wait_until(lambda: "ACCESS_REFUSED" in worker.log.read_text(), timeout=60)
         assert refused, worker.log.read_text()[-3000:]
         assert len(_take(service_users, "order_requests")) == 1  # still there: nothing consumed it

@@ -60,12 +60,14 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
 
 
 def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus") -> TradebusCelery:
-    """A Celery app of ``topology``'s bus with ``settings``; its stages register when it finalizes."""
+    """A Celery app of ``topology``'s bus with ``settings``, its stage modules imported (their stages
+    register on it, tradebus/registry.py)."""
     app = TradebusCelery(main, set_as_current=False)
     app.topology = topology
     app.settings = settings
     app.config_from_object("celeryconfig")
     app.conf.update(celery_config(topology, settings))
+    app.loader.import_default_modules()
     return app
 
 

@@ -40,12 +40,12 @@ from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
     bench_vhost,
-    count,
     latencies,
+    machine,
+    recorded_count,
+    rss_mb,
     stage_count,
     wait,
-    machine,
-    rss_mb,
 )
 from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
@@ -159,8 +159,8 @@ class Bench:
             send(self.app, body.encode(), exchange="", routing_key="ticker_updates")
 
         kinds: list[tuple[str, Callable[[], None], Callable[[], int], Callable[[], list[float]]]] = [
-            ("raw kombu", raw, lambda: count(raw_key), lambda: latencies(raw_key)),
-            ("bare celery", bare, lambda: count(bare_key), lambda: latencies(bare_key)),
+            ("raw kombu", raw, lambda: recorded_count(raw_key), lambda: latencies(raw_key)),
+            ("bare celery", bare, lambda: recorded_count(bare_key), lambda: latencies(bare_key)),
             (
                 "tradebus stage",
                 stage,

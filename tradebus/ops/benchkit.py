@@ -86,7 +86,7 @@ def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.002)
 
 
-def count(key: str) -> int:
+def recorded_count(key: str) -> int:
     return int(store.client().hget(f"{key}:count", "n") or 0)
 
 
