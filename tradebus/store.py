@@ -17,18 +17,37 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
 _override: list[redis.Redis] = []
+#: The decoding twin of an override, made once: (the override, its twin).
+_text_override: list[tuple[redis.Redis, redis.Redis]] = []
 
 
 @cache
-def _from_settings() -> redis.Redis:
+def _from_settings(decode: bool = False) -> redis.Redis:
     return redis.Redis.from_url(
-        get_settings().redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+        get_settings().redis_url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        decode_responses=decode,
     )
 
 
 def client() -> redis.Redis:
     """This process's Redis client (redis-py reconnects by itself after a fork)."""
     return _override[-1] if _override else _from_settings()
+
+
+def text_client() -> redis.Redis:
+    """This process's Redis client that answers ``str`` for bytes (for state that is text, never binary)."""
+    if not _override:
+        return _from_settings(decode=True)
+    base = _override[-1]
+    if not _text_override or _text_override[0][0] is not base:
+        pool = base.connection_pool
+        decoding = type(pool)(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": True}
+        )
+        _text_override[:] = [(base, redis.Redis(connection_pool=decoding))]
+    return _text_override[0][1]
 
 
 def use(replacement: redis.Redis) -> None:
