@@ -168,3 +168,22 @@ def test_the_text_client_decodes_what_the_client_reads(k: Any, client: redis.Red
     store.client().set(k("t"), "café")
     assert store.text_client().get(k("t")) == "café"
     assert store.client().get(k("t")) == "café".encode()
+
+
+def test_a_point_put_again_replaces_itself_a_late_one_slots_in_and_only_the_newest_are_kept(
+    client: redis.Redis, k: Any
+) -> None:
+    def put(member: str, score: float) -> None:
+        pipe = client.pipeline()
+        state.put_at(pipe, k("series"), member, score, keep=3)
+        pipe.execute()
+
+    for minute in (1, 2, 4):
+        put(f"close-{minute}", minute)
+    put("close-2-again", 2)
+    put("close-3-late", 3)
+    assert client.zrange(k("series"), 0, -1, withscores=True) == [
+        ("close-2-again", 2.0),
+        ("close-3-late", 3.0),
+        ("close-4", 4.0),
+    ]

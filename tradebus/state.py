@@ -1,7 +1,7 @@
 """State in Redis that concurrent deliveries share: bounded optimistic transactions and publish-once claims.
 
-Several pool processes, and redeliveries of one message, write the same keys at once. Two tools keep that
-state whole, for any profile (this module knows no message type):
+Several pool processes, and redeliveries of one message, write the same keys at once. These tools keep
+that state whole, for any profile (this module knows no message type):
 
 * :func:`transaction` reads, decides and writes under WATCH/MULTI, again when a watched key moved, and
   gives up after ``max_attempts`` with :class:`~tradebus.errors.StateContention`, which the stage retries
@@ -9,7 +9,9 @@ state whole, for any profile (this module knows no message type):
 * :func:`publish_once` publishes what an outcome (a decision, a fill: the key its record is stored under)
   produced from one delivery at a time: it :func:`claim` s ``{outcome}:publishing`` for the delivering
   message's id, publishes, and marks ``{outcome}:published`` (:func:`mark_published`). A claim lapses when
-  its holder dies; a later delivery of the same message takes it over at once (:func:`hold`).
+  its holder dies; a later delivery of the same message takes it over at once (:func:`hold`);
+* :func:`put_at` keeps a bounded time series in a sorted set, where a point arriving again or late
+  replaces itself or slots into place.
 
 Clients are passed in, so callers choose one that decodes responses (``store.text_client()``) or not.
 """
@@ -153,3 +155,11 @@ def publish_once(
         publish(message)
     mark_published(client, outcome, keep_seconds)
     return True
+
+
+def put_at(pipe: Pipeline, key: str, member: str, score: float, keep: int) -> None:
+    """Queue on ``pipe``: ``member`` at ``score`` in the sorted set ``key``, replacing what was at that
+    score, and only the ``keep`` highest scores kept."""
+    pipe.zremrangebyscore(key, score, score)
+    pipe.zadd(key, {member: score})
+    pipe.zremrangebyrank(key, 0, -(keep + 1))
