@@ -187,3 +187,14 @@ def test_a_point_put_again_replaces_itself_a_late_one_slots_in_and_only_the_newe
         ("close-3-late", 3.0),
         ("close-4", 4.0),
     ]
+
+
+def test_the_state_module_imports_no_profile() -> None:
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(state.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    tradebus = {m for m in imported if m and (m.startswith("tradebus") or m.startswith("tasks"))}
+    assert tradebus == {"tradebus.errors"}
