@@ -2,7 +2,7 @@
 
 Approved signals become order requests on ``order.request.{symbol}``; a drawdown over the limit is
 published on ``risk.breach.drawdown`` and a loss streak trips ``risk.circuit_breaker.loss_streak``
-(tradebus/trading/risk.py holds the rules, tradebus/account.py the portfolio they read).
+(tradebus/mastertrade/trading/risk.py holds the rules, tradebus/mastertrade/account.py the portfolio).
 """
 
 from __future__ import annotations

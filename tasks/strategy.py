@@ -1,8 +1,8 @@
 """Strategy service: indicators on the candle stream become trading signals; it follows its own orders.
 
-Candles of ``SIGNAL_INTERVAL`` feed RSI, MACD and moving averages per symbol (tradebus/trading/strategy.py);
-sentiment and whale alerts adjust the confidence; order updates keep its positions, from which it decides
-between buying and closing.
+Candles of ``SIGNAL_INTERVAL`` feed RSI, MACD and moving averages per symbol
+(tradebus/mastertrade/trading/strategy.py); sentiment and whale alerts adjust the confidence; order updates
+keep its positions, from which it decides between buying and closing.
 """
 
 from __future__ import annotations

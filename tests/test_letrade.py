@@ -26,6 +26,7 @@ from tradebus.errors import (
     SchemaViolation,
     UnknownMessageType,
 )
+from tradebus.headers import ORIGINAL_ROUTING_KEY
 from tradebus.letrade import capital
 from tradebus.letrade import strategy as rule
 from tradebus.letrade.bus import qualify
@@ -33,7 +34,6 @@ from tradebus.letrade.messages import MarketDataResponseMessage, build, class_fo
 from tradebus.letrade.paper import Account, Position
 from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.headers import ORIGINAL_ROUTING_KEY
 from tradebus.ops.cli import ExitCode, main
 
 

@@ -29,8 +29,8 @@ from tests.conftest import (
 )
 from tests.letrade_samples import CONSUMERS, PAYLOADS
 from tests.live import wait_until
-from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.errors import MessageTooLarge, RequestTimeout
+from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.messages import MarketDataResponseMessage, build
 from tradebus.retries import SEED_POLICY

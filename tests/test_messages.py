@@ -10,6 +10,8 @@ from celery import Celery
 
 from tests.conftest import MASTERTRADE, SETTINGS
 from tests.contract import CONTRACT
+from tradebus.application import create_app
+from tradebus.codec import MAX_MESSAGE_BYTES
 from tradebus.errors import (
     InvalidJSON,
     MessageTooLarge,
@@ -17,8 +19,6 @@ from tradebus.errors import (
     SchemaViolation,
     UnknownMessageType,
 )
-from tradebus.application import create_app
-from tradebus.codec import MAX_MESSAGE_BYTES
 from tradebus.mastertrade.messages import OrderRequest, OrderUpdate, TradingSignal
 from tradebus.mastertrade.samples import documented_messages, order_request, signal, ticker_batch
 from tradebus.mastertrade.wire import MESSAGE_TYPES, parse_wire, publish

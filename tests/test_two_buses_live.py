@@ -86,8 +86,8 @@ def test_one_process_builds_both_buses_and_runs_a_message_through_each(
     events: list[dict[str, Any]] = []
     with _worker(letrade, ["letrade.exchange_connector"]), LetradeBus(source="two-buses", app=letrade) as bus:
         bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
-        payload = {**PAYLOADS["execute_trade"][1], "client_order_id": order, "amount": 0.001, "price": 50_000.0}
-        bus.publish("letrade.commands", "execute_trade", payload)
+        trade = {**PAYLOADS["execute_trade"][1], "client_order_id": order, "amount": 0.001, "price": 50_000.0}
+        bus.publish("letrade.commands", "execute_trade", trade)
         deadline = time.monotonic() + 30
         while not any(e.get("client_order_id") == order for e in events) and time.monotonic() < deadline:
             bus.drain(0.2)

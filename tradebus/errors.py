@@ -191,5 +191,5 @@ class BadSubscription(TradebusError, ValueError):
     """A subscription pattern that cannot match any message of the bus."""
 
 
-class AccountContended(Transient):
-    """The paper account kept changing under a transaction; the message is retried later."""
+class StateContention(Transient):
+    """A Redis transaction kept losing to concurrent writers; the message is retried later."""

@@ -92,8 +92,8 @@ def latencies(queue: str) -> list[float]:
 
 def counts() -> dict[str, int]:
     """How many messages each queue's stage has received."""
-    raw: dict[bytes, bytes] = store.client().hgetall(store.key("counts"))  # type: ignore[assignment]
-    return {k.decode(): int(v) for k, v in raw.items()}
+    raw: dict[str, str] = store.text_client().hgetall(store.key("counts"))  # type: ignore[assignment]
+    return {k: int(v) for k, v in raw.items()}
 
 
 def clear() -> None:
@@ -108,8 +108,8 @@ def bump(name: str, amount: int = 1) -> None:
 
 def metrics() -> dict[str, int]:
     """Every pipeline event counted so far."""
-    raw: dict[bytes, bytes] = store.client().hgetall(store.key("metrics"))  # type: ignore[assignment]
-    return {k.decode(): int(v) for k, v in raw.items()}
+    raw: dict[str, str] = store.text_client().hgetall(store.key("metrics"))  # type: ignore[assignment]
+    return {k: int(v) for k, v in raw.items()}
 
 
 def alert(severity: str, source: str, text: str, **details: Any) -> None:

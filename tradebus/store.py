@@ -15,20 +15,41 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
 _override: list[redis.Redis] = []
-#: One client per Redis URL in this process (two apps of one process may name two Redis servers).
-_clients: dict[str, redis.Redis] = {}
+#: The decoding twin of an override, made once: (the override, its twin).
+_text_override: list[tuple[redis.Redis, redis.Redis]] = []
+#: One client per (Redis URL, decoding) in this process: two apps of one process may name two servers.
+_clients: dict[tuple[str, bool], redis.Redis] = {}
+
+
+def _from_settings(decode: bool = False) -> redis.Redis:
+    url = current_settings().redis_url
+    if (url, decode) not in _clients:
+        _clients[url, decode] = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            decode_responses=decode,
+        )
+    return _clients[url, decode]
 
 
 def client() -> redis.Redis:
     """The Redis client of the app this code runs under (redis-py reconnects by itself after a fork)."""
-    if _override:
-        return _override[-1]
-    url = current_settings().redis_url
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+    return _override[-1] if _override else _from_settings()
+
+
+def text_client() -> redis.Redis:
+    """This process's Redis client that answers ``str`` for bytes (for state that is text, never binary)."""
+    if not _override:
+        return _from_settings(decode=True)
+    base = _override[-1]
+    if not _text_override or _text_override[0][0] is not base:
+        pool = base.connection_pool
+        decoding = type(pool)(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": True}
         )
-    return _clients[url]
+        _text_override[:] = [(base, redis.Redis(connection_pool=decoding))]
+    return _text_override[0][1]
 
 
 def use(replacement: redis.Redis) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tradebus import store
+from tradebus import state, store
 from tradebus.letrade.payloads import MAX_CANDLES, Candle, MarketData
 
 TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400}
@@ -33,9 +33,7 @@ def add(candle: MarketData) -> None:
         volume=candle.volume,
     )
     pipe = store.client().pipeline()
-    pipe.zremrangebyscore(key, at, at)
-    pipe.zadd(key, {bar.model_dump_json(): at})
-    pipe.zremrangebyrank(key, 0, -KEPT - 1)
+    state.put_at(pipe, key, bar.model_dump_json(), at, KEPT)
     pipe.execute()
 
 

@@ -11,22 +11,19 @@ cancelled. Fees are the seed's example rate, 0.1% of the cost.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 
-from tradebus import store
-from tradebus.errors import AccountContended
+from tradebus import state, store
 from tradebus.letrade.messages import derived_id
 from tradebus.letrade.payloads import CancelOrder, ErrorReport, ExecuteTrade, TradeExecuted
 
 INITIAL_CASH = 10_000.0
 FEE_RATE = 0.001
 #: Transaction attempts before a contended account is reported as a (transient) failure.
-MAX_ATTEMPTS = 50
+MAX_ATTEMPTS = state.MAX_ATTEMPTS
 TRADE_EVENT, ERROR_EVENT = "trade_executed", "error"
 #: Longest client order id kept in the order id as it is (ids are at most 128 characters).
 MAX_READABLE_ID = 100
@@ -54,10 +51,6 @@ class Account:
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _k(*parts: str) -> str:
     return store.key("letrade", *parts)
 
@@ -74,13 +67,13 @@ def _account(cash: Any, positions: dict[Any, Any]) -> Account:
     held = {}
     for symbol, raw in positions.items():
         data = json.loads(raw)
-        held[_text(symbol)] = Position(**data)
+        held[symbol] = Position(**data)
     return Account(INITIAL_CASH if cash is None else float(cash), held)
 
 
 def account() -> Account:
     """The account as it is now."""
-    client = store.client()
+    client = store.text_client()
     return _account(client.get(_k("cash")), client.hgetall(_k("positions")))
 
 
@@ -97,22 +90,8 @@ def last_price(exchange: str, symbol: str) -> float | None:
 
 def prices() -> dict[str, float]:
     """Last prices by pair (any exchange)."""
-    raw = store.client().hgetall(_k("prices"))
-    return {_text(k).split(":", 1)[1]: float(v) for k, v in raw.items()}
-
-
-def _transaction(watch: list[str], body: Callable[[Pipeline], dict[str, Any]]) -> dict[str, Any]:
-    client = store.client()
-    for _ in range(MAX_ATTEMPTS):
-        with client.pipeline() as pipe:
-            try:
-                pipe.watch(*watch)  # type: ignore[no-untyped-call]
-                result = body(pipe)
-                pipe.execute()
-                return result
-            except WatchError:
-                continue
-    raise AccountContended(f"paper account still contended after {MAX_ATTEMPTS} attempts")
+    raw: dict[str, str] = store.text_client().hgetall(_k("prices"))  # type: ignore[assignment]
+    return {k.split(":", 1)[1]: float(v) for k, v in raw.items()}
 
 
 def _error(error_type: str, message: str, context: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +208,8 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
         pipe.set(record_key, json.dumps(result))
         return result | {"again": False}
 
-    return _transaction([record_key, _k("cash"), _k("positions"), _k("prices"), open_key], body)
+    watched = [record_key, _k("cash"), _k("positions"), _k("prices"), open_key]
+    return state.transaction(store.text_client(), watched, body, max_attempts=MAX_ATTEMPTS)
 
 
 def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
@@ -240,11 +220,11 @@ def fill_resting(exchange: str, symbol: str, price: float) -> None:
     """Fill the resting limit orders ``price`` crosses. Each fill is booked with its event in the outbox
     (``unannounced``), in one transaction: the event is published even if this delivery dies."""
     open_key = _k("open", exchange, symbol)
-    for order_id, raw in store.client().hgetall(open_key).items():
+    resting: dict[str, str] = store.text_client().hgetall(open_key)  # type: ignore[assignment]
+    for oid, raw in resting.items():
         command = ExecuteTrade.model_validate_json(raw)
         if command.price is None or not _crosses(command, command.price, price):
             continue
-        oid = _text(order_id)
 
         def body(pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid) -> dict[str, Any]:
             if not pipe.hexists(open_key, oid):
@@ -257,13 +237,15 @@ def fill_resting(exchange: str, symbol: str, price: float) -> None:
             pipe.hset(_k("unannounced"), oid, json.dumps(result))
             return result
 
-        _transaction([open_key, _k("cash"), _k("positions")], body)
+        state.transaction(
+            store.text_client(), [open_key, _k("cash"), _k("positions")], body, max_attempts=MAX_ATTEMPTS
+        )
 
 
 def unannounced() -> dict[str, dict[str, Any]]:
     """Fills of resting orders whose event is not yet confirmed published, by order id."""
-    raw = store.client().hgetall(_k("unannounced"))
-    return {_text(oid): json.loads(result) for oid, result in raw.items()}
+    raw: dict[str, str] = store.text_client().hgetall(_k("unannounced"))  # type: ignore[assignment]
+    return {oid: json.loads(result) for oid, result in raw.items()}
 
 
 def announced(order_id: str) -> None:
@@ -296,4 +278,4 @@ def cancel(command: CancelOrder) -> dict[str, Any]:
         pipe.set(record_key, json.dumps(result))
         return result
 
-    return _transaction([open_key, record_key], body)
+    return state.transaction(store.text_client(), [open_key, record_key], body, max_attempts=MAX_ATTEMPTS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tradebus import store
+from tradebus import state, store
 
 #: The seed's example strategy id.
 STRATEGY_ID = 123
@@ -53,13 +53,11 @@ def add_close(pair: str, at: float, close: float) -> list[float]:
     """Keep the close of the candle at ``at`` (a redelivered candle replaces itself); returns the last
     ``LONG_WINDOW + 1`` closes, oldest first."""
     key = _k("closes", pair)
-    pipe = store.client().pipeline()
-    pipe.zremrangebyscore(key, at, at)
-    pipe.zadd(key, {f"{at}:{close}": at})
-    pipe.zremrangebyrank(key, 0, -(LONG_WINDOW + 2))
+    pipe = store.text_client().pipeline()
+    state.put_at(pipe, key, f"{at}:{close}", at, LONG_WINDOW + 1)
     pipe.zrange(key, 0, -1)
-    members = pipe.execute()[-1]
-    return [float((m.decode() if isinstance(m, bytes) else str(m)).split(":", 1)[1]) for m in members]
+    members: list[str] = pipe.execute()[-1]
+    return [float(m.split(":", 1)[1]) for m in members]
 
 
 def lock(pair: str) -> bool:
@@ -119,7 +117,5 @@ def counted(event: str) -> None:
 
 def counts() -> dict[str, int]:
     """What the strategy did, by event."""
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): int(v)
-        for k, v in store.client().hgetall(_k("counts")).items()
-    }
+    raw: dict[str, str] = store.text_client().hgetall(_k("counts"))  # type: ignore[assignment]
+    return {k: int(v) for k, v in raw.items()}

@@ -23,9 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 
-from tradebus import store
+from tradebus import state, store
 from tradebus.mastertrade.messages import BusMessage, OrderRequest, OrderUpdate, TradingSignal
 from tradebus.mastertrade.trading.execution import Execution, book, execute, order_updates
 from tradebus.mastertrade.trading.risk import Decision, Holding, Limits, Portfolio, Reservation
@@ -53,10 +52,6 @@ _ORDER_NAMESPACE = uuid.UUID("6ba7b812-9dad-11d1-80b4-00c04fd430c8")
 
 def _k(name: str) -> str:
     return store.key("account", name)
-
-
-def _decode(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 #: The market time of the newest price this process wrote, per account and symbol.
@@ -100,16 +95,16 @@ def _portfolio(values: list[Any], limits: Limits, now: float | None = None) -> t
     """
     now = time.time() if now is None else now
     raw_account, raw_holdings, raw_reservations, raw_results, raw_prices = values
-    reservations = {_decode(r): Reservation(**json.loads(v)) for r, v in raw_reservations.items()}
-    account = {_decode(k): _decode(v) for k, v in raw_account.items()}
+    reservations = {r: Reservation(**json.loads(v)) for r, v in raw_reservations.items()}
+    account: dict[str, str] = raw_account
     results = [float(v) for v in raw_results]
     closed = int(account.get("closed_trades", 0))
     # streak_from counts closed trades since the account opened; results keeps only the last RESULTS_KEPT.
     streak_from = max(0, int(account.get("streak_from", 0)) - (closed - len(results)))
     current = Portfolio(
         cash=float(account.get("cash", limits.initial_capital)),
-        holdings={_decode(s): Holding(**json.loads(v)) for s, v in raw_holdings.items()},
-        marks={_decode(s): float(v) for s, v in raw_prices.items()},
+        holdings={s: Holding(**json.loads(v)) for s, v in raw_holdings.items()},
+        marks={s: float(v) for s, v in raw_prices.items()},
         peak_equity=float(account.get("peak", limits.initial_capital)),
         reservations={r: v for r, v in reservations.items() if v.at >= now - RESERVATION_SECONDS},
         results=results,
@@ -119,39 +114,21 @@ def _portfolio(values: list[Any], limits: Limits, now: float | None = None) -> t
     return current, closed
 
 
-def _read(reads: list[tuple[str, ...]]) -> list[Any]:
-    """Run ``reads`` in one round trip."""
-    reader = store.client().pipeline(transaction=False)
-    for name, *args in reads:
-        getattr(reader, name)(*args)
-    values: list[Any] = reader.execute()
-    return values
-
-
 def _transaction(
-    watched: list[str], reads: list[tuple[str, ...]], body: Callable[[list[Any], Pipeline], dict[str, Any]]
+    watched: list[str], reads: list[state.Read], body: Callable[[list[Any], Pipeline], dict[str, Any]]
 ) -> dict[str, Any]:
     """Read, decide and write as one Redis transaction, in three round trips, again if a watched key moved.
 
     WATCH first; then every read in one pipeline on another connection (a change after the WATCH fails
     the EXEC, so the reads cannot be stale); then ``body`` queues its writes between MULTI and EXEC.
+    After state.MAX_ATTEMPTS conflicts it raises StateContention: the message is retried later.
     """
-    with store.client().pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                values = _read(reads)
-                pipe.multi()
-                result = body(values, pipe)
-                pipe.execute()
-                return result
-            except WatchError:
-                continue
+    return state.transaction(store.text_client(), watched, body, reads=reads)
 
 
 def portfolio(limits: Limits = LIMITS) -> Portfolio:
     """The portfolio as it is now (decisions read it inside their own transaction)."""
-    current, _ = _portfolio(_read(_portfolio_reads()), limits)
+    current, _ = _portfolio(state.read(store.text_client(), _portfolio_reads()), limits)
     return current
 
 
@@ -192,7 +169,7 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
         current, closed = _portfolio(portfolio_values, limits, now)
         decision = risk_decide(signal, current, limits, now)
         order = _order_for(signal, decision) if decision.approved else None
-        breached = b"drawdown_breached" in portfolio_values[0]
+        breached = "drawdown_breached" in portfolio_values[0]
         reset = 0 < current.breaker_until <= now
         record = {
             "decision": asdict(decision),
@@ -213,7 +190,7 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
             pipe.hset(
                 _k("account"), mapping={"breaker_until": repr(decision.breaker_until), "streak_from": closed}
             )
-        lapsed = set(_decode(r) for r in portfolio_values[2]) - set(current.reservations)
+        lapsed = set(portfolio_values[2]) - set(current.reservations)
         if lapsed:
             pipe.hdel(_k("reservations"), *lapsed)
         if order is not None:
@@ -313,33 +290,25 @@ def claim_publication(outcome: str, claimant: str) -> bool:
     retry after a failed publish) hands its claim on: RabbitMQ never has one message in two deliveries at
     once, so the holder with the same id is a dead attempt, and waiting for it would publish nothing.
     """
-    client = store.client()
-    if client.exists(f"{outcome}:published"):
-        return False
-    claim = f"{outcome}:publishing"
-    if client.set(claim, claimant, nx=True, ex=PUBLISH_CLAIM_SECONDS):
-        return True
-    holder = client.get(claim)
-    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == claimant:
-        client.expire(claim, PUBLISH_CLAIM_SECONDS)
-        return True
-    return False
+    return state.claim(store.text_client(), outcome, claimant, PUBLISH_CLAIM_SECONDS)
 
 
 def publish_once(outcome: str, messages: Iterable[BusMessage], claimant: str) -> None:
     """Publish what ``outcome`` produced unless another delivery did or is doing it (claim_publication)."""
-    if claim_publication(outcome, claimant):
-        for message in messages:
-            publish(message)
-        mark_published(outcome)
+    state.publish_once(
+        store.text_client(),
+        outcome,
+        messages,
+        claimant,
+        publish,
+        claim_seconds=PUBLISH_CLAIM_SECONDS,
+        keep_seconds=RECORD_TTL_SECONDS,
+    )
 
 
 def mark_published(outcome: str) -> None:
     """Note that what ``outcome`` produced reached the broker: later deliveries publish nothing."""
-    pipe = store.client().pipeline(transaction=False)
-    pipe.set(f"{outcome}:published", "1", ex=RECORD_TTL_SECONDS)
-    pipe.delete(f"{outcome}:publishing")
-    pipe.execute()
+    state.mark_published(store.text_client(), outcome, RECORD_TTL_SECONDS)
 
 
 def updates_of(record: dict[str, Any]) -> list[OrderUpdate]:

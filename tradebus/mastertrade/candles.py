@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tradebus import store
+from tradebus import state, store
 from tradebus.mastertrade.messages import MarketData
 from tradebus.mastertrade.trading.strategy import Candle
 
@@ -26,9 +26,7 @@ def add(owner: str, candle: MarketData, length: int = SERIES_LENGTH) -> list[Can
     at = candle.timestamp.timestamp()
     member = json.dumps([at, candle.open, candle.high, candle.low, candle.close, candle.volume])
     pipe = store.client().pipeline(transaction=True)
-    pipe.zremrangebyscore(key, at, at)
-    pipe.zadd(key, {member: at})
-    pipe.zremrangebyrank(key, 0, -(length + 1))
+    state.put_at(pipe, key, member, at, length)
     pipe.zrevrangebyscore(key, at, "-inf", start=0, num=length)
     newest_first = pipe.execute()[-1]
     return [Candle(*json.loads(m)) for m in reversed(newest_first)]

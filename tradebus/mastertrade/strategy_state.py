@@ -10,7 +10,9 @@ import json
 import time
 from typing import Any
 
-from tradebus import store
+from redis.client import Pipeline
+
+from tradebus import state, store
 from tradebus.mastertrade import candles
 from tradebus.mastertrade.messages import MarketData, OrderUpdate, WhaleAlert
 from tradebus.mastertrade.trading.strategy import Candle, Position
@@ -94,12 +96,9 @@ def claim_symbol(strategy_id: str, symbol: str, claimant: str) -> bool:
     PENDING_SECONDS when it never does (the risk manager refused it). The same delivery asking again (its
     retry after a failed publish) keeps its claim.
     """
-    key = _k("pending", strategy_id, symbol)
-    client = store.client()
-    if client.set(key, claimant, nx=True, ex=PENDING_SECONDS):
-        return True
-    owner = client.get(key)
-    return owner is not None and (owner.decode() if isinstance(owner, bytes) else owner) == claimant
+    return state.hold(
+        store.client(), _k("pending", strategy_id, symbol), claimant, PENDING_SECONDS, renew=False
+    )
 
 
 def remember_plan(strategy_id: str, symbol: str, stop_loss: float | None, take_profit: float | None) -> None:
@@ -122,11 +121,10 @@ def apply_update(update: OrderUpdate) -> bool:
     """
     if update.strategy_id is None or update.symbol is None or update.side is None:
         return False
-    client = store.client()
     sid, symbol = update.strategy_id, update.symbol
     applied_key = _k("applied", sid)
 
-    def transaction(pipe: Any) -> bool:
+    def transaction(pipe: Pipeline) -> bool:
         applied = float(pipe.hget(applied_key, update.order_id) or 0.0)
         raw_position = pipe.hget(_k("positions", sid), symbol)
         plan = json.loads(pipe.hget(_k("plans", sid), symbol) or "{}")
@@ -147,10 +145,4 @@ def apply_update(update: OrderUpdate) -> bool:
             pipe.hset(_k("positions", sid), symbol, json.dumps({"quantity": quantity, **exits}))
         return True
 
-    changed: bool = client.transaction(  # type: ignore[assignment]
-        transaction,  # type: ignore[arg-type]
-        applied_key,
-        _k("positions", sid),
-        value_from_callable=True,
-    )
-    return changed
+    return state.transaction(store.client(), [applied_key, _k("positions", sid)], transaction)

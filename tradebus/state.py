@@ -1,0 +1,165 @@
+"""State in Redis that concurrent deliveries share: bounded optimistic transactions and publish-once claims.
+
+Several pool processes, and redeliveries of one message, write the same keys at once. These tools keep
+that state whole, for any profile (this module knows no message type):
+
+* :func:`transaction` reads, decides and writes under WATCH/MULTI, again when a watched key moved, and
+  gives up after ``max_attempts`` with :class:`~tradebus.errors.StateContention`, which the stage retries
+  later as a transient failure;
+* :func:`publish_once` publishes what an outcome (a decision, a fill: the key its record is stored under)
+  produced from one delivery at a time: it :func:`claim` s ``{outcome}:publishing`` for the delivering
+  message's id, publishes, and marks ``{outcome}:published`` (:func:`mark_published`). A claim lapses when
+  its holder dies; a later delivery of the same message takes it over at once (:func:`hold`);
+* :func:`put_at` keeps a bounded time series in a sorted set, where a point arriving again or late
+  replaces itself or slots into place.
+
+Clients are passed in, so callers choose one that decodes responses (``store.text_client()``) or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
+
+import redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from tradebus.errors import StateContention
+
+T = TypeVar("T")
+M = TypeVar("M")
+#: One read: a client method's name and its arguments, e.g. ``("hget", key, field)``.
+Read = tuple[str, ...]
+#: Attempts before a transaction that keeps losing to other writers gives up.
+MAX_ATTEMPTS = 50
+
+
+def read(client: redis.Redis, reads: Sequence[Read]) -> list[Any]:
+    """Run ``reads`` in one round trip (a pipeline outside any transaction); their values in order."""
+    reader = client.pipeline(transaction=False)
+    for name, *args in reads:
+        getattr(reader, name)(*args)
+    values: list[Any] = reader.execute()
+    return values
+
+
+@overload
+def transaction(
+    client: redis.Redis,
+    watched: Sequence[str],
+    body: Callable[[Pipeline], T],
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> T: ...
+
+
+@overload
+def transaction(
+    client: redis.Redis,
+    watched: Sequence[str],
+    body: Callable[[list[Any], Pipeline], T],
+    *,
+    reads: Sequence[Read],
+    max_attempts: int = MAX_ATTEMPTS,
+) -> T: ...
+
+
+def transaction(
+    client: redis.Redis,
+    watched: Sequence[str],
+    body: Callable[..., T],
+    *,
+    reads: Sequence[Read] | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> T:
+    """Run ``body`` as one optimistic transaction on ``watched``; returns what ``body`` returns.
+
+    Without ``reads``, ``body(pipe)`` reads through the watching pipeline (each read a round trip), then
+    calls ``pipe.multi()`` and queues its writes. With ``reads``, they run after the WATCH in one pipeline
+    on another connection (a change after the WATCH still fails the EXEC, so they cannot be stale) and
+    ``body(values, pipe)`` only queues writes: three round trips however many reads. When a watched key
+    moved before the EXEC, everything runs again; after ``max_attempts`` it raises StateContention.
+    """
+    with client.pipeline() as pipe:
+        for _ in range(max_attempts):
+            try:
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                if reads is None:
+                    result = body(pipe)
+                else:
+                    values = read(client, reads)
+                    pipe.multi()
+                    result = body(values, pipe)
+                pipe.execute()
+                return result
+            except WatchError:
+                continue
+    raise StateContention(f"{', '.join(watched)} still contended after {max_attempts} attempts")
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
+
+
+def hold(client: redis.Redis, key: str, holder: str, seconds: int, *, renew: bool = True) -> bool:
+    """Whether ``holder`` holds ``key`` now: it took it (nobody held it), or held it already.
+
+    The hold lapses after ``seconds``; ``renew`` restarts that time when the holder asks again.
+    """
+    if client.set(key, holder, nx=True, ex=seconds):
+        return True
+    if _text(client.get(key)) != holder:
+        return False
+    if renew:
+        client.expire(key, seconds)
+    return True
+
+
+def claim(client: redis.Redis, outcome: str, claimant: str, seconds: int) -> bool:
+    """Whether the delivery of message ``claimant`` should publish what ``outcome`` produced.
+
+    Not when it is published already, nor while another message is publishing it (its claim lapses after
+    ``seconds``). An earlier attempt of the same message (a worker killed while publishing, a retry after
+    a failed publish) hands its claim on: RabbitMQ never has one message in two deliveries at once, so the
+    holder with the same id is a dead attempt, and waiting for it would publish nothing.
+    """
+    if client.exists(f"{outcome}:published"):
+        return False
+    return hold(client, f"{outcome}:publishing", claimant, seconds)
+
+
+def mark_published(client: redis.Redis, outcome: str, keep_seconds: int) -> None:
+    """Note that what ``outcome`` produced reached the broker: for ``keep_seconds``, nobody publishes it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set(f"{outcome}:published", "1", ex=keep_seconds)
+    pipe.delete(f"{outcome}:publishing")
+    pipe.execute()
+
+
+def publish_once(
+    client: redis.Redis,
+    outcome: str,
+    messages: Iterable[M],
+    claimant: str,
+    publish: Callable[[M], object],
+    *,
+    claim_seconds: int,
+    keep_seconds: int,
+) -> bool:
+    """Publish ``messages`` (what ``outcome`` produced) with ``publish`` unless another delivery did or is
+    doing it (:func:`claim`); then mark them published. Whether this delivery published them."""
+    if not claim(client, outcome, claimant, claim_seconds):
+        return False
+    for message in messages:
+        publish(message)
+    mark_published(client, outcome, keep_seconds)
+    return True
+
+
+def put_at(pipe: Pipeline, key: str, member: str, score: float, keep: int) -> None:
+    """Queue on ``pipe``: ``member`` at ``score`` in the sorted set ``key``, replacing what was at that
+    score, and only the ``keep`` highest scores kept."""
+    pipe.zremrangebyscore(key, score, score)
+    pipe.zadd(key, {member: score})
+    pipe.zremrangebyrank(key, 0, -(keep + 1))
