@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from celery.utils.log import get_task_logger
 
 from tradebus import recorder
-from tradebus.errors import OrderRefused, StaleMessage
 from tradebus.mastertrade import account
+from tradebus.mastertrade.errors import OrderRefused, StaleMessage
 from tradebus.mastertrade.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
 from tradebus.mastertrade.stage import stage
 from tradebus.registry import delivery_id

@@ -14,8 +14,9 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.utils.log import get_task_logger
 
-from tradebus.errors import RequestRefused, RequestTimeout, StaleMessage
+from tradebus.errors import RequestRefused, RequestTimeout
 from tradebus.mastertrade import account
+from tradebus.mastertrade.errors import StaleMessage
 from tradebus.mastertrade.messages import (
     BusMessage,
     CircuitBreaker,

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
+from celery import _state
 from click.testing import CliRunner, Result
 from kombu.message import Message
 
@@ -246,6 +248,22 @@ def test_mastertrade_is_the_profile_when_none_is_chosen_and_an_unknown_one_is_re
     assert refused.returncode != 0 and "choose one of mastertrade, letrade" in refused.stderr
 
 
+@pytest.fixture
+def celery_apps_kept() -> Iterator[None]:
+    """Celery's current and default apps as they were before the test.
+
+    ``tradebus`` makes the app it builds Celery's current and default one (and importing the benchmark
+    makes its own app current): left so, the task proxies of later tests in this process would look on it.
+    """
+    current, default = _state.get_current_app(), _state.default_app
+    try:
+        yield
+    finally:
+        current.set_current()
+        _state.set_default_app(default)
+
+
+@pytest.mark.usefixtures("celery_apps_kept")
 def test_the_cli_routes_shows_and_exports_the_letrade_topology() -> None:
     # In process: this process's default app is MasterTrade's; --topology builds Letrade's for the command.
     def cli(*args: str) -> Result:

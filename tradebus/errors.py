@@ -1,7 +1,8 @@
 """Every error tradebus raises, under one base class, and every reason a message is dead-lettered.
 
-The core's errors come first; domain refusals (an order a rule refuses, a stale order) are
-InvalidMessage subclasses at the end, so a stage dead-letters them with their reason.
+These are the core's errors. A profile's refusals (an order a rule refuses, a stale order:
+tradebus/mastertrade/errors.py) subclass InvalidMessage, so a stage dead-letters them with their reason,
+which is one of ``Reason``'s.
 """
 
 from __future__ import annotations
@@ -153,18 +154,6 @@ class RequestTimeout(TradebusError, TimeoutError):
 
 class RequestRefused(TradebusError):
     """A request on the bus was dead-lettered instead of answered."""
-
-
-class StaleMessage(InvalidMessage):
-    """A signal or an order too old to act on (a late redelivery or a replay): trading on it now is wrong."""
-
-    reason = Reason.STALE
-
-
-class OrderRefused(InvalidMessage):
-    """An order request the executor must never execute (not risk-approved, or not for paper trading)."""
-
-    reason = Reason.ORDER_REFUSED
 
 
 class BrokerUnreachable(TradebusError):

@@ -66,6 +66,14 @@ class DeadLetter:
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def retries(self) -> int:
+        """The retries a stage spent on it before it gave up (0 for what the broker dead-lettered)."""
+        try:
+            return int(self.headers.get(dl.RETRIES) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    @property
     def age_seconds(self) -> float | None:
         """Seconds since it was dead-lettered."""
         if self.dead_lettered_at is None:

@@ -98,11 +98,20 @@ def dead_letter_report(
         letters = dlq.peek(app.topology, connection, name, limit)
         shown = f", first {len(letters)}" if total > len(letters) else ""
         rows = [
-            (d.reason, d.exchange or "-", d.routing_key or "-", d.count, _age(d.age_seconds), d.error[:60])
+            (
+                d.reason,
+                d.exchange or "-",
+                d.routing_key or "-",
+                d.count,
+                d.retries,
+                _age(d.age_seconds),
+                d.error[:60],
+            )
             for d in letters
         ]
         header = f"{name}: {total} dead letter(s){shown}"
-        body = table(["reason", "exchange", "routing key", "count", "age", "error"], rows) if rows else ""
+        columns = ["reason", "exchange", "routing key", "count", "retries", "age", "error"]
+        body = table(columns, rows) if rows else ""
         parts.append(f"{header}\n{body}".rstrip())
     return "\n\n".join(parts) if parts else "no dead letters"
 
