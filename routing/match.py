@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import lru_cache
 
 from kombu import Exchange, Queue
@@ -18,21 +19,26 @@ ALTERNATE_EXCHANGE = "alternate-exchange"
 ROUTE_CACHE_SIZE = 8192
 
 
-def topic_matches(pattern: str, key: str) -> bool:
-    """Whether a topic binding ``pattern`` matches routing ``key`` (AMQP 0-9-1 topic semantics)."""
-    return _match(tuple(pattern.split(".")), tuple(key.split(".")))
+def topic_matches(pattern: str, key: str, *, globs_in_words: bool = False) -> bool:
+    """Whether a topic binding ``pattern`` matches routing ``key`` (AMQP 0-9-1 topic semantics).
+
+    With ``globs_in_words``, a word of the pattern may also be a shell-style glob within the word
+    (``events.trade_*``): what a client filter can do and a broker binding cannot (tradebus/letrade).
+    """
+    return _match(tuple(pattern.split(".")), tuple(key.split(".")), globs_in_words)
 
 
 @lru_cache(maxsize=4096)
-def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+def _match(pattern: tuple[str, ...], words: tuple[str, ...], globs: bool) -> bool:
     if not pattern:
         return not words
     head, rest = pattern[0], pattern[1:]
     if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+        return any(_match(rest, words[i:], globs) for i in range(len(words) + 1))
     if not words:
         return False
-    return (head == "*" or head == words[0]) and _match(rest, words[1:])
+    same = head in ("*", words[0]) or (globs and fnmatchcase(words[0], head))
+    return same and _match(rest, words[1:], globs)
 
 
 @dataclass(frozen=True)

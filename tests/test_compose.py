@@ -1,7 +1,7 @@
 """docker-compose.yml, checked by parsing (there is no Docker engine here) against the code it runs.
 
-Every pool of routing/mastertrade/pools.py has a worker service with its queue, concurrency and prefetch, running as
-its service's least-privilege user and signing as that service; RabbitMQ imports the definitions
+Every pool of routing/mastertrade/pools.py has a worker service with its queue, concurrency and prefetch,
+running as its service's least-privilege user and signing as that service; RabbitMQ imports the definitions
 `tradebus topology export --users` writes; nothing starts before the broker is healthy; no secret is in the
 file, and every one it needs is in .env.example.
 """

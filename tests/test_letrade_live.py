@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from kombu import Producer
 
 from routing import letrade
 from tests.conftest import (
+    LETRADE,
+    SETTINGS,
     FlowerProcess,
     LetradePools,
     Vhost,
@@ -96,7 +98,7 @@ def test_topology_declare_with_the_letrade_profile_creates_its_exchanges_and_que
         queues = {q["name"]: q for q in vhost.management.queues()}
         assert {e.name for e in letrade.EXCHANGES} <= exchanges
         assert not any(name.startswith("mastertrade.") for name in exchanges)
-        assert set(queues) == {q.name for q in letrade.QUEUES}
+        assert set(queues) == {q.name for q in LETRADE.queues}
         assert queues["letrade.exchange_connector"]["arguments"]["x-max-priority"] == letrade.MAX_PRIORITY
     finally:
         _admin().delete_vhost(vhost.name)
@@ -440,10 +442,10 @@ def test_flower_shows_the_letrade_pools_and_their_tasks(
     def workers() -> dict[str, Any]:
         status, body = get(f"{flower.url}/api/workers?refresh=1", (USER, PASSWORD))
         found = json.loads(body) if status == 200 else {}
-        return found if len(found) >= len(letrade.WORKER_QUEUES) else {}
+        return found if len(found) >= len(LETRADE.worker_queues) else {}
 
     found = wait_until(workers, timeout=60)
-    assert {name.split("-")[0] for name in found} == {q.name for q in letrade.WORKER_QUEUES}, flower.output()
+    assert {name.split("-")[0] for name in found} == {q.name for q in LETRADE.worker_queues}, flower.output()
     registered = {task for info in found.values() for task in info.get("registered", [])}
     assert {
         "tradebus.letrade_capital_manager.allocate",
@@ -482,9 +484,10 @@ def test_a_request_nobody_answers_times_out_with_a_clear_error(idle_letrade: Vho
 
 
 def test_with_signing_required_a_signed_client_command_executes_and_an_unsigned_one_is_dead_lettered(
-    idle_letrade: Vhost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    idle_letrade: Vhost, tmp_path: Path
 ) -> None:
-    from tradebus.settings import get_settings
+    from tradebus.application import create_app
+    from tradebus.settings import SigningSettings
     from workers.launch import stop_all
 
     client_key, connector_key = "c" * 40, "x" * 40
@@ -501,24 +504,24 @@ def test_with_signing_required_a_signed_client_command_executes_and_an_unsigned_
     )
     events: list[dict[str, Any]] = []
     signed, unsigned = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    # The client's app signs with its key; a second client's app, with no key, does not sign.
+    plain = replace(SETTINGS, broker_url=idle_letrade.url)
+    keyed = replace(plain, signing=SigningSettings(service="strategy_900", key=client_key))
+    signing_app, plain_app = create_app(LETRADE, keyed), create_app(LETRADE, plain)
     try:
-        monkeypatch.setenv("TRADEBUS_SIGNING_SERVICE", "strategy_900")
-        monkeypatch.setenv("TRADEBUS_SIGNING_KEY", client_key)
-        get_settings.cache_clear()
-        with LetradeBus(idle_letrade.url, source="strategy_900") as bus:
+        with LetradeBus(idle_letrade.url, source="strategy_900", app=signing_app) as bus:
             bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
             bus.publish("letrade.commands", "execute_trade", trade(pair(), signed, amount=0.001))
-            monkeypatch.delenv("TRADEBUS_SIGNING_SERVICE")
-            monkeypatch.delenv("TRADEBUS_SIGNING_KEY")
-            get_settings.cache_clear()
-            bus.publish("letrade.commands", "execute_trade", trade(pair(), unsigned, amount=0.001))
+            unsigned_bus = LetradeBus(idle_letrade.url, source="strategy_900", app=plain_app)
+            unsigned_bus.publish("letrade.commands", "execute_trade", trade(pair(), unsigned, amount=0.001))
             collect(bus, events, lambda: bool(events))
             bus.drain(1.0)
         dlq = letrade.ROUTES["execute_trade"].dead_letter_queue
         letters = wait_until(lambda: take_all(idle_letrade, dlq))
     finally:
         stop_all(pools)
-        get_settings.cache_clear()
+        signing_app.close()
+        plain_app.close()
     assert [e["client_order_id"] for e in events] == [signed]
     assert [json.loads(m.body)["payload"]["client_order_id"] for m in letters] == [unsigned]
     assert letters[0].headers[REASON] == "unsigned"

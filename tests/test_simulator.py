@@ -28,7 +28,9 @@ def test_every_simulated_message_is_valid_on_the_wire_and_reaches_a_stage() -> N
     assert {"ticker", "trade", "orderbook", "market_data", "sentiment", "onchain_metric"} <= set(kinds)
     for message in messages:
         assert parse_wire(message.model_dump_json()) == message
-        assert not any(q.startswith("unrouted.") for q in MASTERTRADE.route(message.exchange, message.routing_key))
+        assert not any(
+            q.startswith("unrouted.") for q in MASTERTRADE.route(message.exchange, message.routing_key)
+        )
 
 
 def test_candles_are_consistent_and_aligned_to_their_interval() -> None:

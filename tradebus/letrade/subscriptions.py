@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from routing.letrade import COMMANDS, EVENTS, EXCHANGE_OF_FAMILY, REQUESTS
+from routing.match import topic_matches
 from tradebus.errors import BadSubscription
 from tradebus.letrade.messages import STRATEGY_HEADER
 
@@ -52,16 +52,7 @@ class Subscription:
         if self.strategy_id is not None:
             value = (headers or {}).get(STRATEGY_HEADER)
             return value is not None and str(value) == str(self.strategy_id)
-        return self.words is None or _match(self.words, tuple(routing_key.split(".")))
-
-
-def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
-    return bool(words) and fnmatchcase(words[0], head) and _match(rest, words[1:])
+        return self.words is None or topic_matches(".".join(self.words), routing_key, globs_in_words=True)
 
 
 def compile_pattern(pattern: str) -> Subscription:

@@ -361,3 +361,26 @@ class RiskCheckResult(BaseModel):
     max_position_size: Fraction
     circuit_breaker_tripped: bool = False
     timestamp: AwareDatetime = Field(default_factory=utcnow)
+
+
+#: Every MasterTrade message type (tradebus/mastertrade/wire.py validates a body as any of them).
+MESSAGE_CLASSES: tuple[type[BusMessage], ...] = (
+    MarketData,
+    Ticker,
+    TickerBatch,
+    OrderBook,
+    Trade,
+    Sentiment,
+    StockIndex,
+    OnchainMetric,
+    WhaleAlert,
+    TradingSignal,
+    OrderRequest,
+    OrderUpdate,
+    RiskCheck,
+    RiskBreach,
+    CircuitBreaker,
+    SystemHealth,
+    SystemAlert,
+    ConfigChange,
+)

@@ -17,49 +17,8 @@ from tradebus import headers as h
 from tradebus.application import current
 from tradebus.codec import check_incoming, describe, encode_model
 from tradebus.errors import InvalidJSON, InvalidMessage, SchemaViolation, UnknownMessageType
-from tradebus.mastertrade.messages import (
-    BusMessage,
-    CircuitBreaker,
-    ConfigChange,
-    MarketData,
-    OnchainMetric,
-    OrderBook,
-    OrderRequest,
-    OrderUpdate,
-    RiskBreach,
-    RiskCheck,
-    Sentiment,
-    StockIndex,
-    SystemAlert,
-    SystemHealth,
-    Ticker,
-    TickerBatch,
-    Trade,
-    TradingSignal,
-    WhaleAlert,
-)
+from tradebus.mastertrade.messages import MESSAGE_CLASSES, BusMessage
 from tradebus.publisher import send
-
-MESSAGE_CLASSES: tuple[type[BusMessage], ...] = (
-    MarketData,
-    Ticker,
-    TickerBatch,
-    OrderBook,
-    Trade,
-    Sentiment,
-    StockIndex,
-    OnchainMetric,
-    WhaleAlert,
-    TradingSignal,
-    OrderRequest,
-    OrderUpdate,
-    RiskCheck,
-    RiskBreach,
-    CircuitBreaker,
-    SystemHealth,
-    SystemAlert,
-    ConfigChange,
-)
 
 
 def message_type(cls: type[BusMessage]) -> str:
