@@ -14,15 +14,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
-from tests.conftest import ARTIFACTS, FlowerProcess, Vhost
+from tests.conftest import ARTIFACTS, MASTERTRADE, SETTINGS, FlowerProcess, Vhost
+from tradebus.application import create_app
 from tradebus.mastertrade.samples import order_request, signal
-from tradebus.publisher import publish
+from tradebus.mastertrade.wire import publish
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -103,8 +104,7 @@ def test_operator_logs_into_flower_and_sees_the_running_pools_and_the_tradebus_t
     assert names
     # Workers send task events only while someone watches: Flower turns them on within a few seconds of
     # starting (its enable-events timer), so the stages keep getting work until Flower has seen them run.
-    app = Celery("risk-service", broker=declared_vhost.url)
-    app.conf.broker_transport_options = {"confirm_publish": True}
+    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=declared_vhost.url), main="risk-service")
     sent = iter(range(1000))
 
     def seen_after_publishing() -> bool:

@@ -8,6 +8,8 @@ environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_*``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import copy
 from functools import cache
 from typing import Any
@@ -91,3 +93,19 @@ def current() -> TradebusCelery:
         if isinstance(app, TradebusCelery):
             return app
     return default_app()
+
+
+@contextmanager
+def using(app: TradebusCelery) -> Iterator[TradebusCelery]:
+    """Make ``app`` Celery's current and default app for a while (a command, a demo, a benchmark run),
+    then give both back: code that finds its app through Celery, in any thread, finds this one."""
+    from celery import _state
+
+    current, default = _state._tls.current_app, _state.default_app
+    app.set_current()
+    app.set_default()
+    try:
+        yield app
+    finally:
+        _state._tls.current_app = current
+        _state.default_app = default

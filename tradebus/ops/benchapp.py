@@ -21,7 +21,7 @@ BARE_QUEUE = "bench.bare"
 #: Redis list the bare task writes its latencies to (under the bench's prefix).
 BARE_KEY_SUFFIX = "bench:bare"
 
-app = Celery("tradebus-bench", broker=os.environ.get("TRADEBUS_BROKER_URL"))
+app = Celery("tradebus-bench", broker=os.environ.get("TRADEBUS_BROKER_URL"), set_as_current=False)
 app.conf.update(
     accept_content=["json"],
     task_serializer="json",

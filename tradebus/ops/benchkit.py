@@ -19,7 +19,7 @@ import kombu
 from kombu import Connection
 
 from tradebus import recorder, store
-from tradebus.application import TradebusCelery, create_app
+from tradebus.application import TradebusCelery, create_app, using
 from tradebus.management import Management
 from tradebus.mastertrade.messages import Ticker
 from tradebus.mastertrade.samples import ticker_batch
@@ -143,13 +143,12 @@ def bench_vhost(app: TradebusCelery, echo: Callable[[str], None]) -> Iterator[Tr
     parts = urlsplit(settings.broker_url)
     url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
     bench = create_app(app.topology, replace(settings, broker_url=url, redis_prefix=name))
-    bench.set_current()
-    bench.set_default()
-    try:
-        with Connection(url) as conn:
-            check_and_declare(bench.topology, conn, Management(bench.settings.management))
-        echo(f"benchmark vhost {name}")
-        yield bench
-    finally:
-        admin.delete_vhost(name)
-        store.clear()
+    with using(bench):  # the run's prefix is what store.clear() removes at the end, nothing else
+        try:
+            with Connection(url) as conn:
+                check_and_declare(bench.topology, conn, Management(bench.settings.management))
+            echo(f"benchmark vhost {name}")
+            yield bench
+        finally:
+            admin.delete_vhost(name)
+            store.clear()

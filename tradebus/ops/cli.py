@@ -12,7 +12,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from routing import LETRADE, PROFILES, build
-from tradebus.application import TOPOLOGY_ENV, TradebusCelery, create_app
+from tradebus.application import TOPOLOGY_ENV, TradebusCelery, create_app, using
 from tradebus.errors import (
     BrokerUnreachable,
     ManagementAPIError,
@@ -67,11 +67,8 @@ def main(ctx: click.Context, topology: str | None) -> None:
     except ValueError as exc:
         click.echo(f"{TOPOLOGY_ENV}: {exc}", err=True)
         sys.exit(ExitCode.USAGE)
-    app = create_app(bus, settings)
-    # Worker pools started from here, and the code they run, take this app as Celery's current one.
-    app.set_current()
-    app.set_default()
-    ctx.obj = app
+    # Celery's current app while the command runs (a pool, a demo, code that finds its app through Celery).
+    ctx.obj = ctx.with_resource(using(create_app(bus, settings)))
 
 
 def _mastertrade_only(what: str) -> None:

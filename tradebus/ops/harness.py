@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from kombu import Connection
 
 from tradebus import store
-from tradebus.application import TradebusCelery, create_app
+from tradebus.application import TradebusCelery, create_app, using
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.health import queue_stats
 from tradebus.management import Management
@@ -169,14 +169,13 @@ def environment(
     )
     demo = create_app(app.topology, settings)
     demo.conf.broker_url = url
-    demo.set_current()
-    demo.set_default()
     if not memory and not _reachable(url):
         raise BrokerUnreachable(f"no broker at {urlsplit(url).hostname}:{urlsplit(url).port or 5672}")
     pools = _embedded(demo, echo) if memory else _rabbitmq_pools(demo, echo)
-    try:
-        with pools as connection:
-            yield demo, connection, url, memory
-    finally:
-        with contextlib.suppress(Exception):
-            store.clear()
+    with using(demo):  # the demo's prefix is what store.clear() removes at the end, nothing else
+        try:
+            with pools as connection:
+                yield demo, connection, url, memory
+        finally:
+            with contextlib.suppress(Exception):
+                store.clear()
