@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from kombu import Exchange, Producer, Queue
 
 from tests.conftest import MASTERTRADE, Vhost
@@ -32,19 +32,6 @@ def empty_order_dlq(broker: Vhost) -> Vhost:
     return broker
 
 
-def invoke(*args: str) -> Result:
-    """Run ``tradebus`` in this process, then make the session's app current again.
-
-    ``tradebus.ops.cli.main`` builds an app of its own and makes it Celery's current and default app for
-    the whole process; without this, the account the tests read would be that app's (its Redis prefix),
-    not the one the session worker books fills in.
-    """
-    result = CliRunner().invoke(main, list(args))
-    app.set_current()
-    app.set_default()
-    return result
-
-
 def wait_depth(vhost: Vhost, queue: str, count: int) -> int:
     with vhost.connection() as conn:
         return wait_until(lambda: dlq.depth(conn, queue) >= count and dlq.depth(conn, queue))
@@ -56,13 +43,14 @@ def test_list_shows_reason_route_count_and_age_and_leaves_the_dead_letters(empty
         empty_order_dlq, body, "mastertrade.orders", "order.request.BTCUSDT", content_type="application/json"
     )
     assert wait_depth(empty_order_dlq, "dlq.order_requests", 1) == 1
-    result = invoke("dlq", "list", "order_requests")
+    result = CliRunner().invoke(main, ["dlq", "list", "order_requests"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "dlq.order_requests: 1 dead letter(s)"
     (row,) = [line.split() for line in lines[3:]]
-    assert row[:4] == ["schema_violation", "mastertrade.orders", "order.request.BTCUSDT", "1"]
-    assert row[4].endswith("s")  # its age, in seconds
+    # reason, exchange, routing key, count, retries (none: refused at once), age
+    assert row[:5] == ["schema_violation", "mastertrade.orders", "order.request.BTCUSDT", "1", "0"]
+    assert row[5].endswith("s")  # its age, in seconds
     with empty_order_dlq.connection() as conn:
         assert dlq.depth(conn, "dlq.order_requests") == 1
 
@@ -125,7 +113,7 @@ def test_replay_republishes_valid_dead_letters_with_a_linked_id_and_keeps_the_in
     )
     assert wait_depth(empty_order_dlq, "dlq.order_requests", 2) == 2
 
-    dry = invoke("dlq", "replay", "order_requests", "--dry-run")
+    dry = CliRunner().invoke(main, ["dlq", "replay", "order_requests", "--dry-run"])
     assert "would replay" in dry.output and "still invalid" in dry.output
     assert "0 replayed, 2 left in dlq.order_requests" in dry.output
 
