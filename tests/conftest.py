@@ -165,13 +165,12 @@ def fresh_state(broker: Vhost, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     The session worker runs in this process on the default app and reads the app's settings at every call,
     so it follows at once; worker processes a test starts take the prefix from their environment.
     """
-    from dataclasses import replace
 
     from tradebus import app, store
 
     prefix = f"tradebus-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("TRADEBUS_REDIS_PREFIX", prefix)
-    monkeypatch.setattr(app, "settings", replace(app.settings, redis_prefix=prefix))
+    monkeypatch.setattr(app, "settings", app.settings.with_(redis_prefix=prefix))
     yield prefix
     store.clear()
     monkeypatch.undo()

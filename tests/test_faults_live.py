@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -109,7 +108,7 @@ def test_orders_arriving_while_redis_is_down_are_retried_and_filled_once_it_is_b
     url = f"redis://127.0.0.1:{port}/0"
     prefix = f"faults-{uuid.uuid4().hex[:6]}"
     # This process's app (the account below) and the pool's environment both name the new Redis.
-    monkeypatch.setattr(app, "settings", replace(app.settings, redis_url=url, redis_prefix=prefix))
+    monkeypatch.setattr(app, "settings", app.settings.with_(redis_url=url, redis_prefix=prefix))
     store.use(redis.Redis.from_url(url, socket_connect_timeout=1))
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     running = Pool(

@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def test_operator_logs_into_flower_and_sees_the_running_pools_and_the_tradebus_t
     assert names
     # Workers send task events only while someone watches: Flower turns them on within a few seconds of
     # starting (its enable-events timer), so the stages keep getting work until Flower has seen them run.
-    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=declared_vhost.url), main="risk-service")
+    app = create_app(MASTERTRADE, SETTINGS.with_(broker_url=declared_vhost.url), main="risk-service")
     sent = iter(range(1000))
 
     def seen_after_publishing() -> bool:

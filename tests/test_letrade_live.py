@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -505,8 +505,8 @@ def test_with_signing_required_a_signed_client_command_executes_and_an_unsigned_
     events: list[dict[str, Any]] = []
     signed, unsigned = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
     # The client's app signs with its key; a second client's app, with no key, does not sign.
-    plain = replace(SETTINGS, broker_url=idle_letrade.url)
-    keyed = replace(plain, signing=SigningSettings(service="strategy_900", key=client_key))
+    plain = SETTINGS.with_(broker_url=idle_letrade.url)
+    keyed = plain.with_(signing=SigningSettings(service="strategy_900", key=client_key))
     signing_app, plain_app = create_app(LETRADE, keyed), create_app(LETRADE, plain)
     try:
         with LetradeBus(idle_letrade.url, source="strategy_900", app=signing_app) as bus:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from celery import Celery
@@ -129,7 +128,7 @@ def test_bad_wire_body_raises_the_error_that_names_its_reason(body: str, error: 
 def unreachable_app() -> Celery:
     """An app whose broker does not exist: any attempt to send would fail with a connection error."""
     app = create_app(
-        MASTERTRADE, replace(SETTINGS, broker_url="amqp://nobody:nothing@127.0.0.1:1//"), main="unreachable"
+        MASTERTRADE, SETTINGS.with_(broker_url="amqp://nobody:nothing@127.0.0.1:1//"), main="unreachable"
     )
     # Give up on connecting at once (the default waits through several reconnection attempts).
     app.conf.broker_transport_options = {"max_retries": 0, "interval_start": 0, "interval_step": 0}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 from celery import Celery
@@ -30,7 +29,7 @@ def _drain(vhost: Vhost, queue: str) -> list[bytes]:
 @pytest.fixture
 def app_on(fresh_vhost: Vhost) -> Iterator[Celery]:
     """A tradebus app publishing to a fresh vhost with confirms, as tradebus's does."""
-    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=fresh_vhost.url), main="publisher")
+    app = create_app(MASTERTRADE, SETTINGS.with_(broker_url=fresh_vhost.url), main="publisher")
     app.conf.broker_transport_options = {"confirm_publish": True}
     yield app
     app.close()

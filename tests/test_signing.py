@@ -144,7 +144,10 @@ def test_a_service_without_a_key_adds_no_signature_and_one_with_a_key_signs() ->
 
 def test_signing_settings_come_from_the_environment_and_a_service_trusts_itself() -> None:
     assert EXECUTOR.required
-    assert dict(EXECUTOR.trusted) == {"risk": RISK_KEY, "execution": "e" * 40}
+    assert {name: key.get_secret_value() for name, key in EXECUTOR.trusted.items()} == {
+        "risk": RISK_KEY,
+        "execution": "e" * 40,
+    }
     assert EXECUTOR.window == 300.0
     assert "e" * 40 not in repr(EXECUTOR)
 
@@ -192,17 +195,17 @@ def test_redis_unreachable_during_the_replay_check_is_transient_never_a_pass(
     assert is_transient(caught.value)
 
 
-def test_retry_headers_vouch_for_the_next_attempt_with_the_workers_own_key(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(signing, "current", lambda: EXECUTOR)
-
+def test_retry_headers_vouch_for_the_next_attempt_with_the_workers_own_key() -> None:
     class Request:
         id = "m-1"
         retries = 0
         args = (BODY.decode(),)
 
+    class App:
+        settings = Settings().with_(signing=EXECUTOR)
+
     class Task:
+        app = App()
         request = Request()
 
         def origin(self) -> tuple[str, str]:

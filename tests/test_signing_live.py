@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -134,7 +133,7 @@ def new_id() -> str:
 def test_order_published_by_a_service_with_a_key_is_signed_and_runs(executor: Executor) -> None:
     risk = SigningSettings.from_env({"TRADEBUS_SIGNING_SERVICE": "risk", "TRADEBUS_SIGNING_KEY": RISK_KEY})
     # The risk service's own app: its settings carry its key, and it publishes to the executor's vhost.
-    settings = replace(SETTINGS, broker_url=executor.vhost.url, signing=risk)
+    settings = SETTINGS.with_(broker_url=executor.vhost.url, signing=risk)
     app = create_app(MASTERTRADE, settings, main="risk-service")
     try:
         message_id = publish(order_request(new_id()), app=app)
@@ -221,7 +220,7 @@ def test_a_retried_message_is_re_signed_by_the_worker_and_not_taken_for_a_replay
         }
     )
     # The session worker and this process's publisher both run on the default app: give it the key.
-    monkeypatch.setattr(app, "settings", replace(app.settings, signing=required))
+    monkeypatch.setattr(app, "settings", app.settings.with_(signing=required))
     calls: list[float] = []
     monkeypatch.setattr(record_signal, "handler", failing_once(calls))
     publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True))

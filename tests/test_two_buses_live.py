@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.broker
 
 def _app(name: str, vhost: Vhost) -> TradebusCelery:
     prefix = f"tradebus-test-{RUN_ID}-two-{name}-{uuid.uuid4().hex[:6]}"
-    return create_app(routing.build(name), replace(SETTINGS, broker_url=vhost.url, redis_prefix=prefix))
+    return create_app(routing.build(name), SETTINGS.with_(broker_url=vhost.url, redis_prefix=prefix))
 
 
 @pytest.fixture

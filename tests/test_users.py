@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,7 @@ def test_export_with_users_writes_a_private_file_holding_topology_and_users(tmp_
 @contextmanager
 def service_app(url: str) -> Iterator[TradebusCelery]:
     """A MasterTrade app publishing with confirms as one service's user."""
-    app = create_app(MASTERTRADE, replace(SETTINGS, broker_url=url), main="service")
+    app = create_app(MASTERTRADE, SETTINGS.with_(broker_url=url), main="service")
     app.conf.broker_transport_options = {"confirm_publish": True}
     try:
         yield app

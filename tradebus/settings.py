@@ -1,4 +1,4 @@
-"""Typed settings, read from the environment at the edge.
+"""Typed settings, read from the environment once, at the edge (pydantic-settings), then passed.
 
 ``TRADEBUS_BROKER_URL``      AMQP URL of RabbitMQ (default ``amqp://guest:guest@localhost:5672//``).
 ``TRADEBUS_REDIS_URL``       Redis URL for results and stage state (default ``redis://localhost:6379/0``).
@@ -17,11 +17,16 @@ RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import cache
-from types import MappingProxyType
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tradebus.errors import SettingsError
 
@@ -33,116 +38,150 @@ MANAGEMENT_TLS_PORT = 15671
 DEFAULT_SIGNING_WINDOW = 300.0
 #: Shortest signing secret accepted: 32 characters, e.g. ``secrets.token_urlsafe(32)``.
 MIN_SIGNING_KEY_CHARS = 32
+ENV_PREFIX = "TRADEBUS_"
 #: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
-USER_PASSWORD_PREFIX = "TRADEBUS_USER_PASSWORD_"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r}: use 1 or 0")
+class Environment(BaseSettings):
+    """The ``TRADEBUS_*`` variables as pydantic-settings reads them: flat, typed, empty means unset."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    broker_url: str = DEFAULT_BROKER_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    management_url: str | None = None
+    redis_prefix: str = "tradebus"
+    declare_topology: bool = True
+    broker_ca_file: str | None = None
+    broker_cert_file: str | None = None
+    broker_key_file: str | None = None
+    broker_tls_server_name: str | None = None
+    signing_service: str | None = None
+    signing_key: SecretStr | None = None
+    signing_trusted_keys: SecretStr | None = None
+    signing_required: bool = False
+    signing_window: float = DEFAULT_SIGNING_WINDOW
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The process environment, or the mapping ``Settings.from_env`` was handed (tests, compose)."""
+        environ = _ENVIRON.get()
+        return (env_settings,) if environ is None else (_MappingSource(settings_cls, environ),)
 
 
-def _secret(name: str, value: str) -> str:
-    if len(value) < MIN_SIGNING_KEY_CHARS:
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("tradebus_environ", default=None)
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _secret(name: str, value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
         raise SettingsError(f"{name}: a signing key needs at least {MIN_SIGNING_KEY_CHARS} characters")
     return value
 
 
-@dataclass(frozen=True)
-class SigningSettings:
+class SigningSettings(BaseModel):
     """This service's signing key, the keys it trusts, and whether it refuses unsigned messages."""
 
+    model_config = _FROZEN
+
     service: str | None = None
-    key: str | None = field(default=None, repr=False)
-    trusted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    key: SecretStr | None = None
+    trusted: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
     required: bool = False
     window: float = DEFAULT_SIGNING_WINDOW
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SigningSettings:
         """Read ``TRADEBUS_SIGNING_*``; refuses half a configuration rather than guessing."""
-        service = environ.get("TRADEBUS_SIGNING_SERVICE") or None
-        key = environ.get("TRADEBUS_SIGNING_KEY") or None
+        return Settings.from_env(environ).signing
+
+    @classmethod
+    def from_environment(cls, env: Environment) -> SigningSettings:
+        """The signing part of ``env``, checked as a whole."""
+        service, key = env.signing_service, env.signing_key
         if (service is None) != (key is None):
             raise SettingsError(
                 "TRADEBUS_SIGNING_SERVICE and TRADEBUS_SIGNING_KEY are set together or not at all"
             )
         if key is not None:
             key = _secret("TRADEBUS_SIGNING_KEY", key)
-        trusted: dict[str, str] = {}
-        for item in (environ.get("TRADEBUS_SIGNING_TRUSTED_KEYS") or "").split(","):
+        trusted: dict[str, SecretStr] = {}
+        listed = env.signing_trusted_keys.get_secret_value() if env.signing_trusted_keys else ""
+        for item in listed.split(","):
             if not item.strip():
                 continue
             name, sep, secret = item.strip().partition(":")
             if not sep or not name:
                 raise SettingsError("TRADEBUS_SIGNING_TRUSTED_KEYS is a comma-separated list of service:key")
-            trusted[name] = _secret(f"TRADEBUS_SIGNING_TRUSTED_KEYS ({name})", secret)
+            trusted[name] = _secret(f"TRADEBUS_SIGNING_TRUSTED_KEYS ({name})", SecretStr(secret))
         if service is not None and key is not None:
             trusted[service] = key  # a service always trusts itself: it re-signs its own retries
-        required = _flag(environ, "TRADEBUS_SIGNING_REQUIRED", False)
-        if required and key is None:
+        if env.signing_required and key is None:
             raise SettingsError(
                 "TRADEBUS_SIGNING_REQUIRED=1 needs TRADEBUS_SIGNING_SERVICE and TRADEBUS_SIGNING_KEY: "
                 "a worker re-signs the retries it schedules"
             )
-        try:
-            window = float(environ.get("TRADEBUS_SIGNING_WINDOW") or DEFAULT_SIGNING_WINDOW)
-        except ValueError as exc:
-            raise SettingsError(f"TRADEBUS_SIGNING_WINDOW: {exc}") from exc
-        if window <= 0:
+        if env.signing_window <= 0:
             raise SettingsError("TRADEBUS_SIGNING_WINDOW must be a positive number of seconds")
-        return cls(service, key, MappingProxyType(trusted), required, window)
+        return cls(
+            service=service,
+            key=key,
+            trusted=trusted,
+            required=env.signing_required,
+            window=env.signing_window,
+        )
 
 
-@dataclass(frozen=True)
-class TLSSettings:
+class TLSSettings(BaseModel):
     """Certificates for ``amqps://`` (and the management API over https)."""
+
+    model_config = _FROZEN
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     server_name: str | None = None
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> TLSSettings:
-        """Read ``TRADEBUS_BROKER_*_FILE`` and ``TRADEBUS_BROKER_TLS_SERVER_NAME``."""
-        tls = cls(
-            ca_file=environ.get("TRADEBUS_BROKER_CA_FILE") or None,
-            cert_file=environ.get("TRADEBUS_BROKER_CERT_FILE") or None,
-            key_file=environ.get("TRADEBUS_BROKER_KEY_FILE") or None,
-            server_name=environ.get("TRADEBUS_BROKER_TLS_SERVER_NAME") or None,
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise SettingsError("TRADEBUS_BROKER_CERT_FILE and TRADEBUS_BROKER_KEY_FILE go together")
-        return tls
 
-
-@dataclass(frozen=True)
-class FlowerSettings:
+class FlowerSettings(BaseModel):
     """Flower's login; with none, Flower listens on 127.0.0.1 only."""
 
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
+    model_config = _FROZEN
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> FlowerSettings:
-        """Read ``TRADEBUS_FLOWER_USER`` and ``TRADEBUS_FLOWER_PASSWORD`` (both or neither)."""
-        user = environ.get("TRADEBUS_FLOWER_USER") or None
-        password = environ.get("TRADEBUS_FLOWER_PASSWORD") or None
-        if (user is None) != (password is None):
-            raise SettingsError("TRADEBUS_FLOWER_USER and TRADEBUS_FLOWER_PASSWORD are set together")
-        if user is not None and ":" in user:
-            raise SettingsError("TRADEBUS_FLOWER_USER cannot contain ':'")
-        return cls(user, password)
+    user: str | None = None
+    password: SecretStr | None = None
 
 
 @dataclass(frozen=True)
@@ -185,40 +224,65 @@ class ManagementSettings:
         return quote(self.vhost, safe="")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """tradebus's settings; build them with :meth:`from_env`."""
+class Settings(BaseModel):
+    """tradebus's settings: built once at the edge (:meth:`from_env`), then handed to the app."""
 
-    broker_url: str = DEFAULT_BROKER_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    management_url: str | None = None
+    model_config = _FROZEN
+
+    broker_url: str = Field(default=DEFAULT_BROKER_URL, repr=False)
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, repr=False)
+    management_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
-    tls: TLSSettings = field(default_factory=TLSSettings)
-    signing: SigningSettings = field(default_factory=SigningSettings)
-    flower: FlowerSettings = field(default_factory=FlowerSettings)
-    user_passwords: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        """Read ``TRADEBUS_*`` variables; unset ones keep their defaults."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``TRADEBUS_*`` from the process environment (or ``environ``); SettingsError says what is
+        wrong. Unset and empty variables keep their defaults."""
+        with _reading(environ):
+            try:
+                env = Environment()
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                    for err in exc.errors()
+                )
+                raise SettingsError(problems) from None
+        if (env.broker_cert_file is None) != (env.broker_key_file is None):
+            raise SettingsError("TRADEBUS_BROKER_CERT_FILE and TRADEBUS_BROKER_KEY_FILE go together")
+        if (env.flower_user is None) != (env.flower_password is None):
+            raise SettingsError("TRADEBUS_FLOWER_USER and TRADEBUS_FLOWER_PASSWORD are set together")
+        if env.flower_user is not None and ":" in env.flower_user:
+            raise SettingsError("TRADEBUS_FLOWER_USER cannot contain ':'")
+        names = os.environ if environ is None else environ
         return cls(
-            broker_url=environ.get("TRADEBUS_BROKER_URL") or DEFAULT_BROKER_URL,
-            redis_url=environ.get("TRADEBUS_REDIS_URL") or DEFAULT_REDIS_URL,
-            management_url=environ.get("TRADEBUS_MANAGEMENT_URL") or None,
-            redis_prefix=environ.get("TRADEBUS_REDIS_PREFIX") or "tradebus",
-            declare_topology=_flag(environ, "TRADEBUS_DECLARE_TOPOLOGY", True),
-            tls=TLSSettings.from_env(environ),
-            signing=SigningSettings.from_env(environ),
-            flower=FlowerSettings.from_env(environ),
-            user_passwords=MappingProxyType(
-                {
-                    name.removeprefix(USER_PASSWORD_PREFIX).lower(): value
-                    for name, value in environ.items()
-                    if name.startswith(USER_PASSWORD_PREFIX) and value
-                }
+            broker_url=env.broker_url,
+            redis_url=env.redis_url,
+            management_url=env.management_url,
+            redis_prefix=env.redis_prefix,
+            declare_topology=env.declare_topology,
+            tls=TLSSettings(
+                ca_file=env.broker_ca_file,
+                cert_file=env.broker_cert_file,
+                key_file=env.broker_key_file,
+                server_name=env.broker_tls_server_name,
             ),
+            signing=SigningSettings.from_environment(env),
+            flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
+            user_passwords={
+                name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
+                for name, value in names.items()
+                if name.startswith(USER_PASSWORD_PREFIX) and value
+            },
         )
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (a demo's prefix, a test's broker), validated like the original."""
+        return type(self).model_validate({**dict(self), **changes})
 
     @property
     def management(self) -> ManagementSettings:

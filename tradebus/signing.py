@@ -120,7 +120,7 @@ def outgoing(
     return sign(
         body,
         service=settings.service,
-        key=settings.key,
+        key=settings.key.get_secret_value(),
         message_id=message_id,
         exchange=exchange,
         routing_key=routing_key,
@@ -150,9 +150,10 @@ def verify(
         raise Unsigned("the message carries no signature and signing is required")
     if not isinstance(signer, str) or not isinstance(signature, str) or signed_at is None:
         raise BadSignature(f"incomplete signature headers: {', '.join(HEADERS)} are all required")
-    key = settings.trusted.get(signer)
-    if key is None:
+    secret = settings.trusted.get(signer)
+    if secret is None:
         raise UntrustedSigner(f"signed by {signer!r}, whose key this service does not trust")
+    key = secret.get_secret_value()
     try:
         signed_ms = int(signed_at)
     except (TypeError, ValueError):
@@ -209,7 +210,7 @@ def check_delivery(task: Any, payload: Any, content_type: str | None) -> None:
 
     Raises a SignatureRejected (dead-letter it) or SignatureCheckUnavailable (retry it).
     """
-    settings = current()
+    settings: SigningSettings = task.app.settings.signing
     if not settings.required:
         return
     if not isinstance(payload, str | bytes):
@@ -238,7 +239,7 @@ def retry_headers(task: Any, content_type: str | None) -> dict[str, Any]:
     this worker (its own key, attempt = retries + 1, a fresh timestamp), so the replay check and the window
     treat it as what it is.
     """
-    settings = current()
+    settings: SigningSettings = task.app.settings.signing
     if settings.service is None or settings.key is None:
         return {}
     request = task.request
@@ -250,7 +251,7 @@ def retry_headers(task: Any, content_type: str | None) -> dict[str, Any]:
     return sign(
         as_bytes(payload),
         service=settings.service,
-        key=settings.key,
+        key=settings.key.get_secret_value(),
         message_id=request.id or "",
         exchange=exchange,
         routing_key=routing_key,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -73,7 +72,7 @@ class LetradeBus:
     ) -> None:
         if app is None:
             settings = current_settings()
-            app = create_app(letrade.build(), replace(settings, broker_url=url or settings.broker_url))
+            app = create_app(letrade.build(), settings.with_(broker_url=url or settings.broker_url))
         self.app = app
         self.url = url or app.settings.broker_url
         self.source = source

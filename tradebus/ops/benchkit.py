@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -142,7 +142,7 @@ def bench_vhost(app: TradebusCelery, echo: Callable[[str], None]) -> Iterator[Tr
     admin.create_vhost(name)
     parts = urlsplit(settings.broker_url)
     url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
-    bench = create_app(app.topology, replace(settings, broker_url=url, redis_prefix=name))
+    bench = create_app(app.topology, settings.with_(broker_url=url, redis_prefix=name))
     with using(bench):  # the run's prefix is what store.clear() removes at the end, nothing else
         try:
             with Connection(url) as conn:

@@ -146,7 +146,9 @@ def topology_export(vhost: str | None, users: bool, user_prefix: str, output: st
             vhost or app.settings.management.vhost,
             users=users,
             user_prefix=user_prefix,
-            passwords=app.settings.user_passwords,
+            passwords={
+                name: secret.get_secret_value() for name, secret in app.settings.user_passwords.items()
+            },
         )
     except SettingsError as exc:
         click.echo(str(exc), err=True)

@@ -73,7 +73,7 @@ def plan(options: Mapping[str, Any], settings: Settings, environ: Mapping[str, s
         raise FlowerRefused(f"{UNAUTHENTICATED_API} would open Flower's API to anyone; unset it")
     basic_auth = list(options.get("basic_auth") or [])
     if not basic_auth and settings.flower.user and settings.flower.password:
-        basic_auth = [f"{settings.flower.user}:{settings.flower.password}"]
+        basic_auth = [f"{settings.flower.user}:{settings.flower.password.get_secret_value()}"]
         result.changes["basic_auth"] = basic_auth
         result.notes.append(f"basic auth for {settings.flower.user!r} (TRADEBUS_FLOWER_USER)")
     authenticated = bool(basic_auth) or bool(options.get("auth"))

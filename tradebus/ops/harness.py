@@ -14,7 +14,6 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -162,8 +161,7 @@ def environment(
     """
     url = choose_broker(broker, app.settings.broker_url)
     memory = url.startswith("memory")
-    settings = replace(
-        app.settings,
+    settings = app.settings.with_(
         broker_url=app.settings.broker_url if memory else url,
         redis_prefix=f"tradebus-demo-{uuid.uuid4().hex[:8]}",
     )
