@@ -18,7 +18,7 @@ install: $(STAMP)
 services:
 	bash scripts/services.sh
 
-# Debian's chromium and chromium-driver, for the Flower browser test (tests/test_flower_browser.py).
+# Debian's chromium and chromium-driver, for the Flower browser test (tests/live/test_flower_browser.py).
 browser:
 	bash scripts/browser.sh
 

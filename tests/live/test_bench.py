@@ -1,0 +1,38 @@
+"""``tradebus bench`` runs every scenario and reports its figures (a smoke test: figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.bus import Vhost
+
+TRADEBUS = str(Path(sys.executable).with_name("tradebus"))
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broker: Vhost) -> None:
+    result = subprocess.run(
+        [TRADEBUS, "bench", "--quick", "--json"],
+        env={**os.environ, "TRADEBUS_BROKER_URL": broker.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["hop"]) == {"raw kombu", "bare celery", "tradebus stage", "tradebus / bare celery"}
+    for consumer in ("raw kombu", "bare celery", "tradebus stage"):
+        assert figures["hop"][consumer]["per_second"] > 0
+        assert figures["hop"][consumer]["rss_mb"] > 0
+    assert set(figures["fanout"]) == {"1 per message", "100 per message"}
+    assert all(f["ticks_per_second"] > 0 for f in figures["fanout"].values())
+    loads = figures["order_path"]["signal_to_fill_ms"]
+    assert len(loads) == 3 and all(p["n"] == 6 for p in loads.values())
+    assert figures["machine"]["cpus"] == os.cpu_count()

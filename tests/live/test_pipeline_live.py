@@ -1,0 +1,241 @@
+"""The trading pipeline end to end on the real broker: candles to signals, orders, fills and alerts.
+
+Every test has a paper account and strategy memory of its own (the ``fresh_state`` fixture) and trades a
+symbol of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kombu import Producer
+
+from tasks.strategy import STRATEGY_ID
+from tests.support.bus import Vhost
+from tests.support.wait import keyed, new_symbol, on, wait_until
+from tradebus import publish, recorder, store
+from tradebus.errors import RequestTimeout
+from tradebus.mastertrade import account, candles, strategy_state
+from tradebus.mastertrade.messages import MarketData, OrderRequest, Ticker, TradingSignal
+from tradebus.mastertrade.samples import risk_check
+from tradebus.mastertrade.trading.risk import Reservation
+
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker", "fresh_state")]
+
+#: Falls faster and faster for 40 candles, then turns up: the strategy's MACD crosses at candle 44.
+V_SHAPE = [100.0 - 0.02 * i * i for i in range(40)] + [68.8 + 0.8 * i for i in range(12)]
+#: Yesterday, on the minute: recent enough for the risk manager, which refuses signals over two days old.
+START = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
+
+
+def publish_candles(symbol: str, closes: list[float]) -> None:
+    for i, close in enumerate(closes):
+        publish(
+            MarketData(
+                symbol=symbol,
+                interval="1m",
+                timestamp=START + timedelta(minutes=i),
+                open=close,
+                high=close * 1.001,
+                low=close * 0.999,
+                close=close,
+                volume=10.0,
+            )
+        )
+
+
+def trade_signal(symbol: str, action: str, minute: int, confidence: float = 0.9) -> TradingSignal:
+    return TradingSignal(
+        strategy_id="test-strategy",
+        symbol=symbol,
+        action=action,
+        confidence=confidence,  # type: ignore[arg-type]
+        entry_price=100.0,
+        position_size_pct=0.02,
+        timestamp=START + timedelta(minutes=minute),
+    )
+
+
+def buy_order(symbol: str, quantity: float) -> OrderRequest:
+    return OrderRequest(
+        request_id=f"req-{uuid.uuid4().hex[:12]}",
+        strategy_id="s-1",
+        symbol=symbol,
+        side="BUY",
+        quantity=quantity,
+        timestamp=datetime.now(UTC),
+    )
+
+
+def set_price(symbol: str, price: float) -> None:
+    publish(Ticker(symbol=symbol, price=price, timestamp=datetime.now(UTC)))
+    assert wait_until(lambda: account.last_price(symbol) == price), "the executor never saw the price"
+
+
+def test_candle_series_that_turns_up_becomes_a_signal_an_approved_order_and_a_fill() -> None:
+    symbol = new_symbol()
+    publish_candles(symbol, V_SHAPE[:45])
+    fill = wait_until(lambda: on("order_updates", keyed("order.update.filled.")), timeout=30)
+    assert fill, "no fill"
+    (signal,) = wait_until(lambda: on("trading_signals", keyed(f"signal.{symbol}.")))
+    assert signal["routing_key"] == f"signal.{symbol}.{STRATEGY_ID}"
+    assert len(wait_until(lambda: on("order_requests", keyed(f"order.request.{symbol}")))) == 1
+    held = account.portfolio().holdings[symbol]
+    assert held.quantity > 0
+    assert wait_until(lambda: strategy_state.position(STRATEGY_ID, symbol))
+    assert strategy_state.position(STRATEGY_ID, symbol).quantity == held.quantity  # type: ignore[union-attr]
+    metrics = recorder.metrics()
+    assert (metrics["signals"], metrics["orders"], metrics["fills"]) == (1, 1, 1)
+
+
+def test_buy_during_a_drawdown_is_refused_and_the_breach_is_published() -> None:
+    symbol = new_symbol()
+    account.reset(cash=80_000.0, peak=100_000.0)
+    set_price(symbol, 100.0)
+    publish(trade_signal(symbol, "BUY", 1))
+    breach = wait_until(lambda: on("alert_risk_events", keyed("risk.breach.drawdown")))
+    assert breach, "no breach"
+    assert recorder.metrics().get("signals_refused") == 1
+    assert not on("order_requests", keyed(symbol))
+    assert wait_until(lambda: any("drawdown breach" in a["text"] for a in recorder.alerts()))
+
+
+def test_circuit_breaker_trips_after_three_losing_trades_and_refuses_the_next_buy() -> None:
+    symbol = new_symbol()
+    for trade in range(3):
+        set_price(symbol, 100.0)
+        publish(trade_signal(symbol, "BUY", 10 * trade))
+        assert wait_until(lambda: symbol in account.portfolio().holdings), f"buy {trade} never filled"
+        set_price(symbol, 90.0)
+        publish(trade_signal(symbol, "SELL", 10 * trade + 1))
+        assert wait_until(lambda: symbol not in account.portfolio().holdings), f"sell {trade} never filled"
+    assert [r < 0 for r in account.portfolio().results] == [True, True, True]
+    set_price(symbol, 100.0)
+    publish(trade_signal(symbol, "BUY", 100))
+    tripped = wait_until(lambda: on("alert_risk_events", keyed("risk.circuit_breaker.loss_streak")))
+    assert tripped, "the breaker did not trip"
+    assert account.portfolio().breaker_until > datetime.now(UTC).timestamp()
+    assert recorder.metrics()["orders"] == 6
+    assert wait_until(
+        lambda: any(
+            a["severity"] == "critical" and "circuit breaker tripped" in a["text"] for a in recorder.alerts()
+        )
+    )
+
+
+def test_order_request_delivered_twice_is_filled_once() -> None:
+    symbol = new_symbol()
+    set_price(symbol, 50.0)
+    order = buy_order(symbol, 2.0)
+    publish(order)
+    publish(order)
+    assert wait_until(lambda: len(on("order_requests", keyed(symbol))) == 2)
+    assert wait_until(lambda: recorder.metrics().get("duplicate_deliveries") == 1)
+    assert recorder.metrics()["fills"] == 1
+    assert account.portfolio().holdings[symbol].quantity == 2.0
+    assert wait_until(lambda: on("order_updates", keyed("order.update.")))
+    time.sleep(recorder.FLUSH_SECONDS * 4)
+    assert len(on("order_updates", keyed("order.update."))) == 1
+
+
+def test_order_whose_delivery_died_while_publishing_gets_its_update_from_the_redelivery() -> None:
+    symbol = new_symbol()
+    set_price(symbol, 50.0)
+    order = buy_order(symbol, 1.0)
+    message_id = uuid.uuid4().hex
+    # What a delivery killed after booking the fill and claiming its publication leaves behind.
+    account.fill(order)
+    assert account.claim_publication(account.fill_outcome(order), message_id)
+    assert not account.claim_publication(account.fill_outcome(order), "another message")
+    publish(order, message_id=message_id)
+    assert wait_until(lambda: on("order_updates", keyed("order.update."))), "the update was never published"
+    assert recorder.metrics()["fills"] == 1
+
+
+def test_dead_letter_queue_deeper_than_ten_raises_a_system_alert(broker: Vhost) -> None:
+    from tasks.monitoring import health_report
+
+    with broker.connection() as conn:
+        conn.transport_options["confirm_publish"] = True
+        producer = Producer(conn.channel())
+        for i in range(11):
+            producer.publish(f"dead {i}", exchange="mastertrade.dlx", routing_key="dlq.stock_index_data")
+    health_report.delay()
+    alert = wait_until(
+        lambda: [a for a in recorder.alerts() if a["details"].get("queue") == "dlq.stock_index_data"]
+    )
+    assert alert, "no DLQ alert"
+    assert alert[0]["severity"] == "warning" and "holds 11 dead letters" in alert[0]["text"]
+    assert wait_until(lambda: on("monitoring_system_notifications", keyed("system.health.execution")))
+    with broker.connection() as conn:
+        conn.default_channel.queue_purge("dlq.stock_index_data")
+
+
+def test_risk_check_gets_its_answer_through_the_result_backend() -> None:
+    from tasks.risk import request_check
+
+    within = request_check(risk_check(f"risk-{uuid.uuid4().hex[:8]}", current_positions=1), timeout=10)
+    assert within.approved and within.reasons == []
+    too_big = risk_check(f"risk-{uuid.uuid4().hex[:8]}").model_copy(update={"proposed_position_size": 0.5})
+    refused = request_check(too_big, timeout=10)
+    assert not refused.approved
+    assert any("position size" in r for r in refused.reasons)
+
+
+def test_risk_check_the_risk_manager_answers_too_late_raises_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks.risk import check, request_check
+
+    answer = check.handler
+
+    def slow(message: object) -> object:
+        time.sleep(3)
+        return answer(message)
+
+    monkeypatch.setattr(check, "handler", slow)
+    with pytest.raises(RequestTimeout, match="no answer to risk check"):
+        request_check(risk_check(f"risk-{uuid.uuid4().hex[:8]}"), timeout=1.0)
+
+
+def test_reservations_of_orders_too_old_to_fill_lapse_and_hold_nothing() -> None:
+    symbol = new_symbol()
+    set_price(symbol, 100.0)
+    made = time.time() - account.RESERVATION_SECONDS - 60
+    for i in range(account.LIMITS.max_open_positions):  # five unfilled buys, from long ago
+        lapsed = Reservation(f"OLD{i}USDT", "BUY", 1.0, 100.0, made)
+        store.client().hset(store.key("account", "reservations"), f"req-old-{i}", json.dumps(asdict(lapsed)))
+    publish(trade_signal(symbol, "BUY", 1))
+    assert wait_until(lambda: symbol in account.portfolio().holdings), "the lapsed reservations still held"
+    assert store.client().hkeys(store.key("account", "reservations")) == []
+
+
+def test_a_late_price_does_not_replace_a_newer_one() -> None:
+    symbol = new_symbol()
+    account.record_price(symbol, 10.0, at=1_000.0)
+    account.record_price(symbol, 9.0, at=999.0)
+    assert account.last_price(symbol) == 10.0
+    account.record_price(symbol, 11.0, at=1_001.0)
+    assert account.last_price(symbol) == 11.0
+
+
+def test_a_crossing_hidden_by_a_missing_candle_is_not_signalled() -> None:
+    symbol = new_symbol()
+    closes = V_SHAPE[:46]
+    for i, close in enumerate(closes):
+        if i == 43:  # the candle before the crossing never arrives
+            continue
+        publish(
+            MarketData(
+                symbol=symbol, interval="1m", timestamp=START + timedelta(minutes=i), open=close,
+                high=close * 1.001, low=close * 0.999, close=close, volume=10.0,
+            )
+        )  # fmt: skip
+    assert wait_until(lambda: len(candles.latest("strategy", symbol, "1m")) == len(closes) - 1)
+    time.sleep(0.5)
+    assert recorder.metrics().get("signals", 0) == 0

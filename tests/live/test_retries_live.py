@@ -1,0 +1,86 @@
+"""Retries on a real broker: transient failures are tried again with the seed's policy, then dead-lettered.
+
+The stages run in the session's in-process worker, so a test can make one fail on purpose.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from tests.support.bus import Vhost
+from tests.support.wait import dead_letters, wait_until
+from tradebus import publish
+from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
+from tradebus.mastertrade.samples import signal
+from tradebus.retries import SEED_POLICY
+
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
+
+
+def failing(times: int, error: Exception, calls: list[float]) -> Callable[[object], None]:
+    """A stage handler that raises ``error`` on its first ``times`` calls, noting when each call came."""
+
+    def handler(message: object) -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= times:
+            raise error
+
+    return handler
+
+
+def test_the_retry_policy_is_the_seeds_three_retries_after_5_10_and_20_seconds() -> None:
+    assert SEED_POLICY.delays == (5.0, 10.0, 20.0)
+
+
+def test_transient_failure_is_retried_after_five_seconds_and_then_succeeds(
+    broker: Vhost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.backtest import record_signal
+
+    calls: list[float] = []
+    monkeypatch.setattr(record_signal, "handler", failing(1, redis.ConnectionError("redis is down"), calls))
+    publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True))
+    assert wait_until(lambda: len(calls) >= 2, timeout=30), "the message was not retried"
+    # Not before its 5 seconds; the upper bound catches a wrong delay (the next one would be 10 s).
+    assert 4.5 <= calls[1] - calls[0] <= 9.5
+
+
+@pytest.mark.slow
+def test_transient_failure_that_persists_is_dead_lettered_after_the_third_retry(
+    broker: Vhost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.backtest import record_signal
+
+    calls: list[float] = []
+    monkeypatch.setattr(record_signal, "handler", failing(99, TimeoutError("store timed out"), calls))
+    message = signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True)
+    publish(message)
+    ((_, headers),) = dead_letters(broker, "backtest_signals", 1, timeout=60)
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(calls)]
+    assert len(calls) == 4, gaps
+    for gap, wanted in zip(gaps, SEED_POLICY.delays, strict=True):
+        assert wanted - 0.5 <= gap <= wanted * 1.9, gaps  # the delays grow: 5, 10, 20 seconds
+    assert headers[REASON] == "max_retries"
+    assert headers[RETRIES] == 3
+    assert headers[ORIGINAL_ROUTING_KEY] == message.routing_key
+    assert "TimeoutError: store timed out" in headers["x-tradebus-error"]
+
+
+def test_a_bug_in_a_stage_is_dead_lettered_at_once_not_retried(
+    broker: Vhost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.backtest import record_signal
+
+    calls: list[float] = []
+    monkeypatch.setattr(record_signal, "handler", failing(99, KeyError("position"), calls))
+    publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True))
+    ((_, headers),) = dead_letters(broker, "backtest_signals", 1)
+    assert headers[REASON] == "stage_error"
+    assert headers[RETRIES] == 0
+    assert len(calls) == 1

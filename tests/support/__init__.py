@@ -1,0 +1,1 @@
+"""What tests share that is not a fixture: the session's broker place, samples, fault tools."""

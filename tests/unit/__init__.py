@@ -1,0 +1,1 @@
+"""Tests of pure logic and of the repository: no broker, no Redis."""
