@@ -4,9 +4,12 @@ the topology a value that both buses build side by side."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 import routing
 from tradebus.application import create_app
@@ -79,9 +82,28 @@ def test_both_buses_apps_are_built_in_one_process_each_with_its_own_topology_and
 
 
 def test_a_variant_no_profile_builds_yet_is_refused_when_built() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="queue type 'quorum'"):
         routing.build("mastertrade", queue_type="quorum")
     with pytest.raises(ValueError, match="unknown topology 'kafka'"):
         routing.build("kafka")
+
+
+@pytest.mark.parametrize(
+    ("imports", "loaded", "apps"),
+    [
+        ("import tradebus.errors, tradebus.publisher, tradebus.stage", "[]", "[]"),
+        # Positive control: the default app, when asked for, is built with its stages and Flower's hook.
+        ("import tradebus; tradebus.app", "['tasks.execution', 'tornado']", "['tradebus']"),
+    ],
+    ids=["core", "default-app"],
+)
+def test_importing_the_core_builds_no_app_and_loads_no_web_stack(
+    imports: str, loaded: str, apps: str
+) -> None:
+    script = (
+        f"import sys; {imports}; from celery import _state; "
+        "print(sorted(m for m in ('tornado', 'flower', 'tasks.execution') if m in sys.modules)); "
+        "print([a.main for a in _state._get_active_apps() if a.main == 'tradebus'])"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split("\n")[:2] == [loaded, apps]
