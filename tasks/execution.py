@@ -17,7 +17,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.errors import OrderRefused, StaleMessage
 from tradebus.mastertrade.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
 from tradebus.mastertrade.stage import stage
-from tradebus.registry import delivery_id
+from tradebus.stage import delivery_id
 
 logger = get_task_logger(__name__)
 

@@ -28,7 +28,7 @@ from tradebus.mastertrade.messages import (
 )
 from tradebus.mastertrade.stage import stage
 from tradebus.mastertrade.trading.risk import answer_check
-from tradebus.registry import delivery_id
+from tradebus.stage import delivery_id
 
 logger = get_task_logger(__name__)
 #: How long ``request_check`` waits for the risk manager by default, in seconds.

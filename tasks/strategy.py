@@ -28,7 +28,7 @@ from tradebus.mastertrade.messages import (
 from tradebus.mastertrade.stage import stage
 from tradebus.mastertrade.trading.strategy import MIN_CANDLES, Context, evaluate
 from tradebus.mastertrade.wire import publish
-from tradebus.registry import delivery_id
+from tradebus.stage import delivery_id
 
 logger = get_task_logger(__name__)
 #: The strategy this service runs (the seed's example strategy id) and the candles it trades on.

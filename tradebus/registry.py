@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Celery, current_app, current_task
+from celery import Celery, current_app
 from celery._state import _get_active_apps, connect_on_app_finalize
 from celery.local import Proxy
 
@@ -97,12 +97,6 @@ def stage(
         return Proxy(lambda: current_app.tasks[name])
 
     return decorate
-
-
-def delivery_id() -> str:
-    """The message id of the delivery the running stage handles (what idempotency keys derive from)."""
-    request = current_task.request
-    return str(request.id)
 
 
 def stages_of_queues(celery_app: Celery) -> dict[str, list[StageTask]]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
-from celery import Task
+from celery import Task, current_task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import task_revoked
@@ -330,3 +330,9 @@ def _as_body(payload: Any) -> bytes:
     if isinstance(payload, BaseModel):
         return payload.model_dump_json().encode()
     return json.dumps(payload, default=str).encode()
+
+
+def delivery_id() -> str:
+    """The message id of the delivery the running stage handles (what idempotency keys derive from)."""
+    request = current_task.request
+    return str(request.id)
