@@ -86,7 +86,8 @@ def default_app() -> TradebusCelery:
 
 
 def current() -> TradebusCelery:
-    """The app this code runs under: the running task's, else Celery's current app, else the default app."""
+    """The app this code runs under: the running task's, else Celery's current app when it is a tradebus
+    app, else the default app (another Celery app of the process, an inspector, never stands in)."""
     from celery import current_app, current_task
 
     for app in (getattr(current_task, "app", None), current_app._get_current_object()):
@@ -109,3 +110,8 @@ def using(app: TradebusCelery) -> Iterator[TradebusCelery]:
     finally:
         _state._tls.current_app = current
         _state.default_app = default
+
+
+def current_settings() -> Settings:
+    """The settings of the app this code runs under (:func:`current`)."""
+    return current().settings

@@ -27,7 +27,7 @@ class Management:
         self._context: ssl.SSLContext | None = None
         if settings.base_url.startswith("https:"):
             # https with the broker's CA and client certificate (TRADEBUS_BROKER_*_FILE, tradebus/tls.py).
-            from tradebus.settings import current_settings
+            from tradebus.application import current_settings
             from tradebus.tls import client_context
 
             self._context = client_context(tls if tls is not None else current_settings().tls)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Celery, current_app
+from celery import Celery
 from celery._state import _get_active_apps, connect_on_app_finalize
 from celery.local import Proxy
 
+from tradebus.application import current
 from tradebus.stage import StageTask
 
 R = TypeVar("R")
@@ -43,7 +44,7 @@ def task(name: str, **options: Any) -> Callable[[Callable[..., R]], Any]:
 
     def decorate(fn: Callable[..., R]) -> Any:
         _attach(fn.__module__, lambda app: app._task_from_fun(fn, name=name, **options))
-        return Proxy(lambda: current_app.tasks[name])
+        return Proxy(lambda: current().tasks[name])
 
     return decorate
 
@@ -60,7 +61,8 @@ def stage(
     """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to Celery's task.
 
     The task is registered on every app whose topology lists ``fn``'s module (its ``stage_modules``); the
-    value returned stands for it on Celery's current app, like ``shared_task``'s. Stages that share a queue
+    value returned stands for it on the current tradebus app (``tradebus.application.current``), like
+    ``shared_task``'s on Celery's current app. Stages that share a queue
     (a Letrade service's inbox) each take the routing keys matching ``keys``. A stage of one of the
     topology's critical queues is redelivered when the pool process running it dies.
     """
@@ -94,7 +96,7 @@ def stage(
             return registered
 
         _attach(fn.__module__, register)
-        return Proxy(lambda: current_app.tasks[name])
+        return Proxy(lambda: current().tasks[name])
 
     return decorate
 

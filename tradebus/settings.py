@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -288,22 +287,3 @@ class Settings(BaseModel):
     def management(self) -> ManagementSettings:
         """The management API settings that go with this broker."""
         return ManagementSettings.from_broker_url(self.broker_url, self.management_url)
-
-
-@cache
-def _from_env() -> Settings:
-    return Settings.from_env()
-
-
-def current_settings() -> Settings:
-    """The settings of the app this code runs under: the running task's app, else Celery's current app.
-
-    Code outside any tradebus app (a bare script) gets the settings of the environment, read once.
-    """
-    from celery import current_app, current_task
-
-    for app in (getattr(current_task, "app", None), current_app):
-        settings = getattr(app, "settings", None)
-        if isinstance(settings, Settings):
-            return settings
-    return _from_env()

@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from tradebus import store
+from tradebus.application import current_settings
 from tradebus.codec import wire_bytes
 from tradebus.errors import (
     BadSignature,
@@ -43,7 +44,7 @@ from tradebus.errors import (
     UntrustedSigner,
 )
 from tradebus.headers import SIGNATURE, SIGNED_AT, SIGNER
-from tradebus.settings import SigningSettings, current_settings
+from tradebus.settings import SigningSettings
 
 HEADERS = (SIGNER, SIGNATURE, SIGNED_AT)
 VERSION = "v1"

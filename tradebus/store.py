@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis
 
-from tradebus.settings import current_settings
+from tradebus.application import current_settings
 
 #: Fail fast when Redis is down: the stage then retries the message later (tradebus/retries.py).
 CONNECT_TIMEOUT = 2.0

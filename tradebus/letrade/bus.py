@@ -27,7 +27,7 @@ from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
 from routing import letrade
-from tradebus.application import TradebusCelery, create_app
+from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
     InvalidMessage,
@@ -42,7 +42,6 @@ from tradebus.letrade.messages import Envelope, build, class_for_key, parse
 from tradebus.letrade.payloads import Payload
 from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.settings import current_settings
 
 Handler = Callable[[str, dict[str, Any]], None]
 DEFAULT_TIMEOUT = 5.0

@@ -35,9 +35,9 @@ from routing.mastertrade.exchanges import DLX, RETRY, TASKS
 from routing.mastertrade.keys import ROUTES
 from routing.mastertrade.pools import POOLS
 from routing.mastertrade.services import EVERY_SERVICE, OWN_NAME_FIELDS, PUBLISHES, REPORTS_ON_EVERY_SERVICE
-from tradebus.application import TradebusCelery, create_app
+from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.errors import SettingsError
-from tradebus.settings import USER_PASSWORD_PREFIX, current_settings
+from tradebus.settings import USER_PASSWORD_PREFIX
 from tradebus.topology import definitions
 
 DEFAULT_USER_PREFIX = "tradebus-"
