@@ -128,9 +128,8 @@ class StageTask(Task):  # type: ignore[misc]
         """
         delivery = self.request.delivery_info or {}
         exchange, routing_key = delivery.get("exchange") or "", delivery.get("routing_key") or ""
-        if (
-            exchange != self.app.topology.retry.name
-        ):  # only a retry or a replay may say where it came from first
+        # Only a retry or a replay may say where it came from first.
+        if exchange != self.app.topology.retry.name:
             return exchange, routing_key
         headers = self.headers
         return headers.get(ORIGINAL_EXCHANGE) or exchange, headers.get(ORIGINAL_ROUTING_KEY) or routing_key
@@ -278,9 +277,7 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
     if not isinstance(sender, StageTask) or request is None or not request.args:
         return
     delivery = dict(request.delivery_info or {})
-    if (
-        delivery.get("exchange") == sender.app.topology.retry.name
-    ):  # a retry: dead-lettered under its original route
+    if delivery.get("exchange") == sender.app.topology.retry.name:  # a retry: under its original route
         headers = request.headers or {}
         delivery["exchange"] = headers.get(ORIGINAL_EXCHANGE) or delivery["exchange"]
         delivery["routing_key"] = headers.get(ORIGINAL_ROUTING_KEY) or delivery.get("routing_key")

@@ -69,6 +69,8 @@ class LetradeBus:
     def __init__(
         self, url: str | None = None, *, source: str = "client", app: TradebusCelery | None = None
     ) -> None:
+        #: Whether this client built its app, and so closes its connections with it.
+        self._owns_app = app is None
         if app is None:
             settings = current_settings()
             app = create_app(letrade.build(), settings.with_(broker_url=url or settings.broker_url))
@@ -94,6 +96,8 @@ class LetradeBus:
         if self._connection is not None:
             self._connection.release()
         self._connection = None
+        if self._owns_app:
+            self.app.close()  # the publishing pool
 
     def __enter__(self) -> LetradeBus:
         return self.connect()
