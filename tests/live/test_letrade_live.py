@@ -661,3 +661,35 @@ def test_the_request_is_dead_lettered_on_its_key_plus_dead_after_the_seeds_three
         take_all(doomed.vhost, requests_dlq, keep=True) == []
         and take_all(doomed.vhost, candles_dlq, keep=True) == []
     )
+
+
+def test_a_subscriber_whose_handler_raises_dead_letters_like_a_stage_with_its_time_and_retries(
+    letrade_vhost: Vhost,
+) -> None:
+    """The client dead-letters through the core: the same headers as a stage's, so `dlq list` shows an age."""
+    from tradebus.headers import DEAD_LETTERED_AT
+    from tradebus.ops.report import dead_letter_report
+
+    def fail(topic: str, payload: dict[str, Any]) -> None:
+        raise RuntimeError("the handler broke")
+
+    marker = f"handler-{uuid.uuid4().hex[:8]}"
+    queue = letrade.ROUTES["error"].dead_letter_queue
+    with LetradeBus(letrade_vhost.url, source="tests") as bus:
+        bus.subscribe("events.error", fail)
+        error = {**PAYLOADS["error"][1], "error_message": marker}
+        bus.publish("letrade.events", "events.error", error)
+        deadline = time.monotonic() + 30
+        letters: list[Any] = []
+        while not any(marker in text(m.body) for m in letters) and time.monotonic() < deadline:
+            bus.drain(0.2)
+            letters = take_all(letrade_vhost, queue, keep=True)
+        (letter,) = [m for m in letters if marker in text(m.body)]
+        assert letter.headers[REASON] == "handler_error"
+        assert "RuntimeError: the handler broke" in letter.headers["x-tradebus-error"]
+        assert letter.headers[DEAD_LETTERED_AT] and letter.headers[RETRIES] == 0
+        with letrade_vhost.connection() as conn:
+            report = dead_letter_report(bus.app, conn, [queue], limit=100, show_empty=True)
+    row = next(line for line in report.splitlines() if line.startswith("handler_error"))
+    columns = row.split()
+    assert columns[4] == "0" and columns[5] != "?", report  # retries, then the age
