@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from celery.contrib.testing.worker import start_worker
 import routing
 from tests.support.bus import RUN_ID, SETTINGS, Vhost, admin, make_vhost
 from tests.support.letrade_samples import PAYLOADS
-from tradebus.application import TradebusCelery, create_app
+from tradebus.application import TradebusCelery, create_app, using
 from tradebus.letrade.bus import LetradeBus
 from tradebus.mastertrade.messages import Ticker
 from tradebus.mastertrade.wire import publish
@@ -52,10 +53,22 @@ def two_buses(broker: Vhost) -> Iterator[tuple[TradebusCelery, TradebusCelery]]:
             admin().delete_vhost(vhost.name)
 
 
-def _worker(app: TradebusCelery, queues: list[str]) -> Any:
-    return start_worker(
-        app, pool="threads", queues=queues, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
-    )
+@contextmanager
+def _worker(app: TradebusCelery, queues: list[str]) -> Iterator[Any]:
+    """An in-process worker of ``app``; Celery's current app is given back afterwards (start_worker makes
+    ``app`` the current and default app)."""
+    with (
+        using(app),
+        start_worker(
+            app,
+            pool="threads",
+            queues=queues,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+        ) as worker,
+    ):
+        yield worker
 
 
 def test_one_process_builds_both_buses_and_runs_a_message_through_each(
