@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from routing import topic_matches
 from tradebus import recorder, signing, store
+from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
     InvalidMessage,
@@ -234,6 +235,10 @@ class StageTask(Task):  # type: ignore[misc]
 
     def run_stage(self, payload: Any) -> Any:
         """Validate, record and handle one delivery; every way it can fail ends in a retry or the DLQ."""
+        with running(self.app):  # what this delivery's code finds as its app (tradebus.application.current)
+            return self._run_stage(payload)
+
+    def _run_stage(self, payload: Any) -> Any:
         try:
             # Signatures first, before the body is even parsed (tradebus/signing.py; no-op unless required).
             signing.check_delivery(self, payload, self.headers.get(CONTENT_TYPE))
