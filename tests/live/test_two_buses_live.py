@@ -7,7 +7,6 @@ of each in this process, and sends a message through each.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery.contrib.testing.worker import TestWorkController
+from celery.contrib.testing.worker import start_worker
 
 import routing
 from tests.support.bus import RUN_ID, SETTINGS, Vhost, admin, make_vhost
@@ -55,34 +54,23 @@ def two_buses(broker: Vhost) -> Iterator[tuple[TradebusCelery, TradebusCelery]]:
 
 
 @contextmanager
-def _worker(app: TradebusCelery, queues: list[str]) -> Iterator[TestWorkController]:
-    """An in-process worker of ``app``, stopped by itself afterwards.
-
-    Not Celery's ``start_worker``: its teardown sets the process-wide ``should_terminate``, which would also
-    stop the session's in-process worker (tests/fixtures/broker.py) that later tests rely on.
-    """
-    with using(app):
-        worker = TestWorkController(
-            app=app,
+def _worker(app: TradebusCelery, queues: list[str]) -> Iterator[Any]:
+    """An in-process worker of ``app``; Celery's current app is given back afterwards (start_worker makes
+    ``app`` the current and default app). Celery's start_worker stops every in-process worker when it ends
+    (it sets the process-wide ``should_terminate``), so this test must not run before tests that use the
+    session's in-process worker: in the suite's order it runs after them."""
+    with (
+        using(app),
+        start_worker(
+            app,
             pool="threads",
-            concurrency=2,
             queues=queues,
-            hostname=f"two-buses-{uuid.uuid4().hex[:6]}@localhost",
+            perform_ping_check=False,
             loglevel="WARNING",
-            ready_callback=None,
-            without_heartbeat=True,
-            without_mingle=True,
-            without_gossip=True,
-        )
-        thread = threading.Thread(target=worker.start, daemon=True)
-        thread.start()
-        worker.ensure_started()
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            thread.join(30)
-            assert not thread.is_alive(), "the worker did not stop"
+            shutdown_timeout=30,
+        ) as worker,
+    ):
+        yield worker
 
 
 def test_one_process_builds_both_buses_and_runs_a_message_through_each(
