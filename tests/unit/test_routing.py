@@ -13,6 +13,7 @@ from routing.mastertrade import exchanges
 from routing.mastertrade.keys import CANDLE_INTERVALS
 from tests.support.bus import MASTERTRADE
 from tests.support.contract import CONTRACT, SEED_BINDINGS, UNROUTABLE
+from tradebus.topology import policy_diff
 
 route = MASTERTRADE.route
 QUEUES_BY_NAME = MASTERTRADE.queues_by_name
@@ -179,3 +180,39 @@ def test_unrouted_queues_refuse_publishes_past_their_bound_except_the_one_the_br
             assert args == {}
         else:
             assert args == {"x-max-length": 100_000, "x-overflow": "reject-publish"}, queue.name
+
+
+def _live_policy(
+    pattern: str, apply_to: str, priority: int, definition: dict[str, object]
+) -> dict[str, object]:
+    return {
+        "name": "ops",
+        "pattern": pattern,
+        "apply-to": apply_to,
+        "priority": priority,
+        "definition": definition,
+    }
+
+
+def test_only_another_policy_that_would_win_on_the_same_kind_of_object_without_our_keys_is_a_difference() -> (
+    None
+):
+    limit = {"max-length": 1}
+    ours = {"alternate-exchange": "mastertrade.market.unrouted"}
+    market = r"^mastertrade\.market$"
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "queues", 99, limit)]) == []  # queues only
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "exchanges", 9, limit)]) == []  # below ours
+    assert (
+        policy_diff(MASTERTRADE, [_live_policy(market, "all", 50, {**limit, **ours})]) == []
+    )  # repeats ours
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "exchanges", 10, limit)]) == [
+        (
+            "exchange mastertrade.market",
+            "alternate-exchange",
+            "(unset) (policy ops, priority 10)",
+            "mastertrade.market.unrouted",
+        )
+    ]
+    # Our own policies, found by name, are updated by declaring: not differences, whatever they hold now.
+    stale = [{"name": p.name, **p.as_json(), "definition": {}} for p in MASTERTRADE.policies]
+    assert policy_diff(MASTERTRADE, stale) == []
