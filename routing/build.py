@@ -8,6 +8,10 @@ from typing import Any
 from kombu import Exchange, Queue, binding
 
 from routing.match import ALTERNATE_EXCHANGE
+from routing.model import EXCHANGES, Policy
+
+#: The prefix of every alternate-exchange policy's name (``tradebus-alternate-exchange.mastertrade.market``).
+ALTERNATE_POLICY_PREFIX = "tradebus-alternate-exchange."
 
 
 def fanout_exchange(name: str) -> Exchange:
@@ -15,10 +19,24 @@ def fanout_exchange(name: str) -> Exchange:
     return Exchange(name, type="fanout", durable=True, auto_delete=False)
 
 
-def exchange(name: str, alternate: Exchange | None, type: str = "topic") -> Exchange:
-    """A durable exchange of ``type`` whose unroutable messages go to ``alternate``."""
-    arguments = {ALTERNATE_EXCHANGE: alternate.name} if alternate is not None else None
-    return Exchange(name, type=type, durable=True, auto_delete=False, arguments=arguments)
+def exchange(name: str, type: str = "topic") -> Exchange:
+    """A durable exchange of ``type`` with no arguments: exactly what the seeds' own services declare.
+
+    RabbitMQ refuses a redeclaration whose arguments differ (PRECONDITION_FAILED), so an exchange declared
+    with an argument the seed does not write would crash every service that declares it the seed's way.
+    What tradebus adds (the alternate exchange) is a policy: ``alternate_exchange_policy``.
+    """
+    return Exchange(name, type=type, durable=True, auto_delete=False)
+
+
+def alternate_exchange_policy(exchange: Exchange, alternate: Exchange) -> Policy:
+    """The policy that sends what no binding of ``exchange`` matched to ``alternate``."""
+    return Policy(
+        f"{ALTERNATE_POLICY_PREFIX}{exchange.name}",
+        exchange.name,
+        {ALTERNATE_EXCHANGE: alternate.name},
+        apply_to=EXCHANGES,
+    )
 
 
 def durable_queue(

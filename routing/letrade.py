@@ -10,7 +10,9 @@ Decisions where the seed is silent or cannot be taken literally are in docs/letr
 * a dead letter goes to ``letrade.dlq`` with its original key plus ``.dead``; each documented key has a
   dead-letter queue, bound to the ``.dead`` key and to the plain key (what RabbitMQ itself dead-letters,
   a rejected message, keeps its original key);
-* every exchange names the alternate exchange ``letrade.unrouted``: what no binding takes is kept there.
+* every exchange has the alternate exchange ``letrade.unrouted``, by policy (the exchanges themselves are
+  declared plainly, topic and durable, as any Letrade service declares them): what no binding takes is
+  kept there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from routing.build import durable_queue, exchange, fanout_exchange
+from routing.build import alternate_exchange_policy, durable_queue, exchange, fanout_exchange
 from routing.model import PoolProfile, Route, Topology, TopologyOptions
 
 NAME = "letrade"
@@ -42,7 +44,7 @@ UNROUTED_EXCHANGE = fanout_exchange("letrade.unrouted")
 
 
 def _topic(name: str) -> Exchange:
-    return exchange(name, UNROUTED_EXCHANGE)
+    return exchange(name)
 
 
 COMMANDS = _topic("letrade.commands")
@@ -157,6 +159,11 @@ MARKET_DATA_QUEUES: frozenset[str] = frozenset()
 EXCHANGES: tuple[Exchange, ...] = (UNROUTED_EXCHANGE, COMMANDS, EVENTS, REQUESTS, DLX, RETRY)
 PUBLIC_EXCHANGES: dict[str, Exchange] = {e.name: e for e in (COMMANDS, EVENTS, REQUESTS, DLX)}
 PERSISTENT_EXCHANGES = frozenset({COMMANDS.name, EVENTS.name, REQUESTS.name, DLX.name})
+#: Every exchange's alternate exchange is ``letrade.unrouted``, set by policy. Queues need no policy: each
+#: dead-letters by its own arguments.
+POLICIES = tuple(
+    alternate_exchange_policy(e, UNROUTED_EXCHANGE) for e in EXCHANGES if e is not UNROUTED_EXCHANGE
+)
 
 #: Letrade_v1 gives no consumer counts. Prefetch 1 wherever trade messages arrive: priority reorders only
 #: what is still queued, so a deep prefetch buffer of market data would make a trade command wait behind it.
@@ -199,7 +206,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         market_data_queues=MARKET_DATA_QUEUES,
         critical_queues=CRITICAL_QUEUES,
         pools=POOLS,
-        policies=(),
+        policies=POLICIES,
         dead_letter_route=dead_letter_route,
         dead_letter_prefix=DLQ_PREFIX,
         stage_modules=STAGE_MODULES,

@@ -2,12 +2,13 @@
 
 Topic patterns: ``*`` matches exactly one word, ``#`` zero or more. Direct: the key equals the binding key.
 Fanout: everything. An exchange's alternate exchange receives a message only when none of the exchange's
-own bindings matched it, and it receives the message with the same routing key.
+own bindings matched it, and it receives the message with the same routing key. tradebus sets alternate
+exchanges by policy, not by exchange argument: the router is handed them (``Topology.alternate_exchanges``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -60,10 +61,19 @@ def _binding_matches(exchange_type: str, binding_key: str, key: str) -> bool:
 class Router:
     """Routing over one topology's exchanges and queues (each profile has one, see ``routing``)."""
 
-    def __init__(self, exchanges: Iterable[Exchange], queues: Iterable[Queue]) -> None:
+    def __init__(
+        self, exchanges: Iterable[Exchange], queues: Iterable[Queue], alternates: Mapping[str, str]
+    ) -> None:
+        """``alternates``: exchange -> the alternate exchange its policy names.
+
+        An ``alternate-exchange`` argument, where an exchange has one, wins over the policy (as in RabbitMQ).
+        """
         exchanges = tuple(exchanges)
         self._types = {e.name: e.type for e in exchanges}
-        self._alternates = {e.name: (e.arguments or {}).get(ALTERNATE_EXCHANGE) for e in exchanges}
+        self._alternates: dict[str, str] = dict(alternates)
+        for e in exchanges:
+            if ALTERNATE_EXCHANGE in (e.arguments or {}):
+                self._alternates[e.name] = e.arguments[ALTERNATE_EXCHANGE]
         self._bindings: dict[str, list[tuple[str, str]]] = {}
         for queue in queues:
             for binding in queue.bindings:

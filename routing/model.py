@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from routing.match import Hop, Router
+from routing.match import ALTERNATE_EXCHANGE, Hop, Router
 
 #: Queue types a topology may be built with.
 CLASSIC = "classic"
@@ -25,6 +25,9 @@ QUEUE_TYPES: tuple[str, ...] = (CLASSIC,)
 #: Above an operator's catch-all policies (priority 0); an operator policy that must win over ours has to
 #: repeat our keys.
 POLICY_PRIORITY = 10
+#: A policy's ``apply-to``: queues only, or exchanges only.
+QUEUES = "queues"
+EXCHANGES = "exchanges"
 
 
 @dataclass(frozen=True)
@@ -71,18 +74,24 @@ class Route:
 
 @dataclass(frozen=True)
 class Policy:
-    """A RabbitMQ policy applied to exactly one queue."""
+    """A RabbitMQ policy applied to exactly one queue or one exchange (``apply_to``), by its exact name.
+
+    RabbitMQ applies one policy per object, the highest priority's: tradebus gives each object at most one
+    (``Topology`` checks it), and queue policies and exchange policies never compete (each applies to its
+    own kind of object only).
+    """
 
     name: str
-    queue: str
+    #: The name of the one queue or exchange the policy applies to.
+    target: str
     definition: dict[str, Any]
     priority: int = POLICY_PRIORITY
-    apply_to: str = "queues"
+    apply_to: str = QUEUES
 
     @property
     def pattern(self) -> str:
-        """The policy's pattern: the queue's name and nothing else."""
-        return f"^{re.escape(self.queue)}$"
+        """The policy's pattern: the object's name and nothing else."""
+        return f"^{re.escape(self.target)}$"
 
     def as_json(self) -> dict[str, Any]:
         """The body of ``PUT /api/policies/{vhost}/{name}``."""
@@ -119,7 +128,7 @@ class Topology:
 
     name: str
     options: TopologyOptions
-    #: Every exchange, alternate exchanges first so that each one exists before it is named.
+    #: Every exchange, declared without arguments (as the seed declares them), alternate exchanges first.
     exchanges: tuple[Exchange, ...]
     #: The exchanges publishers address, by name.
     public_exchanges: Mapping[str, Exchange]
@@ -138,6 +147,7 @@ class Topology:
     #: Queues that must not lose a message when the pool process running it dies (redelivered).
     critical_queues: frozenset[str]
     pools: Mapping[str, PoolProfile]
+    #: The queues' dead-letter policies and the exchanges' alternate-exchange policies.
     policies: tuple[Policy, ...]
     #: ``(queue, routing key) -> (exchange, routing key)`` of a dead letter from that queue.
     dead_letter_route: Callable[[str, str], tuple[str, str]]
@@ -153,6 +163,23 @@ class Topology:
         missing = {q.name for q in self.worker_queues} ^ set(self.pools)
         if missing:
             raise ValueError(f"{self.name}: every worker queue needs exactly one pool: {sorted(missing)}")
+        self._check_policies()
+
+    def _check_policies(self) -> None:
+        """Each policy names one of this bus's objects, and no object has two (only one would apply)."""
+        names = {QUEUES: {q.name for q in self.queues}, EXCHANGES: {e.name for e in self.exchanges}}
+        seen: set[tuple[str, str]] = set()
+        for policy in self.policies:
+            if policy.target not in names.get(policy.apply_to, set()):
+                raise ValueError(
+                    f"{self.name}: policy {policy.name} applies to no {policy.apply_to[:-1]} of ours"
+                )
+            if (policy.apply_to, policy.target) in seen:
+                raise ValueError(f"{self.name}: two policies for {policy.target}; RabbitMQ would apply one")
+            seen.add((policy.apply_to, policy.target))
+        unknown = set(self.alternate_exchanges.values()) - names[EXCHANGES]
+        if unknown:
+            raise ValueError(f"{self.name}: alternate exchanges not declared: {sorted(unknown)}")
 
     @cached_property
     def worker_queues(self) -> tuple[Queue, ...]:
@@ -170,9 +197,18 @@ class Topology:
         return {q.name: q for q in self.queues}
 
     @cached_property
+    def alternate_exchanges(self) -> dict[str, str]:
+        """Exchange -> its alternate exchange, as the topology's exchange policies set it."""
+        return {
+            p.target: p.definition[ALTERNATE_EXCHANGE]
+            for p in self.policies
+            if p.apply_to == EXCHANGES and ALTERNATE_EXCHANGE in p.definition
+        }
+
+    @cached_property
     def router(self) -> Router:
-        """Routing over this topology's exchanges and bindings."""
-        return Router(self.exchanges, self.queues)
+        """Routing over this topology's exchanges, bindings and alternate exchanges."""
+        return Router(self.exchanges, self.queues, self.alternate_exchanges)
 
     def route(self, exchange: str, routing_key: str) -> frozenset[str]:
         """The queues a message published to ``exchange`` with ``routing_key`` reaches."""

@@ -1,8 +1,9 @@
 """Declare the whole topology whenever a worker's consumer (re)connects, before it consumes anything.
 
 Celery declares the queues a worker consumes, but not the alternate exchanges, the unrouted queues or the
-dead-letter queues; without those, unroutable messages and dead letters would vanish. The dead-letter
-policies need the management API: a worker applies them when it answers and warns when it does not.
+dead-letter queues; without those, unroutable messages and dead letters would vanish. The policies (each
+exchange's alternate exchange, the queues' dead-lettering) need the management API: a worker applies them
+when it answers and warns when it does not.
 
 A least-privilege worker (``TRADEBUS_DECLARE_TOPOLOGY=0``, docs/security.md) declares nothing: its RabbitMQ
 user may not, and the admin user declared the topology before any worker started.
@@ -46,12 +47,12 @@ def declare_topology(app: Celery, connection: Connection) -> None:
         )
         raise
     if connection.transport.driver_type != "amqp" or not topology.policies:
-        return  # the in-memory transport has no policies (docs/topology.md); Letrade needs none
+        return  # the in-memory transport has no policies (docs/topology.md)
     try:
         apply_policies(topology, Management(settings.management, timeout=MANAGEMENT_TIMEOUT))
     except (BrokerUnreachable, ManagementAPIError) as exc:
         logger.warning(
-            "dead-letter policies not applied (%s); run `tradebus topology declare` so that expired "
-            "market data is dead-lettered instead of dropped",
+            "policies not applied (%s); run `tradebus topology declare` so that unroutable messages "
+            "reach their alternate exchanges and expired market data is dead-lettered, not dropped",
             exc,
         )

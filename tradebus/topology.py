@@ -1,4 +1,8 @@
-"""Operations on the declared topology: declare it, diff it against a live broker, export it, show it."""
+"""Operations on the declared topology: declare it, diff it against a live broker, export it, show it.
+
+Exchanges and queues are declared with the seed's own arguments only; what tradebus adds (alternate
+exchanges, dead-lettering) is applied as RabbitMQ policies after declaring (docs/topology.md).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,23 @@ from typing import Any
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
-from routing import Topology
+from routing import Policy, Topology
+from routing.match import ALTERNATE_EXCHANGE
 from tradebus.errors import ManagementAPIError, TopologyConflict
 from tradebus.management import Management
 
 #: One difference: (object, attribute, live value, wanted value).
 Difference = tuple[str, str, object, object]
 UNSET = "(unset)"
+
+#: What to do about an exchange an older tradebus declared with an ``alternate-exchange`` argument.
+ALTERNATE_ARGUMENT_HINT = (
+    "An exchange carries an alternate-exchange argument: tradebus now sets alternate exchanges by policy, "
+    "so that services declaring the seed's way (no arguments) can start. An exchange's arguments cannot be "
+    "changed: delete it (rabbitmqctl delete_exchange / the management UI), then run `tradebus topology "
+    "declare` again; it re-declares the exchange and the bindings of tradebus's queues (bindings others "
+    "made on it must be made again). docs/topology.md, 'Alternate exchanges are policies'."
+)
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
@@ -52,12 +66,53 @@ def _diff_spec(name: str, live: dict[str, Any], wanted: dict[str, Any]) -> list[
     return rows
 
 
+def _overridden_keys(policy: Policy, live: dict[str, Any]) -> list[str]:
+    """The keys of ``policy`` that the live policy ``live`` (another one) would take away from its object.
+
+    RabbitMQ applies one policy per object, the highest priority's: ``live`` wins over ours when it applies
+    to the same kind of object, its pattern matches our object's name and its priority is not lower.
+    """
+    if live.get("apply-to", "all") not in (policy.apply_to, "all"):
+        return []
+    if int(live.get("priority") or 0) < policy.priority:
+        return []
+    try:
+        if re.search(str(live.get("pattern", "")), policy.target) is None:
+            return []
+    except re.error:
+        return []
+    definition = live.get("definition") or {}
+    return sorted(k for k, v in policy.definition.items() if definition.get(k) != v)
+
+
+def policy_diff(topology: Topology, live_policies: list[dict[str, Any]]) -> list[Difference]:
+    """Policies of others that would replace one of ours without repeating its keys.
+
+    Our own policies, by name, are not differences: applying them updates them.
+    """
+    ours = {p.name for p in topology.policies}
+    rows: list[Difference] = []
+    for policy in topology.policies:
+        for live in live_policies:
+            if live.get("name") in ours:
+                continue
+            for key in _overridden_keys(policy, live):
+                value = (live.get("definition") or {}).get(key, UNSET)
+                where = f"{value} (policy {live['name']}, priority {live.get('priority')})"
+                rows.append((f"{policy.apply_to[:-1]} {policy.target}", key, where, policy.definition[key]))
+    return rows
+
+
 def diff(
-    topology: Topology, live_exchanges: list[dict[str, Any]], live_queues: list[dict[str, Any]]
+    topology: Topology,
+    live_exchanges: list[dict[str, Any]],
+    live_queues: list[dict[str, Any]],
+    live_policies: list[dict[str, Any]] | None = None,
 ) -> list[Difference]:
     """Differences between live objects (as the management API lists them) and the topology.
 
-    Objects missing from the broker are not differences: declaring creates them.
+    Objects missing from the broker are not differences: declaring creates them. With ``live_policies``,
+    another policy that would take the place of one of ours on one of our objects is one too.
     """
     exchanges = {e["name"]: e for e in live_exchanges}
     queues = {q["name"]: q for q in live_queues}
@@ -70,7 +125,7 @@ def diff(
     for queue in topology.queues:
         if queue.name in queues:
             rows += _diff_spec(f"queue {queue.name}", queues[queue.name], _queue_spec(queue))
-    return rows
+    return rows + policy_diff(topology, live_policies or [])
 
 
 def extra_bindings(topology: Topology, live_bindings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -83,6 +138,14 @@ def extra_bindings(topology: Topology, live_bindings: list[dict[str, Any]]) -> l
     wanted = {(b.exchange.name, b.routing_key or "", q.name) for q in topology.queues for b in q.bindings}
     live = {(b["source"], b["routing_key"], b["destination"]) for b in live_bindings if b["source"] in ours}
     return sorted(live - wanted)
+
+
+def has_alternate_argument(differences: list[Difference]) -> bool:
+    """Whether a live exchange holds an ``alternate-exchange`` argument (see ALTERNATE_ARGUMENT_HINT)."""
+    return any(
+        obj.startswith("exchange ") and arg == ALTERNATE_EXCHANGE and live not in (UNSET, "none")
+        for obj, arg, live, _ in differences
+    )
 
 
 def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
@@ -110,7 +173,7 @@ def declare(topology: Topology, connection: Connection) -> None:
 
 
 def apply_policies(topology: Topology, management: Management) -> None:
-    """Create or update the topology's policies (routing/mastertrade/policies.py); idempotent."""
+    """Create or update the topology's policies (alternate exchanges, dead-lettering); idempotent."""
     live = {p["name"]: p for p in management.policies()}
     for policy in topology.policies:
         wanted = policy.as_json()
@@ -125,26 +188,26 @@ def check_and_declare(
     """Compare with the live broker first (when its API answers), then declare, then apply the policies.
 
     With the management API, every conflicting argument is reported at once and nothing is touched;
-    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff, and the dead-letter
-    policies cannot be applied (ManagementAPIError, after everything else is declared). Returns the live
-    bindings the topology does not declare, for the caller to warn about.
+    without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff, and the policies (alternate
+    exchanges, dead-lettering) cannot be applied (ManagementAPIError, after everything else is declared).
+    Returns the live bindings the topology does not declare, for the caller to warn about.
     """
     reachable = management is not None and management.reachable()
     extra: list[tuple[str, str, str]] = []
     if management is not None and reachable:
-        rows = diff(topology, management.exchanges(), management.queues())
+        rows = diff(topology, management.exchanges(), management.queues(), management.policies())
         if rows:
             raise TopologyConflict(rows)
         extra = extra_bindings(topology, management.bindings())
     declare(topology, connection)
-    if not topology.policies:  # Letrade: every queue dead-letters by its own arguments, nothing to apply
+    if not topology.policies:
         return extra
     if management is None or not reachable:
         where = management.settings.base_url if management is not None else "(none configured)"
         raise ManagementAPIError(
             f"declared every exchange, queue and binding, but the management API at {where} did not "
-            "answer, so the dead-letter policies are not applied: what market-data queues expire would "
-            "be dropped"
+            "answer, so the policies are not applied: without the alternate exchanges an unroutable "
+            "message is dropped, and without the dead-letter policies so is what a queue expires"
         )
     apply_policies(topology, management)
     return extra

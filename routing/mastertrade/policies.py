@@ -1,4 +1,9 @@
-"""RabbitMQ policies: dead-lettering for the queues whose declared arguments do not dead-letter.
+"""RabbitMQ policies: every exchange's alternate exchange, and dead-lettering for the queues whose declared
+arguments do not dead-letter.
+
+What tradebus adds to the seed's exchanges and queues is a policy, never a declared argument: RabbitMQ
+refuses a declaration whose arguments differ from the live object's, so an argument the seed does not write
+would make every service declaring the seed's way fail at start-up.
 
 The seed declares most queues with a TTL or a length limit but no dead-letter exchange, so an expired or
 overflowed message would vanish. Their arguments stay exactly the seed's; a policy per queue (the way
@@ -13,7 +18,8 @@ from typing import Any
 
 from kombu import Queue
 
-from routing.mastertrade.exchanges import DLX
+from routing.build import alternate_exchange_policy
+from routing.mastertrade.exchanges import ALTERNATES, DLX
 from routing.mastertrade.queues import ARCHIVE_QUEUE, dead_letter_queue_name
 from routing.model import Policy
 
@@ -33,8 +39,10 @@ def _needs_policy(arguments: dict[str, Any]) -> bool:
 
 
 def policies(stage_queues: tuple[Queue, ...], dead_letter_queues: tuple[Queue, ...]) -> tuple[Policy, ...]:
-    """A dead-letter policy for each stage queue that declares none, and the archive for expiring DLQs."""
+    """Each exchange's alternate exchange, a dead-letter policy for each stage queue that declares none, and
+    the archive for expiring DLQs."""
     return (
+        *(alternate_exchange_policy(exchange, alternate) for exchange, alternate in ALTERNATES),
         *(
             _dead_letter_to(q.name, dead_letter_queue_name(q.name))
             for q in stage_queues

@@ -119,7 +119,7 @@ def test_declare_is_idempotent_and_queues_lists_every_queue(fresh_vhost: Vhost) 
 
 
 def _seed_style_broker(vhost: Vhost) -> None:
-    """What a broker set up by the seed's own code looks like: no alternate exchange, another TTL."""
+    """A broker set up by code that departs from the seed: the seed's exchange, another TTL on its queue."""
     with vhost.connection() as conn:
         channel = conn.channel()
         Exchange("mastertrade.market", type="topic", durable=True)(channel).declare()
@@ -132,16 +132,11 @@ def test_declare_on_a_conflicting_broker_prints_the_diff_and_changes_nothing(fre
     result = run("topology", "declare", env={"TRADEBUS_BROKER_URL": fresh_vhost.url})
     assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
     rows = [line.split() for line in result.stderr.splitlines()]
-    assert [
-        "exchange",
-        "mastertrade.market",
-        "alternate-exchange",
-        "(unset)",
-        "mastertrade.market.unrouted",
-    ] in rows
     assert ["queue", "market_data", "x-message-ttl", "30000", "60000"] in rows
     assert ["queue", "market_data", "x-max-length", "(unset)", "100000"] in rows
     assert ["queue", "market_data", "x-overflow", "(unset)", "drop-head"] in rows
+    # The seed's own exchange declaration is what tradebus declares: no difference there.
+    assert not [row for row in rows if row[:2] == ["exchange", "mastertrade.market"]]
     assert "order_requests" not in {q["name"] for q in fresh_vhost.management.queues()}
 
 
@@ -154,8 +149,62 @@ def test_declare_without_the_management_api_still_explains_the_conflict(fresh_vh
         env={"TRADEBUS_BROKER_URL": fresh_vhost.url, "TRADEBUS_MANAGEMENT_URL": "http://127.0.0.1:1"},
     )
     assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
-    assert "alternate-exchange" in result.stderr and "mastertrade.market" in result.stderr
+    assert "x-message-ttl" in result.stderr and "market_data" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.broker
+def test_declare_over_an_exchange_with_an_alternate_exchange_argument_says_how_to_migrate(
+    fresh_vhost: Vhost,
+) -> None:
+    """What an older tradebus declared: the alternate exchange as an argument, which cannot be changed."""
+    with fresh_vhost.connection() as conn:
+        arguments = {"alternate-exchange": "mastertrade.market.unrouted"}
+        Exchange("mastertrade.market", type="topic", durable=True, arguments=arguments)(
+            conn.channel()
+        ).declare()
+    result = run("topology", "declare", env={"TRADEBUS_BROKER_URL": fresh_vhost.url})
+    assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
+    rows = [line.split() for line in result.stderr.splitlines()]
+    assert [
+        "exchange",
+        "mastertrade.market",
+        "alternate-exchange",
+        "mastertrade.market.unrouted",
+        "(unset)",
+    ] in rows
+    assert "delete it" in result.stderr and "docs/topology.md" in result.stderr
+
+
+@pytest.mark.broker
+def test_declare_refuses_an_operator_policy_that_would_replace_an_alternate_exchange(
+    fresh_vhost: Vhost,
+) -> None:
+    """RabbitMQ applies one policy per object: a higher one without our key would drop unroutable messages."""
+    fresh_vhost.management.put_policy(
+        "ops-everything",
+        {"pattern": "^mastertrade\\.", "definition": {"max-length": 1}, "priority": 50, "apply-to": "all"},
+    )
+    result = run("topology", "declare", env={"TRADEBUS_BROKER_URL": fresh_vhost.url})
+    assert result.returncode == ExitCode.TOPOLOGY_CONFLICT
+    rows = [line.split() for line in result.stderr.splitlines()]
+    assert [
+        "exchange",
+        "mastertrade.orders",
+        "alternate-exchange",
+        "(unset)",
+        "(policy",
+        "ops-everything,",
+        "priority",
+        "50)",
+        "mastertrade.orders.unrouted",
+    ] in rows
+    # Positive control: the same policy below ours (priority 0) takes nothing away, and declaring succeeds.
+    fresh_vhost.management.put_policy(
+        "ops-everything",
+        {"pattern": "^mastertrade\\.", "definition": {"max-length": 1}, "priority": 0, "apply-to": "all"},
+    )
+    assert run("topology", "declare", env={"TRADEBUS_BROKER_URL": fresh_vhost.url}).returncode == ExitCode.OK
 
 
 @pytest.mark.broker

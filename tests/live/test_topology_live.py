@@ -201,7 +201,11 @@ def test_every_stage_queue_dead_letters_by_argument_or_by_exactly_one_tradebus_p
     deadline = time.monotonic() + 60
     while True:
         live = {q["name"]: q for q in topology_vhost.management.queues()}
-        shown = all(live[p.queue].get("policy") for p in MASTERTRADE.policies if p.queue in live)
+        shown = all(
+            live[p.target].get("policy")
+            for p in MASTERTRADE.policies
+            if p.apply_to == "queues" and p.target in live
+        )
         if shown or time.monotonic() > deadline:
             break
         time.sleep(0.25)

@@ -34,7 +34,7 @@ from kombu import Connection  # noqa: E402
 import routing  # noqa: E402
 from tradebus.management import Management  # noqa: E402
 from tradebus.settings import ManagementSettings, Settings  # noqa: E402
-from tradebus.topology import check_and_declare, declare  # noqa: E402
+from tradebus.topology import check_and_declare  # noqa: E402
 
 #: Both buses' topologies, built once for the session.
 MASTERTRADE = routing.build("mastertrade")
@@ -110,6 +110,6 @@ def free_port() -> int:
 
 
 def declare_letrade(vhost: Vhost) -> None:
-    """Declare Letrade's exchanges and queues in ``vhost``."""
+    """Declare Letrade's exchanges and queues in ``vhost``, and its alternate-exchange policies."""
     with vhost.connection() as conn:
-        declare(LETRADE, conn)
+        check_and_declare(LETRADE, conn, vhost.management)

@@ -278,7 +278,12 @@ def test_the_cli_routes_shows_and_exports_the_letrade_topology() -> None:
     assert "tradebus.letrade_strategy.on_allocation" in shown.output
     exported = json.loads(cli("topology", "export", "--vhost", "/").output)
     assert {e["name"] for e in exported["exchanges"]} == {e.name for e in letrade.EXCHANGES}
-    assert exported["policies"] == []
+    assert {p["name"]: p["definition"] for p in exported["policies"]} == {
+        f"tradebus-alternate-exchange.{e.name}": {"alternate-exchange": "letrade.unrouted"}
+        for e in letrade.EXCHANGES
+        if e.name != "letrade.unrouted"
+    }
+    assert all(e["arguments"] == {} for e in exported["exchanges"])
     assert cli("bench").exit_code == ExitCode.USAGE  # MasterTrade's benchmark, and it says so
 
 

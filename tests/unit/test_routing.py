@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
+import routing
 from routing import topic_matches
 from routing.mastertrade import exchanges
 from routing.mastertrade.keys import CANDLE_INTERVALS
 from tests.support.bus import MASTERTRADE
 from tests.support.contract import CONTRACT, SEED_BINDINGS, UNROUTABLE
+from tradebus.topology import policy_diff
 
 route = MASTERTRADE.route
 QUEUES_BY_NAME = MASTERTRADE.queues_by_name
@@ -91,12 +96,40 @@ def test_every_stage_queue_has_a_dead_letter_queue_and_a_pool() -> None:
         assert queue.name in POOLS
 
 
-def test_every_topic_exchange_names_an_alternate_exchange_that_ends_in_a_queue() -> None:
+def test_every_topic_exchange_has_an_alternate_exchange_policy_that_ends_in_a_queue() -> None:
+    by_exchange = {p.target: p for p in MASTERTRADE.policies if p.apply_to == "exchanges"}
     for exchange in MASTERTRADE.exchanges:
         if exchange.type in {"topic", "direct"}:
-            assert "alternate-exchange" in (exchange.arguments or {}), exchange.name
+            policy = by_exchange[exchange.name]
+            assert policy.definition == {"alternate-exchange": MASTERTRADE.alternate_exchanges[exchange.name]}
             reached = route(exchange.name, "no.binding.takes.this.key")
             assert len(reached) == 1 and next(iter(reached)).startswith("unrouted."), exchange.name
+
+
+@pytest.mark.parametrize("topology", [MASTERTRADE, routing.build("letrade")], ids=lambda t: t.name)
+def test_exchanges_are_declared_as_the_seed_declares_them_and_policies_never_overlap(
+    topology: routing.Topology,
+) -> None:
+    """No exchange argument (a seed service's plain declaration must be equivalent); each policy's anchored
+    pattern matches its one object and no other object of the bus, of its own kind."""
+    assert all(not e.arguments for e in topology.exchanges)
+    names = {"queues": [q.name for q in topology.queues], "exchanges": [e.name for e in topology.exchanges]}
+    for policy in topology.policies:
+        matched = [n for n in names[policy.apply_to] if re.search(policy.pattern, n)]
+        assert matched == [policy.target], policy.name
+    targets = [(p.apply_to, p.target) for p in topology.policies]
+    assert len(targets) == len(set(targets))
+
+
+def test_a_policy_for_an_object_the_topology_lacks_or_a_second_policy_is_refused() -> None:
+    stray = routing.Policy(
+        "tradebus-x", "no.such.exchange", {"alternate-exchange": "x"}, apply_to="exchanges"
+    )
+    with pytest.raises(ValueError, match="applies to no exchange"):
+        dataclasses.replace(MASTERTRADE, policies=(*MASTERTRADE.policies, stray))
+    twice = dataclasses.replace(MASTERTRADE.policies[0], name="tradebus-again")
+    with pytest.raises(ValueError, match="two policies"):
+        dataclasses.replace(MASTERTRADE, policies=(*MASTERTRADE.policies, twice))
 
 
 def test_every_queue_and_exchange_is_durable() -> None:
@@ -147,3 +180,39 @@ def test_unrouted_queues_refuse_publishes_past_their_bound_except_the_one_the_br
             assert args == {}
         else:
             assert args == {"x-max-length": 100_000, "x-overflow": "reject-publish"}, queue.name
+
+
+def _live_policy(
+    pattern: str, apply_to: str, priority: int, definition: dict[str, object]
+) -> dict[str, object]:
+    return {
+        "name": "ops",
+        "pattern": pattern,
+        "apply-to": apply_to,
+        "priority": priority,
+        "definition": definition,
+    }
+
+
+def test_only_another_policy_that_would_win_on_the_same_kind_of_object_without_our_keys_is_a_difference() -> (
+    None
+):
+    limit = {"max-length": 1}
+    ours = {"alternate-exchange": "mastertrade.market.unrouted"}
+    market = r"^mastertrade\.market$"
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "queues", 99, limit)]) == []  # queues only
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "exchanges", 9, limit)]) == []  # below ours
+    assert (
+        policy_diff(MASTERTRADE, [_live_policy(market, "all", 50, {**limit, **ours})]) == []
+    )  # repeats ours
+    assert policy_diff(MASTERTRADE, [_live_policy(market, "exchanges", 10, limit)]) == [
+        (
+            "exchange mastertrade.market",
+            "alternate-exchange",
+            "(unset) (policy ops, priority 10)",
+            "mastertrade.market.unrouted",
+        )
+    ]
+    # Our own policies, found by name, are updated by declaring: not differences, whatever they hold now.
+    stale = [{"name": p.name, **p.as_json(), "definition": {}} for p in MASTERTRADE.policies]
+    assert policy_diff(MASTERTRADE, stale) == []

@@ -89,7 +89,7 @@ def topology_declare() -> None:
     """Declare every exchange, queue and binding (idempotent); on a conflict print the diff."""
     from tradebus.management import Management
     from tradebus.ops.report import table
-    from tradebus.topology import check_and_declare
+    from tradebus.topology import ALTERNATE_ARGUMENT_HINT, check_and_declare, has_alternate_argument
 
     app = _app()
     try:
@@ -99,6 +99,8 @@ def topology_declare() -> None:
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
         click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
+        if has_alternate_argument(exc.differences):
+            click.echo(ALTERNATE_ARGUMENT_HINT, err=True)
         sys.exit(ExitCode.TOPOLOGY_CONFLICT)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)

@@ -28,10 +28,14 @@ def _arguments(args: dict[str, Any] | None) -> str:
 
 
 def topology_tables(topology: Topology, stage_names: dict[str, str]) -> str:
-    """Three tables: the exchanges, every queue (arguments, stage, pool), every binding."""
+    """Three tables: the exchanges, every queue (arguments, policy, stage, pool), every binding."""
+    policy = {(p.apply_to, p.target): _arguments(p.definition) for p in topology.policies}
     exchanges = table(
-        ["exchange", "type", "arguments"],
-        [(e.name, e.type, _arguments(e.arguments)) for e in topology.exchanges],
+        ["exchange", "type", "arguments", "policy"],
+        [
+            (e.name, e.type, _arguments(e.arguments), policy.get(("exchanges", e.name), "-"))
+            for e in topology.exchanges
+        ],
     )
     queue_rows = []
     for q in topology.queues:
@@ -42,11 +46,12 @@ def topology_tables(topology: Topology, stage_names: dict[str, str]) -> str:
                 q.name,
                 queue_kind(topology, q.name),
                 _arguments(q.queue_arguments),
+                policy.get(("queues", q.name), "-"),
                 stage_names.get(q.name, "-"),
                 pool,
             )
         )
-    queues = table(["queue", "kind", "arguments", "stage", "pool"], queue_rows)
+    queues = table(["queue", "kind", "arguments", "policy", "stage", "pool"], queue_rows)
     binding_rows = sorted(
         (b.exchange.name, b.routing_key or "(fanout)", q.name) for q in topology.queues for b in q.bindings
     )
