@@ -10,6 +10,8 @@ TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``.
 Signing: ``TRADEBUS_SIGNING_SERVICE``, ``TRADEBUS_SIGNING_KEY``, ``TRADEBUS_SIGNING_TRUSTED_KEYS``,
 ``TRADEBUS_SIGNING_REQUIRED``, ``TRADEBUS_SIGNING_WINDOW``.
+Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS_JWT_KEY``,
+``TRADEBUS_JWT_TRUSTED_KEYS``, ``TRADEBUS_JWT_REQUIRED``, ``TRADEBUS_JWT_TTL``, ``TRADEBUS_JWT_AUDIENCE``.
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
@@ -37,6 +39,10 @@ MANAGEMENT_TLS_PORT = 15671
 DEFAULT_SIGNING_WINDOW = 300.0
 #: Shortest signing secret accepted: 32 characters, e.g. ``secrets.token_urlsafe(32)``.
 MIN_SIGNING_KEY_CHARS = 32
+#: Seconds a Letrade JWT lives (its ``exp`` - ``iat``), and the longest lifetime a verifier accepts.
+DEFAULT_JWT_TTL = 60.0
+#: The ``aud`` of Letrade's tokens.
+DEFAULT_JWT_AUDIENCE = "letrade"
 ENV_PREFIX = "TRADEBUS_"
 #: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
 USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
@@ -64,6 +70,12 @@ class Environment(BaseSettings):
     signing_trusted_keys: SecretStr | None = None
     signing_required: bool = False
     signing_window: float = DEFAULT_SIGNING_WINDOW
+    jwt_service: str | None = None
+    jwt_key: SecretStr | None = None
+    jwt_trusted_keys: SecretStr | None = None
+    jwt_required: bool = False
+    jwt_ttl: float = DEFAULT_JWT_TTL
+    jwt_audience: str = DEFAULT_JWT_AUDIENCE
     flower_user: str | None = None
     flower_password: SecretStr | None = None
 
@@ -163,6 +175,59 @@ class SigningSettings(BaseModel):
         )
 
 
+class JWTSettings(BaseModel):
+    """Letrade's per-message JWT (HS256): its key, the issuers it trusts, whether it is required."""
+
+    model_config = _FROZEN
+
+    service: str | None = None
+    key: SecretStr | None = None
+    trusted: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
+    required: bool = False
+    ttl: float = DEFAULT_JWT_TTL
+    audience: str = DEFAULT_JWT_AUDIENCE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> JWTSettings:
+        """Read ``TRADEBUS_JWT_*``; refuses half a configuration rather than guessing."""
+        return Settings.from_env(environ).jwt
+
+    @classmethod
+    def from_environment(cls, env: Environment) -> JWTSettings:
+        """The JWT part of ``env``, checked as a whole (the same rules as the HMAC signing keys)."""
+        service, key = env.jwt_service, env.jwt_key
+        if (service is None) != (key is None):
+            raise SettingsError("TRADEBUS_JWT_SERVICE and TRADEBUS_JWT_KEY are set together or not at all")
+        if key is not None:
+            key = _secret("TRADEBUS_JWT_KEY", key)
+        trusted: dict[str, SecretStr] = {}
+        listed = env.jwt_trusted_keys.get_secret_value() if env.jwt_trusted_keys else ""
+        for item in filter(None, (part.strip() for part in listed.split(","))):
+            name, sep, secret = item.partition(":")
+            if not sep or not name:
+                raise SettingsError("TRADEBUS_JWT_TRUSTED_KEYS is a comma-separated list of service:key")
+            trusted[name] = _secret(f"TRADEBUS_JWT_TRUSTED_KEYS ({name})", SecretStr(secret))
+        if service is not None and key is not None:
+            trusted[service] = key  # a service trusts itself: it issues the tokens of its own retries
+        if env.jwt_required and key is None:
+            raise SettingsError(
+                "TRADEBUS_JWT_REQUIRED=1 needs TRADEBUS_JWT_SERVICE and TRADEBUS_JWT_KEY: "
+                "a worker issues the tokens of the retries it schedules"
+            )
+        if env.jwt_ttl <= 0:
+            raise SettingsError("TRADEBUS_JWT_TTL must be a positive number of seconds")
+        if not env.jwt_audience.strip():
+            raise SettingsError("TRADEBUS_JWT_AUDIENCE cannot be blank")
+        return cls(
+            service=service,
+            key=key,
+            trusted=trusted,
+            required=env.jwt_required,
+            ttl=env.jwt_ttl,
+            audience=env.jwt_audience,
+        )
+
+
 class TLSSettings(BaseModel):
     """Certificates for ``amqps://`` (and the management API over https)."""
 
@@ -235,6 +300,7 @@ class Settings(BaseModel):
     declare_topology: bool = True
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
+    jwt: JWTSettings = Field(default_factory=JWTSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
 
@@ -271,6 +337,7 @@ class Settings(BaseModel):
                 server_name=env.broker_tls_server_name,
             ),
             signing=SigningSettings.from_environment(env),
+            jwt=JWTSettings.from_environment(env),
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)

@@ -88,6 +88,15 @@ class StageTask(Task):  # type: ignore[misc]
         """How an error names a message class."""
         return cls.__name__
 
+    def authenticate(self, payload: Any, content_type: str | None) -> None:
+        """Check who sent the current delivery, before it is parsed: tradebus's signature when required (a
+        profile adds its own, Letrade its JWT). Raises SignatureRejected or SignatureCheckUnavailable."""
+        signing.check_delivery(self, payload, content_type)
+
+    def retry_credentials(self, content_type: str | None) -> dict[str, Any]:
+        """The headers with which this worker vouches for the retry it schedules (its signature)."""
+        return signing.retry_headers(self, content_type)
+
     # --- shared -----------------------------------------------------------------------------------------
 
     def mismatch(self, message: Any) -> InvalidMessage | None:
@@ -160,7 +169,7 @@ class StageTask(Task):  # type: ignore[misc]
             ORIGINAL_ROUTING_KEY: routing_key,
         }
         # This worker vouches for the retry with its own signature and attempt number (tradebus/signing.py).
-        headers |= signing.retry_headers(self, self.headers.get(CONTENT_TYPE))
+        headers |= self.retry_credentials(self.headers.get(CONTENT_TYPE))
         delay = self.retry_policy.delay(self.request.retries or 0)
         logger.warning(
             "%s: %s failed (%s: %s); retry %d of %d in %.1fs",
@@ -241,7 +250,7 @@ class StageTask(Task):  # type: ignore[misc]
     def _run_stage(self, payload: Any) -> Any:
         try:
             # Signatures first, before the body is even parsed (tradebus/signing.py; no-op unless required).
-            signing.check_delivery(self, payload, self.headers.get(CONTENT_TYPE))
+            self.authenticate(payload, self.headers.get(CONTENT_TYPE))
             message = self.parse(payload, self.headers.get(CONTENT_TYPE))
         except InvalidMessage as exc:
             self.dead_letter(payload, exc.reason, str(exc))

@@ -12,7 +12,9 @@ returns only once RabbitMQ confirmed it: it goes through the core's publisher (t
 stage's would, on an app of Letrade's topology, reconnecting when the connection drops. Subscriptions use
 a queue of their own that lives as long as the connection (tradebus/letrade/subscriptions.py says what
 each pattern binds). A handler that raises gets
-its message dead-lettered to ``letrade.dlq`` with the reason, as a stage's would.
+its message dead-lettered to ``letrade.dlq`` with the reason, as a stage's would; with
+``TRADEBUS_JWT_REQUIRED=1`` so is a delivery whose JWT fails (tradebus/letrade/tokens.py), before any
+handler sees it.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from tradebus.errors import (
     PublishFailed,
     Reason,
     RequestTimeout,
+    SignatureCheckUnavailable,
     UnknownMessageType,
 )
 from tradebus.health import bus_health
+from tradebus.letrade import tokens
 from tradebus.letrade.messages import Envelope, build, class_for_key, parse
 from tradebus.letrade.payloads import Payload
 from tradebus.letrade.stage import publish
@@ -169,11 +173,29 @@ class LetradeBus:
         self._consumers.append(consumer)
         return name
 
-    def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
+    def _admit(self, queue: str, routing_key: str, message: Message) -> Envelope | None:
+        """The delivery as the message its key names, its JWT checked when required; or None, once it is
+        dead-lettered with the reason (a subscriber has no retry schedule: a replay check Redis cannot
+        answer is dead-lettered as ``max_retries``, replayable once Redis is back)."""
+        properties = message.properties or {}
         try:
-            parsed = parse(message.body, routing_key, message.content_type)
+            tokens.admit(
+                self.app.settings.jwt,
+                queue,
+                message.body,
+                message.headers or {},
+                message_id=properties.get("message_id") or "",
+                redelivered=bool(message.delivery_info.get("redelivered")),
+            )
+            return parse(message.body, routing_key, message.content_type)
         except InvalidMessage as exc:
             self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
+        except SignatureCheckUnavailable as exc:
+            self._dead_letter(queue, routing_key, message, Reason.MAX_RETRIES, f"no retries here: {exc}")
+        return None
+
+    def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
+        if (parsed := self._admit(queue, routing_key, message)) is None:
             return
         try:
             handler(routing_key, parsed.payload.model_dump(mode="json"))
@@ -255,11 +277,8 @@ class LetradeBus:
         )
 
         def take(delivery: Message) -> None:
-            try:
-                answer = parse(delivery.body, response_key, delivery.content_type)
-            except InvalidMessage as exc:  # no answer, and kept with the reason
-                self._dead_letter(queue.name, response_key, delivery, exc.reason, str(exc))
-                return
+            if (answer := self._admit(queue.name, response_key, delivery)) is None:
+                return  # no answer, and kept with the reason
             delivery.ack()
             if getattr(answer.payload, "request_id", None) == request_id:
                 answers.append(answer)

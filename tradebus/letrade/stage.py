@@ -17,6 +17,7 @@ from routing.letrade import ROUTES
 from tradebus import headers as h
 from tradebus import registry
 from tradebus.application import current
+from tradebus.letrade import tokens
 from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, encode, parse
 from tradebus.publisher import send
 from tradebus.stage import StageTask
@@ -35,13 +36,19 @@ def publish(
 
     ``strategy_id`` names the strategy of a message whose payload does not (an allocation response).
     """
+    app = app or current()
     body = encode(message)
     strategy = strategy_id if strategy_id is not None else message.strategy_id
     extra = {h.TYPE: message.type, **(headers or {})}
     if strategy is not None:
         extra[STRATEGY_HEADER] = strategy
+    # The seed's JWT, when this service has a key (tradebus/letrade/tokens.py), in a header: the envelope
+    # keeps exactly its four fields.
+    extra |= tokens.outgoing(
+        body, message_id=message.message_id, source=message.source, settings=app.settings.jwt
+    )
     return send(
-        app or current(),
+        app,
         body,
         exchange=message.exchange,
         routing_key=message.routing_key,
@@ -61,6 +68,15 @@ class LetradeStageTask(StageTask):
     def type_name(cls: type[Any]) -> str:
         """Letrade names a message by its route."""
         return str(cls.route_name)
+
+    def authenticate(self, payload: Any, content_type: str | None) -> None:
+        """tradebus's signature when required, then the seed's JWT when required (``TRADEBUS_JWT_*``)."""
+        super().authenticate(payload, content_type)
+        tokens.check_delivery(self, payload)
+
+    def retry_credentials(self, content_type: str | None) -> dict[str, Any]:
+        """This worker's signature and JWT for the retry it schedules."""
+        return {**super().retry_credentials(content_type), **tokens.retry_headers(self)}
 
     def decode(self, payload: Any, content_type: str | None) -> Any:
         """Validate ``payload`` as the message its original routing key names, or raise InvalidMessage."""
