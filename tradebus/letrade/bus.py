@@ -171,7 +171,9 @@ class LetradeBus:
 
     def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
         try:
-            parsed = parse(message.body, routing_key, message.content_type)
+            parsed = parse(
+                message.body, routing_key, message.content_type, self.app.settings.encryption.keyring
+            )
         except InvalidMessage as exc:
             self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
             return
@@ -256,7 +258,9 @@ class LetradeBus:
 
         def take(delivery: Message) -> None:
             try:
-                answer = parse(delivery.body, response_key, delivery.content_type)
+                answer = parse(
+                    delivery.body, response_key, delivery.content_type, self.app.settings.encryption.keyring
+                )
             except InvalidMessage as exc:  # no answer, and kept with the reason
                 self._dead_letter(queue.name, response_key, delivery, exc.reason, str(exc))
                 return
