@@ -6,6 +6,9 @@ encode and check bodies here, so there is one implementation of each.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, ValidationError
 
 from tradebus.errors import MessageTooLarge, UnsupportedContentType
@@ -39,7 +42,15 @@ def check_incoming(body: str | bytes, content_type: str | None) -> None:
 
 def encode_model(model: BaseModel, what: str) -> bytes:
     """The JSON body of ``model``, refused when over the size limit (``what`` names it in the error)."""
-    body = model.model_dump_json().encode()
+    return _within_limit(model.model_dump_json().encode(), what)
+
+
+def encode_json(data: Any, what: str) -> bytes:
+    """The compact JSON body of ``data`` (a message's JSON object), refused when over the size limit."""
+    return _within_limit(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(), what)
+
+
+def _within_limit(body: bytes, what: str) -> bytes:
     if len(body) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"{what} message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES} "

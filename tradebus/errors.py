@@ -38,6 +38,8 @@ class Reason(StrEnum):
     #: Domain refusals: an order too old to fill, an order a rule refuses.
     STALE = "stale"
     ORDER_REFUSED = "order_refused"
+    #: A sensitive field cannot be decrypted: unknown key id, tampered, or sent in plaintext.
+    UNDECRYPTABLE = "undecryptable"
 
 
 class TradebusError(Exception):
@@ -123,6 +125,12 @@ class Replayed(SignatureRejected):
     reason = Reason.REPLAYED
 
 
+class Undecryptable(InvalidMessage):
+    """A sensitive field is not ciphertext this service can open (unknown key id, tampered, or plaintext)."""
+
+    reason = Reason.UNDECRYPTABLE
+
+
 class Transient(TradebusError):
     """A failure that may pass on its own (a service down, a timeout); the stage retries it."""
 
@@ -170,6 +178,10 @@ class UnknownPool(TradebusError, KeyError):
 
 class SettingsError(TradebusError, ValueError):
     """A ``TRADEBUS_*`` variable holds a value tradebus cannot use."""
+
+
+class EncryptionUnavailable(TradebusError):
+    """A message carries a sensitive value and no encryption key is configured: it is never sent."""
 
 
 class FlowerRefused(TradebusError):

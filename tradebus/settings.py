@@ -12,6 +12,7 @@ Signing: ``TRADEBUS_SIGNING_SERVICE``, ``TRADEBUS_SIGNING_KEY``, ``TRADEBUS_SIGN
 ``TRADEBUS_SIGNING_REQUIRED``, ``TRADEBUS_SIGNING_WINDOW``.
 Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS_JWT_KEY``,
 ``TRADEBUS_JWT_TRUSTED_KEYS``, ``TRADEBUS_JWT_REQUIRED``, ``TRADEBUS_JWT_TTL``, ``TRADEBUS_JWT_AUDIENCE``.
+Encryption of sensitive fields: ``TRADEBUS_ENCRYPTION_KEYS`` (``kid:base64key,...``, the first encrypts).
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
@@ -23,12 +24,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tradebus.encryption import Keyring, parse_keys
 from tradebus.errors import SettingsError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -78,6 +81,7 @@ class Environment(BaseSettings):
     jwt_audience: str = DEFAULT_JWT_AUDIENCE
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+    encryption_keys: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -228,6 +232,41 @@ class JWTSettings(BaseModel):
         )
 
 
+class EncryptionSettings(BaseModel):
+    """The keys that seal and open sensitive fields (tradebus/encryption.py): the first one encrypts,
+    every one decrypts, so a key rotates without downtime."""
+
+    model_config = _FROZEN
+
+    keys: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_environment(cls, env: Environment) -> EncryptionSettings:
+        """``TRADEBUS_ENCRYPTION_KEYS``, checked (key ids, base64, 32 bytes each)."""
+        listed = env.encryption_keys.get_secret_value() if env.encryption_keys else ""
+        parse_keys(listed)  # SettingsError on anything malformed, before pydantic sees it
+        items = (item.strip().partition(":") for item in listed.split(",") if item.strip())
+        return cls(keys={kid: SecretStr(key) for kid, _, key in items})
+
+    @model_validator(mode="after")
+    def _keys_are_usable(self) -> EncryptionSettings:
+        parse_keys(",".join(f"{kid}:{key.get_secret_value()}" for kid, key in self.keys.items()))
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this service can seal and open sensitive fields."""
+        return bool(self.keys)
+
+    @cached_property
+    def keyring(self) -> Keyring | None:
+        """The keys as a Keyring (built once), or None when none is configured."""
+        if not self.keys:
+            return None
+        listed = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in self.keys.items())
+        return Keyring(parse_keys(listed))
+
+
 class TLSSettings(BaseModel):
     """Certificates for ``amqps://`` (and the management API over https)."""
 
@@ -302,6 +341,7 @@ class Settings(BaseModel):
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
 
     @classmethod
@@ -339,6 +379,7 @@ class Settings(BaseModel):
             signing=SigningSettings.from_environment(env),
             jwt=JWTSettings.from_environment(env),
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
+            encryption=EncryptionSettings.from_environment(env),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()

@@ -187,7 +187,9 @@ class LetradeBus:
                 message_id=properties.get("message_id") or "",
                 redelivered=bool(message.delivery_info.get("redelivered")),
             )
-            return parse(message.body, routing_key, message.content_type)
+            return parse(
+                message.body, routing_key, message.content_type, self.app.settings.encryption.keyring
+            )
         except InvalidMessage as exc:
             self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
         except SignatureCheckUnavailable as exc:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from routing.letrade import ROUTES, LetradeRoute
 from routing.match import topic_matches
-from tradebus.codec import check_incoming, describe, encode_model
+from tradebus.codec import check_incoming, describe, encode_json, encode_model
+from tradebus.encryption import Keyring, revealed, seal, unseal
 from tradebus.errors import InvalidJSON, Misrouted, SchemaViolation, UnknownMessageType
 from tradebus.letrade.payloads import (
     CancelOrder,
@@ -159,9 +160,24 @@ def class_for_key(routing_key: str) -> type[Envelope]:
     raise UnknownMessageType(f"no Letrade message is routed as {routing_key!r}; known keys: {known}")
 
 
-def encode(message: Envelope) -> bytes:
-    """The JSON body of ``message``; MessageTooLarge over 128 KB (send large data by reference)."""
-    return encode_model(message, message.type)
+#: The bus name sealed values are bound to (tradebus/encryption.py: associated data).
+BUS = "letrade"
+
+
+def sensitive_paths(cls: type[Envelope]) -> tuple[str, ...]:
+    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>``."""
+    payload = cls.model_fields["payload"].annotation
+    fields = getattr(payload, "sensitive", ())
+    return tuple(f"payload.{name}" for name in fields)
+
+
+def encode(message: Envelope, keyring: Keyring | None = None) -> bytes:
+    """The JSON body of ``message``, its sensitive fields sealed with ``keyring``; MessageTooLarge over
+    128 KB (send large data by reference), EncryptionUnavailable for a sensitive value and no key."""
+    paths = sensitive_paths(type(message))
+    if not paths:
+        return encode_model(message, message.type)
+    return encode_json(seal(revealed(message, paths), paths, BUS, message.type, keyring), message.type)
 
 
 def build(cls: type[Envelope], payload: Payload | dict[str, Any], source: str, **envelope: Any) -> Envelope:
@@ -173,10 +189,26 @@ def build(cls: type[Envelope], payload: Payload | dict[str, Any], source: str, *
         raise SchemaViolation(f"invalid {cls.route_name} message: {describe(exc)}") from exc
 
 
-def parse(body: str | bytes, routing_key: str, content_type: str | None = None) -> Envelope:
-    """Validate a delivery as the message its routing key names, or raise the InvalidMessage saying why."""
+def _opened(body: str | bytes, paths: tuple[str, ...], route_name: str, keyring: Keyring | None) -> str:
+    """``body`` with its sealed fields opened (Undecryptable), or InvalidJSON."""
+    try:
+        data = json.loads(body)
+    except ValueError as bad:
+        raise InvalidJSON(f"body is not valid JSON: {bad}") from bad
+    if not isinstance(data, dict):
+        return json.dumps(data)  # the model says why it is not a message
+    return json.dumps(unseal(data, paths, BUS, route_name, keyring))
+
+
+def parse(
+    body: str | bytes, routing_key: str, content_type: str | None = None, keyring: Keyring | None = None
+) -> Envelope:
+    """Validate a delivery as the message its routing key names, its sealed fields opened with
+    ``keyring``, or raise the InvalidMessage saying why (Undecryptable for a field that does not open)."""
     check_incoming(body, content_type)
     cls = class_for_key(routing_key)
+    if paths := sensitive_paths(cls):
+        body = _opened(body, paths, cls.route_name, keyring)
     try:
         message = cls.model_validate_json(body)
     except ValidationError as exc:

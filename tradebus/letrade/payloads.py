@@ -6,7 +6,7 @@ Field names are the seed's; docs/letrade.md lists the defaults and the few addit
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -54,6 +54,9 @@ class Payload(BaseModel):
     """Base of every payload: strict fields, immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Fields a broker operator must not read, sealed on the wire (tradebus/encryption.py). None of the
+    #: seed's payloads carries a credential (docs/security.md, "Encryption").
+    sensitive: ClassVar[tuple[str, ...]] = ()
 
 
 class ExecuteTrade(Payload):

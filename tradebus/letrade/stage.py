@@ -37,7 +37,7 @@ def publish(
     ``strategy_id`` names the strategy of a message whose payload does not (an allocation response).
     """
     app = app or current()
-    body = encode(message)
+    body = encode(message, app.settings.encryption.keyring)
     strategy = strategy_id if strategy_id is not None else message.strategy_id
     extra = {h.TYPE: message.type, **(headers or {})}
     if strategy is not None:
@@ -81,7 +81,7 @@ class LetradeStageTask(StageTask):
     def decode(self, payload: Any, content_type: str | None) -> Any:
         """Validate ``payload`` as the message its original routing key names, or raise InvalidMessage."""
         _, routing_key = self.origin()
-        return parse(payload, routing_key, content_type)
+        return parse(payload, routing_key, content_type, self.app.settings.encryption.keyring)
 
     def send_message(self, message: Any, message_id: str | None) -> str:
         """Publish the Letrade message on its route, with its priority."""

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     model_validator,
 )
@@ -48,6 +49,8 @@ class BusMessage(BaseModel):
 
     type: str
     route_name: ClassVar[str]
+    #: Fields a broker operator must not read: sealed on the wire (tradebus/encryption.py, docs/security.md).
+    sensitive: ClassVar[tuple[str, ...]] = ()
 
     @property
     def route(self) -> Route:
@@ -340,13 +343,20 @@ class SystemAlert(BusMessage):
 
 
 class ConfigChange(BusMessage):
-    """A configuration change every service should know about."""
+    """A configuration change every service should know about (``system.config.api_key_update``: new
+    exchange credentials, sealed on the wire; a handler reads them with ``get_secret_value()``)."""
 
     route_name = "config_change"
+    sensitive = ("api_key", "api_secret", "passphrase")
     type: Literal["config_change"] = "config_change"
     change_type: Word
     service: Word | None = None
     description: str = ""
+    #: The trading venue the credentials are for (``binance``; ``exchange`` is the AMQP exchange).
+    venue: Word | None = None
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    passphrase: SecretStr | None = None
     timestamp: AwareDatetime = Field(default_factory=utcnow)
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from tradebus import registry
 from tradebus.mastertrade.messages import BusMessage
-from tradebus.mastertrade.wire import parse_wire, publish, to_message
+from tradebus.mastertrade.wire import from_wire, parse_wire, publish
 from tradebus.stage import StageTask
 
 R = TypeVar("R")
@@ -23,10 +23,12 @@ class MasterTradeStage(StageTask):
     message_base = BusMessage
 
     def decode(self, payload: Any, content_type: str | None) -> BusMessage:
-        """A raw body or a decoded dict as the MasterTrade message it is, or InvalidMessage."""
+        """A raw body or a decoded dict as the MasterTrade message it is, its sealed fields opened with the
+        app's keys, or InvalidMessage (Undecryptable when a sealed field does not open)."""
+        keyring = self.app.settings.encryption.keyring
         if isinstance(payload, str | bytes):
-            return parse_wire(payload, content_type)
-        return to_message(payload)
+            return parse_wire(payload, content_type, keyring)
+        return from_wire(payload, keyring)
 
     def send_message(self, message: Any, message_id: str | None) -> str:
         """Publish ``message`` on its documented route."""

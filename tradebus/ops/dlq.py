@@ -24,6 +24,7 @@ from routing import LETRADE, Topology
 from tradebus import headers as dl
 from tradebus.codec import wire_bytes
 from tradebus.consumer import stage_argument
+from tradebus.encryption import Keyring
 from tradebus.errors import InvalidMessage, Reason
 from tradebus.health import queue_stats
 from tradebus.letrade.messages import parse as parse_letrade
@@ -33,7 +34,8 @@ from tradebus.publisher import send
 #: What a replay does with a message.
 REPLAYED, WOULD_REPLAY, STILL_INVALID, KEPT = "replayed", "would replay", "still invalid", "kept"
 #: Dead letters a replay never sends again: what failed its signature check (a replay signed with the
-#: operator's key would launder it), and a message already refused as too old to act on.
+#: operator's key would launder it), a message already refused as too old to act on, and one whose
+#: sealed fields did not open (tampered, an unknown key, or a secret sent in plaintext).
 NEVER_REPLAYED = frozenset(
     {
         Reason.UNSIGNED,
@@ -42,6 +44,7 @@ NEVER_REPLAYED = frozenset(
         Reason.STALE_SIGNATURE,
         Reason.REPLAYED,
         Reason.STALE,
+        Reason.UNDECRYPTABLE,
     }
 )
 #: What RabbitMQ expired or pushed out of a market-data queue is a stale price: replaying it trades on it.
@@ -181,26 +184,35 @@ def kept_back(topology: Topology, letter: DeadLetter) -> str | None:
 
 
 def validated(
-    topology: Topology, letter: DeadLetter, payload: bytes, content_type: str | None
+    topology: Topology,
+    letter: DeadLetter,
+    payload: bytes,
+    content_type: str | None,
+    keyring: Keyring | None = None,
 ) -> tuple[str, str, str]:
-    """(type, exchange, routing key) of the message inside ``letter``, valid on ``topology``'s bus, or the
-    InvalidMessage that says why not. A Letrade message is read as its original key names it."""
+    """(type, exchange, routing key) of the message inside ``letter``, valid on ``topology``'s bus (its
+    sealed fields open with ``keyring``), or the InvalidMessage that says why not. A Letrade message is
+    read as its original key names it."""
     if topology.name == LETRADE:
-        envelope = parse_letrade(payload, letter.routing_key, content_type)
+        envelope = parse_letrade(payload, letter.routing_key, content_type, keyring)
         return envelope.type, envelope.exchange, envelope.routing_key
-    message = parse_wire(payload, content_type)
+    message = parse_wire(payload, content_type, keyring)
     return message.type, message.exchange, message.routing_key
 
 
 def destination(
-    topology: Topology, letter: DeadLetter, payload: bytes, content_type: str | None
+    topology: Topology,
+    letter: DeadLetter,
+    payload: bytes,
+    content_type: str | None,
+    keyring: Keyring | None = None,
 ) -> tuple[str, str]:
     """Where a valid dead letter goes again: its original exchange and key, or straight to its queue.
 
     When the original route reaches other queues too (a fan-out), those subscribers processed it already;
     the replay then goes to the queue that failed it, through the retry exchange (keyed by queue name).
     """
-    _, exchange, routing_key = validated(topology, letter, payload, content_type)
+    _, exchange, routing_key = validated(topology, letter, payload, content_type, keyring)
     origin = letter.origin_queue
     route = topology.route
     if origin and origin not in route(exchange, routing_key):
@@ -233,6 +245,7 @@ def replay(
 ) -> list[Replay]:
     """Re-validate and republish up to ``limit`` dead letters of ``queue``; the rest stays."""
     topology = app.topology
+    keyring = app.settings.encryption.keyring  # a sealed message is checked, and replayed as it is
     channel = connection.channel()
     results: list[Replay] = []
     try:
@@ -243,8 +256,8 @@ def replay(
                 continue
             payload, content_type = _payload(letter)
             try:
-                exchange, routing_key = destination(topology, letter, payload, content_type)
-                kind = validated(topology, letter, payload, content_type)[0]
+                exchange, routing_key = destination(topology, letter, payload, content_type, keyring)
+                kind = validated(topology, letter, payload, content_type, keyring)[0]
             except InvalidMessage as exc:
                 results.append(Replay(letter, STILL_INVALID, f"{exc.reason}: {exc}"))
                 continue
