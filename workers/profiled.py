@@ -3,6 +3,11 @@
 ``celery -A tradebus worker -Q order_requests`` with no other flag starts 3 processes with a prefetch
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
 built from Python) still wins.
+
+It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
+mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
+command workers: tradebus/ops/remote_control.py), and gossip consumes every worker's events and acts on
+``worker.elect`` events anyone who sends events could forge. tradebus uses neither.
 """
 
 from __future__ import annotations
@@ -38,7 +43,13 @@ def _queue_names(queues: Any) -> list[str]:
 
 
 class ProfiledWorker(Worker):  # type: ignore[misc]
-    """Celery's worker program, sized by ``workers.profiles``."""
+    """Celery's worker program, sized by ``workers.profiles``, without mingle and gossip."""
+
+    def prepare_args(self, **kwargs: Any) -> Any:
+        for option in ("without_mingle", "without_gossip"):
+            if not _explicit(option, kwargs.get(option)):
+                kwargs[option] = True
+        return super().prepare_args(**kwargs)
 
     def setup_defaults(
         self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any

@@ -7,9 +7,10 @@ topic permissions that limit the routing keys to those routes' templates, so the
 
 * publishes dead letters to ``mastertrade.dlx`` and its retries straight back to its own queues through
   ``mastertrade.retry`` (topic permissions: routing key = one of its queues' names);
-* uses Celery's own machinery: the ``celeryev`` and ``celery.pidbox`` exchanges, ``reply.celery.pidbox``,
-  and the auto-delete queues ``celeryev.*`` and ``*.celery.pidbox`` it declares for events and remote
-  control (configure is granted on these names only);
+* uses what its worker needs of Celery's own names: its own pidbox queue (``<pool>@<host>.celery.pidbox``)
+  bound to ``celery.pidbox``, ``reply.celery.pidbox`` to answer and ``celeryev`` for its events; it may
+  never write ``celery.pidbox``, which would command every worker: only Flower and the admin may
+  (tradebus/ops/remote_control.py);
 * declares nothing of the topology: it runs with ``TRADEBUS_DECLARE_TOPOLOGY=0`` and the admin user
   declares the topology once (RabbitMQ's definitions at boot, then ``tradebus topology declare``).
 
@@ -37,20 +38,13 @@ from routing.mastertrade.pools import POOLS
 from routing.mastertrade.services import EVERY_SERVICE, OWN_NAME_FIELDS, PUBLISHES, REPORTS_ON_EVERY_SERVICE
 from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.errors import SettingsError
+from tradebus.ops.remote_control import NO_GRANT, OPERATOR, CeleryGrant, worker_grant
 from tradebus.settings import USER_PASSWORD_PREFIX
 from tradebus.topology import definitions
 
 DEFAULT_USER_PREFIX = "tradebus-"
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 NOTHING = "^$"
-#: Celery's own exchanges and the auto-delete queues it declares for events, remote control and replies.
-CELERY_INTERNALS = (
-    r"celeryev",
-    r"celery\.pidbox",
-    r"reply\.celery\.pidbox",
-    r"celeryev\..+",
-    r".+\.celery\.pidbox",
-)
 
 
 def _any_of(names: Iterable[str]) -> str:
@@ -83,15 +77,20 @@ class Account:
     extra_configure: tuple[str, ...] = ()
     extra_write: tuple[str, ...] = ()
     extra_read: tuple[str, ...] = ()
+    #: May command workers (Flower): remote control is the operators', never a service's.
+    operator: bool = False
 
     @property
-    def _celery(self) -> tuple[str, ...]:
-        return CELERY_INTERNALS if self.worker or "management" in self.tags else ()
+    def celery(self) -> CeleryGrant:
+        """Celery's names: a worker's own pidbox queue, answers and events; commands for operators only."""
+        if self.operator:
+            return OPERATOR
+        return worker_grant(self.consumes) if self.worker else NO_GRANT
 
     @property
     def configure(self) -> str:
         """Resources it may declare or delete: Celery's own, never the topology."""
-        return ".*" if self.administrator else _any_of((*self._celery, *self.extra_configure))
+        return ".*" if self.administrator else _any_of((*self.celery.configure, *self.extra_configure))
 
     @property
     def write(self) -> str:
@@ -101,14 +100,14 @@ class Account:
         exchanges = [re.escape(ROUTES[r].exchange) for r in self.publishes]
         if self.worker:
             exchanges += [re.escape(DLX.name), re.escape(RETRY.name)]
-        return _any_of((*exchanges, *self._celery, *self.extra_write))
+        return _any_of((*exchanges, *self.celery.write, *self.extra_write))
 
     @property
     def read(self) -> str:
         """Queues it consumes (and exchanges it binds Celery's queues to)."""
         if self.administrator:
             return ".*"
-        return _any_of((*(re.escape(q) for q in self.consumes), *self._celery, *self.extra_read))
+        return _any_of((*(re.escape(q) for q in self.consumes), *self.celery.read, *self.extra_read))
 
     def topic_permissions(self) -> dict[str, str]:
         """Topic exchange -> the routing keys it may publish there. It binds no queue to one (read: none).
@@ -160,7 +159,7 @@ def accounts(stage_services: Mapping[str, str] | None = None) -> list[Account]:
     return [
         *found,
         # Flower: Celery events and remote control only, and the management API's queue list (tag).
-        Account("flower", tags=("management",), worker=False),
+        Account("flower", tags=("management",), worker=False, operator=True),
         # Celery beat: sends periodic tasks to mastertrade.tasks, where only their queue is bound.
         Account("beat", worker=False, extra_write=(re.escape(TASKS.name),)),
         Account("admin", tags=("administrator",), worker=False, administrator=True),
