@@ -8,6 +8,7 @@ Importing the package builds nothing.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = ["app", "publish"]
@@ -16,9 +17,18 @@ __all__ = ["app", "publish"]
 def __getattr__(name: str) -> Any:
     if name == "app":
         from tradebus.application import default_app
+        from tradebus.errors import InsecureConnection
         from tradebus.ops import flower
 
-        app = default_app()
+        try:
+            app = default_app()
+        except InsecureConnection as exc:
+            # `celery -A tradebus ...` (worker, beat, flower): one line and the CLI's exit code, before
+            # anything connects, rather than a traceback from Celery's app loader.
+            from tradebus.ops.exits import ExitCode
+
+            print(f"tradebus: {exc}", file=sys.stderr)
+            raise SystemExit(ExitCode.INSECURE) from None
         # `celery -A tradebus flower` is secure by default: login from the environment or loopback only.
         flower.install(app.settings)
         return app

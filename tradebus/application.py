@@ -60,6 +60,8 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
     # amqps:// with the CA and client certificate from TRADEBUS_BROKER_*_FILE (tradebus/tls.py).
     if (broker_ssl := tls.broker_use_ssl(settings)) is not None:
         config["broker_use_ssl"] = broker_ssl
+    if (redis_ssl := tls.redis_backend_use_ssl(settings)) is not None:
+        config["redis_backend_use_ssl"] = redis_ssl
     return config
 
 

@@ -194,3 +194,11 @@ class BadSubscription(TradebusError, ValueError):
 
 class StateContention(Transient):
     """A Redis transaction kept losing to concurrent writers; the message is retried later."""
+
+
+class InsecureConnection(TradebusError):
+    """``TRADEBUS_REQUIRE_TLS=1`` and a setting names a connection without TLS: nothing connects."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("TRADEBUS_REQUIRE_TLS=1 refuses connections without TLS: " + "; ".join(problems))

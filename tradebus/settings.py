@@ -7,7 +7,8 @@
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
 
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
-``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``.
+``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
+connection setting without TLS (tradebus/tlsonly.py).
 Signing: ``TRADEBUS_SIGNING_SERVICE``, ``TRADEBUS_SIGNING_KEY``, ``TRADEBUS_SIGNING_TRUSTED_KEYS``,
 ``TRADEBUS_SIGNING_REQUIRED``, ``TRADEBUS_SIGNING_WINDOW``.
 Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS_JWT_KEY``,
@@ -31,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tradebus import tlsonly
 from tradebus.encryption import Keyring, parse_keys
 from tradebus.errors import SettingsError
 
@@ -68,6 +70,7 @@ class Environment(BaseSettings):
     broker_cert_file: str | None = None
     broker_key_file: str | None = None
     broker_tls_server_name: str | None = None
+    require_tls: bool = False
     signing_service: str | None = None
     signing_key: SecretStr | None = None
     signing_trusted_keys: SecretStr | None = None
@@ -268,7 +271,7 @@ class EncryptionSettings(BaseModel):
 
 
 class TLSSettings(BaseModel):
-    """Certificates for ``amqps://`` (and the management API over https)."""
+    """Certificates for ``amqps://`` (and the management API over https), and whether TLS is required."""
 
     model_config = _FROZEN
 
@@ -276,6 +279,13 @@ class TLSSettings(BaseModel):
     cert_file: str | None = None
     key_file: str | None = None
     server_name: str | None = None
+    #: ``TRADEBUS_REQUIRE_TLS=1``: every connection setting must name TLS (tradebus/tlsonly.py).
+    required: bool = False
+
+    @property
+    def has_certificates(self) -> bool:
+        """Whether any certificate setting is given (they only make sense with ``amqps://``)."""
+        return any((self.ca_file, self.cert_file, self.key_file, self.server_name))
 
 
 class FlowerSettings(BaseModel):
@@ -375,6 +385,7 @@ class Settings(BaseModel):
                 cert_file=env.broker_cert_file,
                 key_file=env.broker_key_file,
                 server_name=env.broker_tls_server_name,
+                required=env.require_tls,
             ),
             signing=SigningSettings.from_environment(env),
             jwt=JWTSettings.from_environment(env),
@@ -386,6 +397,18 @@ class Settings(BaseModel):
                 if name.startswith(USER_PASSWORD_PREFIX) and value
             },
         )
+
+    @model_validator(mode="after")
+    def _tls_only(self) -> Settings:
+        """Under ``TRADEBUS_REQUIRE_TLS=1``, refuse (InsecureConnection) every URL without TLS, all at once:
+        built from the environment or changed with :meth:`with_` (a demo's or a client's broker)."""
+        if self.tls.required:
+            tlsonly.require(
+                tlsonly.broker_problems("TRADEBUS_BROKER_URL", self.broker_url)
+                + tlsonly.redis_problems("TRADEBUS_REDIS_URL", self.redis_url)
+                + tlsonly.management_problems("TRADEBUS_MANAGEMENT_URL", self.management_url)
+            )
+        return self
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (a demo's prefix, a test's broker), validated like the original."""

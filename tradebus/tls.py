@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from kombu import Connection
 
 from tradebus.errors import SettingsError
 from tradebus.settings import Settings, TLSSettings
@@ -30,7 +32,7 @@ def broker_use_ssl(settings: Settings) -> dict[str, Any] | None:
     """
     tls = settings.tls
     if not uses_tls(settings.broker_url):
-        if tls != TLSSettings():
+        if tls.has_certificates:
             raise SettingsError(
                 "TRADEBUS_BROKER_*_FILE / TRADEBUS_BROKER_TLS_SERVER_NAME are set but TRADEBUS_BROKER_URL is "
                 "not amqps://; use amqps:// (usually port 5671) or unset them"
@@ -48,6 +50,24 @@ def broker_use_ssl(settings: Settings) -> dict[str, Any] | None:
         options["certfile"] = tls.cert_file
         options["keyfile"] = tls.key_file
     return options
+
+
+def broker_connection(settings: Settings, url: str | None = None, **options: Any) -> Connection:
+    """A Kombu connection to ``url`` (default: the settings' broker) with the settings' TLS options, as
+    Celery's own connections have them (``amqps://`` then verifies with ``TRADEBUS_BROKER_CA_FILE``)."""
+    target = settings if url is None or url == settings.broker_url else settings.with_(broker_url=url)
+    return Connection(target.broker_url, ssl=broker_use_ssl(target) or False, **options)
+
+
+def redis_backend_use_ssl(settings: Settings) -> dict[str, Any] | None:
+    """Celery's ``redis_backend_use_ssl`` for a ``rediss://`` URL that does not say ``ssl_cert_reqs``:
+    verify the certificate, as redis-py does by default (Celery refuses such a URL otherwise). The CA and a
+    client certificate travel in the URL (``?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``), which
+    both redis-py and Celery read."""
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def client_context(tls: TLSSettings) -> ssl.SSLContext:

@@ -20,15 +20,18 @@ import pytest
 import redis
 from kombu import Connection
 
+from routing import letrade
 from tests.live.test_stages_live import wait_until
 from tests.support.bus import MASTERTRADE, SETTINGS, Vhost
 from tests.support.tls_proxy import Certificates, TLSProxy, make_certificates
 from tradebus import tls
 from tradebus.application import create_app
-from tradebus.errors import SettingsError
+from tradebus.errors import InsecureConnection, SettingsError
+from tradebus.letrade.bus import LetradeBus
 from tradebus.management import Management
 from tradebus.mastertrade.samples import order_request
 from tradebus.mastertrade.wire import publish
+from tradebus.ops.cli import ExitCode
 from tradebus.settings import ManagementSettings, Settings
 from workers.launch import start_pool, wait_for_consumers
 
@@ -162,3 +165,99 @@ def test_the_management_api_is_reached_over_https_with_the_brokers_ca(
             Management(https, tls=untrusted).queues()
     finally:
         proxy.close()
+
+
+# --- TLS-only mode (TRADEBUS_REQUIRE_TLS=1) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_only_env(
+    declared_vhost: Vhost, amqps_proxy: TLSProxy, certificates: Certificates
+) -> Iterator[tuple[dict[str, str], TLSProxy, TLSProxy]]:
+    """Every connection over TLS: amqps:// to the broker, rediss:// to Redis, https:// to the management API
+    (each a TLS proxy on loopback), and TRADEBUS_REQUIRE_TLS=1."""
+    plain_redis = urlsplit(SETTINGS.redis_url)
+    rediss = TLSProxy(certificates, plain_redis.port or 6379)
+    api = TLSProxy(certificates, urlsplit(SETTINGS.management.base_url).port or 15672)
+    login = plain_redis.netloc.rpartition("@")[0]
+    query = f"ssl_cert_reqs=required&ssl_ca_certs={certificates.ca}"
+    rediss_url = f"rediss://{login + '@' if login else ''}localhost:{rediss.port}{plain_redis.path}?{query}"
+    env = tls_env(
+        amqps(declared_vhost, amqps_proxy.port),
+        certificates.ca,
+        TRADEBUS_REQUIRE_TLS="1",
+        TRADEBUS_REDIS_URL=rediss_url,
+        TRADEBUS_MANAGEMENT_URL=f"https://localhost:{api.port}",
+        TRADEBUS_REDIS_PREFIX=f"{SETTINGS.redis_prefix}-tlsonly-{uuid.uuid4().hex[:6]}",
+    )
+    yield env, rediss, api
+    rediss.close()
+    api.close()
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_tls_only_mode_publishes_consumes_and_checks_health_over_amqps_rediss_and_https(
+    declared_vhost: Vhost,
+    amqps_proxy: TLSProxy,
+    tls_only_env: tuple[dict[str, str], TLSProxy, TLSProxy],
+    tmp_path: Path,
+) -> None:
+    env, rediss, api = tls_only_env
+    prefix = env["TRADEBUS_REDIS_PREFIX"]
+    settings = Settings.from_env(env)
+    assert settings.tls.required
+    worker = start_pool("order_requests", tmp_path, ["-c", "1"], env=env)
+    client = redis.Redis.from_url(SETTINGS.redis_url)
+    app = create_app(MASTERTRADE, settings, main="tls-only-publisher")
+    try:
+        with declared_vhost.connection() as conn:
+            missing = wait_for_consumers(conn, ["order_requests"], 60, [worker])
+            assert not missing, worker.log.read_text()[-3000:]
+        message_id = publish(order_request("req-tls-only"), app=app)
+        ran = wait_until(lambda: client.lrange(f"{prefix}:received:order_requests", 0, -1), timeout=30)
+        assert [json.loads(e)["id"] for e in ran] == [message_id], worker.log.read_text()[-3000:]
+        assert amqps_proxy.handshakes >= 2  # the worker's and the publisher's connections
+        assert rediss.handshakes >= 1  # the worker recorded the delivery in Redis over TLS
+        assert api.handshakes >= 1  # the worker applied the policies over https
+        # The CLI in the same mode reaches the broker through the CA of the environment.
+        tradebus = str(Path(sys.executable).with_name("tradebus"))
+        health = subprocess.run(
+            [tradebus, "health", "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert health.returncode in {ExitCode.OK, ExitCode.UNHEALTHY}, health.stderr
+        assert json.loads(health.stdout.splitlines()[-1])["queues"]["order_requests"]["consumers"] == 1
+        # The Letrade client, in the same mode, connects over amqps with the CA from the settings.
+        letrade_app = create_app(letrade.build(), settings, main="tls-only-letrade")
+        try:
+            bus = LetradeBus(app=letrade_app).connect()
+            bus.close()
+        finally:
+            letrade_app.close()
+    finally:
+        app.close()
+        worker.stop()
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+
+
+@pytest.mark.broker
+def test_tls_only_mode_refuses_the_plain_local_broker_before_connecting(
+    tls_only_env: tuple[dict[str, str], TLSProxy, TLSProxy], amqps_proxy: TLSProxy, tmp_path: Path
+) -> None:
+    env, rediss, api = tls_only_env
+    plain = {**env, "TRADEBUS_BROKER_URL": SETTINGS.broker_url, "TRADEBUS_REDIS_URL": SETTINGS.redis_url}
+    with pytest.raises(InsecureConnection) as caught:
+        Settings.from_env(plain)
+    assert [p.split(" is ")[0] for p in caught.value.problems] == [
+        "TRADEBUS_BROKER_URL",
+        "TRADEBUS_REDIS_URL",
+    ]
+    worker = start_pool("order_requests", tmp_path, ["-c", "1"], env=plain)
+    assert worker.process.wait(timeout=60) == ExitCode.INSECURE
+    assert "TRADEBUS_REQUIRE_TLS=1 refuses" in worker.log.read_text()
+    assert (amqps_proxy.handshakes, rediss.handshakes, api.handshakes) == (0, 0, 0)

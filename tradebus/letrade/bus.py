@@ -29,6 +29,7 @@ from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
 from routing import letrade
+from tradebus import tls
 from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -88,7 +89,8 @@ class LetradeBus:
     def connect(self) -> LetradeBus:
         """Open the connection subscriptions and replies are consumed on (publishes use the app's pool)."""
         if self._connection is None:
-            self._connection = Connection(self.url, connect_timeout=5)
+            # With the app's TLS options: amqps:// verifies with TRADEBUS_BROKER_CA_FILE, as Celery's does.
+            self._connection = tls.broker_connection(self.app.settings, self.url, connect_timeout=5)
             self._connection.ensure_connection(max_retries=3)
         return self
 

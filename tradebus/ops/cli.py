@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import IntEnum
 
 import click
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from routing import LETRADE, PROFILES, build
+from tradebus import tls
 from tradebus.application import TOPOLOGY_ENV, TradebusCelery, create_app, using
 from tradebus.errors import (
     BrokerUnreachable,
@@ -21,19 +21,8 @@ from tradebus.errors import (
     TopologyConflict,
     UnknownPool,
 )
+from tradebus.ops.exits import ExitCode, TradebusGroup
 from tradebus.settings import Settings
-
-
-class ExitCode(IntEnum):
-    """What ``tradebus`` exits with."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 2
-    TOPOLOGY_CONFLICT = 3
-    BROKER_UNREACHABLE = 4
-    MANAGEMENT_API_ERROR = 5
-    UNHEALTHY = 6
 
 
 def _app() -> TradebusCelery:
@@ -43,10 +32,10 @@ def _app() -> TradebusCelery:
 
 
 def _connection() -> Connection:
-    return Connection(_app().settings.broker_url, connect_timeout=5)
+    return tls.broker_connection(_app().settings, connect_timeout=5)
 
 
-@click.group()
+@click.group(cls=TradebusGroup)
 @click.option(
     "--topology",
     type=click.Choice(PROFILES),

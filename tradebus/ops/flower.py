@@ -11,7 +11,10 @@ operator set through Flower's own channels, and only fills in what is missing:
 * with no login at all, the address 127.0.0.1, logged as a warning; an explicit non-loopback address
   without a login is refused (exit 2), and so is ``FLOWER_UNAUTHENTICATED_API``;
 * the broker view's ``--broker_api`` from ``TRADEBUS_MANAGEMENT_URL`` (or the broker URL), so queue depths
-  come from the RabbitMQ management API with tradebus's login, never typed on a command line.
+  come from the RabbitMQ management API with tradebus's login, never typed on a command line; over https,
+  Flower's HTTP client verifies it with ``TRADEBUS_BROKER_CA_FILE`` (and shows the client certificate);
+* under ``TRADEBUS_REQUIRE_TLS=1`` an explicit ``--broker_api`` that is not https is refused (exit 7, the
+  CLI's ``ExitCode.INSECURE``), as tradebus's settings refuse every other connection without TLS.
 
 Flower itself refuses ``/api/...`` without credentials (401) once any login is configured, and without a
 login unless ``FLOWER_UNAUTHENTICATED_API`` is set, which tradebus refuses.
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from tradebus.errors import FlowerRefused, TradebusError
+from tradebus import tlsonly
+from tradebus.errors import FlowerRefused, InsecureConnection, TradebusError
 from tradebus.settings import Settings
 
 logger = logging.getLogger("tradebus.ops.flower")
@@ -90,10 +94,28 @@ def plan(options: Mapping[str, Any], settings: Settings, environ: Mapping[str, s
                 f"refusing to listen on {address} without a login; set TRADEBUS_FLOWER_USER and "
                 "TRADEBUS_FLOWER_PASSWORD (or FLOWER_BASIC_AUTH)"
             )
+    if settings.tls.required:
+        tlsonly.require(
+            tlsonly.management_problems("Flower's --broker_api", options.get("broker_api") or None)
+        )
     if not options.get("broker_api") and (api := broker_api(settings)) is not None:
         result.changes["broker_api"] = api
         result.notes.append(f"broker view from the management API at {settings.management.base_url}")
     return result
+
+
+def https_defaults(settings: Settings) -> dict[str, Any] | None:
+    """Tornado HTTP client defaults for Flower's broker view over https: tradebus's CA and client
+    certificate (Flower only reads a Redis-style ``ssl_ca_certs``, so it would trust the system's CAs)."""
+    tls = settings.tls
+    if not (tls.ca_file or tls.cert_file):
+        return None
+    defaults: dict[str, Any] = {"validate_cert": True}
+    if tls.ca_file:
+        defaults["ca_certs"] = tls.ca_file
+    if tls.cert_file:
+        defaults["client_cert"], defaults["client_key"] = tls.cert_file, tls.key_file
+    return defaults
 
 
 def configure(settings: Settings) -> None:
@@ -106,11 +128,20 @@ def configure(settings: Settings) -> None:
     current = {name: getattr(options, name) for name in names}
     try:
         decided = plan(current, settings, os.environ)
+    except InsecureConnection as exc:
+        from tradebus.ops.exits import ExitCode
+
+        logger.error("tradebus: Flower not started: %s", exc)
+        raise SystemExit(ExitCode.INSECURE) from exc
     except TradebusError as exc:  # FlowerRefused, or a TRADEBUS_FLOWER_* setting that makes no sense
         logger.error("tradebus: Flower not started: %s", exc)
         raise SystemExit(2) from exc
     for name, value in decided.changes.items():
         setattr(options, name, value)
+    if (defaults := https_defaults(settings)) is not None:
+        from tornado.httpclient import AsyncHTTPClient
+
+        AsyncHTTPClient.configure(None, defaults=defaults)
     for note in decided.notes:
         logger.info("tradebus: %s", note)
     for warning in decided.warnings:

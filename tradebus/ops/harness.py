@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from kombu import Connection
 
-from tradebus import store
+from tradebus import store, tls
 from tradebus.application import TradebusCelery, create_app, using
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.health import queue_stats
@@ -83,7 +83,7 @@ def _rabbitmq_pools(app: TradebusCelery, echo: Callable[[str], None]) -> Iterato
     settings, topology = app.settings, app.topology
     url = settings.broker_url
     pool_names = list(topology.pools)
-    with Connection(url, connect_timeout=5) as connection:
+    with tls.broker_connection(settings, connect_timeout=5) as connection:
         connection.ensure_connection(max_retries=3)
         try:
             check_and_declare(topology, connection, Management(settings.management))
