@@ -42,7 +42,9 @@ def execute_order(message: OrderRequest) -> None:
         recorder.bump("duplicate_deliveries")
     else:
         logger.info("%s %s %s: %s", message.side, message.quantity, message.symbol, record["status"])
-    account.publish_once(account.fill_outcome(message), account.updates_of(record), delivery_id())
+    # The updates' ids derive from the request: whichever delivery publishes them, they are the same.
+    updates = account.updates_of(record)
+    account.publish_once(account.fill_outcome(message), updates, delivery_id(), message.request_id)
 
 
 def _price(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> tuple[float, datetime] | None:

@@ -56,7 +56,10 @@ def evaluate_signal(signal: TradingSignal) -> None:
             decision["quantity"],
             "; ".join(decision["reasons"]),
         )
-    account.publish_once(account.decision_outcome(signal), _outcomes(signal, record), delivery_id())
+    outcomes = _outcomes(signal, record)  # their ids derive from the signal (every field of it)
+    account.publish_once(
+        account.decision_outcome(signal), outcomes, delivery_id(), account.signal_key(signal)
+    )
 
 
 def _outcomes(signal: TradingSignal, record: dict[str, Any]) -> list[BusMessage]:

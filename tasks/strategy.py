@@ -28,6 +28,7 @@ from tradebus.mastertrade.messages import (
 from tradebus.mastertrade.stage import stage
 from tradebus.mastertrade.trading.strategy import MIN_CANDLES, Context, evaluate
 from tradebus.mastertrade.wire import publish
+from tradebus.outcomes import outcome_id
 from tradebus.stage import delivery_id
 
 logger = get_task_logger(__name__)
@@ -71,7 +72,8 @@ def on_market_data(message: MarketData | OrderBook | Trade) -> None:
     )
     if signal.action == "BUY":
         strategy_state.remember_plan(STRATEGY_ID, signal.symbol, signal.stop_loss, signal.take_profit)
-    publish(signal)
+    # Its id derives from the candle's: a redelivered candle that signals again repeats the same message.
+    publish(signal, message_id=outcome_id(delivery_id(), signal.type))
     recorder.bump("signals")
     logger.info(
         "signal %s %s at %g (%.2f): %s",

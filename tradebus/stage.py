@@ -8,6 +8,8 @@
   with the validated model,
 * retries a transient failure (Redis or the broker away) with the seed's policy, 3 times after 5, 10 and
   20 seconds, through Celery's own retry, delivered straight back to ``queue``,
+* drops a copy of a message it has handled already: the same publisher-given id on a persistent
+  message, a repeated outcome (tradebus/outcomes.py, tradebus/seen.py),
 * dead-letters the original body to ``dlq.<queue>``, with the reason in its headers, when the body is
   invalid, ``fn`` rejects it as invalid, the retries are exhausted, ``fn`` fails otherwise, or the message
   keeps coming back because it kills the process running it. A failure to dead-letter fails the task, and
@@ -32,7 +34,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import recorder, signing, store
+from tradebus import recorder, seen, signing, store
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -44,6 +46,7 @@ from tradebus.errors import (
     WrongStage,
 )
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
+from tradebus.publisher import PERSISTENT
 from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 
 logger = get_task_logger(__name__)
@@ -199,6 +202,19 @@ class StageTask(Task):  # type: ignore[misc]
         error = f"still failing after {self.retry_policy.max_retries} retries: {type(exc).__name__}: {exc}"
         self.dead_letter(payload, Reason.MAX_RETRIES, error)
 
+    def publisher_id(self) -> str | None:
+        """The id the current delivery's publisher gave it, if a repeat of it would be dropped.
+
+        Only a persistent message (what stages publish as outcomes, and what must not be lost) on its first
+        attempt: a retry is the same delivery's continuation, and a message with no id of its own (pika's
+        default) has no id a repeat could be told by.
+        """
+        properties = getattr(self.request, "properties", None) or {}
+        if self.request.retries or properties.get("delivery_mode") != PERSISTENT:
+            return None
+        message_id = properties.get("message_id")
+        return str(message_id) if message_id else None
+
     def over_redelivery_limit(self) -> bool:
         """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no)."""
         if not (self.request.delivery_info or {}).get("redelivered"):
@@ -258,6 +274,13 @@ class StageTask(Task):  # type: ignore[misc]
         except SignatureCheckUnavailable as exc:  # Redis down: retried, never passed unchecked
             self.retry_or_give_up(payload, exc)
             return None
+        message_id = self.publisher_id()
+        if message_id is not None and seen.handled(self.queue_name, message_id):
+            logger.warning(
+                "%s: dropping %s, a repeat of a message already handled", self.queue_name, message_id
+            )
+            recorder.bump(f"repeats_dropped:{self.queue_name}")
+            raise Ignore  # acknowledged, and no result stored over the first copy's (a risk check's answer)
         if self.over_redelivery_limit():
             self.dead_letter(
                 payload,
@@ -267,7 +290,7 @@ class StageTask(Task):  # type: ignore[misc]
             return None
         _record(self, message)
         try:
-            return self.handler(message)
+            result = self.handler(message)
         except _CELERY_CONTROL:
             raise
         except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
@@ -280,6 +303,9 @@ class StageTask(Task):  # type: ignore[misc]
             logger.exception("%s: stage %s failed on %s", self.queue_name, self.name, self.request.id)
             self.dead_letter(payload, Reason.STAGE_ERROR, f"{type(exc).__name__}: {exc}")
             return None
+        if message_id is not None:
+            seen.note(self.queue_name, message_id)
+        return result
 
 
 @task_revoked.connect  # type: ignore[untyped-decorator]

@@ -50,6 +50,8 @@ def on_market_data(message: MarketDataMessage) -> None:
             price=candle.close,
         ),
         SOURCE,
+        # Derived from the candle's id: a redelivered candle that asks again repeats the same request.
+        message_id=derived_id("request", message.message_id),
     )
     # The order id is chosen now, so a redelivered response repeats the same command (filled once).
     context = {

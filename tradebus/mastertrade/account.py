@@ -30,6 +30,7 @@ from tradebus.mastertrade.trading.execution import Execution, book, execute, ord
 from tradebus.mastertrade.trading.risk import Decision, Holding, Limits, Portfolio, Reservation
 from tradebus.mastertrade.trading.risk import decide as risk_decide
 from tradebus.mastertrade.wire import publish
+from tradebus.outcomes import outcome_ids
 
 #: The paper portfolio's limits.
 LIMITS = Limits()
@@ -293,14 +294,20 @@ def claim_publication(outcome: str, claimant: str) -> bool:
     return state.claim(store.text_client(), outcome, claimant, PUBLISH_CLAIM_SECONDS)
 
 
-def publish_once(outcome: str, messages: Iterable[BusMessage], claimant: str) -> None:
-    """Publish what ``outcome`` produced unless another delivery did or is doing it (claim_publication)."""
+def publish_once(outcome: str, messages: Iterable[BusMessage], claimant: str, source: str) -> None:
+    """Publish what ``outcome`` produced unless another delivery did or is doing it (claim_publication).
+
+    Each message's id derives from ``source`` (what produced the outcome: a request id, a signal's key), its
+    type and its position (tradebus/outcomes.py): a delivery that publishes it again repeats the ids.
+    """
+    listed = list(messages)
+    ids = outcome_ids(source, (m.type for m in listed))
     state.publish_once(
         store.text_client(),
         outcome,
-        messages,
+        list(zip(listed, ids, strict=True)),
         claimant,
-        publish,
+        lambda pair: publish(pair[0], message_id=pair[1]),
         claim_seconds=PUBLISH_CLAIM_SECONDS,
         keep_seconds=RECORD_TTL_SECONDS,
     )
