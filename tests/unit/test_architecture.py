@@ -107,3 +107,13 @@ def test_importing_the_core_builds_no_app_and_loads_no_web_stack(
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split("\n")[:2] == [loaded, apps]
+
+
+def test_every_core_module_is_in_the_core_layer_the_import_contract_checks() -> None:
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    core = {name.strip() for layer in layers for name in layer.split(":")}
+    modules = {f"tradebus.{p.stem}" for p in (ROOT / "tradebus").glob("*.py") if p.stem != "__init__"}
+    assert modules - core == set(), "add these core modules to the layers contract in pyproject.toml"
