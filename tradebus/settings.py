@@ -21,106 +21,37 @@ RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tradebus import tlsonly
 from tradebus.encryption import Keyring, parse_keys
+from tradebus.environment import (
+    DEFAULT_BROKER_URL as DEFAULT_BROKER_URL,
+)
+from tradebus.environment import (
+    DEFAULT_JWT_AUDIENCE,
+    DEFAULT_JWT_TTL,
+    DEFAULT_REDIS_URL,
+    DEFAULT_SIGNING_WINDOW,
+    ENV_PREFIX,
+    MANAGEMENT_PORT,
+    MANAGEMENT_TLS_PORT,
+    MIN_SIGNING_KEY_CHARS,
+    Environment,
+    reading,
+)
+from tradebus.environment import (
+    USER_PASSWORD_PREFIX as USER_PASSWORD_PREFIX,
+)
 from tradebus.errors import SettingsError
 
-DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-MANAGEMENT_PORT = 15672
-MANAGEMENT_TLS_PORT = 15671
-#: Seconds a signature stays valid on either side of its timestamp (docs/security.md).
-DEFAULT_SIGNING_WINDOW = 300.0
-#: Shortest signing secret accepted: 32 characters, e.g. ``secrets.token_urlsafe(32)``.
-MIN_SIGNING_KEY_CHARS = 32
-#: Seconds a Letrade JWT lives (its ``exp`` - ``iat``), and the longest lifetime a verifier accepts.
-DEFAULT_JWT_TTL = 60.0
-#: The ``aud`` of Letrade's tokens.
-DEFAULT_JWT_AUDIENCE = "letrade"
-ENV_PREFIX = "TRADEBUS_"
-#: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
-USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-class Environment(BaseSettings):
-    """The ``TRADEBUS_*`` variables as pydantic-settings reads them: flat, typed, empty means unset."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
-    )
-
-    broker_url: str = DEFAULT_BROKER_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    management_url: str | None = None
-    redis_prefix: str = "tradebus"
-    declare_topology: bool = True
-    broker_ca_file: str | None = None
-    broker_cert_file: str | None = None
-    broker_key_file: str | None = None
-    broker_tls_server_name: str | None = None
-    require_tls: bool = False
-    signing_service: str | None = None
-    signing_key: SecretStr | None = None
-    signing_trusted_keys: SecretStr | None = None
-    signing_required: bool = False
-    signing_window: float = DEFAULT_SIGNING_WINDOW
-    jwt_service: str | None = None
-    jwt_key: SecretStr | None = None
-    jwt_trusted_keys: SecretStr | None = None
-    jwt_required: bool = False
-    jwt_ttl: float = DEFAULT_JWT_TTL
-    jwt_audience: str = DEFAULT_JWT_AUDIENCE
-    flower_user: str | None = None
-    flower_password: SecretStr | None = None
-    encryption_keys: SecretStr | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The process environment, or the mapping ``Settings.from_env`` was handed (tests, compose)."""
-        environ = _ENVIRON.get()
-        return (env_settings,) if environ is None else (_MappingSource(settings_cls, environ),)
-
-
-class _MappingSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of ``os.environ``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items()}
-
-
-_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("tradebus_environ", default=None)
-
-
-@contextmanager
-def _reading(environ: Mapping[str, str] | None) -> Iterator[None]:
-    token = _ENVIRON.set(environ)
-    try:
-        yield
-    finally:
-        _ENVIRON.reset(token)
 
 
 def _secret(name: str, value: SecretStr) -> SecretStr:
@@ -358,7 +289,7 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``TRADEBUS_*`` from the process environment (or ``environ``); SettingsError says what is
         wrong. Unset and empty variables keep their defaults."""
-        with _reading(environ):
+        with reading(environ):
             try:
                 env = Environment()
             except ValidationError as exc:
