@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.support.bus import Vhost
+from tests.support.bus import LETRADE, SETTINGS, Vhost
 from tests.support.wait import dead_letters, wait_until
 from tradebus import publish, recorder
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
@@ -36,7 +36,27 @@ def failing(times: int, error: Exception, calls: list[float]) -> Callable[[objec
 
 
 def test_the_retry_policy_is_the_seeds_three_retries_after_5_10_and_20_seconds() -> None:
+    """The seed's policy (``x-max-retries: 3``, ``x-retry-delay: 5000``, ``x-backoff-multiplier: 2``) is what
+    every stage of both buses retries with."""
+    from tradebus import app
+    from tradebus.application import create_app
+    from tradebus.registry import stages_of_queues
+
+    seed = {"x-max-retries": 3, "x-retry-delay": 5000, "x-backoff-multiplier": 2}
+    assert (SEED_POLICY.max_retries, SEED_POLICY.first_delay * 1000, SEED_POLICY.multiplier) == tuple(
+        seed.values()
+    )
     assert SEED_POLICY.delays == (5.0, 10.0, 20.0)
+    letrade_app = create_app(LETRADE, SETTINGS, main="retries-letrade")
+    try:
+        for bus in (app, letrade_app):
+            stages = [task for tasks in stages_of_queues(bus).values() for task in tasks]
+            assert stages, bus.main
+            assert {task.name: task.retry_policy for task in stages} == {
+                task.name: SEED_POLICY for task in stages
+            }
+    finally:
+        letrade_app.close()
 
 
 def test_transient_failure_is_retried_after_five_seconds_and_then_succeeds(
@@ -64,8 +84,10 @@ def test_transient_failure_is_retried_after_five_seconds_and_then_succeeds(
     assert wait_until(lambda: store.client().lrange(kept, 0, -1), timeout=10)
     assert [json.loads(s)["symbol"] for s in store.client().lrange(kept, 0, -1)] == [message.symbol]
     tries = wait_until(
-        lambda: sorted(e["retries"] for e in recorder.received("backtest_signals") if e["id"] == message_id)
-        == [0, 1]
+        lambda: (
+            sorted(e["retries"] for e in recorder.received("backtest_signals") if e["id"] == message_id)
+            == [0, 1]
+        )
     )
     assert tries, recorder.received("backtest_signals")
     # ...and was done with: acknowledged (nothing left on the queue or held by the worker), not dead-lettered,
