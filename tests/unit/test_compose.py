@@ -12,6 +12,7 @@ import ast
 import glob
 import json
 import re
+import shlex
 import subprocess
 import tomllib
 from pathlib import Path
@@ -274,8 +275,21 @@ def test_every_tradebus_service_starts_with_settings_tradebus_accepts() -> None:
     assert checked == len(POOLS) + 5  # definitions, topology, beat, flower, simulator
 
 
-def test_readme_says_how_a_pool_scales_out() -> None:
-    assert "docker compose up -d --scale worker-order-requests=3" in (ROOT / "README.md").read_text()
+def test_readme_says_how_a_pool_scales_out(compose: dict[str, Any]) -> None:
+    """The README's shell block has a `docker compose up --scale <pool service>=N` that would work."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```(?:bash|sh|shell)\n(.*?)^```", readme, flags=re.S | re.M)
+    commands = [shlex.split(line, comments=True) for block in blocks for line in block.splitlines()]
+    scaling = [argv for argv in commands if argv[:3] == ["docker", "compose", "up"] and "--scale" in argv]
+    assert scaling, "no `docker compose up --scale` in the README's shell blocks"
+    for argv in scaling:
+        service, _, replicas = argv[argv.index("--scale") + 1].partition("=")
+        assert int(replicas) > 1, argv
+        assert service in compose["services"], f"{service} is no service of docker-compose.yml"
+        pool = compose["services"][service]
+        # A pool's worker: one of the topology's pools, and nothing that pins it to a single replica.
+        assert pool["labels"]["tradebus.pool.queue"] in POOLS, service
+        assert "container_name" not in pool and "ports" not in pool, service
 
 
 def dockerfile_copies() -> dict[str, str]:
