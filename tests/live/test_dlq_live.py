@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -12,8 +11,8 @@ from click.testing import CliRunner
 from kombu import Exchange, Producer, Queue
 
 from tests.support.bus import MASTERTRADE, Vhost
-from tests.support.wait import keyed, new_symbol, on, raw_publish, wait_until
-from tradebus import app
+from tests.support.wait import new_symbol, on, raw_publish, wait_until
+from tradebus import app, publish
 from tradebus.deadletter import dead_letter
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import OrderRequest, Ticker
@@ -152,15 +151,18 @@ def test_replay_of_a_fanned_out_message_goes_only_to_the_queue_that_failed_it(
     with empty_order_dlq.connection() as conn:
         (result,) = dlq.replay(app, conn, "dlq.strategy_order_updates", limit=10)
     assert result.detail == "'strategy_order_updates' on mastertrade.retry"
-    assert wait_until(
-        lambda: (
-            on("strategy_order_updates", keyed(update.order_id))
-            or on("strategy_order_updates", lambda e: e["id"] == result.new_message_id)
-        )
-    )
-    time.sleep(0.5)  # had the replay reached them, the other subscribers would have recorded it by now
-    assert not on("order_updates", lambda e: e["id"] == result.new_message_id)
-    assert not on("monitoring_order_updates", lambda e: e["id"] == result.new_message_id)
+    assert wait_until(lambda: on("strategy_order_updates", lambda e: e["id"] == result.new_message_id))
+    # A later update on the same exchange reaches every subscriber: once they have recorded it, they have
+    # had the replay too had it been sent to them (it was queued first: the replay waits for its confirm).
+    later = order_update("filled", f"order-{uuid.uuid4().hex[:8]}")
+    later_id = publish(later)
+    subscribers = ("order_updates", "monitoring_order_updates", "strategy_order_updates")
+    for queue in subscribers:
+        got = wait_until(lambda q=queue: on(q, lambda e: e["id"] == later_id))
+        assert got, f"{queue} never got the update"
+    replayed = {q: on(q, lambda e: e["id"] == result.new_message_id) for q in subscribers}
+    assert [q for q, got in replayed.items() if got] == ["strategy_order_updates"]
+    assert len(replayed["strategy_order_updates"]) == 1
 
 
 def test_replay_keeps_back_what_failed_a_signature_check_and_stale_market_data(declared_vhost: Vhost) -> None:

@@ -22,7 +22,7 @@ from kombu import Producer
 from tests.support.bus import Vhost, free_port, port_open
 from tests.support.faults import Pool, fill_records, measure, orders, publish_confirmed, updates_published
 from tests.support.wait import wait_until
-from tradebus import app, store
+from tradebus import app, recorder, store
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker
 
@@ -49,20 +49,46 @@ def all_filled(tag: str, count: int, timeout: float = 120.0) -> bool:
     )
 
 
+def redelivered() -> int:
+    """Deliveries of order_requests the broker marked redelivered, as the stage recorded them."""
+    return sum(1 for e in recorder.received("order_requests") if e.get("redelivered"))
+
+
 def test_orders_published_while_the_worker_is_killed_twice_are_each_filled_exactly_once(pool: Pool) -> None:
     tag, count = uuid.uuid4().hex[:6], 300
-    pool.start()
     batch = orders(count, tag)
-    confirmed: list[int] = []
-    publisher = threading.Thread(target=lambda: confirmed.append(publish_confirmed(pool.vhost, batch, 0.02)))
+    # A backlog before the pool starts, so the first kill finds it busy; the rest arrives during the kills.
+    confirmed = [publish_confirmed(pool.vhost, batch[:100])]
+    pool.start()
+    publisher = threading.Thread(
+        target=lambda: confirmed.append(publish_confirmed(pool.vhost, batch[100:], 0.02))
+    )
     publisher.start()
-    for _ in range(2):
-        time.sleep(1.5)
-        pool.kill()
-        pool.start()
+    with pool.vhost.connection() as conn:
+        channel = conn.channel()
+
+        def busy(filled: int) -> bool:
+            """Filling (more fills than ``filled``) with orders still waiting: its prefetch is full."""
+            return (
+                len(fill_records(tag)) > filled
+                and channel.queue_declare("order_requests", passive=True)[1] > 0
+            )
+
+        hits = []
+        for _ in range(2):
+            filled, seen = len(fill_records(tag)), redelivered()
+            assert wait_until(lambda f=filled: busy(f), timeout=60), (
+                "the pool was idle: " + pool.log()[-3000:]
+            )
+            pool.kill()
+            pool.start()
+            # What the killed worker held unacknowledged, RabbitMQ hands to the new one, marked redelivered.
+            hits.append(wait_until(lambda n=seen: redelivered() - n, timeout=60))
     publisher.join()
+    assert all(hits), f"a kill hit no order in flight (redeliveries after each kill: {hits})"
     assert all_filled(tag, count), pool.log()[-3000:]
-    figures = measure("worker killed twice", pool.vhost, tag, count, confirmed[0])
+    figures = measure("worker killed twice", pool.vhost, tag, count, sum(confirmed))
+    figures.notes["redelivered_after_each_kill"] = hits
     figures.save()
     assert figures.confirmed == count
     assert figures.filled == count

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from kombu import Producer
 
 from routing import letrade
@@ -23,6 +25,7 @@ from tests.fixtures.letrade import LetradePools, start_letrade_pools
 from tests.support.bus import LETRADE, SETTINGS, Vhost, admin, declare_letrade, make_vhost
 from tests.support.letrade_samples import CONSUMERS, PAYLOADS
 from tests.support.wait import wait_until
+from tradebus import recorder
 from tradebus.errors import MessageTooLarge, RequestTimeout
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade.bus import LetradeBus
@@ -163,10 +166,18 @@ def doomed(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def test_a_request_failing_for_a_transient_reason_is_not_dead_lettered_at_once(doomed: Doomed) -> None:
     """Starts the doomed request early; the last test of the module finds it dead-lettered."""
-    time.sleep(2.0)  # the first attempt has failed by now (the pools were consuming before it was sent)
+    (capital,) = [p for p in doomed.pools if p.name == "letrade.capital_manager"]
+    first_retry = re.compile(
+        rf"{re.escape(doomed.message_id)} failed \((?:\w+\.)*ConnectionError: .*\); retry 1 of "
+        rf"{SEED_POLICY.max_retries} in {SEED_POLICY.delays[0]:.1f}s"
+    )
+    # The capital manager took the request, failed on Redis and scheduled its first retry...
+    failed = wait_until(lambda: first_retry.search(capital.log.read_text(errors="replace")), timeout=30)
+    assert failed, capital.log.read_text(errors="replace")[-3000:]
+    # ...instead of dead-lettering it: its dead-letter queue is empty (a dead letter is confirmed before the
+    # delivery is acknowledged, so it would be there by now).
     queue = letrade.ROUTES["capital_allocation_request"].dead_letter_queue
-    with doomed.vhost.connection() as conn:
-        assert conn.channel().queue_declare(queue, passive=True)[1] == 0
+    assert take_all(doomed.vhost, queue, keep=True) == []
 
 
 # --- the services at work -----------------------------------------------------------------------------
@@ -408,10 +419,20 @@ def test_a_trade_event_delivered_twice_moves_the_strategys_position_once(letrade
         message = bus.message("events.trade_executed", event)
         bus.send(message)
         bus.send(message)  # at least once: the connector repeats an event when its command comes back
-        inbox = letrade_pools.vhost.connection().channel()
-        assert wait_until(lambda: inbox.queue_declare("letrade.strategy", passive=True)[1] == 0)
-        assert wait_until(lambda: state.holding(symbol) > 0)
-        time.sleep(1.0)  # the second copy has had its chance
+        # Two events of another strategy after them. The strategy pool holds at most two unacknowledged
+        # deliveries (2 processes, prefetch 1) and acknowledges each once handled: by the time both later
+        # events have arrived at its stage, both copies have been handled.
+        others = []
+        for _ in range(2):
+            other = {**event, "strategy_id": TEST_STRATEGY, "order_id": f"o{uuid.uuid4().hex[:8]}"}
+            others.append(bus.message("events.trade_executed", other))
+            bus.send(others[-1])
+
+        def handled(message_id: str) -> int:
+            return sum(1 for e in recorder.received("letrade.strategy") if e["id"] == message_id)
+
+        assert wait_until(lambda: all(handled(o.message_id) for o in others)), letrade_pools.logs()
+        assert handled(message.message_id) == 2
     finally:
         bus.close()
     assert state.holding(symbol) == pytest.approx(0.01)
@@ -528,6 +549,7 @@ def test_a_trade_command_overtakes_the_market_data_queued_before_it(
     from workers.launch import stop_all
 
     backlog = 3_000
+    queue = "letrade.exchange_connector"
     symbol = pair()
     word = symbol.replace("/", "").lower()
     take_all(letrade_vhost, "letrade.exchange_connector")
@@ -537,22 +559,43 @@ def test_a_trade_command_overtakes_the_market_data_queued_before_it(
         for _ in range(backlog):
             bus.send(message)
         order = f"t{uuid.uuid4().hex[:8]}"
-        bus.publish("letrade.commands", "execute_trade", trade(symbol, order, amount=0.001))
+        command_id = bus.publish("letrade.commands", "execute_trade", trade(symbol, order, amount=0.001))
         events: list[dict[str, Any]] = []
         bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
-        pools = start_letrade_pools(letrade_vhost, tmp_path, ["letrade.exchange_connector"])
+        # The connector records every delivery (right before its stage runs) under a prefix of its own.
+        prefix = f"{SETTINGS.redis_prefix}-priority-{uuid.uuid4().hex[:6]}"
+        env = {"TRADEBUS_REDIS_PREFIX": prefix}
+        pools = start_letrade_pools(letrade_vhost, tmp_path, ["letrade.exchange_connector"], env)
         try:
             collect(bus, events, lambda: bool(events), timeout=60)
-            depth = (
-                letrade_vhost.connection()
-                .channel()
-                .queue_declare("letrade.exchange_connector", passive=True)[1]
-            )
+            order_of_handling = wait_until(lambda: handled_before(prefix, queue, command_id), timeout=10)
         finally:
             stop_all(pools)
+            client = redis.Redis.from_url(SETTINGS.redis_url)
+            for key in client.scan_iter(match=f"{prefix}:*"):
+                client.delete(key)
     assert [e["client_order_id"] for e in events] == [order], "the command was not executed"
-    # Without priority the command would come after all 3,000 candles; it came before most of them.
-    assert depth > backlog / 2
+    assert order_of_handling, "the connector never recorded the command"
+    # Without priority the command would come after all 3,000 candles. With it, only what the pool's two
+    # processes were handling as it started can come first (a busy machine may let one run a few more).
+    (before,) = order_of_handling
+    assert before < backlog / 10, f"{before} candles were handled before the command"
+
+
+def handled_before(prefix: str, queue: str, message_id: str) -> tuple[int] | None:
+    """How many deliveries the stage of ``queue`` took before ``message_id`` (None: not recorded yet).
+
+    The recorder keeps the last deliveries newest first and counts them all; both are read at once, so the
+    deliveries older than ``message_id`` are the count less its place in the list.
+    """
+    pipe = redis.Redis.from_url(SETTINGS.redis_url).pipeline(transaction=True)
+    pipe.lrange(f"{prefix}:received:{queue}", 0, -1)
+    pipe.hget(f"{prefix}:counts", queue)
+    entries, total = pipe.execute()
+    ids = [json.loads(e)["id"] for e in entries]
+    if message_id not in ids:
+        return None
+    return (int(total) - ids.index(message_id) - 1,)
 
 
 # --- the demo ---------------------------------------------------------------------------------------

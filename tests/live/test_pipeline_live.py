@@ -158,22 +158,47 @@ def test_order_whose_delivery_died_while_publishing_gets_its_update_from_the_red
 
 
 def test_dead_letter_queue_deeper_than_ten_raises_a_system_alert(broker: Vhost) -> None:
+    """The seed: alert when a DLQ holds MORE than 10. Ten is quiet; the eleventh, seen by beat's next health
+    report, raises the warning."""
+    from celery.beat import Scheduler
+
     from tasks.monitoring import health_report
+    from tradebus import app
+
+    queue = "dlq.stock_index_data"
+
+    def alerts_on_queue() -> list[dict[str, object]]:
+        return [a for a in recorder.alerts() if a["details"].get("queue") == queue]
 
     with broker.connection() as conn:
         conn.transport_options["confirm_publish"] = True
+        conn.default_channel.queue_purge(queue)
         producer = Producer(conn.channel())
-        for i in range(11):
-            producer.publish(f"dead {i}", exchange="mastertrade.dlx", routing_key="dlq.stock_index_data")
-    health_report.delay()
-    alert = wait_until(
-        lambda: [a for a in recorder.alerts() if a["details"].get("queue") == "dlq.stock_index_data"]
-    )
+        for i in range(10):
+            producer.publish(f"dead {i}", exchange="mastertrade.dlx", routing_key=queue)
+        assert conn.default_channel.queue_declare(queue, passive=True)[1] == 10
+        # Ten dead letters: what the worker runs for beat finds them and raises nothing.
+        report = health_report()
+        assert report["dlq_alerts"] == [], report
+        assert not alerts_on_queue()
+        producer.publish("dead 10", exchange="mastertrade.dlx", routing_key=queue)
+        assert conn.default_channel.queue_declare(queue, passive=True)[1] == 11
+    # Beat's schedule names the health report, every 30 s; fire its entry as beat's tick does, through the
+    # broker to the worker that consumes the periodic tasks.
+    scheduler = Scheduler(app=app)
+    entry = scheduler.schedule["health-report"]
+    assert entry.task == health_report.name == "tradebus.monitoring.health_report"
+    assert entry.schedule.run_every.total_seconds() == 30.0
+    scheduler.apply_async(entry, advance=False)  # what beat does when the entry is due (raises if it cannot)
+    alert = wait_until(alerts_on_queue)
     assert alert, "no DLQ alert"
-    assert alert[0]["severity"] == "warning" and "holds 11 dead letters" in alert[0]["text"]
+    assert len(alert) == 1 and alert[0]["severity"] == "warning"
+    assert "holds 11 dead letters (more than 10)" in alert[0]["text"]
+    assert alert[0]["details"]["depth"] == 11 and alert[0]["details"]["threshold"] == 10
+    assert wait_until(lambda: on("monitoring_system_notifications", keyed("system.alert.warning")))
     assert wait_until(lambda: on("monitoring_system_notifications", keyed("system.health.execution")))
     with broker.connection() as conn:
-        conn.default_channel.queue_purge("dlq.stock_index_data")
+        conn.default_channel.queue_purge(queue)
 
 
 def test_risk_check_gets_its_answer_through_the_result_backend() -> None:
@@ -225,17 +250,22 @@ def test_a_late_price_does_not_replace_a_newer_one() -> None:
 
 
 def test_a_crossing_hidden_by_a_missing_candle_is_not_signalled() -> None:
-    symbol = new_symbol()
+    hidden, control = new_symbol(), new_symbol()
     closes = V_SHAPE[:46]
-    for i, close in enumerate(closes):
-        if i == 43:  # the candle before the crossing never arrives
-            continue
-        publish(
-            MarketData(
-                symbol=symbol, interval="1m", timestamp=START + timedelta(minutes=i), open=close,
-                high=close * 1.001, low=close * 0.999, close=close, volume=10.0,
-            )
-        )  # fmt: skip
-    assert wait_until(lambda: len(candles.latest("strategy", symbol, "1m")) == len(closes) - 1)
-    time.sleep(0.5)
-    assert recorder.metrics().get("signals", 0) == 0
+    for symbol in (hidden, control):
+        for i, close in enumerate(closes):
+            if i == 43 and symbol == hidden:  # the candle before the crossing never arrives
+                continue
+            publish(
+                MarketData(
+                    symbol=symbol, interval="1m", timestamp=START + timedelta(minutes=i), open=close,
+                    high=close * 1.001, low=close * 0.999, close=close, volume=10.0,
+                )
+            )  # fmt: skip
+    # The same series with every candle is signalled at the crossing: the strategy is at work...
+    signalled = wait_until(lambda: on("trading_signals", keyed(f"signal.{control}.")), timeout=30)
+    assert signalled, "the strategy signalled nothing, even with every candle"
+    # ...and it has seen every candle of the hidden crossing (queued before the control's) by now.
+    assert wait_until(lambda: len(candles.latest("strategy", hidden, "1m")) == len(closes) - 1)
+    assert not on("trading_signals", keyed(f"signal.{hidden}."))
+    assert recorder.metrics().get("signals", 0) == 1

@@ -9,9 +9,10 @@ handler runs) shows whether the handler ran.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -197,35 +198,59 @@ def test_order_signed_too_long_ago_is_dead_lettered_never_executed(executor: Exe
     assert executor.ran(message_id) == 0
 
 
-def failing_once(calls: list[float]) -> Callable[[object], None]:
-    def handler(message: object) -> None:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            raise redis.ConnectionError("redis is down")
+BACKTEST_KEY = "backtest-test-key-" + "b" * 32
 
-    return handler
+
+def service_env(**signing: str) -> dict[str, str]:
+    """A service's environment: this session's broker and Redis, and its own ``TRADEBUS_SIGNING_*``."""
+    shared = {k: v for k, v in os.environ.items() if k.startswith("TRADEBUS_") and "SIGNING" not in k}
+    return shared | {f"TRADEBUS_SIGNING_{name.upper()}": value for name, value in signing.items()}
 
 
 @pytest.mark.usefixtures("celery_session_worker")
 def test_a_retried_message_is_re_signed_by_the_worker_and_not_taken_for_a_replay(
     broker: Vhost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two services, two environments: the strategy service signs with its key; the backtest worker knows
+    only its own key and trusts the strategy's. Its retry is its own message, signed with its own key."""
     from tasks.backtest import record_signal
     from tradebus import app
+    from tradebus.headers import SIGNER
+    from tradebus.settings import Settings
 
-    required = SigningSettings.from_env(
-        {
-            "TRADEBUS_SIGNING_SERVICE": "strategy",
-            "TRADEBUS_SIGNING_KEY": STRATEGY_KEY,
-            "TRADEBUS_SIGNING_REQUIRED": "1",
-        }
+    strategy = Settings.from_env(service_env(service="strategy", key=STRATEGY_KEY))
+    backtest = Settings.from_env(
+        service_env(
+            service="backtest", key=BACKTEST_KEY, trusted_keys=f"strategy:{STRATEGY_KEY}", required="1"
+        )
     )
-    # The session worker and this process's publisher both run on the default app: give it the key.
-    monkeypatch.setattr(app, "settings", app.settings.with_(signing=required))
-    calls: list[float] = []
-    monkeypatch.setattr(record_signal, "handler", failing_once(calls))
-    publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True))
-    assert wait_until(lambda: len(calls) >= 2, timeout=25), "the signed retry did not run"
+    assert set(strategy.signing.trusted) == {"strategy"} and not strategy.signing.required
+    assert set(backtest.signing.trusted) == {"strategy", "backtest"} and backtest.signing.required
+    # The session worker runs the default app: it becomes the backtest service. The publisher is an app of
+    # its own, as the strategy service's process would be.
+    monkeypatch.setattr(app, "settings", backtest)
+    publisher = create_app(MASTERTRADE, strategy, main="strategy-service")
+    deliveries: list[tuple[int, str | None]] = []
+
+    def failing_once(message: object) -> None:
+        deliveries.append((record_signal.request.retries or 0, record_signal.headers.get(SIGNER)))
+        if len(deliveries) == 1:
+            raise redis.ConnectionError("redis is down")
+
+    monkeypatch.setattr(record_signal, "handler", failing_once)
+    try:
+        message_id = publish(signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True), app=publisher)
+    finally:
+        publisher.close()
+    assert wait_until(lambda: len(deliveries) >= 2, timeout=25), "the signed retry did not run"
+    # Checked on arrival as the strategy's, then as the worker's own retry; neither was refused.
+    assert deliveries == [(0, "strategy"), (1, "backtest")]
+    with broker.connection() as conn:
+        channel = conn.channel()
+        letters = []
+        while (m := channel.basic_get("dlq.backtest_signals", no_ack=True)) is not None:
+            letters.append(m.headers.get(ORIGINAL_MESSAGE_ID))
+    assert message_id not in letters
 
 
 @pytest.mark.usefixtures("broker")

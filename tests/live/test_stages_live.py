@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -255,7 +254,12 @@ def test_message_without_an_id_gets_the_same_id_at_every_delivery(broker: Vhost,
 def test_a_stage_message_an_operator_revokes_is_dead_lettered_not_dropped(broker: Vhost) -> None:
     message_id = f"revoked-{uuid.uuid4().hex[:8]}"
     app.control.revoke(message_id)
-    time.sleep(0.5)  # the revocation reaches the worker's remote control before the message does
+
+    def worker_knows() -> bool:  # the revocation reached the worker's remote control
+        answers = app.control.inspect(timeout=1.0).revoked() or {}
+        return any(message_id in ids for ids in answers.values())
+
+    assert wait_until(worker_knows, timeout=30), "the worker never heard of the revocation"
     raw_publish(
         broker,
         order_request(f"req-{uuid.uuid4().hex[:8]}").model_dump_json(),
@@ -267,21 +271,35 @@ def test_a_stage_message_an_operator_revokes_is_dead_lettered_not_dropped(broker
     ((_, headers),) = dead_letters(broker, "order_requests", 1)
     assert headers[REASON] == "revoked"
     assert headers["x-tradebus-original-message-id"] == message_id
+    assert entry("order_requests", message_id) is None, "the revoked order ran"
 
 
 def test_a_message_redelivered_more_than_five_times_is_dead_lettered_as_a_likely_crasher(
-    broker: Vhost, fresh_state: str
+    broker: Vhost, fresh_state: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Real redeliveries: the handler gives the delivery back to RabbitMQ each time, as a worker process that
+    dies on it would (unacknowledged, requeued), and the broker hands it out again marked redelivered."""
+    from celery.exceptions import Reject
+
     from tasks.backtest import record_signal
 
+    seen: list[tuple[str, bool]] = []
+
+    def crasher(message: object) -> None:
+        request = record_signal.request
+        seen.append((request.id, bool((request.delivery_info or {}).get("redelivered"))))
+        raise Reject("this message kills whoever runs it", requeue=True)
+
+    monkeypatch.setattr(record_signal, "handler", crasher)
     message = signal(f"bt-{uuid.uuid4().hex[:8]}", backtest=True)
-    delivery = {"redelivered": True, "exchange": message.exchange, "routing_key": message.routing_key}
-    record_signal.push_request(id=f"crasher-{uuid.uuid4().hex[:8]}", retries=0, delivery_info=delivery)
-    try:  # the same delivery, as RabbitMQ hands it to a new process each time the last one died
-        for _ in range(MAX_REDELIVERIES + 1):
-            record_signal.run_stage(message.model_dump_json())
-    finally:
-        record_signal.pop_request()
-    ((_, headers),) = dead_letters(broker, "backtest_signals", 1)
+    message_id = publish(message)
+    ((_, headers),) = dead_letters(broker, "backtest_signals", 1, timeout=60)
     assert headers[REASON] == "redelivery_limit"
-    assert len(store.client().lrange(store.key("backtest", message.strategy_id), 0, -1)) == MAX_REDELIVERIES
+    assert headers["x-tradebus-original-message-id"] == message_id
+    # The first delivery, then MAX_REDELIVERIES redeliveries the broker marked as such, ran the handler; the
+    # next redelivery was dead-lettered instead of running it.
+    assert seen == [(message_id, False)] + [(message_id, True)] * MAX_REDELIVERIES
+    counted = store.client().get(store.key("redeliveries", "backtest_signals", f"{message_id}:0"))
+    assert int(counted or 0) == MAX_REDELIVERIES + 1
+    assert wait_until(lambda: broker.management.queue("backtest_signals").get("messages") == 0, timeout=20)
+    assert len(seen) == MAX_REDELIVERIES + 1

@@ -8,10 +8,13 @@ file, and every one it needs is in .env.example.
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import re
+import shlex
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import routing
 from tests.support.bus import MASTERTRADE
 from tradebus import tls
 from tradebus.ops.cli import main
@@ -271,14 +275,76 @@ def test_every_tradebus_service_starts_with_settings_tradebus_accepts() -> None:
     assert checked == len(POOLS) + 5  # definitions, topology, beat, flower, simulator
 
 
-def test_readme_says_how_a_pool_scales_out() -> None:
-    assert "docker compose up -d --scale worker-order-requests=3" in (ROOT / "README.md").read_text()
+def test_readme_says_how_a_pool_scales_out(compose: dict[str, Any]) -> None:
+    """The README's shell block has a `docker compose up --scale <pool service>=N` that would work."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```(?:bash|sh|shell)\n(.*?)^```", readme, flags=re.S | re.M)
+    commands = [shlex.split(line, comments=True) for block in blocks for line in block.splitlines()]
+    scaling = [argv for argv in commands if argv[:3] == ["docker", "compose", "up"] and "--scale" in argv]
+    assert scaling, "no `docker compose up --scale` in the README's shell blocks"
+    for argv in scaling:
+        service, _, replicas = argv[argv.index("--scale") + 1].partition("=")
+        assert int(replicas) > 1, argv
+        assert service in compose["services"], f"{service} is no service of docker-compose.yml"
+        pool = compose["services"][service]
+        # A pool's worker: one of the topology's pools, and nothing that pins it to a single replica.
+        assert pool["labels"]["tradebus.pool.queue"] in POOLS, service
+        assert "container_name" not in pool and "ports" not in pool, service
+
+
+def dockerfile_copies() -> dict[str, str]:
+    """What the Dockerfile's COPY instructions put in the image: each source, by where it lands.
+
+    A source copied into a directory (``COPY a b ./``) lands under its own name; one copied to a path
+    (``COPY routing ./routing``) lands there. Paths are relative to WORKDIR.
+    """
+    landed: dict[str, str] = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "COPY":
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        *sources, target = args
+        for source in sources:
+            where = f"{target.rstrip('/')}/{source}" if target.endswith("/") else target
+            landed[source] = str(Path(where)).removeprefix("./")
+    return landed
+
+
+def local_imports() -> set[str]:
+    """The top-level modules of this repository that the installed code imports (files and packages)."""
+    local = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    local |= {p.stem for p in ROOT.glob("*.py")}
+    wanted: set[str] = set()
+    todo = [ROOT / "tradebus", ROOT / "routing", ROOT / "tasks", ROOT / "workers", ROOT / "celeryconfig.py"]
+    for path in todo:
+        files = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        for file in files:
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                wanted |= {n.split(".")[0] for n in names if n.split(".")[0] in local}
+    # Loaded by name: each profile's stage modules (Celery imports them) and the Celery configuration.
+    for profile in ("mastertrade", "letrade"):
+        wanted |= {m.split(".")[0] for m in routing.build(profile).stage_modules}
+    return wanted | {"celeryconfig"}
 
 
 def test_image_installs_every_package_the_app_imports() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("routing", "tradebus", "tasks", "workers", "celeryconfig.py"):
-        assert package in dockerfile
+    copied = dockerfile_copies()
+    imported = local_imports()
+    assert {"routing", "tradebus", "tasks", "workers", "celeryconfig"} <= imported
+    for module in sorted(imported):
+        source = f"{module}.py" if (ROOT / f"{module}.py").exists() else module
+        assert copied.get(source) == source, f"{source} is not copied to WORKDIR/{source}: {copied}"
+    # `pip install .` (the Dockerfile's) installs what setuptools is told to package: all of them.
+    assert "pyproject.toml" in copied and "pip install --no-cache-dir ." in (ROOT / "Dockerfile").read_text()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packaged = set(config["py-modules"]) | {p.rstrip("*") for p in config["packages"]["find"]["include"]}
+    assert imported <= packaged
 
 
 def test_definitions_json_is_valid_for_rabbitmq() -> None:

@@ -64,8 +64,14 @@ def test_holding_a_position_the_strategy_sells_at_its_stop_loss() -> None:
 
 
 def test_holding_a_position_the_strategy_does_not_buy_more() -> None:
-    _, idea = first_idea(V_SHAPE, position=Position(1.0, stop_loss=1.0, take_profit=1000.0))
-    assert idea is None or idea.action == "SELL"
+    held = Position(1.0, stop_loss=1.0, take_profit=1000.0)  # stops far away: nothing to sell either
+    flat_end, flat = first_idea(V_SHAPE)
+    # The same series makes a flat strategy buy: the crossing is there, the position is what stops it.
+    assert flat is not None and flat.action == "BUY" and flat_end is not None
+    at_the_crossing = evaluate(candles_from(V_SHAPE[:flat_end]), held)
+    assert at_the_crossing is None
+    ideas = [evaluate(candles_from(V_SHAPE[:end]), held) for end in range(MIN_CANDLES, len(V_SHAPE) + 1)]
+    assert [i.action for i in ideas if i is not None] == []
 
 
 def signal(
