@@ -95,6 +95,7 @@ def test_orders_published_while_the_worker_is_killed_twice_are_each_filled_exact
     assert figures.bookings == count and figures.double_fills == 0
     assert figures.notes["position"] == pytest.approx(0.01 * count)
     assert figures.notes["orders_with_an_update"] == count
+    assert figures.notes["filled_update_ids_per_order"] == 1, "a republished update got an id of its own"
     assert figures.dead_lettered == {}
 
 
@@ -121,6 +122,7 @@ def test_a_pool_process_killed_mid_task_loses_nothing_and_fills_nothing_twice(po
     figures.save()
     assert killed_mid_task, "no pool process was killed while it ran an order"
     assert figures.filled == count and figures.bookings == count and figures.double_fills == 0
+    assert figures.notes["filled_update_ids_per_order"] == 1, "a republished update got an id of its own"
     assert figures.dead_lettered == {}
 
 

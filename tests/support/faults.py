@@ -154,10 +154,13 @@ def measure(scenario: str, vhost: Vhost, tag: str, published: int, confirmed: in
     with vhost.connection() as conn:
         channel = conn.channel()
         updates: dict[str, int] = {}
+        update_ids: dict[str, set[str]] = {}
         while (message := channel.basic_get("order_updates", no_ack=True)) is not None:
             update = json.loads(message.body)
             if update["request_id"].startswith(f"req-{tag}-") and update["status"] == "filled":
                 updates[update["request_id"]] = updates.get(update["request_id"], 0) + 1
+                message_id = str((message.properties or {}).get("message_id"))
+                update_ids.setdefault(update["request_id"], set()).add(message_id)
         dead = {}
         for name in ("dlq.order_requests", "unrouted.orders"):
             letters = dlq.peek(MASTERTRADE, conn, name, 1000)
@@ -178,5 +181,11 @@ def measure(scenario: str, vhost: Vhost, tag: str, published: int, confirmed: in
         double_fills=round(held / QUANTITY) - len(records),
         fill_updates=sum(updates.values()),
         dead_lettered=dead,
-        notes={"position": round(held, 8), "orders_with_an_update": len(updates)},
+        notes={
+            "position": round(held, 8),
+            "orders_with_an_update": len(updates),
+            # A republished update repeats its first copy's id (tradebus/outcomes.py): a plain consumer
+            # tells the copies apart by it. Every order's filled updates share one id.
+            "filled_update_ids_per_order": max((len(ids) for ids in update_ids.values()), default=0),
+        },
     )
