@@ -3,8 +3,11 @@
 A sensitive value travels as one string, ``enc:v1:<kid>:<base64url(nonce || ciphertext || tag)>``: the key
 id says which key opens it, the 12-byte nonce is random per value, and the plaintext is the value's JSON
 (a string, a number, an object). The associated data binds the ciphertext to where it belongs,
-``tradebus-enc-v1|<bus>|<message type>|<field path>``: moved to another field or another message type,
-it no longer opens.
+``tradebus-enc-v1|<bus>|<message type>|<field path>|<sha256 of the rest of the message>``: moved to another
+field, another message type, or another message (a credential copied into a change for another service or
+venue, or an old one sent again under a new timestamp), it no longer opens. "The rest" is the message's
+JSON object without its sensitive fields, canonical (sorted keys, no spaces), which publisher and consumer
+compute alike.
 
 A ``Keyring`` holds every key a service accepts; the first one encrypts. Rotation: put the new key first
 and keep the old one after it until nothing encrypted with it is left in a queue or a DLQ, then drop it.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
@@ -75,9 +79,22 @@ def parse_keys(listed: str) -> dict[str, bytes]:
     return keys
 
 
-def associated_data(bus: str, message_type: str, path: str) -> bytes:
-    """What a ciphertext is bound to: its bus, its message type and its field."""
-    return f"{_AAD_PREFIX}|{bus}|{message_type}|{path}".encode()
+def associated_data(bus: str, message_type: str, path: str, context: str = "") -> bytes:
+    """What a ciphertext is bound to: its bus, its message type, its field and (``context``) the digest of
+    the rest of its message (``context_of``)."""
+    return f"{_AAD_PREFIX}|{bus}|{message_type}|{path}|{context}".encode()
+
+
+def context_of(data: Mapping[str, Any], fields: Iterable[str]) -> str:
+    """The SHA-256 of ``data`` without its sensitive ``fields``, as canonical JSON: what binds a sealed
+    value to the message around it."""
+    rest = json.loads(json.dumps(data))
+    for path in fields:
+        holder, name = _parent(rest, path)
+        if holder is not None:
+            holder.pop(name, None)
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def is_sealed(value: Any) -> bool:
@@ -163,6 +180,8 @@ def seal(
     """A copy of ``data`` with every sensitive field that holds a value sealed; EncryptionUnavailable when
     there is a value and no key (a sensitive value is never sent in plaintext)."""
     data = json.loads(json.dumps(data))  # a deep copy, as JSON
+    fields = tuple(fields)
+    context = context_of(data, fields)
     for path in fields:
         holder, name = _parent(data, path)
         if holder is None or holder.get(name) is None:
@@ -173,7 +192,7 @@ def seal(
                 "(TRADEBUS_ENCRYPTION_KEYS): not sent"
             )
         plaintext = json.dumps(holder[name], separators=(",", ":")).encode()
-        holder[name] = keyring.encrypt(plaintext, associated_data(bus, message_type, path))
+        holder[name] = keyring.encrypt(plaintext, associated_data(bus, message_type, path, context))
     return data
 
 
@@ -183,6 +202,8 @@ def unseal(
     """A copy of ``data`` with every sensitive field opened; Undecryptable when one is in plaintext, under
     an unknown key, tampered with, or moved from another field."""
     data = json.loads(json.dumps(data))
+    fields = tuple(fields)
+    context = context_of(data, fields)
     for path in fields:
         holder, name = _parent(data, path)
         if holder is None or holder.get(name) is None:
@@ -193,7 +214,7 @@ def unseal(
         if keyring is None:
             raise Undecryptable(f"{message_type}.{path} is encrypted and this service has no key")
         try:
-            plaintext = keyring.decrypt(value, associated_data(bus, message_type, path))
+            plaintext = keyring.decrypt(value, associated_data(bus, message_type, path, context))
         except Undecryptable as exc:
             raise Undecryptable(f"{message_type}.{path}: {exc}") from None
         try:

@@ -182,17 +182,28 @@ def verify(
 
 
 def claim(
-    queue: str, signer: str, message_id: str, attempt: int, *, window: float, redelivered: bool
+    queue: str,
+    signer: str,
+    message_id: str,
+    attempt: int,
+    *,
+    window: float,
+    redelivered: bool,
+    signed_at: int = 0,
 ) -> None:
     """Note the first acceptance of this message on ``queue``; Replayed if it was accepted before.
 
-    The nonce is (signer, message id, attempt): a retry is re-signed with its own attempt number, so the
-    worker's own retry is never mistaken for a replay. A broker redelivery (``redelivered``, set by RabbitMQ
-    and not by any publisher) of a message this queue already claimed is the same message coming back after
-    a lost acknowledgement, not a replay. The key lives as long as a signature can pass the window.
+    The nonce is (signer, message id, attempt, signed at): a retry is re-signed with its own attempt
+    number, so the worker's own retry is never mistaken for a replay; an outcome its publisher sends again
+    after a crash (tradebus/outcomes.py: the same message id) is signed anew, a later ``signed at``, so it
+    passes here and the stage drops it as a repeat (tradebus/seen.py) instead of dead-lettering it as a
+    forgery. A copy of the signed bytes, which only someone without the key would send, is a replay. A
+    broker redelivery (``redelivered``, set by RabbitMQ and not by any publisher) of a message this queue
+    already claimed is the same message coming back after a lost acknowledgement, not a replay. The key
+    lives as long as a signature can pass the window.
     Redis unreachable raises SignatureCheckUnavailable (transient: the message is retried, never passed).
     """
-    key = store.key("signing", "seen", queue, signer, f"{message_id}:{attempt}")
+    key = store.key("signing", "seen", queue, signer, f"{message_id}:{attempt}:{signed_at}")
     try:
         first = store.client().set(key, int(time.time()), nx=True, ex=int(2 * window) + 1)
     except (redis.RedisError, OSError) as exc:
@@ -230,7 +241,16 @@ def check_delivery(task: Any, payload: Any, content_type: str | None) -> None:
         settings=settings,
     )
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
-    claim(task.queue_name, signer, request.id, attempt, window=settings.window, redelivered=redelivered)
+    signed_at = int(task.headers.get(SIGNED_AT) or 0)  # verify() checked it is an integer
+    claim(
+        task.queue_name,
+        signer,
+        request.id,
+        attempt,
+        window=settings.window,
+        redelivered=redelivered,
+        signed_at=signed_at,
+    )
 
 
 def retry_headers(task: Any, content_type: str | None) -> dict[str, Any]:

@@ -303,8 +303,12 @@ class StageTask(Task):  # type: ignore[misc]
             logger.exception("%s: stage %s failed on %s", self.queue_name, self.name, self.request.id)
             self.dead_letter(payload, Reason.STAGE_ERROR, f"{type(exc).__name__}: {exc}")
             return None
-        if message_id is not None:
-            seen.note(self.queue_name, message_id)
+        # A retry is not checked (it is the same delivery going on) but is noted once it succeeds, under the
+        # id Celery keeps across retries (the original's), so a copy published after it is still a repeat.
+        retried = str(self.request.id) if self.request.retries and self.request.id else None
+        handled_id = message_id or retried
+        if handled_id is not None:
+            seen.note(self.queue_name, handled_id)
         return result
 
 

@@ -184,3 +184,34 @@ def test_a_subscriber_that_requires_tokens_dead_letters_an_event_without_one(
     assert [(json.loads(m.body)["payload"]["client_order_id"], m.headers[REASON]) for m in letters] == [
         (forged, "unsigned")
     ]
+
+
+def test_a_command_sent_again_with_a_token_issued_later_runs_once_and_is_not_taken_for_a_replay(
+    connector: Vhost, client: LetradeBus
+) -> None:
+    # A service that died after publishing re-sends its command: the same derived message id and body, a
+    # token issued later (tradebus/letrade/tokens.py: the replay nonce holds ``iat``). The connector runs it
+    # once and drops the copy as a repeat (tradebus/seen.py) instead of dead-lettering it as a replay.
+    plain = app_for(connector, JWTSettings())
+    take_all(connector, COMMANDS_DLQ)
+    events: list[dict[str, Any]] = []
+    client.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
+    again, control = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    try:
+        command = client.message("commands.execute_trade", trade(pair(), again, amount=0.001))
+        body = encode(command)
+        publish_raw(plain, command, body, issue(command, body, now=time.time() - 2))
+        collect(client, events, lambda: any(e["client_order_id"] == again for e in events))
+        publish_raw(plain, command, body, issue(command, body))
+        # Positive control behind it: a command without a token, whose dead letter shows the DLQ is read.
+        LetradeBus(connector.url, source=CLIENT, app=plain).publish(
+            "letrade.commands", "execute_trade", trade(pair(), control, amount=0.001)
+        )
+        letters: list[Any] = []
+        wait_until(lambda: letters.extend(take_all(connector, COMMANDS_DLQ)) or len(letters) >= 1, 60)
+        client.drain(1.0)
+    finally:
+        plain.close()
+    reasons = {json.loads(m.body)["payload"]["client_order_id"]: m.headers[REASON] for m in letters}
+    assert reasons == {control: "unsigned"}
+    assert [e["client_order_id"] for e in events] == [again]

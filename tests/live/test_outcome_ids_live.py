@@ -238,3 +238,22 @@ def test_a_stage_drops_a_persistent_message_whose_id_it_handled_and_runs_a_trans
     assert wait_until(lambda: len(on("ticker_updates", lambda e: e["id"] == ticker_id)) == 2)
     assert len(on("strategy_order_updates", lambda e: e["id"] == message_id)) == 1
     assert "repeats_dropped:ticker_updates" not in recorder.metrics()
+
+
+@pytest.mark.usefixtures("fresh_state")
+def test_a_letrade_subscriber_hands_a_repeated_event_to_its_handler_once(letrade_vhost: Vhost) -> None:
+    from tests.support.letrade_samples import PAYLOADS
+    from tradebus.letrade.bus import LetradeBus
+
+    got: list[dict[str, Any]] = []
+    with LetradeBus(letrade_vhost.url, source="exchange_connector") as bus:
+        bus.subscribe("events.trade_executed", lambda topic, payload: got.append(payload))
+        first = bus.message("events.trade_executed", {**PAYLOADS["trade_executed"][1], "strategy_id": 901})
+        bus.send(first)
+        bus.send(first)  # the connector sends its event again after a crash: the same id
+        # Positive control behind the copy: another event, so the copy has been taken once this one is.
+        control = bus.message("events.trade_executed", {**PAYLOADS["trade_executed"][1], "strategy_id": 902})
+        bus.send(control)
+        assert wait_until(lambda: bus.drain(0.2) >= 0 and len(got) >= 2 and got[-1]["strategy_id"] == 902, 20)
+        bus.drain(0.5)
+    assert [p["strategy_id"] for p in got] == [901, 902]

@@ -16,7 +16,7 @@ import redis
 
 from tests.support.bus import LETRADE, SETTINGS, Vhost
 from tests.support.wait import dead_letters, wait_until
-from tradebus import publish, recorder
+from tradebus import publish, recorder, seen
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.mastertrade.samples import signal
 from tradebus.retries import SEED_POLICY
@@ -95,6 +95,8 @@ def test_transient_failure_is_retried_after_five_seconds_and_then_succeeds(
     assert wait_until(lambda: queue_empty(broker, "backtest_signals"), timeout=20), "still on the queue"
     assert dead_letters(broker, "backtest_signals", 1, timeout=2) == []
     assert len(calls) == 2
+    # Noted as handled under its id once the retry succeeded, so a copy sent again later is dropped.
+    assert seen.handled("backtest_signals", message_id)
 
 
 def queue_empty(vhost: Vhost, queue: str) -> bool:

@@ -80,6 +80,7 @@ class Executor:
                 content_type="application/json",
                 message_id=message_id,
                 headers=headers or {},
+                delivery_mode=2,  # persistent, as orders are
             )
 
 
@@ -178,6 +179,31 @@ def test_replayed_order_is_dead_lettered_and_runs_only_once(executor: Executor) 
     executor.publish(body, message_id, headers)
     assert executor.dead_letter(message_id)[REASON] == "replayed"
     assert executor.ran(message_id) == 1
+
+
+def test_a_republished_outcome_with_signing_required_is_dropped_as_a_repeat_not_dead_lettered(
+    executor: Executor,
+) -> None:
+    # The risk service died after publishing this order and before noting it: its redelivered signal makes
+    # it publish the order again, same derived id and body (tradebus/outcomes.py), signed anew. The executor
+    # runs it once and drops the copy as a repeat; a forgery (the same signed bytes) stays a replay.
+    def repeats() -> int:
+        return int(executor.redis.hget(f"{executor.prefix}:metrics", f"repeats_dropped:{QUEUE}") or 0)
+
+    before = repeats()
+    message_id = new_id()
+    body = order(message_id)
+    executor.publish(body, message_id, sign(body, message_id, now=time.time() - 2))
+    assert wait_until(lambda: executor.ran(message_id), timeout=20) == 1
+    executor.publish(body, message_id, sign(body, message_id))
+    # Positive control, behind it on the one-process pool: an unsigned order's dead letter. Once it is in,
+    # a dead letter of the republished copy would be too.
+    control = new_id()
+    executor.publish(order(control), control)
+    assert executor.dead_letter(control)[REASON] == "unsigned"
+    assert message_id not in executor.dead, executor.dead.get(message_id)
+    assert executor.ran(message_id) == 1
+    assert repeats() - before == 1, executor.process.log.read_text()[-3000:]
 
 
 def test_order_signed_by_the_strategy_service_is_dead_lettered_never_executed(executor: Executor) -> None:

@@ -219,3 +219,18 @@ def test_dlq_replay_never_sends_an_undecryptable_message_again() -> None:
 def test_encryption_settings_reject_bad_keys_given_in_code() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         EncryptionSettings(keys={"k1": SecretStr("YWJj")})
+
+
+@pytest.mark.parametrize(
+    "field, value", [("venue", "kraken"), ("service", "order_execution"), ("timestamp", 1.0)]
+)
+def test_a_sealed_credential_copied_into_another_message_does_not_open(field: str, value: object) -> None:
+    # A broker operator (or anyone who can publish) lifts the sealed secret out of one key update and puts
+    # it into a change for another venue or service, or sends it again later: the rest of the message is
+    # part of what the ciphertext is bound to.
+    ring = Keyring({"new": base64.b64decode(NEW)})
+    sealed = json.loads(encode(to_message(api_key_update()), ring))
+    assert parse_wire(json.dumps(sealed).encode(), "application/json", ring).api_secret is not None
+    moved = sealed | {field: value}
+    with pytest.raises(Undecryptable, match="does not authenticate"):
+        parse_wire(json.dumps(moved).encode(), "application/json", ring)

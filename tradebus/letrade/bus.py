@@ -19,6 +19,7 @@ handler sees it.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +30,10 @@ from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
 from routing import letrade
-from tradebus import tls
+from tradebus import seen, tls
 from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.deadletter import dead_letter
+from tradebus.encryption import revealed
 from tradebus.errors import (
     InvalidMessage,
     Misrouted,
@@ -47,9 +49,20 @@ from tradebus.letrade.messages import Envelope, build, class_for_key, parse
 from tradebus.letrade.payloads import Payload
 from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
+from tradebus.publisher import PERSISTENT
 
 Handler = Callable[[str, dict[str, Any]], None]
 DEFAULT_TIMEOUT = 5.0
+logger = logging.getLogger(__name__)
+
+
+def _publisher_id(message: Message) -> str | None:
+    """The id a repeat of this delivery would be told by: a persistent message's own id, as a stage takes
+    it (tradebus/stage.py: ``publisher_id``); None for market data and for messages without an id."""
+    properties = message.properties or {}
+    if properties.get("delivery_mode") != PERSISTENT or not properties.get("message_id"):
+        return None
+    return str(properties["message_id"])
 
 
 def qualify(exchange: str, routing_key: str) -> str:
@@ -201,13 +214,23 @@ class LetradeBus:
     def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
         if (parsed := self._admit(queue, routing_key, message)) is None:
             return
+        # An event its publisher sent again after a crash repeats the first copy's id (tradebus/outcomes.py):
+        # this subscription hands it to its handler once (tradebus/seen.py, as a stage does).
+        repeat_id = _publisher_id(message)
+        if repeat_id is not None and seen.handled(queue, repeat_id):
+            logger.warning("%s: dropping %s, a repeat of a message already handled", queue, repeat_id)
+            message.ack()
+            return
+        payload = parsed.payload
         try:
-            handler(routing_key, parsed.payload.model_dump(mode="json"))
+            handler(routing_key, revealed(payload, type(payload).sensitive))
         except Exception as exc:  # noqa: BLE001 - the handler's failure is the dead letter's reason
             self._dead_letter(
                 queue, routing_key, message, Reason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
             )
             return
+        if repeat_id is not None:
+            seen.note(queue, repeat_id)
         message.ack()
 
     def _dead_letter(self, queue: str, routing_key: str, message: Message, reason: str, error: str) -> None:

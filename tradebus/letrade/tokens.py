@@ -212,13 +212,15 @@ def claim(
 ) -> None:
     """Note the first acceptance of this token's message on ``queue``; Replayed if it was accepted before.
 
-    The nonce is (issuer, jti, attempt), kept until the token can no longer pass; a broker redelivery of
+    The nonce is (issuer, jti, attempt, iat), kept until the token can no longer pass: an event its
+    publisher sends again after a crash (the same derived id, tradebus/outcomes.py) carries a token issued
+    later, so it passes here and is dropped as a repeat instead of dead-lettered. A broker redelivery of
     a message the queue already claimed is not a replay (tradebus/signing.py: ``claim``). Redis unreachable
     raises SignatureCheckUnavailable (transient: retried, never passed).
     """
     issuer, jti = claims["iss"], claims["jti"]
     left = float(claims["exp"]) + LEEWAY - (time.time() if now is None else now)
-    key = store.key("jwt", "seen", queue, issuer, f"{jti}:{attempt}")
+    key = store.key("jwt", "seen", queue, issuer, f"{jti}:{attempt}:{claims['iat']}")
     try:
         first = store.client().set(key, int(time.time()), nx=True, ex=max(1, int(left) + 1))
     except (redis.RedisError, OSError) as exc:
