@@ -60,6 +60,37 @@ def _secret(name: str, value: SecretStr) -> SecretStr:
     return value
 
 
+def _service_keys(
+    scheme: str,
+    service: str | None,
+    key: SecretStr | None,
+    listed: SecretStr | None,
+    required: bool,
+    why: str,
+) -> tuple[SecretStr | None, dict[str, SecretStr]]:
+    """This service's key and the keys it trusts, from ``TRADEBUS_<scheme>_*``, checked as a whole: the
+    name and key together, each key long enough, ``service:key`` pairs, and a key when ``required`` (``why``).
+    A service trusts itself."""
+    prefix = f"TRADEBUS_{scheme}"
+    if (service is None) != (key is None):
+        raise SettingsError(f"{prefix}_SERVICE and {prefix}_KEY are set together or not at all")
+    if key is not None:
+        key = _secret(f"{prefix}_KEY", key)
+    trusted: dict[str, SecretStr] = {}
+    for item in filter(
+        None, (part.strip() for part in (listed.get_secret_value() if listed else "").split(","))
+    ):
+        name, sep, secret = item.partition(":")
+        if not sep or not name:
+            raise SettingsError(f"{prefix}_TRUSTED_KEYS is a comma-separated list of service:key")
+        trusted[name] = _secret(f"{prefix}_TRUSTED_KEYS ({name})", SecretStr(secret))
+    if service is not None and key is not None:
+        trusted[service] = key
+    if required and key is None:
+        raise SettingsError(f"{prefix}_REQUIRED=1 needs {prefix}_SERVICE and {prefix}_KEY: {why}")
+    return key, trusted
+
+
 class SigningSettings(BaseModel):
     """This service's signing key, the keys it trusts, and whether it refuses unsigned messages."""
 
@@ -79,29 +110,15 @@ class SigningSettings(BaseModel):
     @classmethod
     def from_environment(cls, env: Environment) -> SigningSettings:
         """The signing part of ``env``, checked as a whole."""
-        service, key = env.signing_service, env.signing_key
-        if (service is None) != (key is None):
-            raise SettingsError(
-                "TRADEBUS_SIGNING_SERVICE and TRADEBUS_SIGNING_KEY are set together or not at all"
-            )
-        if key is not None:
-            key = _secret("TRADEBUS_SIGNING_KEY", key)
-        trusted: dict[str, SecretStr] = {}
-        listed = env.signing_trusted_keys.get_secret_value() if env.signing_trusted_keys else ""
-        for item in listed.split(","):
-            if not item.strip():
-                continue
-            name, sep, secret = item.strip().partition(":")
-            if not sep or not name:
-                raise SettingsError("TRADEBUS_SIGNING_TRUSTED_KEYS is a comma-separated list of service:key")
-            trusted[name] = _secret(f"TRADEBUS_SIGNING_TRUSTED_KEYS ({name})", SecretStr(secret))
-        if service is not None and key is not None:
-            trusted[service] = key  # a service always trusts itself: it re-signs its own retries
-        if env.signing_required and key is None:
-            raise SettingsError(
-                "TRADEBUS_SIGNING_REQUIRED=1 needs TRADEBUS_SIGNING_SERVICE and TRADEBUS_SIGNING_KEY: "
-                "a worker re-signs the retries it schedules"
-            )
+        service = env.signing_service
+        key, trusted = _service_keys(
+            "SIGNING",
+            service,
+            env.signing_key,
+            env.signing_trusted_keys,
+            env.signing_required,
+            "a worker re-signs the retries it schedules",
+        )
         if env.signing_window <= 0:
             raise SettingsError("TRADEBUS_SIGNING_WINDOW must be a positive number of seconds")
         return cls(
@@ -133,25 +150,15 @@ class JWTSettings(BaseModel):
     @classmethod
     def from_environment(cls, env: Environment) -> JWTSettings:
         """The JWT part of ``env``, checked as a whole (the same rules as the HMAC signing keys)."""
-        service, key = env.jwt_service, env.jwt_key
-        if (service is None) != (key is None):
-            raise SettingsError("TRADEBUS_JWT_SERVICE and TRADEBUS_JWT_KEY are set together or not at all")
-        if key is not None:
-            key = _secret("TRADEBUS_JWT_KEY", key)
-        trusted: dict[str, SecretStr] = {}
-        listed = env.jwt_trusted_keys.get_secret_value() if env.jwt_trusted_keys else ""
-        for item in filter(None, (part.strip() for part in listed.split(","))):
-            name, sep, secret = item.partition(":")
-            if not sep or not name:
-                raise SettingsError("TRADEBUS_JWT_TRUSTED_KEYS is a comma-separated list of service:key")
-            trusted[name] = _secret(f"TRADEBUS_JWT_TRUSTED_KEYS ({name})", SecretStr(secret))
-        if service is not None and key is not None:
-            trusted[service] = key  # a service trusts itself: it issues the tokens of its own retries
-        if env.jwt_required and key is None:
-            raise SettingsError(
-                "TRADEBUS_JWT_REQUIRED=1 needs TRADEBUS_JWT_SERVICE and TRADEBUS_JWT_KEY: "
-                "a worker issues the tokens of the retries it schedules"
-            )
+        service = env.jwt_service
+        key, trusted = _service_keys(
+            "JWT",
+            service,
+            env.jwt_key,
+            env.jwt_trusted_keys,
+            env.jwt_required,
+            "a worker issues the tokens of the retries it schedules",
+        )
         if env.jwt_ttl <= 0:
             raise SettingsError("TRADEBUS_JWT_TTL must be a positive number of seconds")
         if not env.jwt_audience.strip():
