@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from kombu.asynchronous import get_event_loop, set_event_loop
 
 import routing
 from tests.support.bus import RUN_ID, SETTINGS, Vhost, admin, make_vhost
@@ -59,6 +60,12 @@ def _worker(app: TradebusCelery, queues: list[str]) -> Iterator[Any]:
     ``app`` the current and default app). Celery's start_worker stops every in-process worker when it ends
     (it sets the process-wide ``should_terminate``), so this test must not run before tests that use the
     session's in-process worker: in the suite's order it runs after them."""
+    # Celery's Hub bootstep reuses kombu's process-wide event loop when one is set: the session's
+    # in-process worker set one, and a second worker on it would share that worker's hub, whose thread
+    # then reads this worker's socket (its first declare waited minutes for a reply the other thread took).
+    # Each in-process worker gets a hub of its own; the session worker keeps its own reference to its hub.
+    session_hub = get_event_loop()
+    set_event_loop(None)
     with (
         using(app),
         start_worker(
@@ -70,7 +77,10 @@ def _worker(app: TradebusCelery, queues: list[str]) -> Iterator[Any]:
             shutdown_timeout=30,
         ) as worker,
     ):
-        yield worker
+        try:
+            yield worker
+        finally:
+            set_event_loop(session_hub)
 
 
 def test_one_process_builds_both_buses_and_runs_a_message_through_each(
