@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -339,13 +339,17 @@ class Bench:
         return (fills[request_id] - begun) * 1000
 
 
-def run_bench(app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every scenario on ``app``'s bus; returns the figures."""
+def run_bench(
+    app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print, only: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures."""
     plan = Plan.quick() if quick else Plan()
     with bench_vhost(app, echo) as bench_app:
         bench = Bench(bench_app, plan, echo)
         try:
             for scenario in (bench.hop, bench.fanout, bench.order_path, bench.letrade_async):
+                if only and scenario.__name__ not in only:
+                    continue
                 echo(f"{scenario.__name__.replace('_', ' ')} ...")
                 scenario()
         finally:
