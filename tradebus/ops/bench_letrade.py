@@ -5,13 +5,14 @@ bare aio-pika publisher, in one run, on Letrade's topology in a vhost of its own
   same number of confirms in flight for both: a bare aio-pika publisher (``json.dumps`` of the envelope,
   the same properties and headers as the client's) and ``MessageBus.publish`` (validation, encoding,
   headers, confirm), each run
-  three times, alternately, the best run kept; then ``MessageBus.publish_many``, a feed's batched path;
+  five times, alternately, the best run kept; then ``MessageBus.publish_many``, a feed's batched path;
 * request/response: ``request.capital.allocation`` answered by a capital-manager pool, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import time
@@ -37,7 +38,7 @@ T = TypeVar("T")
 #: The seed's sample allocation request, strategy 123.
 ALLOCATION = {"strategy_id": 123, "symbol": "BTC/USDT", "side": "buy", "quantity": 0.01, "price": 50_000.0}
 #: Alternate runs of each publisher; the better of each is kept (this machine's noise is +-25%).
-ROUNDS = 3
+ROUNDS = 5
 #: The inboxes market data reaches (each a priority queue).
 MARKET_INBOXES = (letrade.EXCHANGE_CONNECTOR.name, letrade.MARKET_DATA_SERVICE.name, letrade.STRATEGY.name)
 
@@ -85,6 +86,8 @@ async def _measure(settings: Settings, plan: Plan, echo: Callable[[str], None]) 
     candles = list(itertools.islice(simulator.candles(seed=7), plan.letrade_candles))
     documents = [(c.routing_key, c.model_dump(mode="json")) for c in candles]
     window = plan.letrade_in_flight
+    gc.collect()
+    gc.freeze()  # the data set is the harness's: no collection walks it in either publisher's time
     route = letrade.ROUTES["market_data"]
     async with MessageBus(settings=settings, source=simulator.SOURCE) as bus:
         channel = await bus.connection.channel(publisher_confirms=True)
@@ -135,6 +138,7 @@ async def _measure(settings: Settings, plan: Plan, echo: Callable[[str], None]) 
         round_trip = percentiles(trips)
         echo(f"  letrade request/response (ms): {round_trip}")
         await channel.close()
+    gc.unfreeze()
     return {
         "candles_per_second": {name: round(rate, 1) for name, rate in rates.items()},
         "MessageBus / bare aio-pika": round(rates["MessageBus.publish"] / rates["bare aio-pika"], 2),
