@@ -376,3 +376,19 @@ def test_with_jwt_required_a_subscriber_handles_a_tokened_event_and_dead_letters
     assert handled == [signed]
     (dead,) = letters()
     assert dead.headers[REASON] == "unsigned"
+
+
+def test_a_subscription_without_a_handler_as_in_the_seeds_wildcard_examples_is_iterated(
+    letrade_vhost: Vhost,
+) -> None:
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        async with MessageBus(letrade_vhost.url, source="tests") as message_bus:
+            subscription = await message_bus.subscribe("market_data.binance.*")  # the seed's own line
+            await message_bus.publish(
+                "letrade.events", "market_data.binance.btcusdt", PAYLOADS["market_data"][1]
+            )
+            return await asyncio.wait_for(anext(aiter(subscription)), 20)
+
+    topic, message = run(scenario())
+    assert topic == "market_data.binance.btcusdt"
+    assert (message["symbol"], message["close"]) == ("BTC/USDT", 50500.0)
