@@ -57,12 +57,12 @@ class Route:
     exchange: str
     template: str
 
-    @property
+    @cached_property
     def fields(self) -> tuple[str, ...]:
-        """The payload fields the template reads, in order."""
+        """The payload fields the template reads, in order (computed once: every publish asks)."""
         return tuple(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
 
-    @property
+    @cached_property
     def pattern(self) -> str:
         """The topic pattern every key of this route matches (``market_data.*.*``)."""
         return self.template.format(**{name: "*" for name in self.fields})
@@ -88,7 +88,7 @@ class Policy:
     priority: int = POLICY_PRIORITY
     apply_to: str = QUEUES
 
-    @property
+    @cached_property
     def pattern(self) -> str:
         """The policy's pattern: the object's name and nothing else."""
         return f"^{re.escape(self.target)}$"

@@ -10,11 +10,13 @@ headers, waits for the broker's confirm, and only then acknowledges the original
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 
+from routing import Topology
 from tradebus import headers as h
 from tradebus.codec import wire_bytes
 from tradebus.publisher import send
@@ -23,8 +25,20 @@ from tradebus.publisher import send
 MAX_ERROR_CHARS = 2_000
 
 
-def dead_letter(
-    app: Celery,
+@dataclass(frozen=True)
+class DeadLetter:
+    """What goes to a DLQ: the original body, where it goes, and the headers that say why."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    #: ``utf-8``, or ``binary`` for a body that is not text (kept byte for byte).
+    content_encoding: str
+
+
+def letter(
+    topology: Topology,
     body: str | bytes,
     *,
     queue: str,
@@ -33,11 +47,9 @@ def dead_letter(
     delivery_info: Mapping[str, Any] | None = None,
     message_id: str | None = None,
     retries: int = 0,
-) -> str:
-    """Publish ``body`` to the DLQ of ``queue`` with why it failed; returns the dead letter's id.
-
-    Where the dead letter goes is the app's topology's rule (``Topology.dead_letter_route``).
-    """
+) -> DeadLetter:
+    """The dead letter of ``body`` that failed on ``queue``, routed by the topology's rule
+    (``Topology.dead_letter_route``). Pure: both Letrade clients and every stage publish it."""
     delivery_info = delivery_info or {}
     headers = {
         h.REASON: str(reason),
@@ -55,13 +67,38 @@ def dead_letter(
         encoding = "utf-8"
     except UnicodeDecodeError:
         encoding = "binary"  # kept byte for byte, and labelled as what it is
-    exchange, routing_key = app.topology.dead_letter_route(queue, delivery_info.get("routing_key") or "")
+    exchange, routing_key = topology.dead_letter_route(queue, delivery_info.get("routing_key") or "")
+    return DeadLetter(raw, exchange, routing_key, headers, encoding)
+
+
+def dead_letter(
+    app: Celery,
+    body: str | bytes,
+    *,
+    queue: str,
+    reason: str,
+    error: str,
+    delivery_info: Mapping[str, Any] | None = None,
+    message_id: str | None = None,
+    retries: int = 0,
+) -> str:
+    """Publish ``body`` to the DLQ of ``queue`` with why it failed, confirmed; returns its id."""
+    dead = letter(
+        app.topology,
+        body,
+        queue=queue,
+        reason=reason,
+        error=error,
+        delivery_info=delivery_info,
+        message_id=message_id,
+        retries=retries,
+    )
     return send(
         app,
-        raw,
-        exchange=exchange,
-        routing_key=routing_key,
-        headers=headers,
+        dead.body,
+        exchange=dead.exchange,
+        routing_key=dead.routing_key,
+        headers=dead.headers,
         persistent=True,
-        content_encoding=encoding,
+        content_encoding=dead.content_encoding,
     )

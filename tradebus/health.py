@@ -7,7 +7,7 @@ DLQ alert (tradebus/mastertrade/health.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kombu import Connection
@@ -52,7 +52,13 @@ def bus_health(
     what waits in the worker queues; dead letters and unrouted messages are counted apart.
     """
     workers, dead, unrouted = list(worker_queues), list(dead_letter_queues), list(unrouted_queues)
-    stats = queue_stats(connection, [*workers, *dead, *unrouted])
+    return summary(queue_stats(connection, [*workers, *dead, *unrouted]), workers, dead, unrouted)
+
+
+def summary(
+    stats: Mapping[str, QueueStats], workers: list[str], dead: list[str], unrouted: list[str]
+) -> dict[str, object]:
+    """The health ``stats`` of the queues make (``bus_health`` says how); pure, for both Letrade clients."""
     missing = [q for q in workers if stats[q].messages is None]
     serving = [q for q in workers if stats[q].consumers]
     if missing or not serving:

@@ -23,6 +23,7 @@ from tradebus import headers as h
 from tradebus import signing
 from tradebus.codec import CONTENT_TYPE
 from tradebus.errors import PublishFailed
+from tradebus.settings import SigningSettings
 
 PERSISTENT = 2
 TRANSIENT = 1
@@ -50,34 +51,25 @@ def send(
     to: a message sent straight to its queue through ``mastertrade.retry`` is verified against the route
     it names in its ``x-tradebus-original-*`` headers.
     """
-    message_id = message_id or str(uuid.uuid4())
-    if persistent is None:
-        persistent = exchange in app.topology.persistent_exchanges
-    properties: dict[str, Any] = {
-        "exchange": exchange,
-        "routing_key": routing_key,
-        "content_type": CONTENT_TYPE,
-        "content_encoding": content_encoding,
-        "delivery_mode": PERSISTENT if persistent else TRANSIENT,
-        "message_id": message_id,
-        "headers": {h.PUBLISHED_AT: time.time(), **(headers or {})},
-    }
-    if priority is not None:
-        properties["priority"] = priority
     where = f"{routing_key!r} on {exchange!r}"
     with app.producer_or_acquire() as producer:
+        wire_exchange = exchange
         if producer.connection.transport.driver_type != "amqp":
-            properties["exchange"] = _without_alternate_exchanges(app.topology, exchange, routing_key)
-        # Signed when this service has a key (tradebus/signing.py); the signature covers the wire route.
-        signed_exchange, signed_key = signed_route or (properties["exchange"], routing_key)
-        properties["headers"] |= signing.outgoing(
+            wire_exchange = _without_alternate_exchanges(app.topology, exchange, routing_key)
+        properties = outgoing(
+            app.topology,
+            app.settings.signing,
             body,
+            exchange=wire_exchange,
+            routing_key=routing_key,
             message_id=message_id,
-            exchange=signed_exchange,
-            routing_key=signed_key,
-            content_type=CONTENT_TYPE,
-            settings=app.settings.signing,
+            headers=headers,
+            persistent=exchange in app.topology.persistent_exchanges if persistent is None else persistent,
+            content_encoding=content_encoding,
+            signed_route=signed_route,
+            priority=priority,
         )
+        message_id = properties["message_id"]
         for attempt in range(CONNECTION_RETRIES + 1):
             try:
                 # Kombu's own retry would also republish a nacked message (py-amqp counts a nack as a
@@ -100,6 +92,53 @@ def send(
                     producer.connection.ensure_connection(max_retries=1)
                     producer.revive(producer.connection.default_channel)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def outgoing(
+    topology: Topology,
+    settings: SigningSettings,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    message_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    persistent: bool | None = None,
+    content_encoding: str = "utf-8",
+    signed_route: tuple[str, str] | None = None,
+    priority: int | None = None,
+) -> dict[str, Any]:
+    """The properties ``body`` is published with (exchange and routing key included): content type,
+    persistence (by default: whether ``exchange`` is one of the topology's persistent exchanges), message
+    id, publish time, priority and, when ``settings`` give this service a key, its signature.
+
+    Pure: ``send`` hands them to Kombu, the asyncio client (tradebus/letrade/aio.py) to aio-pika.
+    """
+    if persistent is None:
+        persistent = exchange in topology.persistent_exchanges
+    message_id = message_id or str(uuid.uuid4())
+    properties: dict[str, Any] = {
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "content_type": CONTENT_TYPE,
+        "content_encoding": content_encoding,
+        "delivery_mode": PERSISTENT if persistent else TRANSIENT,
+        "message_id": message_id,
+        "headers": {h.PUBLISHED_AT: time.time(), **(headers or {})},
+    }
+    if priority is not None:
+        properties["priority"] = priority
+    # Signed when this service has a key (tradebus/signing.py); the signature covers the wire route.
+    signed_exchange, signed_key = signed_route or (exchange, routing_key)
+    properties["headers"] |= signing.outgoing(
+        body,
+        message_id=message_id,
+        exchange=signed_exchange,
+        routing_key=signed_key,
+        content_type=CONTENT_TYPE,
+        settings=settings,
+    )
+    return properties
 
 
 def _without_alternate_exchanges(topology: Topology, exchange: str, routing_key: str) -> str:

@@ -36,3 +36,11 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     loads = figures["order_path"]["signal_to_fill_ms"]
     assert len(loads) == 3 and all(p["n"] == 6 for p in loads.values())
     assert figures["machine"]["cpus"] == os.cpu_count()
+    letrade = figures["letrade_async"]
+    assert set(letrade["candles_per_second"]) == {
+        "bare aio-pika",
+        "MessageBus.publish",
+        "MessageBus.publish_many",
+    }
+    assert all(rate > 0 for rate in letrade["candles_per_second"].values())
+    assert letrade["MessageBus / bare aio-pika"] > 0 and letrade["request_round_trip_ms"]["n"] == 5

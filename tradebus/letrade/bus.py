@@ -36,49 +36,22 @@ from tradebus.deadletter import dead_letter
 from tradebus.encryption import revealed
 from tradebus.errors import (
     InvalidMessage,
-    Misrouted,
     PublishFailed,
     Reason,
     RequestTimeout,
     SignatureCheckUnavailable,
-    UnknownMessageType,
 )
 from tradebus.health import bus_health
-from tradebus.letrade import tokens
-from tradebus.letrade.messages import Envelope, build, class_for_key, parse
+from tradebus.letrade import client
+from tradebus.letrade.client import DEFAULT_TIMEOUT, qualify
+from tradebus.letrade.messages import Envelope, build, class_for_key
 from tradebus.letrade.payloads import Payload
 from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
-from tradebus.publisher import PERSISTENT
 
 Handler = Callable[[str, dict[str, Any]], None]
-DEFAULT_TIMEOUT = 5.0
+__all__ = ["DEFAULT_TIMEOUT", "Handler", "LetradeBus", "qualify"]
 logger = logging.getLogger(__name__)
-
-
-def _publisher_id(message: Message) -> str | None:
-    """The id a repeat of this delivery would be told by: a persistent message's own id, as a stage takes
-    it (tradebus/stage.py: ``publisher_id``); None for market data and for messages without an id."""
-    properties = message.properties or {}
-    if properties.get("delivery_mode") != PERSISTENT or not properties.get("message_id"):
-        return None
-    return str(properties["message_id"])
-
-
-def qualify(exchange: str, routing_key: str) -> str:
-    """The full key for a short one: ``("letrade.commands", "execute_trade")`` -> ``commands.execute_trade``.
-
-    The seed's publisher example publishes ``execute_trade`` to ``letrade.commands``; the bindings are on
-    ``commands.execute_trade``, so the short key would reach no queue.
-    """
-    if routing_key.split(".")[0] in letrade.EXCHANGE_OF_FAMILY:
-        return routing_key
-    families = [f for f, e in letrade.EXCHANGE_OF_FAMILY.items() if e == exchange and f != "market_data"]
-    for family in families:
-        candidate = f"{family}.{routing_key}"
-        if any(r.pattern == candidate for r in letrade.ROUTES.values()):
-            return candidate
-    return routing_key
 
 
 class LetradeBus:
@@ -145,13 +118,7 @@ class LetradeBus:
         strategy_id: int | None = None,
     ) -> str:
         """Validate and publish; returns the message id. InvalidMessage (nothing sent) or PublishFailed."""
-        key = qualify(exchange, routing_key)
-        message = payload if isinstance(payload, Envelope) else self.message(key, payload)
-        if (message.exchange, message.routing_key) != (exchange, key):
-            raise Misrouted(
-                f"a {message.type} message goes to {message.routing_key!r} on {message.exchange}, "
-                f"not {key!r} on {exchange}"
-            )
+        message = client.outgoing(exchange, routing_key, payload, self.source)
         self.send(message, strategy_id=strategy_id)
         return message.message_id
 
@@ -194,16 +161,15 @@ class LetradeBus:
         answer is dead-lettered as ``max_retries``, replayable once Redis is back)."""
         properties = message.properties or {}
         try:
-            tokens.admit(
-                self.app.settings.jwt,
+            return client.admit(
+                self.app.settings,
                 queue,
+                routing_key,
                 message.body,
                 message.headers or {},
+                content_type=message.content_type,
                 message_id=properties.get("message_id") or "",
                 redelivered=bool(message.delivery_info.get("redelivered")),
-            )
-            return parse(
-                message.body, routing_key, message.content_type, self.app.settings.encryption.keyring
             )
         except InvalidMessage as exc:
             self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
@@ -216,7 +182,8 @@ class LetradeBus:
             return
         # An event its publisher sent again after a crash repeats the first copy's id (tradebus/outcomes.py):
         # this subscription hands it to its handler once (tradebus/seen.py, as a stage does).
-        repeat_id = _publisher_id(message)
+        properties = message.properties or {}
+        repeat_id = client.repeat_id(properties.get("delivery_mode"), properties.get("message_id"))
         if repeat_id is not None and seen.handled(queue, repeat_id):
             logger.warning("%s: dropping %s, a repeat of a message already handled", queue, repeat_id)
             message.ack()
@@ -280,18 +247,9 @@ class LetradeBus:
         The response key reaches every caller waiting on it; each keeps only the answer to its own
         request. RequestTimeout when none comes in ``timeout`` seconds.
         """
-        key = qualify(letrade.REQUESTS.name, routing_key)
-        if not key.startswith("request."):
-            raise UnknownMessageType(f"{routing_key!r} is not a request key (request.*)")
-        data = payload.model_dump() if isinstance(payload, Payload) else dict(payload)
-        message_id = message_id or str(uuid.uuid4())
-        payload_model = class_for_key(key).model_fields["payload"].annotation
-        if isinstance(payload_model, type) and "request_id" in getattr(payload_model, "model_fields", {}):
-            data.setdefault("request_id", message_id)  # a market-data request names its own id
-        message = self.message(key, data, message_id=message_id)
-        request_id = getattr(message.payload, "request_id", message.message_id)
+        made = client.request(routing_key, payload, self.source, message_id)
+        message, request_id, response_key = made.message, made.request_id, made.response_key
         answers: list[Envelope] = []
-        response_key = "response." + key.removeprefix("request.")
         queue = Queue(
             f"letrade.reply.{self.source}.{uuid.uuid4().hex[:8]}",
             bindings=[

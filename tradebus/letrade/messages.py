@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -151,8 +152,10 @@ MESSAGE_CLASSES: dict[str, type[Envelope]] = {
 assert set(MESSAGE_CLASSES) == set(ROUTES), "every Letrade route needs exactly one message class"
 
 
+@lru_cache(maxsize=4096)
 def class_for_key(routing_key: str) -> type[Envelope]:
-    """The message class a routing key carries, or UnknownMessageType."""
+    """The message class a routing key carries, or UnknownMessageType (keys found are remembered: every
+    publish and every delivery asks)."""
     for name, route in ROUTES.items():
         if topic_matches(route.pattern, routing_key):
             return MESSAGE_CLASSES[name]

@@ -29,6 +29,9 @@ NonNegative = Annotated[float, Field(ge=0)]
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
 Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
+#: The exchange a trade command goes to when it names none: the paper connector's (the seed's examples
+#: trade on ``binance``; its Publisher example leaves the exchange out). docs/letrade.md, "Defaults".
+DEFAULT_EXCHANGE = "binance"
 #: Candles one market-data response may carry (about 110 bytes each: the 128 KB limit holds ~1,100).
 MAX_CANDLES = 1_000
 
@@ -60,10 +63,12 @@ class Payload(BaseModel):
 
 
 class ExecuteTrade(Payload):
-    """``commands.execute_trade``. ``client_order_id`` makes a redelivered command fill once."""
+    """``commands.execute_trade``. ``client_order_id`` makes a redelivered command fill once; ``exchange``
+    and ``type`` default to the paper connector's exchange and a market order, as the seed's Publisher
+    example leaves them out."""
 
     strategy_id: Annotated[int, Field(ge=0)]
-    exchange: ExchangeName
+    exchange: ExchangeName = DEFAULT_EXCHANGE
     symbol: Pair
     side: Side
     type: OrderType = "market"

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from tradebus.letrade.messages import MarketDataMessage, build
-from tradebus.letrade.payloads import MarketData
+from tradebus.letrade.payloads import DEFAULT_EXCHANGE, MarketData
 
-EXCHANGE = "binance"
+EXCHANGE = DEFAULT_EXCHANGE
 START_PRICES = {"BTC/USDT": 50_000.0, "ETH/USDT": 3_000.0, "SOL/USDT": 150.0}
 SOURCE = "exchange_connector"
 #: Candles per second the demo publishes (all pairs together).

@@ -20,9 +20,36 @@ from tradebus.application import current
 from tradebus.letrade import tokens
 from tradebus.letrade.messages import STRATEGY_HEADER, Envelope, encode, parse
 from tradebus.publisher import send
+from tradebus.settings import Settings
 from tradebus.stage import StageTask
 
 R = TypeVar("R")
+
+
+def wire(
+    message: Envelope,
+    settings: Settings,
+    *,
+    strategy_id: int | None = None,
+    headers: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """The body of ``message`` (validated, 128 KB at most, sensitive fields sealed) and its Letrade headers:
+    type, strategy and, when this service has a key, the seed's JWT. Pure: both clients and every stage
+    publish a Letrade message as this makes it, through tradebus/publisher.py's ``outgoing``.
+
+    ``strategy_id`` names the strategy of a message whose payload does not (an allocation response).
+    """
+    body = encode(message, settings.encryption.keyring)
+    strategy = strategy_id if strategy_id is not None else message.strategy_id
+    extra = {h.TYPE: message.type, **(headers or {})}
+    if strategy is not None:
+        extra[STRATEGY_HEADER] = strategy
+    # The seed's JWT, when this service has a key (tradebus/letrade/tokens.py), in a header: the envelope
+    # keeps exactly its four fields.
+    extra |= tokens.outgoing(
+        body, message_id=message.message_id, source=message.source, settings=settings.jwt
+    )
+    return body, extra
 
 
 def publish(
@@ -32,21 +59,9 @@ def publish(
     headers: Mapping[str, Any] | None = None,
     app: Celery | None = None,
 ) -> str:
-    """Publish ``message`` on its exchange and key, with its priority, confirmed; returns its message id.
-
-    ``strategy_id`` names the strategy of a message whose payload does not (an allocation response).
-    """
+    """Publish ``message`` on its exchange and key, with its priority, confirmed; returns its message id."""
     app = app or current()
-    body = encode(message, app.settings.encryption.keyring)
-    strategy = strategy_id if strategy_id is not None else message.strategy_id
-    extra = {h.TYPE: message.type, **(headers or {})}
-    if strategy is not None:
-        extra[STRATEGY_HEADER] = strategy
-    # The seed's JWT, when this service has a key (tradebus/letrade/tokens.py), in a header: the envelope
-    # keeps exactly its four fields.
-    extra |= tokens.outgoing(
-        body, message_id=message.message_id, source=message.source, settings=app.settings.jwt
-    )
+    body, extra = wire(message, app.settings, strategy_id=strategy_id, headers=headers)
     return send(
         app,
         body,

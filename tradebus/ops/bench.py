@@ -4,7 +4,8 @@
   fast as possible (throughput), for a raw Kombu consumer, a bare Celery task and a tradebus stage;
 * fan-out: ticks through ``ticker.*`` to both of its stages (ticker_updates, executor_market_data), one
   tick per message and batched (TickerBatch), as fast as both stages keep up;
-* order path: signal -> risk -> order -> paper fill latency, under background market load.
+* order path: signal -> risk -> order -> paper fill latency, under background market load;
+* Letrade's asyncio client against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py).
 
 Each run gets a vhost and a Redis prefix of its own; the figures are ratios against the baselines run
 here, on this machine (docs/performance.md).
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import benchapp
+from tradebus.ops import bench_letrade, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -303,6 +304,13 @@ class Bench:
         self.results["order_path"] = {"signal_to_fill_ms": results}
         self.stop()
 
+    # --- Letrade's asyncio client -------------------------------------------------------------------
+    def letrade_async(self) -> None:
+        """MessageBus against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py)."""
+        self.results["letrade_async"] = bench_letrade.letrade_async(
+            self.app, self.plan, self.echo, self.log_dir
+        )
+
     def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
         """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
         symbol = f"BENCH{trip % 4}USDT"
@@ -331,13 +339,17 @@ class Bench:
         return (fills[request_id] - begun) * 1000
 
 
-def run_bench(app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every scenario on ``app``'s bus; returns the figures."""
+def run_bench(
+    app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print, only: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures."""
     plan = Plan.quick() if quick else Plan()
     with bench_vhost(app, echo) as bench_app:
         bench = Bench(bench_app, plan, echo)
         try:
-            for scenario in (bench.hop, bench.fanout, bench.order_path):
+            for scenario in (bench.hop, bench.fanout, bench.order_path, bench.letrade_async):
+                if only and scenario.__name__ not in only:
+                    continue
                 echo(f"{scenario.__name__.replace('_', ' ')} ...")
                 scenario()
         finally:

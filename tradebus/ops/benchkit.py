@@ -39,6 +39,11 @@ class Plan:
     batch_sizes: tuple[int, ...] = (1, 100, 500)
     round_trips: int = 100
     background_ticks: float = 500.0
+    #: Letrade's asyncio client (tradebus/ops/bench_letrade.py): candles per publishing run, confirms in
+    #: flight, request/response round trips.
+    letrade_candles: int = 10_000
+    letrade_in_flight: int = 500
+    letrade_round_trips: int = 200
 
     @classmethod
     def quick(cls) -> Plan:
@@ -51,6 +56,8 @@ class Plan:
             round_trips=6,
             # A smoke test on a busy machine: load the order path without saturating its one market pool.
             background_ticks=100.0,
+            letrade_candles=300,
+            letrade_round_trips=5,
         )
 
 

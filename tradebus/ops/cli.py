@@ -268,13 +268,20 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     "--quick", is_flag=True, help="A short run of every scenario (checks it works; no figures to quote)."
 )
 @click.option("--json", "as_json", is_flag=True, help="End with one line of JSON with every figure.")
-def bench_cmd(quick: bool, as_json: bool) -> None:
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
+    help="Run only this scenario (repeatable; default: all).",
+)
+def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...]) -> None:
     """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md)."""
     from tradebus.ops.bench import run_bench
 
     _mastertrade_only("tradebus bench")
     try:
-        results = run_bench(_app(), quick, click.echo)
+        results = run_bench(_app(), quick, click.echo, scenarios)
     except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
         click.echo(f"cannot run the benchmark: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
