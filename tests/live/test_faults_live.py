@@ -104,15 +104,15 @@ def test_a_pool_process_killed_mid_task_loses_nothing_and_fills_nothing_twice(po
     # Queued first, so the pool is busy when its processes are killed however fast it drains.
     confirmed = publish_confirmed(pool.vhost, orders(count, tag))
     pool.start()
+    # Kill only once the pool is filling, and again until a kill hits a process while it runs an order
+    # (Celery then logs WorkerLostError); a kill between two orders hits nothing and is tried again.
+    assert wait_until(lambda: fill_records(tag), timeout=60), pool.log()[-3000:]
     killed_mid_task = False
-    for _ in range(20):
-        children = pool.children()
-        if children:
-            subprocess.run(["kill", "-9", str(children[0])], check=False)
-        time.sleep(0.3)
-        if "WorkerLostError" in pool.log():
-            killed_mid_task = True
-            break
+    deadline = time.monotonic() + 60
+    while not killed_mid_task and time.monotonic() < deadline and len(fill_records(tag)) < count:
+        for child in pool.children():  # every process of the pool: whichever runs an order is hit
+            subprocess.run(["kill", "-9", str(child)], check=False)
+        killed_mid_task = bool(wait_until(lambda: "WorkerLostError" in pool.log(), timeout=1.0))
     assert all_filled(tag, count), pool.log()[-3000:]
     # The worker logs a lost task when it notices its process is gone, which on a busy machine can be
     # after the loop's 0.3 s look: a kill that hit a running order shows in the log by now.
