@@ -169,9 +169,10 @@ def test_an_update_republished_after_its_publisher_died_has_the_first_ones_id_an
     # The order was delivered again (not taken for a repeat: its first delivery never finished), found its
     # fill booked, and was booked once. (The killed process's own record of the first delivery, buffered
     # for up to 50 ms, may have died with it.)
-    assert any(e["redelivered"] for e in recorder.received("order_requests"))
-    metrics = recorder.metrics()
-    assert metrics["fills"] == 1 and metrics["duplicate_deliveries"] == 1
+    # The stage's record is written up to 50 ms after it ran: wait for it.
+    assert wait_until(lambda: any(e["redelivered"] for e in recorder.received("order_requests")), timeout=20)
+    assert wait_until(lambda: recorder.metrics().get("duplicate_deliveries") == 1, timeout=20)
+    assert recorder.metrics()["fills"] == 1
     assert account.portfolio().holdings["BTCUSDT"].quantity == QUANTITY
 
 
