@@ -191,9 +191,12 @@ STAGE_MODULES: tuple[str, ...] = (
 
 def build(options: TopologyOptions | None = None) -> Topology:
     """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools."""
+    options = options or TopologyOptions()
+    if options.market_data_shards:
+        raise ValueError("market-data sharding is MasterTrade's: Letrade's topology has no shards")
     return Topology(
         name=NAME,
-        options=options or TopologyOptions(),
+        options=options,
         exchanges=EXCHANGES,
         public_exchanges=PUBLIC_EXCHANGES,
         persistent_exchanges=PERSISTENT_EXCHANGES,

@@ -65,6 +65,12 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
     return config
 
 
+def topology_for(name: str, settings: Settings) -> Topology:
+    """Profile ``name``'s topology with the options the settings give (``TRADEBUS_MARKET_DATA_SHARDS``);
+    ValueError for an unknown profile or an option it does not build."""
+    return build(name, market_data_shards=settings.market_data_shards)
+
+
 def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus") -> TradebusCelery:
     """A Celery app of ``topology``'s bus with ``settings``, its stage modules imported (their stages
     register on it, tradebus/registry.py)."""
@@ -83,7 +89,7 @@ def default_app() -> TradebusCelery:
     import os
 
     settings = Settings.from_env()
-    app = create_app(build(os.environ.get(TOPOLOGY_ENV) or "mastertrade"), settings)
+    app = create_app(topology_for(os.environ.get(TOPOLOGY_ENV) or "mastertrade", settings), settings)
     app.set_current()
     app.set_default()
     return app

@@ -60,6 +60,7 @@ class Environment(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     encryption_keys: SecretStr | None = None
+    market_data_shards: int = 0
 
     @classmethod
     def settings_customise_sources(

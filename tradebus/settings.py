@@ -5,6 +5,8 @@
 ``TRADEBUS_MANAGEMENT_URL``  RabbitMQ management API (default: the broker's host, port 15672, same login).
 ``TRADEBUS_REDIS_PREFIX``    Prefix of every Redis key tradebus writes (default ``tradebus``).
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
+``TRADEBUS_MARKET_DATA_SHARDS`` N > 0 splits the strategy's market data over N queues by symbol (default
+``0``: the seed's one queue; MasterTrade only, docs/topology.md). Every process of a bus sets the same N.
 
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
@@ -52,6 +54,12 @@ from tradebus.environment import (
 from tradebus.errors import SettingsError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def _shards(count: int) -> int:
+    if count < 0:
+        raise SettingsError("TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) or more")
+    return count
 
 
 def _secret(name: str, value: SecretStr) -> SecretStr:
@@ -291,6 +299,8 @@ class Settings(BaseModel):
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
+    #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
+    market_data_shards: int = Field(default=0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -329,6 +339,7 @@ class Settings(BaseModel):
             jwt=JWTSettings.from_environment(env),
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
             encryption=EncryptionSettings.from_environment(env),
+            market_data_shards=_shards(env.market_data_shards),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()

@@ -111,7 +111,7 @@ class StageTask(Task):  # type: ignore[misc]
         if not isinstance(message, self.accepts):
             names = ", ".join(self.type_name(cls) for cls in self.accepts)
             return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in self.app.topology.route(message.exchange, message.routing_key):
+        if not self.app.topology.reaches(message.exchange, message.routing_key, self.queue_name):
             return Misrouted(
                 f"a {message.type} routed by its payload as {message.routing_key!r} never reaches "
                 f"{self.queue_name}"

@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+from kombu import Queue
+
 from routing.mastertrade import exchanges as ex
 from routing.mastertrade import queues as qs
+from routing.mastertrade import shards as sh
+from routing.mastertrade.keys import symbol_of
 from routing.mastertrade.policies import policies
 from routing.mastertrade.pools import POOLS
 from routing.model import Topology, TopologyOptions
@@ -25,24 +29,53 @@ STAGE_MODULES: tuple[str, ...] = (
 )
 
 
+def _replace(queues: tuple[Queue, ...], name: str, by: tuple[Queue, ...]) -> tuple[Queue, ...]:
+    """``queues`` with the one called ``name`` replaced by ``by``, in its place."""
+    return tuple(new for q in queues for new in (by if q.name == name else (q,)))
+
+
 def build(options: TopologyOptions | None = None) -> Topology:
-    """MasterTrade's bus: the seed's five topic exchanges and DLX, every queue, policy, route and pool."""
+    """MasterTrade's bus: the seed's five topic exchanges and DLX, every queue, policy, route and pool.
+
+    With ``market_data_shards`` N > 0, ``strategy_market_data`` is replaced by N shard queues behind a
+    consistent-hash exchange (routing/mastertrade/shards.py).
+    """
+    options = options or TopologyOptions()
+    count = options.market_data_shards
+    exchanges, stage_queues, dead_letter_queues = ex.EXCHANGES, qs.STAGE_QUEUES, qs.DEAD_LETTER_QUEUES
+    market_data_queues, pools = qs.MARKET_DATA_QUEUES, dict(POOLS)
+    if count:
+        sharded = sh.SHARDED_QUEUE.name
+        shard_queues = sh.shard_queues(count)
+        dead = qs.dead_letter_queue_name(sharded)
+        exchanges = (*exchanges, sh.STRATEGY_SHARDS)
+        stage_queues = _replace(stage_queues, sharded, shard_queues)
+        dead_letter_queues = _replace(
+            dead_letter_queues, dead, tuple(qs.dead_letter_queue(q, market=True) for q in shard_queues)
+        )
+        market_data_queues = (market_data_queues - {sharded}) | {q.name for q in shard_queues}
+        del pools[sharded]
+        pools |= sh.pools(count)
+    stage_policies = policies(stage_queues, dead_letter_queues)
     return Topology(
         name=NAME,
-        options=options or TopologyOptions(),
-        exchanges=ex.EXCHANGES,
+        options=options,
+        exchanges=exchanges,
         public_exchanges=ex.PUBLIC_EXCHANGES,
         persistent_exchanges=ex.PERSISTENT_EXCHANGES,
         dlx=ex.DLX,
         retry=ex.RETRY,
-        stage_queues=qs.STAGE_QUEUES,
+        stage_queues=stage_queues,
         task_queues=qs.TASK_QUEUES,
-        dead_letter_queues=qs.DEAD_LETTER_QUEUES,
+        dead_letter_queues=dead_letter_queues,
         unrouted_queues=qs.UNROUTED_QUEUES,
-        market_data_queues=qs.MARKET_DATA_QUEUES,
+        market_data_queues=market_data_queues,
         critical_queues=qs.CRITICAL_QUEUES,
-        pools=POOLS,
-        policies=policies(qs.STAGE_QUEUES, qs.DEAD_LETTER_QUEUES),
+        pools=pools,
+        policies=(*stage_policies, sh.alternate_policy()) if count else stage_policies,
+        exchange_bindings=(sh.exchange_binding(),) if count else (),
+        shards=(sh.shards(count),) if count else (),
+        hash_value=symbol_of,
         dead_letter_route=qs.dead_letter_route,
         dead_letter_prefix=qs.DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
