@@ -97,7 +97,11 @@ def test_each_worker_service_shows_its_queue_concurrency_and_prefetch_as_the_pro
             "tradebus.pool.concurrency": str(profile.concurrency),
             "tradebus.pool.prefetch-multiplier": str(profile.prefetch_multiplier),
         }, pool
+        # `docker compose up --scale worker-order-requests=2`: a fixed container name would stop it, a
+        # fixed hostname would give both replicas one Celery node name (`POOL@%h`) and one pidbox.
         assert "container_name" not in service, f"{pool}: a fixed name would stop --scale"
+        assert "hostname" not in service, f"{pool}: a fixed hostname would give replicas one node name"
+        assert not service.get("ports"), f"{pool}: a published port would clash between replicas"
 
 
 def test_each_worker_runs_as_its_services_least_privilege_user_and_declares_nothing(
