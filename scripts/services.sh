@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure RabbitMQ (with its management API) and Redis run on this machine; start or install them.
-# Idempotent: does nothing when both already answer. Used by `make test` and `make demo`.
+# Make sure RabbitMQ (with its management API and the consistent-hash exchange) and Redis run on this
+# machine; start or install them. Idempotent: when both already answer it only makes sure the plugins are
+# enabled (online, no restart). Used by `make test` and `make demo`.
 set -uo pipefail
 
 RABBIT_PORT=${RABBIT_PORT:-5672}
@@ -26,11 +27,25 @@ install_missing() {
   fi
 }
 
+#: Plugins tradebus needs: the management API, and the consistent-hash exchange of the market-data shards.
+PLUGINS=(rabbitmq_management rabbitmq_consistent_hash_exchange)
+
+enable_plugins() {  # on a running broker: enabling an enabled plugin is a no-op; no restart
+  export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
+  local enabled
+  enabled=$(as_root rabbitmq-plugins list -e -m 2>/dev/null) || return 0  # not our broker to manage
+  for plugin in "${PLUGINS[@]}"; do
+    grep -qx "$plugin" <<<"$enabled" && continue
+    say "enabling the RabbitMQ plugin $plugin"
+    as_root rabbitmq-plugins enable "$plugin" >/dev/null || { say "could not enable $plugin"; return 1; }
+  done
+}
+
 start_rabbitmq() {
   export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
   if ! port_open "$RABBIT_PORT"; then
     say "starting RabbitMQ"
-    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null 2>&1 || true
+    as_root rabbitmq-plugins enable --offline "${PLUGINS[@]}" >/dev/null 2>&1 || true
     # -detached can hang here; run it in its own session instead.
     as_root setsid nohup rabbitmq-server >/tmp/rabbitmq.log 2>&1 </dev/null &
     wait_port "$RABBIT_PORT" 120 || { say "RabbitMQ did not open port $RABBIT_PORT (see /tmp/rabbitmq.log)"; return 1; }
@@ -51,12 +66,13 @@ start_redis() {
 }
 
 if port_open "$RABBIT_PORT" && port_open "$RABBIT_API_PORT" && port_open "$REDIS_PORT"; then
+  enable_plugins || exit 1
   say "RabbitMQ, its management API and Redis are up"
   exit 0
 fi
 install_missing
 status=0
-start_rabbitmq || status=1
+start_rabbitmq && enable_plugins || status=1
 start_redis || status=1
 [ $status = 0 ] && say "RabbitMQ, its management API and Redis are up"
 exit $status
