@@ -9,6 +9,8 @@ the order published, nothing lost, and each symbol's strategy series holds every
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,7 +29,7 @@ from tradebus.mastertrade import candles
 from tradebus.mastertrade.samples import AT, candle
 from tradebus.mastertrade.wire import encode, publish
 from tradebus.topology import check_and_declare
-from workers.launch import start_pool, stop_all, wait_for_consumers
+from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -110,7 +112,16 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                 ]
             assert len({q for shards in shard_of.values() for q in shards}) == SHARDS  # every shard worked
     finally:
-        stop_all(pools)
+        kill_all(pools)
         client = redis.Redis.from_url(SETTINGS.redis_url)
         for key in client.scan_iter(match=f"{prefix}:*"):
             client.delete(key)
+
+
+def kill_all(pools: list[PoolProcess]) -> None:
+    """SIGKILL the workers and their pool processes: the test has seen all it needs (a warm shutdown of
+    each would add seconds to the suite)."""
+    for pool in pools:
+        if pool.process.poll() is None:
+            os.killpg(pool.process.pid, signal.SIGKILL)
+        pool.process.wait()
