@@ -4,7 +4,8 @@ The strategy's market data, split over 4 shard queues (``TRADEBUS_MARKET_DATA_SH
 4 separate worker processes, one per shard (``tradebus worker strategy_market_data.<i>``), as users run
 them. 20 symbols x numbered candles, published interleaved: every symbol is handled by exactly one shard,
 the one tradebus computes for it (routing/consistent_hash.py, so ``tradebus route`` tells the truth), in
-the order published, nothing lost, and each symbol's strategy series holds every candle.
+the order published, nothing lost, and each symbol's strategy series holds every candle. A shard
+dead-letters into its own DLQ and carries its own dead-letter policy.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis
 import routing
 from routing.consistent_hash import header_bucket
 from tests.support.bus import SETTINGS, Vhost, admin, make_vhost
-from tests.support.wait import raw_publish, wait_until
+from tests.support.wait import dead_letters, raw_publish, wait_until
 from tradebus import recorder
 from tradebus.application import create_app, using
 from tradebus.mastertrade import candles
@@ -111,6 +112,26 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                     (AT + timedelta(minutes=n)).timestamp() for n in range(expected)
                 ]
             assert len({q for shards in shard_of.values() for q in shards}) == SHARDS  # every shard worked
+
+            # A shard dead-letters into its own DLQ, and the broker applies its dead-letter policy.
+            shard = QUEUES[header_bucket(SYMBOLS[1], SHARDS)]
+            raw_publish(
+                sharded_vhost,
+                "not json",
+                "mastertrade.market",
+                f"market.data.{SYMBOLS[1]}.1m",
+                content_type="application/json",
+                headers={"x-tradebus-symbol": SYMBOLS[1]},
+            )
+            ((_, letter),) = dead_letters(sharded_vhost, shard, 1)
+            assert letter["x-tradebus-reason"] == "invalid_json"
+
+            # The management API shows a queue's policy with its next statistics.
+            def policies() -> list[str | None]:
+                return [sharded_vhost.management.queue(q).get("policy") for q in QUEUES]
+
+            wanted = [f"tradebus-dead-letter.{q}" for q in QUEUES]
+            assert wait_until(lambda: policies() == wanted, 30), policies()
     finally:
         kill_all(pools)
         client = redis.Redis.from_url(SETTINGS.redis_url)
