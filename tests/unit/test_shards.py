@@ -165,3 +165,18 @@ def test_the_number_of_shards_comes_from_the_environment_and_only_mastertrade_bu
         routing.build("letrade", market_data_shards=2)
     with pytest.raises(ValueError, match="between 0"):
         routing.build("mastertrade", market_data_shards=1000)
+
+
+def test_a_dead_letter_of_any_shard_is_replayed_straight_back_to_that_shard() -> None:
+    from tradebus.mastertrade.samples import candle
+    from tradebus.mastertrade.wire import encode
+    from tradebus.ops.dlq import DeadLetter, destination
+
+    message = candle("ETHUSDT")  # hashes to shard 2; a header-less copy reached shard 1
+    body = encode(message)
+    for shard in (SHARDS[1], SHARDS[2]):
+        route = (message.exchange, message.routing_key)
+        letter = DeadLetter(
+            f"dlq.{shard}", shard, "stage_error", "", *route, 1, None, "m", body, "application/json"
+        )
+        assert destination(SHARDED, letter, body, "application/json") == ("mastertrade.retry", shard)
