@@ -6,6 +6,11 @@
 ``TRADEBUS_REDIS_PREFIX``    Prefix of every Redis key tradebus writes (default ``tradebus``).
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
 
+Redis Sentinel (tradebus/replication.py): ``TRADEBUS_REDIS_SENTINELS`` (``host:port,...``),
+``TRADEBUS_REDIS_MASTER`` (default ``tradebus``), ``TRADEBUS_REDIS_SENTINEL_PASSWORD``; a fill or a risk
+decision waits for ``TRADEBUS_REDIS_WAIT_REPLICAS`` replicas (default 1 with sentinels, else 0) for up to
+``TRADEBUS_REDIS_WAIT_TIMEOUT`` seconds (default 1).
+
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
 connection setting without TLS (tradebus/tlsonly.py).
@@ -50,6 +55,7 @@ from tradebus.environment import (
     USER_PASSWORD_PREFIX as USER_PASSWORD_PREFIX,
 )
 from tradebus.errors import SettingsError
+from tradebus.replication import RedisSettings
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -285,6 +291,7 @@ class Settings(BaseModel):
     management_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
@@ -318,6 +325,7 @@ class Settings(BaseModel):
             management_url=env.management_url,
             redis_prefix=env.redis_prefix,
             declare_topology=env.declare_topology,
+            redis=RedisSettings.from_environment(env),
             tls=TLSSettings(
                 ca_file=env.broker_ca_file,
                 cert_file=env.broker_cert_file,
@@ -345,6 +353,7 @@ class Settings(BaseModel):
                 tlsonly.broker_problems("TRADEBUS_BROKER_URL", self.broker_url)
                 + tlsonly.redis_problems("TRADEBUS_REDIS_URL", self.redis_url)
                 + tlsonly.management_problems("TRADEBUS_MANAGEMENT_URL", self.management_url)
+                + tlsonly.sentinel_problems("TRADEBUS_REDIS_SENTINELS", self.redis.sentinels)
             )
         return self
 
