@@ -79,6 +79,8 @@ logfile $dir/redis.log
 save ""
 appendonly yes
 appendfsync everysec
+# A replica (re)joining syncs at once, not after the default 5 s wait for others to join too.
+repl-diskless-sync-delay 0
 EOF
   if [ "$1" != "${NODES[0]}" ]; then echo "replicaof $HOST ${NODES[0]}" >>"$dir/redis.conf"; fi
 }
@@ -158,9 +160,9 @@ start() {
   local port
   for port in "${NODES[@]}"; do write_node_config "$port"; done
   for port in "${SENTINELS[@]}"; do write_sentinel_config "$port"; done
-  # Sentinels first when some already run (they name the master a returning node must follow).
-  for port in "${SENTINELS[@]}"; do start_sentinel "$port"; done
+  # Nodes first (a node coming back asks the running sentinels which master to follow), then sentinels.
   for port in "${NODES[@]}"; do start_node "$port"; done
+  for port in "${SENTINELS[@]}"; do start_sentinel "$port"; done
   wait_for "$WAIT_SECONDS" "the sentinels agreeing on a master with a replica in sync" settled
   say "master $(agreed_master) (name $NAME), sentinels on ${SENTINELS[*]}"
   exports
@@ -199,19 +201,26 @@ kill_master() {
   say "new master $(agreed_master) after $(( ($(date +%s%N) - started) / 1000000 )) ms"
 }
 
+alive() {  # pids: whether any of them still runs (a zombie, with no command line left, does not)
+  local pid
+  for pid in "$@"; do [ -n "$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null)" ] && return 0; done
+  return 1
+}
+
 stop() {
-  local dir port pid
+  local dir pids=() pid i
   for dir in "$DIR"/node-* "$DIR"/sentinel-*; do
     [ -d "$dir" ] || continue
-    port=${dir##*-}
-    if pid=$(ours "$dir" "$port"); then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    if pid=$(ours "$dir" "${dir##*-}"); then pids+=("$pid"); fi
   done
+  # Everything is removed next, so no node needs a graceful shutdown (a master would wait for its replica).
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 10; i++)); do alive "${pids[@]}" || break; sleep 0.1; done
+    kill -9 "${pids[@]}" 2>/dev/null || true
+  fi
   rm -rf "$DIR"
-  say "stopped; removed $DIR"
+  say "stopped${pids[*]:+ ${#pids[@]} processes}; removed $DIR"
 }
 
 case "${1:-}" in
