@@ -135,14 +135,18 @@ start_sentinel() {  # port
 }
 
 # The sentinels agree on a master that is up, knows a replica in sync, and each knows the two others.
+# (Outputs are read whole before grep: with pipefail, a `grep -q` that stops early could fail the pipe.)
 settled() {
-  local master port
+  local master port info others
   master=$(agreed_master) || return 1
-  cli "${master##*:}" INFO replication | grep -q '^role:master' || return 1
-  cli "${master##*:}" INFO replication | grep -Eq '^slave[0-9]+:.*state=online' || return 1
+  info=$(cli "${master##*:}" INFO replication | tr -d '\r') || return 1
+  grep -q '^role:master' <<<"$info" || return 1
+  grep -Eq '^slave[0-9]+:.*state=online' <<<"$info" || return 1
   for port in "${SENTINELS[@]}"; do
-    [ "$(cli "$port" SENTINEL master "$NAME" | grep -A1 -x num-other-sentinels | tail -1)" -ge 2 ] || return 1
-    [ "$(cli "$port" SENTINEL master "$NAME" | grep -A1 -x flags | tail -1)" = master ] || return 1
+    info=$(cli "$port" SENTINEL master "$NAME") || return 1
+    others=$(grep -A1 -x num-other-sentinels <<<"$info" | tail -1)
+    [ "${others:-0}" -ge 2 ] 2>/dev/null || return 1
+    [ "$(grep -A1 -x flags <<<"$info" | tail -1)" = master ] || return 1
   done
 }
 
@@ -172,7 +176,7 @@ status() {
   local port pid role ok=0
   for port in "${NODES[@]}"; do
     if pid=$(ours "$(node_dir "$port")" "$port"); then
-      role=$(cli "$port" INFO replication | grep '^role:' | tr -d '\r' | cut -d: -f2)
+      role=$(cli "$port" INFO replication | tr -d '\r' | sed -n 's/^role://p')
       echo "node $port: up (pid $pid, $role)"
     else
       echo "node $port: down"; ok=1

@@ -185,7 +185,8 @@ class WaitingPipeline(Pipeline):
         self.acked = None
         try:
             wait = self.replica_wait
-            connection.send_command("WAIT", wait.replicas, int(wait.timeout * 1000))
+            # At least 1 ms: WAIT with a timeout of 0 blocks until the replicas answer, however long.
+            connection.send_command("WAIT", wait.replicas, max(1, round(wait.timeout * 1000)))
             self.acked = int(connection.read_response(timeout=wait.timeout + WAIT_GRACE))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             # Not raised: redis-py would retry the whole MULTI/EXEC on a new connection, unwatched.
