@@ -80,6 +80,8 @@ def test_orders_flowing_while_the_redis_master_is_killed_are_each_filled_exactly
     assert len(fill_records(tag)) < count or updates_published(tag) < count
     cluster_redis.run("start")  # the old master comes back as the new master's replica
     resumed = time.monotonic()
+    status = cluster_redis.run("status").stdout  # everything up again (exit 0), the old master a replica
+    assert f"node {master_before.rsplit(':', 1)[1]}: up" in status and "slave" in status, status
     assert wait_until(
         lambda: len(fill_records(tag)) >= count and updates_published(tag) >= count, timeout=90
     ), pool.log()[-3000:]
