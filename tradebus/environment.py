@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: The name the sentinels monitor the master under (``TRADEBUS_REDIS_MASTER``).
+DEFAULT_REDIS_MASTER = "tradebus"
+#: Seconds a durable write waits for its replicas (``TRADEBUS_REDIS_WAIT_TIMEOUT``).
+DEFAULT_REDIS_WAIT_TIMEOUT = 1.0
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TLS_PORT = 15671
 #: Seconds a signature stays valid on either side of its timestamp (docs/security.md).
@@ -40,6 +44,11 @@ class Environment(BaseSettings):
     redis_url: str = DEFAULT_REDIS_URL
     management_url: str | None = None
     redis_prefix: str = "tradebus"
+    redis_sentinels: str | None = None
+    redis_master: str = DEFAULT_REDIS_MASTER
+    redis_sentinel_password: SecretStr | None = None
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float = DEFAULT_REDIS_WAIT_TIMEOUT
     declare_topology: bool = True
     broker_ca_file: str | None = None
     broker_cert_file: str | None = None

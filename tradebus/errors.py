@@ -196,6 +196,10 @@ class StateContention(Transient):
     """A Redis transaction kept losing to concurrent writers; the message is retried later."""
 
 
+class NotReplicated(Transient):
+    """A durable write reached fewer Redis replicas than asked in time: it is not taken as done."""
+
+
 class InsecureConnection(TradebusError):
     """``TRADEBUS_REQUIRE_TLS=1`` and a setting names a connection without TLS: nothing connects."""
 

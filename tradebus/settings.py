@@ -8,6 +8,11 @@
 ``TRADEBUS_MARKET_DATA_SHARDS`` N > 0 splits the strategy's market data over N queues by symbol (default
 ``0``: the seed's one queue; MasterTrade only, docs/topology.md). Every process of a bus sets the same N.
 
+Redis Sentinel (tradebus/replication.py): ``TRADEBUS_REDIS_SENTINELS`` (``host:port,...``),
+``TRADEBUS_REDIS_MASTER`` (default ``tradebus``), ``TRADEBUS_REDIS_SENTINEL_PASSWORD``; a fill or a risk
+decision waits for ``TRADEBUS_REDIS_WAIT_REPLICAS`` replicas (default 1 with sentinels, else 0) for up to
+``TRADEBUS_REDIS_WAIT_TIMEOUT`` seconds (default 1).
+
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
 connection setting without TLS (tradebus/tlsonly.py).
@@ -52,6 +57,7 @@ from tradebus.environment import (
     USER_PASSWORD_PREFIX as USER_PASSWORD_PREFIX,
 )
 from tradebus.errors import SettingsError
+from tradebus.replication import RedisSettings
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -293,6 +299,7 @@ class Settings(BaseModel):
     management_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
@@ -328,6 +335,7 @@ class Settings(BaseModel):
             management_url=env.management_url,
             redis_prefix=env.redis_prefix,
             declare_topology=env.declare_topology,
+            redis=RedisSettings.from_environment(env),
             tls=TLSSettings(
                 ca_file=env.broker_ca_file,
                 cert_file=env.broker_cert_file,
@@ -356,6 +364,7 @@ class Settings(BaseModel):
                 tlsonly.broker_problems("TRADEBUS_BROKER_URL", self.broker_url)
                 + tlsonly.redis_problems("TRADEBUS_REDIS_URL", self.redis_url)
                 + tlsonly.management_problems("TRADEBUS_MANAGEMENT_URL", self.management_url)
+                + tlsonly.sentinel_problems("TRADEBUS_REDIS_SENTINELS", self.redis.sentinels)
             )
         return self
 
