@@ -24,6 +24,8 @@ MIN_SIGNING_KEY_CHARS = 32
 DEFAULT_JWT_TTL = 60.0
 #: The ``aud`` of Letrade's tokens.
 DEFAULT_JWT_AUDIENCE = "letrade"
+#: Where a worker's /metrics listens unless ``TRADEBUS_METRICS_ADDRESS`` says otherwise (docs/operations.md).
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 ENV_PREFIX = "TRADEBUS_"
 #: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
 USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
@@ -60,6 +62,8 @@ class Environment(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     encryption_keys: SecretStr | None = None
+    metrics_port: int | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     @classmethod
     def settings_customise_sources(
