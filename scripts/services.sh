@@ -5,6 +5,7 @@ set -uo pipefail
 
 RABBIT_PORT=${RABBIT_PORT:-5672}
 RABBIT_API_PORT=${RABBIT_API_PORT:-15672}
+RABBIT_PROMETHEUS_PORT=${RABBIT_PROMETHEUS_PORT:-15692}
 REDIS_PORT=${REDIS_PORT:-6379}
 
 say() { echo "services: $*"; }
@@ -30,7 +31,7 @@ start_rabbitmq() {
   export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
   if ! port_open "$RABBIT_PORT"; then
     say "starting RabbitMQ"
-    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null 2>&1 || true
+    as_root rabbitmq-plugins enable --offline rabbitmq_management rabbitmq_prometheus >/dev/null 2>&1 || true
     # -detached can hang here; run it in its own session instead.
     as_root setsid nohup rabbitmq-server >/tmp/rabbitmq.log 2>&1 </dev/null &
     wait_port "$RABBIT_PORT" 120 || { say "RabbitMQ did not open port $RABBIT_PORT (see /tmp/rabbitmq.log)"; return 1; }
@@ -39,6 +40,17 @@ start_rabbitmq() {
     say "enabling the RabbitMQ management API"
     as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
     wait_port "$RABBIT_API_PORT" 60 || { say "management API did not open port $RABBIT_API_PORT"; return 1; }
+  fi
+  enable_prometheus
+}
+
+# rabbitmq_prometheus: queue depths, unacked and consumers on :15692 (docs/operations.md). Enabled online,
+# no restart, on a broker that runs without it.
+enable_prometheus() {
+  if ! port_open "$RABBIT_PROMETHEUS_PORT"; then
+    say "enabling rabbitmq_prometheus"
+    as_root rabbitmq-plugins enable rabbitmq_prometheus >/dev/null
+    wait_port "$RABBIT_PROMETHEUS_PORT" 60 || { say "rabbitmq_prometheus did not open port $RABBIT_PROMETHEUS_PORT"; return 1; }
   fi
 }
 
@@ -50,7 +62,8 @@ start_redis() {
   fi
 }
 
-if port_open "$RABBIT_PORT" && port_open "$RABBIT_API_PORT" && port_open "$REDIS_PORT"; then
+if port_open "$RABBIT_PORT" && port_open "$RABBIT_API_PORT" && port_open "$RABBIT_PROMETHEUS_PORT" \
+  && port_open "$REDIS_PORT"; then
   say "RabbitMQ, its management API and Redis are up"
   exit 0
 fi

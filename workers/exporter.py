@@ -72,6 +72,7 @@ def start(settings: MetricsSettings, worker_name: str) -> Exporter | None:
     os.environ[MULTIPROC_ENV] = str(directory)  # read by prometheus_client at import, and by the children
     import prometheus_client
     from prometheus_client import CollectorRegistry, multiprocess, values
+
     # prometheus_client chose its value class when first imported, and Celery's command line imports it
     # before any worker code runs (Flower registers its command, which loads its own metrics). Choose
     # again, now that the directory is set, as prometheus_client itself does at import; every metric
