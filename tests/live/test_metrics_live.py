@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.bus import MASTERTRADE, SETTINGS, Vhost, free_port
@@ -267,3 +268,36 @@ def test_a_letrade_pool_reports_its_commands_and_dead_letters_and_the_broker_its
         assert wait_until(lambda: broker() == (2, 1), timeout=30) or broker() == (2, 1)
     finally:
         stop_all(pools)
+
+
+@pytest.mark.usefixtures("celery_session_worker", "fresh_state")
+def test_a_retry_and_its_delivery_are_counted_as_celery_runs_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the session's in-process worker: a stage failing transiently once counts a retry at once."""
+    import redis
+
+    from tasks.backtest import record_signal
+    from tradebus import metrics
+    from tradebus import publish as publish_default
+    from tradebus.mastertrade.samples import signal as sample_signal
+
+    calls: list[object] = []
+
+    def fail_once(message: object) -> None:
+        calls.append(message)
+        if len(calls) == 1:
+            raise redis.ConnectionError("redis is down")
+
+    monkeypatch.setattr(record_signal, "handler", fail_once)
+    registry = metrics.enable(CollectorRegistry())
+    try:
+        publish_default(sample_signal(f"metrics-{uuid.uuid4().hex[:8]}", backtest=True))
+        q = {"queue": "backtest_signals", "stage": record_signal.name}
+
+        def value(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, {**q, **labels}) or 0.0
+
+        assert wait_until(lambda: value("tradebus_retries_total") == 1, timeout=30), "no retry counted"
+        assert value("tradebus_messages_processed_total", outcome="retried") == 1
+        assert value("tradebus_publish_to_start_seconds_count") == 1
+    finally:
+        metrics.disable()
