@@ -266,3 +266,13 @@ def test_each_alert_fires_on_what_should_fire_it_and_not_just_under_its_threshol
     covered = yaml.safe_load((tests / "tradebus_rules_test.yml").read_text())["tests"]
     tested = {case["alertname"] for test in covered for case in test["alert_rule_test"]}
     assert tested == {r["alert"] for r in rules() if "alert" in r} - {"TradebusWorkerDown"}
+
+
+def test_the_operations_guide_has_a_line_for_every_metric_and_every_alert() -> None:
+    guide = (ROOT / "docs/operations.md").read_text()
+    for metric in metrics.METRICS:
+        assert f"`{metric.name}" in guide, metric.name
+    for name in BROKER_METRICS:
+        assert f"`{name}`" in guide, name
+    for rule in rules():
+        assert f"`{rule.get('alert') or rule['record']}`" in guide, rule
