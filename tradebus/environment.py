@@ -28,6 +28,8 @@ MIN_SIGNING_KEY_CHARS = 32
 DEFAULT_JWT_TTL = 60.0
 #: The ``aud`` of Letrade's tokens.
 DEFAULT_JWT_AUDIENCE = "letrade"
+#: Where a worker's /metrics listens unless ``TRADEBUS_METRICS_ADDRESS`` says otherwise (docs/operations.md).
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 ENV_PREFIX = "TRADEBUS_"
 #: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
 USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
@@ -70,6 +72,8 @@ class Environment(BaseSettings):
     flower_password: SecretStr | None = None
     encryption_keys: SecretStr | None = None
     market_data_shards: int = 0
+    metrics_port: int | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     @classmethod
     def settings_customise_sources(

@@ -22,6 +22,8 @@ Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS
 ``TRADEBUS_JWT_TRUSTED_KEYS``, ``TRADEBUS_JWT_REQUIRED``, ``TRADEBUS_JWT_TTL``, ``TRADEBUS_JWT_AUDIENCE``.
 Encryption of sensitive fields: ``TRADEBUS_ENCRYPTION_KEYS`` (``kid:base64key,...``, the first encrypts).
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
+Metrics (workers/exporter.py): ``TRADEBUS_METRICS_PORT`` (a worker serves ``/metrics`` there; unset: off),
+``TRADEBUS_METRICS_ADDRESS`` (default ``127.0.0.1``).
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
 
@@ -44,6 +46,7 @@ from tradebus.environment import (
 from tradebus.environment import (
     DEFAULT_JWT_AUDIENCE,
     DEFAULT_JWT_TTL,
+    DEFAULT_METRICS_ADDRESS,
     DEFAULT_REDIS_URL,
     DEFAULT_SIGNING_WINDOW,
     ENV_PREFIX,
@@ -249,6 +252,20 @@ class FlowerSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class MetricsSettings(BaseModel):
+    """Where a worker serves its Prometheus metrics; no port, no endpoint and nothing counted."""
+
+    model_config = _FROZEN
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    address: str = DEFAULT_METRICS_ADDRESS
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a worker exports metrics."""
+        return self.port is not None
+
+
 @dataclass(frozen=True)
 class ManagementSettings:
     """Where the RabbitMQ management API is, and the vhost tradebus lives in."""
@@ -289,6 +306,13 @@ class ManagementSettings:
         return quote(self.vhost, safe="")
 
 
+def _metrics(env: Environment) -> MetricsSettings:
+    """``TRADEBUS_METRICS_*``, checked: a port from 1 to 65535."""
+    if env.metrics_port is not None and not 1 <= env.metrics_port <= 65535:
+        raise SettingsError(f"TRADEBUS_METRICS_PORT must be a TCP port (1-65535), not {env.metrics_port}")
+    return MetricsSettings(port=env.metrics_port, address=env.metrics_address)
+
+
 class Settings(BaseModel):
     """tradebus's settings: built once at the edge (:meth:`from_env`), then handed to the app."""
 
@@ -305,6 +329,7 @@ class Settings(BaseModel):
     jwt: JWTSettings = Field(default_factory=JWTSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
     #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
     market_data_shards: int = Field(default=0, ge=0)
@@ -348,6 +373,7 @@ class Settings(BaseModel):
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
             encryption=EncryptionSettings.from_environment(env),
             market_data_shards=_shards(env.market_data_shards),
+            metrics=_metrics(env),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()

@@ -34,7 +34,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import recorder, seen, signing, store
+from tradebus import metrics, recorder, seen, signing, store
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -162,6 +162,7 @@ class StageTask(Task):  # type: ignore[misc]
             message_id=self.request.id,
             retries=self.request.retries or 0,
         )
+        metrics.dead_lettered(self.queue_name, self.name, reason, self.request)
 
     def retry_later(self, exc: BaseException) -> NoReturn:
         """Schedule the current message again on this stage's queue after the policy's delay (Celery's
@@ -335,6 +336,7 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
             delivery_info=delivery,
             message_id=request.id,
         )
+        metrics.dead_lettered(sender.queue_name, sender.name, Reason.REVOKED)
     except Exception:  # the worker must go on; the revocation itself is in Celery's log
         logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
 
