@@ -9,8 +9,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tradebus.errors import SettingsError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -111,3 +113,17 @@ def reading(environ: Mapping[str, str] | None) -> Iterator[None]:
         yield
     finally:
         _ENVIRON.reset(token)
+
+
+def read(environ: Mapping[str, str] | None = None) -> Environment:
+    """``TRADEBUS_*`` from the process environment (or ``environ``); SettingsError says what is wrong."""
+    with reading(environ):
+        try:
+            env = Environment()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise SettingsError(problems) from None
+    return env
