@@ -11,6 +11,7 @@ alerts are unit-tested on synthetic series (tests/unit/promtool/tradebus_rules_t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -238,8 +239,10 @@ def test_the_dashboard_shows_rates_latencies_depths_dead_letters_and_the_order_p
 
 
 PROMTOOL = shutil.which("promtool")
+# `make test` installs promtool (scripts/promtool.sh); in CI a missing promtool fails, elsewhere it skips.
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (apt-get install --no-install-recommends prometheus)"
+    PROMTOOL is None and os.environ.get("TRADEBUS_REQUIRE_BROKER") != "1",
+    reason="promtool is not installed (bash scripts/promtool.sh)",
 )
 
 
