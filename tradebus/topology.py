@@ -160,6 +160,18 @@ def has_queue_type_change(differences: list[Difference]) -> bool:
     return any(obj.startswith("queue ") and arg == "x-queue-type" for obj, arg, _, _ in differences)
 
 
+def conflict_hints(differences: list[Difference]) -> list[str]:
+    """What to do about ``differences`` that redeclaring cannot fix (an argument, a queue's type)."""
+    return [
+        hint
+        for hint, applies in (
+            (ALTERNATE_ARGUMENT_HINT, has_alternate_argument(differences)),
+            (QUEUE_TYPE_HINT, has_queue_type_change(differences)),
+        )
+        if applies
+    ]
+
+
 def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
     """The readable diff hidden in RabbitMQ's PRECONDITION_FAILED text."""
     match = _INEQUIVALENT.search(str(exc))

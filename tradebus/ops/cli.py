@@ -78,13 +78,7 @@ def topology_declare() -> None:
     """Declare every exchange, queue and binding (idempotent); on a conflict print the diff."""
     from tradebus.management import Management
     from tradebus.ops.report import table
-    from tradebus.topology import (
-        ALTERNATE_ARGUMENT_HINT,
-        QUEUE_TYPE_HINT,
-        check_and_declare,
-        has_alternate_argument,
-        has_queue_type_change,
-    )
+    from tradebus.topology import check_and_declare, conflict_hints
 
     app = _app()
     try:
@@ -94,10 +88,8 @@ def topology_declare() -> None:
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
         click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
-        if has_alternate_argument(exc.differences):
-            click.echo(ALTERNATE_ARGUMENT_HINT, err=True)
-        if has_queue_type_change(exc.differences):
-            click.echo(QUEUE_TYPE_HINT, err=True)
+        for hint in conflict_hints(exc.differences):
+            click.echo(hint, err=True)
         sys.exit(ExitCode.TOPOLOGY_CONFLICT)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -113,38 +105,10 @@ def topology_declare() -> None:
 @topology.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Only list the queues whose type would change.")
 def topology_migrate(dry_run: bool) -> None:
-    """Move queues whose live type differs from the topology's (TRADEBUS_QUEUE_TYPE), messages and all.
+    """Move queues to the type TRADEBUS_QUEUE_TYPE wants, messages and all (docs/scaling.md)."""
+    from tradebus.ops.migrate import command
 
-    Stop the workers of the queues that change first; publishers may keep publishing (docs/scaling.md).
-    """
-    from tradebus.errors import MigrationBlocked
-    from tradebus.management import Management
-    from tradebus.ops.migrate import Move, migrate, plan, wanted_type
-
-    app = _app()
-    management = Management(app.settings.management)
-
-    def moved(move: Move) -> None:
-        click.echo(f"{move.queue}: {move.live_type} -> {move.wanted_type}, {move.moved} messages moved")
-
-    try:
-        if dry_run:
-            for queue, live_type in plan(app.topology, management.queues()):
-                click.echo(f"{queue.name}: {live_type} -> {wanted_type(queue)} (dry run)")
-            return
-        with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
-            moves = migrate(app.topology, conn, management, on_move=moved)
-    except MigrationBlocked as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(ExitCode.TOPOLOGY_CONFLICT)
-    except (BrokerUnreachable, OperationalError, OSError) as exc:
-        click.echo(f"cannot reach the broker: {exc}", err=True)
-        sys.exit(ExitCode.BROKER_UNREACHABLE)
-    except ManagementAPIError as exc:
-        click.echo(f"management API: {exc}", err=True)
-        sys.exit(ExitCode.MANAGEMENT_API_ERROR)
-    click.echo(f"topology declared; {len(moves)} queues changed type")
+    sys.exit(command(_app(), _connection, dry_run=dry_run, echo=click.echo))
 
 
 @topology.command("show")
@@ -159,9 +123,7 @@ def topology_show() -> None:
 
 
 @topology.command("export")
-@click.option(
-    "--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's)."
-)
+@click.option("--vhost", default=None, help="vhost to write into the definitions (default: the broker's).")
 @click.option(
     "--users",
     is_flag=True,

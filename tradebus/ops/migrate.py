@@ -25,11 +25,14 @@ from typing import Any
 
 from amqp import Message
 from kombu import Connection, Queue
+from kombu.exceptions import OperationalError
 
 from routing import Topology
 from routing.model import CLASSIC, QUEUE_TYPE_ARGUMENT
-from tradebus.errors import MigrationBlocked
+from tradebus.application import TradebusCelery
+from tradebus.errors import BrokerUnreachable, ManagementAPIError, MigrationBlocked
 from tradebus.management import Management
+from tradebus.ops.exits import ExitCode
 from tradebus.topology import apply_policies, declare
 
 TEMPORARY_SUFFIX = ".migrating"
@@ -149,3 +152,33 @@ def migrate(
         if name.startswith(OWN_POLICY_PREFIXES) and name not in ours:
             management.delete_policy(name)
     return moves
+
+
+def command(
+    app: TradebusCelery, connect: Callable[[], Connection], *, dry_run: bool, echo: Callable[..., None]
+) -> ExitCode:
+    """``tradebus topology migrate [--dry-run]``: what it prints, and its exit code."""
+    management = Management(app.settings.management)
+
+    def moved(move: Move) -> None:
+        echo(f"{move.queue}: {move.live_type} -> {move.wanted_type}, {move.moved} messages moved")
+
+    try:
+        if dry_run:
+            for queue, live_type in plan(app.topology, management.queues()):
+                echo(f"{queue.name}: {live_type} -> {wanted_type(queue)} (dry run)")
+            return ExitCode.OK
+        with connect() as conn:
+            conn.ensure_connection(max_retries=1)
+            moves = migrate(app.topology, conn, management, on_move=moved)
+    except MigrationBlocked as exc:
+        echo(str(exc), err=True)
+        return ExitCode.TOPOLOGY_CONFLICT
+    except (BrokerUnreachable, OperationalError, OSError) as exc:
+        echo(f"cannot reach the broker: {exc}", err=True)
+        return ExitCode.BROKER_UNREACHABLE
+    except ManagementAPIError as exc:
+        echo(f"management API: {exc}", err=True)
+        return ExitCode.MANAGEMENT_API_ERROR
+    echo(f"topology declared; {len(moves)} queues changed type")
+    return ExitCode.OK
