@@ -23,6 +23,7 @@ import routing
 from tests.support.bus import MASTERTRADE, SETTINGS, Vhost, admin, declare_all, make_vhost
 from tests.support.faults import Pool, fill_records, orders, publish_confirmed
 from tests.support.wait import wait_until
+from tradebus.consumer import original_routing_key
 from tradebus.errors import MigrationBlocked, TopologyConflict
 from tradebus.headers import ORIGINAL_ROUTING_KEY
 from tradebus.ops.migrate import TEMPORARY_SUFFIX, migrate
@@ -229,6 +230,19 @@ def test_a_retry_waits_in_the_broker_delay_queue_and_comes_back_through_the_retr
     assert message.delivery_info["exchange"] == "mastertrade.retry"
     assert (headers["id"], headers["retries"], headers["eta"]) == (task_id, 1, None)
     assert headers[ORIGINAL_ROUTING_KEY] == "order.request.BTCUSDT"
+    # The worker's consumer reads it as a retry of the order's original route (tradebus/consumer.py).
+    assert original_routing_key(message, "mastertrade.retry") == "order.request.BTCUSDT"
+
+
+def test_letrade_on_the_quorum_topology_replicates_its_dead_letters_and_keeps_priority_inboxes(
+    quorum_vhost: Vhost,
+) -> None:
+    letrade = routing.build("letrade", queue_type="quorum")
+    with quorum_vhost.connection() as conn:
+        check_and_declare(letrade, conn, quorum_vhost.management)
+    live = {q["name"]: q for q in quorum_vhost.management.queues() if q["name"].startswith("letrade.")}
+    assert {n for n, q in live.items() if q["type"] == "quorum"} == letrade.quorum_queues
+    assert {live[q.name]["arguments"]["x-max-priority"] for q in letrade.stage_queues} == {10}
 
 
 @pytest.mark.slow
