@@ -7,6 +7,9 @@ with messages in flight (docs/topology.md "Quorum queues", docs/scaling.md "Movi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,18 +19,17 @@ from typing import Any
 
 import pytest
 from amqp.exceptions import AMQPError, MessageNacked
-from celery.exceptions import Retry
 from kombu import Connection, Producer
 
 import routing
-from tests.support.bus import MASTERTRADE, SETTINGS, Vhost, admin, declare_all, make_vhost
+from tests.support.bus import MASTERTRADE, Vhost, admin, declare_all, make_vhost
+from tests.support.fail_once import FAIL_MARKER, FAIL_ONCE
 from tests.support.faults import Pool, fill_records, orders, publish_confirmed
 from tests.support.wait import wait_until
-from tradebus.consumer import original_routing_key
 from tradebus.errors import MigrationBlocked, TopologyConflict
-from tradebus.headers import ORIGINAL_ROUTING_KEY
 from tradebus.ops.migrate import TEMPORARY_SUFFIX, migrate
 from tradebus.topology import check_and_declare, has_queue_type_change
+from workers.launch import PoolProcess, worker_argv
 
 pytestmark = pytest.mark.broker
 
@@ -194,46 +196,6 @@ def test_a_full_quorum_order_queue_pushes_back_and_its_dead_letters_are_kept(quo
             conn.default_channel.queue_purge("order_requests")
 
 
-def test_a_retry_waits_in_the_broker_delay_queue_and_comes_back_through_the_retry_exchange(
-    quorum_vhost: Vhost,
-) -> None:
-    """The stage's retry (Celery's Task.retry, countdown 0) goes to ``mastertrade.retry.delay.5s``, where
-    no worker holds it, and reaches ``order_requests`` 5 s later with its attempt number and origin."""
-    from tradebus.application import create_app, using
-
-    app = create_app(QUORUM, SETTINGS.with_(broker_url=quorum_vhost.url, queue_type="quorum"), main="q-retry")
-    task = app.tasks["tradebus.execution.execute_order"]
-    task_id = str(uuid.uuid4())
-    task.push_request(
-        id=task_id,
-        args=['{"an": "order"}'],
-        kwargs={},
-        retries=0,
-        called_directly=False,
-        delivery_info={"exchange": "mastertrade.orders", "routing_key": "order.request.BTCUSDT"},
-        headers={},
-    )
-    try:
-        with using(app), pytest.raises(Retry):
-            task.retry_later(ConnectionError("redis is down"))
-    finally:
-        task.pop_request()
-        app.close()
-    sent = time.monotonic()
-    assert depth(quorum_vhost, "mastertrade.retry.delay.5s") == 1
-    assert depth(quorum_vhost, "order_requests") == 0
-    assert wait_until(lambda: depth(quorum_vhost, "order_requests") == 1, timeout=30)
-    assert time.monotonic() - sent >= 4.5  # waited in the broker (5 s TTL), not delivered at once
-    with quorum_vhost.connection() as conn:
-        message = conn.default_channel.basic_get("order_requests", no_ack=True)
-    headers = message.headers
-    assert message.delivery_info["exchange"] == "mastertrade.retry"
-    assert (headers["id"], headers["retries"], headers["eta"]) == (task_id, 1, None)
-    assert headers[ORIGINAL_ROUTING_KEY] == "order.request.BTCUSDT"
-    # The worker's consumer reads it as a retry of the order's original route (tradebus/consumer.py).
-    assert original_routing_key(message, "mastertrade.retry") == "order.request.BTCUSDT"
-
-
 def test_letrade_on_the_quorum_topology_replicates_its_dead_letters_and_keeps_priority_inboxes(
     quorum_vhost: Vhost,
 ) -> None:
@@ -245,24 +207,52 @@ def test_letrade_on_the_quorum_topology_replicates_its_dead_letters_and_keeps_pr
     assert {live[q.name]["arguments"]["x-max-priority"] for q in letrade.stage_queues} == {10}
 
 
+class FailOncePool(Pool):
+    """The ``order_requests`` pool as users run it, on tests/support/fail_once.py's app (one order fails
+    once with a transient error)."""
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.log_dir / f"order_requests-{self.starts}.log"
+        app = "tests.support.fail_once"
+        argv = [sys.executable, "-m", "celery", "-A", app, *worker_argv("order_requests")]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        self.process = PoolProcess("order_requests", process, log)
+        self.wait_consuming()
+
+
 @pytest.mark.slow
-def test_the_order_pool_on_quorum_queues_fills_orders_with_a_per_consumer_prefetch_of_three(
+def test_the_order_pool_on_quorum_queues_prefetches_per_consumer_and_parks_its_retries_in_the_broker(
     fresh_vhost: Vhost, fresh_state: str, tmp_path: Path
 ) -> None:
-    """``celery -A tradebus worker -Q order_requests`` with TRADEBUS_QUEUE_TYPE=quorum: Celery detects the
-    quorum queue and sets its prefetch per consumer (3: 3 processes x 1), not per channel (global QoS is
-    refused on quorum queues), and every order is filled once."""
+    """``celery worker -Q order_requests`` with TRADEBUS_QUEUE_TYPE=quorum: Celery detects the quorum queue
+    and sets its prefetch per consumer (3: 3 processes x 1), not per channel (global QoS is refused on
+    quorum queues). An order whose first attempt fails (Redis away) waits its 5 s in
+    ``mastertrade.retry.delay.5s``, not in a worker, while the others fill; then it fills too, once."""
     from tradebus.mastertrade import account
 
     declare_quorum(fresh_vhost)
     for symbol, price in (("BTCUSDT", 45_000.0), ("ETHUSDT", 2_500.0), ("SOLUSDT", 150.0)):
         account.record_price(symbol, price)
+    tag = uuid.uuid4().hex[:6]
+    batch = orders(20, tag)
+    flaky = batch[0].request_id
     env = {
         "TRADEBUS_BROKER_URL": fresh_vhost.url,
         "TRADEBUS_REDIS_PREFIX": fresh_state,
         "TRADEBUS_QUEUE_TYPE": "quorum",
+        FAIL_ONCE: flaky,
+        FAIL_MARKER: str(tmp_path / "failed"),
     }
-    pool = Pool(fresh_vhost, tmp_path, env)
+    pool = FailOncePool(fresh_vhost, tmp_path, env)
     pool.start()
     try:
         consumer = wait_until(
@@ -275,10 +265,15 @@ def test_the_order_pool_on_quorum_queues_fills_orders_with_a_per_consumer_prefet
         vhost_path = fresh_vhost.management.settings.quoted_vhost
         channels = wait_until(lambda: fresh_vhost.management.get(f"vhosts/{vhost_path}/channels"))
         assert channels and {c["global_prefetch_count"] for c in channels} == {0}, channels
-        tag = uuid.uuid4().hex[:6]
-        assert publish_confirmed(fresh_vhost, orders(20, tag)) == 20
+        assert publish_confirmed(fresh_vhost, batch) == 20
+        # Parked in the broker (a ready message in the delay queue cannot be unacknowledged in a worker).
+        parked = wait_until(lambda: depth(fresh_vhost, "mastertrade.retry.delay.5s") == 1, timeout=30)
+        assert parked, pool.log()[-3000:]
+        assert flaky not in fill_records(tag)
         assert wait_until(lambda: len(fill_records(tag)) == 20, timeout=60), pool.log()[-3000:]
-        assert "Global QoS is disabled" in pool.log()
+        log = pool.log()
+        assert "Global QoS is disabled" in log and "retry 1 of 3 in 5.0s" in log
+        assert depth(fresh_vhost, "dlq.order_requests") == 0
     finally:
         pool.stop()
 
