@@ -3,6 +3,8 @@ queues, the users' grants, the settings, and the stage's delivery count (no brok
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import routing
@@ -128,3 +130,20 @@ def test_a_stage_counts_redeliveries_from_the_quorum_queues_header(count: int | 
         assert execute_order.over_redelivery_limit() is over
     finally:
         execute_order.pop_request()
+
+
+def test_the_committed_quorum_definitions_are_what_the_export_produces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from tradebus.ops.cli import main
+
+    monkeypatch.setenv("TRADEBUS_QUEUE_TYPE", "quorum")
+    exported = CliRunner().invoke(main, ["topology", "export", "--vhost", "/"])
+    assert exported.exit_code == 0
+    committed = (Path(__file__).resolve().parents[2] / "deploy/rabbitmq/topology-quorum.json").read_text()
+    assert committed == exported.output, (
+        "regenerate: TRADEBUS_QUEUE_TYPE=quorum tradebus topology export --vhost / "
+        "> deploy/rabbitmq/topology-quorum.json"
+    )
