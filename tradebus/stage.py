@@ -56,6 +56,9 @@ MAX_REDELIVERIES = 5
 #: The header in which a quorum queue counts a message's earlier deliveries (routing/quorum.py sets the
 #: broker's own limit one above MAX_REDELIVERIES, as a backstop).
 DELIVERY_COUNT = "x-delivery-count"
+#: Headers the broker sets on a delivery (dead-lettering, a quorum queue's count): a retry is a new
+#: message and starts without them.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT)
 #: How long a redelivery count is remembered.
 REDELIVERY_WINDOW_SECONDS = 24 * 3600
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
@@ -171,7 +174,7 @@ class StageTask(Task):  # type: ignore[misc]
         """Schedule the current message again on this stage's queue after the policy's delay (Celery's
         ``Task.retry``, which raises Retry for Celery to acknowledge the current delivery)."""
         exchange, routing_key = self.origin()
-        headers = {k: v for k, v in self.headers.items() if k != "x-death"} | {
+        headers = {k: v for k, v in self.headers.items() if not k.startswith(_BROKER_HEADERS)} | {
             ORIGINAL_EXCHANGE: exchange,
             ORIGINAL_ROUTING_KEY: routing_key,
         }
