@@ -263,7 +263,13 @@ def test_the_order_pool_on_quorum_queues_prefetches_per_consumer_and_parks_its_r
         )
         assert consumer is not None and consumer["prefetch_count"] == 3, consumer
         vhost_path = fresh_vhost.management.settings.quoted_vhost
-        channels = wait_until(lambda: fresh_vhost.management.get(f"vhosts/{vhost_path}/channels"))
+
+        def listed() -> list[dict[str, Any]]:
+            """The vhost's channels, once the API has their statistics (it samples them)."""
+            found: list[dict[str, Any]] = fresh_vhost.management.get(f"vhosts/{vhost_path}/channels")
+            return found if found and all("global_prefetch_count" in c for c in found) else []
+
+        channels = wait_until(listed)
         assert channels and {c["global_prefetch_count"] for c in channels} == {0}, channels
         assert publish_confirmed(fresh_vhost, batch) == 20
         # Parked in the broker (a ready message in the delay queue cannot be unacknowledged in a worker).
