@@ -210,3 +210,7 @@ class InsecureConnection(TradebusError):
 
 class MetricsUnavailable(TradebusError):
     """A worker asked to export metrics cannot (its port is taken, say)."""
+
+
+class MigrationBlocked(TradebusError):
+    """A queue cannot change type now: something still consumes it (stop its workers first)."""

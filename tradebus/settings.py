@@ -5,6 +5,8 @@
 ``TRADEBUS_MANAGEMENT_URL``  RabbitMQ management API (default: the broker's host, port 15672, same login).
 ``TRADEBUS_REDIS_PREFIX``    Prefix of every Redis key tradebus writes (default ``tradebus``).
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
+``TRADEBUS_QUEUE_TYPE``      ``classic`` (one node, the default) or ``quorum``: the critical queues as quorum
+                             queues replicated to three nodes (docs/topology.md, "Quorum queues").
 ``TRADEBUS_MARKET_DATA_SHARDS`` N > 0 splits the strategy's market data over N queues by symbol (default
 ``0``: the seed's one queue; MasterTrade only, docs/topology.md). Every process of a bus sets the same N.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -166,6 +168,8 @@ class Settings(BaseModel):
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    #: The type of the critical queues the topology is built with (``routing.TopologyOptions``).
+    queue_type: Literal["classic", "quorum"] = "classic"
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
@@ -195,6 +199,7 @@ class Settings(BaseModel):
             redis_prefix=env.redis_prefix,
             declare_topology=env.declare_topology,
             redis=RedisSettings.from_environment(env),
+            queue_type=env.queue_type,
             tls=TLSSettings(
                 ca_file=env.broker_ca_file,
                 cert_file=env.broker_cert_file,
