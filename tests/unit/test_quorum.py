@@ -94,7 +94,7 @@ def test_workers_may_publish_their_retries_to_the_delay_exchange_for_their_own_q
 ) -> None:
     from tradebus.ops import users
 
-    monkeypatch.setattr(users, "_mastertrade_app", lambda: type("App", (), {"topology": QUORUM})())
+    monkeypatch.setattr(users, "_mastertrade_app", lambda *_: type("App", (), {"topology": QUORUM})())
     execution = next(a for a in users.accounts({"order_requests": "execution"}) if a.service == "execution")
     assert "mastertrade\\.retry\\.delay" in execution.write
     assert execution.topic_permissions()["mastertrade.retry.delay"] == r"^(order_requests\.[^.]+)$"
