@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from routing.match import ALTERNATE_EXCHANGE, Hop, Router
+from routing.match import ALTERNATE_EXCHANGE, Hop, Router, topic_matches
 
 #: Queue types a topology may be built with.
 CLASSIC = "classic"
@@ -158,6 +158,9 @@ class Topology:
     #: Celery beat's schedule and the routes of plain Celery tasks.
     beat_schedule: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: ``(exchange, key pattern)`` of the messages a trace begins with (tradebus/tracing.py): MasterTrade's
+    #: signals, Letrade's commands. Anything else joins the trace its headers name, or none.
+    trace_roots: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         missing = {q.name for q in self.worker_queues} ^ set(self.pools)
@@ -217,6 +220,10 @@ class Topology:
     def trace(self, exchange: str, routing_key: str) -> list[Hop]:
         """The exchanges such a message passes through, with the queues each delivered to."""
         return self.router.trace(exchange, routing_key)
+
+    def starts_trace(self, exchange: str, routing_key: str) -> bool:
+        """Whether a message published to ``exchange`` with ``routing_key`` begins a trace of its own."""
+        return any(e == exchange and topic_matches(p, routing_key) for e, p in self.trace_roots)
 
     def pool(self, name: str) -> PoolProfile:
         """The pool called ``name``; KeyError naming the real ones."""

@@ -60,6 +60,7 @@ class Environment(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     encryption_keys: SecretStr | None = None
+    traces: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,9 @@ Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS
 ``TRADEBUS_JWT_TRUSTED_KEYS``, ``TRADEBUS_JWT_REQUIRED``, ``TRADEBUS_JWT_TTL``, ``TRADEBUS_JWT_AUDIENCE``.
 Encryption of sensitive fields: ``TRADEBUS_ENCRYPTION_KEYS`` (``kid:base64key,...``, the first encrypts).
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
+Traces (tradebus/tracing.py): ``TRADEBUS_TRACES`` (``off``, ``otlp``, ``console``; default ``otlp`` when
+OpenTelemetry's ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else
+``off``), ``OTEL_SERVICE_NAME``, ``OTEL_SDK_DISABLED``.
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
 
@@ -24,7 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -235,6 +238,40 @@ class FlowerSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class TracingSettings(BaseModel):
+    """Where this process's OpenTelemetry spans go: nowhere (the default), OTLP over HTTP, or stdout."""
+
+    model_config = _FROZEN
+
+    exporter: Literal["off", "otlp", "console"] = "off"
+    #: The OTLP/HTTP traces URL; None: the exporter's own default (``http://localhost:4318/v1/traces``).
+    endpoint: str | None = None
+    service_name: str = "tradebus"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are made at all."""
+        return self.exporter != "off"
+
+    @classmethod
+    def from_environment(cls, env: Environment, names: Mapping[str, str]) -> TracingSettings:
+        """``TRADEBUS_TRACES`` and OpenTelemetry's own variables: an OTLP endpoint turns traces on unless
+        ``TRADEBUS_TRACES=off`` (or ``OTEL_SDK_DISABLED=true``) says otherwise."""
+        endpoint = names.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+        if endpoint is None and (base := names.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+            endpoint = base.rstrip("/") + "/v1/traces"
+        exporter = (env.traces or ("otlp" if endpoint else "off")).strip().lower()
+        if exporter not in ("off", "otlp", "console"):
+            raise SettingsError(f"TRADEBUS_TRACES is off, otlp or console, not {env.traces!r}")
+        if names.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            exporter = "off"
+        return cls(
+            exporter=exporter,
+            endpoint=endpoint,
+            service_name=names.get("OTEL_SERVICE_NAME") or "tradebus",
+        )
+
+
 @dataclass(frozen=True)
 class ManagementSettings:
     """Where the RabbitMQ management API is, and the vhost tradebus lives in."""
@@ -290,6 +327,7 @@ class Settings(BaseModel):
     jwt: JWTSettings = Field(default_factory=JWTSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
 
     @classmethod
@@ -329,6 +367,7 @@ class Settings(BaseModel):
             jwt=JWTSettings.from_environment(env),
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
             encryption=EncryptionSettings.from_environment(env),
+            tracing=TracingSettings.from_environment(env, names),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()
