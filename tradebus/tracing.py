@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from celery.signals import worker_process_shutdown
@@ -74,7 +74,6 @@ class _Provider:
     """
 
     def __init__(self, settings: TracingSettings) -> None:
-        self.pid = os.getpid()
         self.settings = settings
         self.provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
         self.tracer: Tracer | None = None
@@ -99,24 +98,28 @@ _current: _Provider | None = None
 _lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child (a prefork pool process) builds its own: the parent's queue and thread are not its."""
+    global _current
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def tracer(settings: TracingSettings) -> Tracer | None:
     """This process's tracer for ``settings``, built on first use; None when tracing is off."""
     global _current
     if not settings.enabled:
         return None
     built = _current
-    if (
-        built is not None
-        and built.pid == os.getpid()
-        and (built.settings is settings or built.settings == settings)
-    ):
+    if built is not None and built.settings is settings:
         return built.tracer
     with _lock:
         built = _current
-        if built is None or built.pid != os.getpid() or built.settings != settings:
-            if built is not None and built.pid == os.getpid():
+        if built is None or built.settings != settings:
+            if built is not None:
                 built.provider.shutdown()  # settings changed: export what the old one holds
-            # A provider inherited through fork is dropped: its queue belongs to the parent.
             built = _current = _Provider(settings)
         return built.tracer
 
@@ -126,16 +129,14 @@ def shutdown() -> None:
     global _current
     with _lock:
         built, _current = _current, None
-    if built is not None and built.pid == os.getpid():
+    if built is not None:
         built.provider.shutdown()
 
 
 def flush(timeout_millis: int = 5000) -> bool:
     """Export the spans queued so far now; whether it finished in time (True when tracing is off)."""
     built = _current
-    if built is None or built.pid != os.getpid():
-        return True
-    return built.provider.force_flush(timeout_millis)
+    return True if built is None else built.provider.force_flush(timeout_millis)
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
@@ -204,15 +205,13 @@ def consuming(
     attributes = _attributes("process", exchange, routing_key, message_id) | {"tradebus.queue": queue}
     if stage:
         attributes["tradebus.stage"] = stage
-    return _span(found, f"process {queue}", parent or otel_context.Context(), attributes)
-
-
-@contextmanager
-def _span(
-    found: Tracer, name: str, parent: otel_context.Context, attributes: dict[str, Any]
-) -> Iterator[None]:
-    with found.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes):
-        yield
+    span: AbstractContextManager[Any] = found.start_as_current_span(
+        f"process {queue}",
+        context=parent or otel_context.Context(),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+    return span
 
 
 class _Stage(Protocol):
