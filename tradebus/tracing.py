@@ -39,12 +39,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import SpanKind, Tracer
 
 from routing import Topology
-from tradebus.headers import TYPE
+from tradebus.headers import TRACEPARENT, TYPE
 from tradebus.settings import TracingSettings
 
-#: The W3C Trace Context headers (what a plain JSON service sets to join a trace, or ignores).
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
 INSTRUMENTATION = "tradebus"
 logger = logging.getLogger(__name__)
 _NOTHING: AbstractContextManager[Any] = nullcontext()
@@ -173,7 +170,7 @@ def outgoing(
         span = found.start_span(
             f"create {headers.get(TYPE) or routing_key}",
             kind=SpanKind.PRODUCER,
-            attributes=_attributes("create", exchange, routing_key, message_id),
+            attributes=_attributes(exchange, routing_key, message_id),
         )
         span.end()
         propagate.inject(carrier, context=trace.set_span_in_context(span))
@@ -202,7 +199,7 @@ def consuming(
     parent = parent_of(headers)
     if parent is None and not topology.starts_trace(exchange, routing_key):
         return _NOTHING
-    attributes = _attributes("process", exchange, routing_key, message_id) | {"tradebus.queue": queue}
+    attributes = _attributes(exchange, routing_key, message_id)
     if stage:
         attributes["tradebus.stage"] = stage
     span: AbstractContextManager[Any] = found.start_as_current_span(
@@ -246,11 +243,11 @@ def processing(task: _Stage) -> AbstractContextManager[Any]:
     )
 
 
-def _attributes(operation: str, exchange: str, routing_key: str, message_id: str) -> dict[str, Any]:
+def _attributes(exchange: str, routing_key: str, message_id: str) -> dict[str, Any]:
     """OpenTelemetry's messaging attributes of one message."""
+    # The operation is the span's kind and name already; each attribute costs every span (encoding).
     return {
         "messaging.system": "rabbitmq",
-        "messaging.operation.type": operation,
         "messaging.destination.name": exchange,
         "messaging.rabbitmq.destination.routing_key": routing_key,
         "messaging.message.id": message_id,

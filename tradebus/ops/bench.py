@@ -192,13 +192,9 @@ class Bench:
         self.stop()
 
     def _hop(
-        self,
-        sender: Callable[[], None],
-        count: Callable[[], int],
-        samples: Callable[[], list[float]],
-        plan: Plan | None = None,
+        self, sender: Callable[[], None], count: Callable[[], int], samples: Callable[[], list[float]]
     ) -> dict[str, Any]:
-        plan = plan or self.plan
+        plan = self.plan
         start = count()
         paced_from = time.monotonic()
         for i in range(plan.hop_messages):  # paced: nothing waits in the queue
@@ -319,7 +315,7 @@ class Bench:
     # --- traces --------------------------------------------------------------------------------------
     def traces(self) -> None:
         """One hop with a span per message against the same hop without (tradebus/ops/bench_traces.py)."""
-        self.results["traces"] = bench_traces.traces(self.app, self.plan, self.echo, self.log_dir, self._hop)
+        self.results["traces"] = bench_traces.traces(self.app, self.plan, self.echo, self.log_dir)
 
     def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
         """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
