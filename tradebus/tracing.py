@@ -16,8 +16,9 @@ cost no span.
 
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
-fork), with a batching processor, so a span costs the hop microseconds and the export happens off the
-message path (docs/operations.md, "Traces"; the cost is measured by ``tradebus bench``).
+fork), with a batching processor: the export runs on its background thread, off the message path, and
+a recorded span costs its process about 0.1 ms of CPU (docs/operations.md and docs/performance.md,
+"Traces"; measured by ``tradebus bench --scenario traces``).
 """
 
 from __future__ import annotations
