@@ -220,4 +220,6 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dead_letter_route=dead_letter_route,
         dead_letter_prefix=DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
+        # One trace per command, through to its event (docs/operations.md, "Traces").
+        trace_roots=((COMMANDS.name, "#"),),
     )

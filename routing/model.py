@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from routing.match import ALTERNATE_EXCHANGE, ExchangeBinding, Hop, Router
+from routing.match import ALTERNATE_EXCHANGE, ExchangeBinding, Hop, Router, topic_matches
 
 #: Queue types a topology may be built with: the single-node topology (``classic``), or the critical queues
 #: as quorum queues replicated over three nodes (``quorum``, docs/topology.md "Quorum queues").
@@ -197,6 +197,9 @@ class Topology:
     #: (``retry_delay_route``). None: the retry waits in the worker (Celery's countdown).
     retry_delay: Exchange | None = None
     delay_queues: tuple[Queue, ...] = ()
+    #: ``(exchange, key pattern)`` of the messages a trace begins with (tradebus/tracing.py): MasterTrade's
+    #: signals, Letrade's commands. Anything else joins the trace its headers name, or none.
+    trace_roots: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         missing = {q.name for q in self.worker_queues} ^ set(self.pools)
@@ -305,6 +308,10 @@ class Topology:
             return True
         shards = self.shard_of_queue.get(queue)
         return shards is not None and not routed.isdisjoint(shards.queues)
+
+    def starts_trace(self, exchange: str, routing_key: str) -> bool:
+        """Whether a message published to ``exchange`` with ``routing_key`` begins a trace of its own."""
+        return any(e == exchange and topic_matches(p, routing_key) for e, p in self.trace_roots)
 
     def pool(self, name: str) -> PoolProfile:
         """The pool called ``name``; KeyError naming the real ones."""

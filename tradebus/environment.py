@@ -78,6 +78,7 @@ class Environment(BaseSettings):
     market_data_shards: int = 0
     metrics_port: int | None = None
     metrics_address: str = DEFAULT_METRICS_ADDRESS
+    traces: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -26,6 +26,9 @@ Encryption of sensitive fields: ``TRADEBUS_ENCRYPTION_KEYS`` (``kid:base64key,..
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
 Metrics (workers/exporter.py): ``TRADEBUS_METRICS_PORT`` (a worker serves ``/metrics`` there; unset: off),
 ``TRADEBUS_METRICS_ADDRESS`` (default ``127.0.0.1``).
+Traces (tradebus/tracing.py): ``TRADEBUS_TRACES`` (``off``, ``otlp``, ``console``; default ``otlp`` when
+OpenTelemetry's ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else
+``off``), ``OTEL_SERVICE_NAME``, ``OTEL_SDK_DISABLED``.
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
 
@@ -110,6 +113,40 @@ class MetricsSettings(BaseModel):
         return self.port is not None
 
 
+class TracingSettings(BaseModel):
+    """Where this process's OpenTelemetry spans go: nowhere (the default), OTLP over HTTP, or stdout."""
+
+    model_config = _FROZEN
+
+    exporter: Literal["off", "otlp", "console"] = "off"
+    #: The OTLP/HTTP traces URL; None: the exporter's own default (``http://localhost:4318/v1/traces``).
+    endpoint: str | None = None
+    service_name: str = "tradebus"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are made at all."""
+        return self.exporter != "off"
+
+    @classmethod
+    def from_environment(cls, env: Environment, names: Mapping[str, str]) -> TracingSettings:
+        """``TRADEBUS_TRACES`` and OpenTelemetry's own variables: an OTLP endpoint turns traces on unless
+        ``TRADEBUS_TRACES=off`` (or ``OTEL_SDK_DISABLED=true``) says otherwise."""
+        endpoint = names.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+        if endpoint is None and (base := names.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+            endpoint = base.rstrip("/") + "/v1/traces"
+        exporter = (env.traces or ("otlp" if endpoint else "off")).strip().lower()
+        if exporter not in ("off", "otlp", "console"):
+            raise SettingsError(f"TRADEBUS_TRACES is off, otlp or console, not {env.traces!r}")
+        if names.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            exporter = "off"
+        return cls(
+            exporter=exporter,
+            endpoint=endpoint,
+            service_name=names.get("OTEL_SERVICE_NAME") or "tradebus",
+        )
+
+
 @dataclass(frozen=True)
 class ManagementSettings:
     """Where the RabbitMQ management API is, and the vhost tradebus lives in."""
@@ -176,6 +213,7 @@ class Settings(BaseModel):
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
     #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
     market_data_shards: int = Field(default=0, ge=0)
@@ -213,6 +251,7 @@ class Settings(BaseModel):
             encryption=EncryptionSettings.from_environment(env),
             market_data_shards=_shards(env.market_data_shards),
             metrics=_metrics(env),
+            tracing=TracingSettings.from_environment(env, names),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()

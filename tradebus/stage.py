@@ -35,7 +35,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import metrics, recorder, seen, signing, store
+from tradebus import metrics, recorder, seen, signing, store, tracing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -311,7 +311,8 @@ class StageTask(Task):  # type: ignore[misc]
             return None
         _record(self, message)
         try:
-            result = self.handler(message)
+            with tracing.processing(self):  # a span only when tracing is on and the message is in a trace
+                result = self.handler(message)
         except _CELERY_CONTROL:
             raise
         except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix

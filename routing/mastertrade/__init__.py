@@ -99,6 +99,8 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dead_letter_route=qs.dead_letter_route,
         dead_letter_prefix=qs.DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
+        # One trace per signal, through risk, order and fill (docs/operations.md, "Traces").
+        trace_roots=((ex.TRADING.name, "signal.#"),),
         # Celery beat: every 30 s, each service's health and the dead-letter queues' depths
         # (tasks/monitoring.py).
         beat_schedule={"health-report": {"task": "tradebus.monitoring.health_report", "schedule": 30.0}},

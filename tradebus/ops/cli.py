@@ -279,7 +279,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
+    type=click.Choice(["hop", "fanout", "order_path", "letrade_async", "traces"]),
     help="Run only this scenario (repeatable; default: all).",
 )
 def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...]) -> None:
