@@ -35,7 +35,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import metrics, recorder, seen, signing, store, tracing
+from tradebus import metrics, recorder, redeliveries, seen, signing, tracing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -48,19 +48,14 @@ from tradebus.errors import (
 )
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
 from tradebus.publisher import PERSISTENT
+from tradebus.redeliveries import DELIVERY_COUNT, MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
-MAX_REDELIVERIES = 5
-#: The header in which a quorum queue counts a message's earlier deliveries (routing/quorum.py sets the
-#: broker's own limit one above MAX_REDELIVERIES, as a backstop).
-DELIVERY_COUNT = "x-delivery-count"
 #: Headers the broker sets on a delivery (dead-lettering, a quorum queue's count): a retry is a new
 #: message and starts without them.
 _BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT)
-#: How long a redelivery count is remembered.
-REDELIVERY_WINDOW_SECONDS = 24 * 3600
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
 _CELERY_CONTROL = (Retry, Reject, Ignore)
 
@@ -230,26 +225,13 @@ class StageTask(Task):  # type: ignore[misc]
         return str(message_id) if message_id else None
 
     def over_redelivery_limit(self) -> bool:
-        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no).
-
-        A quorum queue counts for itself (``x-delivery-count``, the deliveries that came back before this
-        one); a classic queue does not, so the count is kept in Redis.
-        """
-        if not (self.request.delivery_info or {}).get("redelivered"):
-            return False
-        counted = self.headers.get(DELIVERY_COUNT)
-        if counted is not None:
-            return int(counted) > MAX_REDELIVERIES
-        key = store.key("redeliveries", self.queue_name, f"{self.request.id}:{self.request.retries or 0}")
-        try:
-            pipe = store.client().pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, REDELIVERY_WINDOW_SECONDS)
-            count = int(pipe.execute()[0])
-        except Exception as exc:  # noqa: BLE001 - without Redis, keep processing rather than stall
-            logger.warning("%s: cannot count redeliveries of %s: %s", self.queue_name, self.request.id, exc)
-            return False
-        return count > MAX_REDELIVERIES
+        """Whether the current message came back more than MAX_REDELIVERIES times (redeliveries.py)."""
+        return redeliveries.over_limit(
+            self.queue_name,
+            f"{self.request.id}:{self.request.retries or 0}",
+            bool((self.request.delivery_info or {}).get("redelivered")),
+            self.headers,
+        )
 
     def apply_async(
         self,

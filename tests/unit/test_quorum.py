@@ -11,9 +11,9 @@ import routing
 from routing.mastertrade.quorum import REPLICATED, RETRY_DELAYS_SECONDS
 from routing.quorum import BROKER_DELIVERY_LIMIT
 from tradebus.ops.migrate import plan
+from tradebus.redeliveries import MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY
 from tradebus.settings import Settings
-from tradebus.stage import MAX_REDELIVERIES
 from tradebus.topology import definitions, queue_kind
 
 CLASSIC = routing.build("mastertrade")
