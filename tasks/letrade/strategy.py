@@ -11,8 +11,10 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 
 from routing.letrade import STRATEGY
+from tradebus.letrade import feed
 from tradebus.letrade import strategy as state
 from tradebus.letrade.messages import (
+    CandleBatchMessage,
     CapitalAllocationRequestMessage,
     CapitalAllocationResponseMessage,
     ErrorMessage,
@@ -29,12 +31,35 @@ logger = get_task_logger(__name__)
 SOURCE = f"strategy_{state.STRATEGY_ID}"
 
 
-@letrade_stage("tradebus.letrade_strategy.on_market_data", queue=STRATEGY.name, accepts=MarketDataMessage)
+def on_candles(batch: CandleBatchMessage) -> None:
+    """A batch of one pair's candles: its closes kept in one round trip, then each candle's crossover, in
+    order, as ``on_market_data`` would have seen them one by one."""
+    pair = batch.payload
+    points = [(candle.timestamp.timestamp(), candle.close) for candle in pair.candles]
+    windows = state.add_closes(pair.symbol, points)
+    for message, window in zip(feed.candles(batch), windows, strict=True):
+        if (side := state.crossover(window)) is not None:
+            _crossed(message, side)
+
+
+@letrade_stage(
+    "tradebus.letrade_strategy.on_market_data",
+    queue=STRATEGY.name,
+    accepts=MarketDataMessage,
+    batch=on_candles,
+)
 def on_market_data(message: MarketDataMessage) -> None:
     """Ask the capital manager for capital when the averages cross."""
     candle = message.payload
     side = state.crossover(state.add_close(candle.symbol, candle.timestamp.timestamp(), candle.close))
-    if side is None or (side == "sell" and state.holding(candle.symbol) <= 0):
+    if side is not None:
+        _crossed(message, side)
+
+
+def _crossed(message: MarketDataMessage, side: str) -> None:
+    """The averages crossed on ``message``'s candle: ask for capital, one trade per pair at a time."""
+    candle = message.payload
+    if side == "sell" and state.holding(candle.symbol) <= 0:
         return
     if not state.lock(candle.symbol):
         return

@@ -3,6 +3,7 @@
     bus = MessageBus()                                   # settings from the environment (TRADEBUS_*)
     await bus.connect()
     await bus.publish("letrade.commands", "execute_trade", {...})      # the seed's short key works too
+    await bus.publish_candles(candles)                   # market data, up to 100 candles per message
     await bus.subscribe("events.trade_*", handle)        # async def handle(topic, message) (or a plain def)
     answer = await bus.request("request.capital.allocation", {...}, timeout=5.0)
     print((await bus.health_check())["status"])
@@ -37,10 +38,10 @@ from tradebus import tls
 from tradebus.deadletter import DeadLetter
 from tradebus.errors import InvalidMessage, PublishFailed, RequestTimeout
 from tradebus.health import QueueStats, summary
-from tradebus.letrade import client
+from tradebus.letrade import client, feed
 from tradebus.letrade.client import DEFAULT_TIMEOUT
 from tradebus.letrade.messages import Envelope
-from tradebus.letrade.payloads import Payload
+from tradebus.letrade.payloads import MarketData, Payload
 from tradebus.letrade.stage import wire
 from tradebus.letrade.subscriber import Handler, Subscription
 from tradebus.publisher import outgoing
@@ -154,6 +155,16 @@ class MessageBus:
         """Validate every payload first (nothing sent if one is invalid), then publish them all with their
         confirms in flight together: the batched path of a market-data feed. Returns the message ids."""
         messages = [client.outgoing(exchange, routing_key, p, self.source) for p in payloads]
+        await self.send_many(messages)
+        return [m.message_id for m in messages]
+
+    async def publish_candles(
+        self, candles: Iterable[MarketData | dict[str, Any]], *, batch_size: int = feed.DEFAULT_BATCH
+    ) -> list[str]:
+        """Publish market data batched: up to ``batch_size`` candles of one pair per message
+        (tradebus/letrade/feed.py), every batch validated before any is sent, their confirms in flight
+        together. A feed's path to the seed's 10,000 candles/s. Returns the batches' message ids."""
+        messages = feed.batches(candles, self.source, batch_size)
         await self.send_many(messages)
         return [m.message_id for m in messages]
 

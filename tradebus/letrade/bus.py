@@ -2,6 +2,7 @@
 
     with LetradeBus(source="strategy_123") as bus:
         bus.publish("letrade.commands", "execute_trade", {...})        # the seed's short key works too
+        bus.publish_candles(candles)                                    # market data, 100 per message
         bus.subscribe("events.trade_*", handle)                         # handle(topic, payload_dict)
         bus.drain(5.0)                                                  # deliver for up to 5 s
         answer = bus.request("request.capital.allocation", {...}, timeout=5.0)
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -42,10 +43,10 @@ from tradebus.errors import (
     SignatureCheckUnavailable,
 )
 from tradebus.health import bus_health
-from tradebus.letrade import client
+from tradebus.letrade import client, feed
 from tradebus.letrade.client import DEFAULT_TIMEOUT, qualify
 from tradebus.letrade.messages import Envelope, build, class_for_key
-from tradebus.letrade.payloads import Payload
+from tradebus.letrade.payloads import MarketData, Payload
 from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
 
@@ -121,6 +122,17 @@ class LetradeBus:
         message = client.outgoing(exchange, routing_key, payload, self.source)
         self.send(message, strategy_id=strategy_id)
         return message.message_id
+
+    def publish_candles(
+        self, candles: Iterable[MarketData | dict[str, Any]], *, batch_size: int = feed.DEFAULT_BATCH
+    ) -> list[str]:
+        """Publish market data batched: up to ``batch_size`` candles of one pair per message
+        (tradebus/letrade/feed.py), every batch validated before any is sent, each confirmed. Returns the
+        batches' message ids."""
+        messages = feed.batches(candles, self.source, batch_size)
+        for message in messages:
+            self.send(message)
+        return [m.message_id for m in messages]
 
     def send(self, message: Envelope, *, strategy_id: int | None = None) -> None:
         """Publish a validated message on its own route, with its priority, confirmed."""

@@ -219,14 +219,24 @@ def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
 def fill_resting(exchange: str, symbol: str, price: float) -> None:
     """Fill the resting limit orders ``price`` crosses. Each fill is booked with its event in the outbox
     (``unannounced``), in one transaction: the event is published even if this delivery dies."""
+    fill_resting_many(exchange, symbol, [price])
+
+
+def fill_resting_many(exchange: str, symbol: str, prices: list[float]) -> None:
+    """``fill_resting`` for each of ``prices`` in turn (a batch of candles): the resting orders are read
+    once, and an order fills at the first price that crosses it."""
     open_key = _k("open", exchange, symbol)
     resting: dict[str, str] = store.text_client().hgetall(open_key)  # type: ignore[assignment]
     for oid, raw in resting.items():
         command = ExecuteTrade.model_validate_json(raw)
-        if command.price is None or not _crosses(command, command.price, price):
+        limit = command.price
+        price = next((p for p in prices if limit is not None and _crosses(command, limit, p)), None)
+        if price is None:
             continue
 
-        def body(pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid) -> dict[str, Any]:
+        def body(
+            pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid, price: float = price
+        ) -> dict[str, Any]:
             if not pipe.hexists(open_key, oid):
                 return {}  # filled or cancelled meanwhile
             result = _fill(pipe, command, oid, price)

@@ -60,6 +60,25 @@ def add_close(pair: str, at: float, close: float) -> list[float]:
     return [float(m.split(":", 1)[1]) for m in members]
 
 
+def add_closes(pair: str, points: list[tuple[float, float]]) -> list[list[float]]:
+    """``add_close`` for many candles of one pair (``(at, close)``, in order) in one round trip: the closes
+    window after each of them, as ``add_close`` would have returned it candle by candle."""
+    key = _k("closes", pair)
+    pipe = store.text_client().pipeline()
+    pipe.zrange(key, 0, -1, withscores=True)
+    for at, close in points:
+        state.put_at(pipe, key, f"{at}:{close}", at, LONG_WINDOW + 1)
+    before: list[tuple[str, float]] = pipe.execute()[0]
+    window = {score: float(member.split(":", 1)[1]) for member, score in before}
+    windows = []
+    for at, close in points:
+        window[at] = close
+        kept = sorted(window)[-(LONG_WINDOW + 1) :]
+        window = {score: window[score] for score in kept}
+        windows.append([window[score] for score in kept])
+    return windows
+
+
 def lock(pair: str) -> bool:
     """Take the pair's in-flight lock; False when a trade of it is already under way."""
     return bool(store.client().set(_k("in_flight", pair), 1, nx=True, ex=IN_FLIGHT_SECONDS))
