@@ -37,9 +37,11 @@ def on_candles(batch: CandleBatchMessage) -> None:
     pair = batch.payload
     points = [(candle.timestamp.timestamp(), candle.close) for candle in pair.candles]
     windows = state.add_closes(pair.symbol, points)
-    for message, window in zip(feed.candles(batch), windows, strict=True):
-        if (side := state.crossover(window)) is not None:
-            _crossed(message, side)
+    for index, window in enumerate(windows):
+        # One trade per pair in flight: once a crossover of this batch took the pair's lock or found it
+        # taken, the later ones would find it taken too (no Redis round trip each to learn it).
+        if (side := state.crossover(window)) is not None and _crossed(feed.candle(batch, index), side):
+            return
 
 
 @letrade_stage(
@@ -56,14 +58,18 @@ def on_market_data(message: MarketDataMessage) -> None:
         _crossed(message, side)
 
 
-def _crossed(message: MarketDataMessage, side: str) -> None:
-    """The averages crossed on ``message``'s candle: ask for capital, one trade per pair at a time."""
+def _crossed(message: MarketDataMessage, side: str) -> bool:
+    """The averages crossed on ``message``'s candle: ask for capital, one trade per pair at a time.
+    Whether the pair's lock was tried (taken by this request, or found taken)."""
     candle = message.payload
     if side == "sell" and state.holding(candle.symbol) <= 0:
-        return
+        return False
     if not state.lock(candle.symbol):
-        return
+        return True
     held = state.holding(candle.symbol)
+    if side == "sell" and held <= 0:  # sold meanwhile, by the trade whose event freed the lock
+        state.unlock(candle.symbol)
+        return True
     quantity = state.ORDER_NOTIONAL / candle.close if side == "buy" else held
     request = build(
         CapitalAllocationRequestMessage,
@@ -92,6 +98,7 @@ def _crossed(message: MarketDataMessage, side: str) -> None:
         state.unlock(candle.symbol)
         raise
     state.counted("requests")
+    return True
 
 
 @letrade_stage(

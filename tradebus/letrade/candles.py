@@ -36,10 +36,9 @@ def add(candle: MarketData) -> None:
 
 def add_many(symbol: str, bars: Sequence[Candle]) -> None:
     """Keep candles of ``symbol`` (a batch's), in one round trip."""
-    key = _k(symbol)
-    pipe = store.client().pipeline()
-    for bar in bars:
-        state.put_at(pipe, key, Candle.model_dump_json(bar), bar.timestamp.timestamp(), KEPT)
+    pipe = store.client().pipeline(transaction=False)
+    points = [(bar.timestamp.timestamp(), bar.model_dump_json()) for bar in bars]
+    state.put_many_at(pipe, _k(symbol), points, KEPT)
     pipe.execute()
 
 

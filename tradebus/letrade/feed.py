@@ -121,24 +121,29 @@ def _one_by_one(body: str | bytes) -> Received:
 
 def candles(batch: CandleBatchMessage) -> Iterator[MarketDataMessage]:
     """The batch's candles as single market-data messages (what a stage without a batch handler gets)."""
-    pair = batch.payload
-    for index, candle in enumerate(pair.candles):
-        payload = MarketData.model_construct(
-            symbol=pair.symbol,
-            exchange=pair.exchange,
-            timestamp=candle.timestamp,
-            open=candle.open,
-            high=candle.high,
-            low=candle.low,
-            close=candle.close,
-            volume=candle.volume,
-        )
-        yield MarketDataMessage.model_construct(
-            message_id=candle_id(batch.message_id, index),
-            timestamp=batch.timestamp,
-            source=batch.source,
-            payload=payload,
-        )
+    return (candle(batch, index) for index in range(len(batch.payload.candles)))
+
+
+def candle(batch: CandleBatchMessage, index: int) -> MarketDataMessage:
+    """The ``index``-th candle of ``batch`` as the single market-data message it stands for (validated
+    already: built without validating again)."""
+    pair, bar = batch.payload, batch.payload.candles[index]
+    payload = MarketData.model_construct(
+        symbol=pair.symbol,
+        exchange=pair.exchange,
+        timestamp=bar.timestamp,
+        open=bar.open,
+        high=bar.high,
+        low=bar.low,
+        close=bar.close,
+        volume=bar.volume,
+    )
+    return MarketDataMessage.model_construct(
+        message_id=candle_id(batch.message_id, index),
+        timestamp=batch.timestamp,
+        source=batch.source,
+        payload=payload,
+    )
 
 
 def batches(

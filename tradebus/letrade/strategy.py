@@ -66,8 +66,9 @@ def add_closes(pair: str, points: list[tuple[float, float]]) -> list[list[float]
     key = _k("closes", pair)
     pipe = store.text_client().pipeline()
     pipe.zrange(key, 0, -1, withscores=True)
-    for at, close in points:
-        state.put_at(pipe, key, f"{at}:{close}", at, LONG_WINDOW + 1)
+    # Only the batch's newest LONG_WINDOW + 1 points can be among the kept ones.
+    newest = sorted(dict(points).items())[-(LONG_WINDOW + 1) :]
+    state.put_many_at(pipe, key, [(at, f"{at}:{close}") for at, close in newest], LONG_WINDOW + 1)
     before: list[tuple[str, float]] = pipe.execute()[0]
     window = {score: float(member.split(":", 1)[1]) for member, score in before}
     windows = []

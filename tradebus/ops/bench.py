@@ -306,10 +306,9 @@ class Bench:
 
     # --- Letrade's asyncio client -------------------------------------------------------------------
     def letrade_async(self) -> None:
-        """MessageBus against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py)."""
-        self.results["letrade_async"] = bench_letrade.letrade_async(
-            self.app, self.plan, self.echo, self.log_dir
-        )
+        """MessageBus against bare aio-pika, its request round trip, and the batched feed end to end
+        (tradebus/ops/bench_letrade.py)."""
+        self.results.update(bench_letrade.letrade_async(self.app, self.plan, self.echo, self.log_dir))
 
     def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
         """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
