@@ -44,3 +44,7 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     }
     assert all(rate > 0 for rate in letrade["candles_per_second"].values())
     assert letrade["MessageBus / bare aio-pika"] > 0 and letrade["request_round_trip_ms"]["n"] == 5
+    # The batched feed end to end (connector, strategy, market-data service), and command -> event.
+    assert figures["letrade"]["candles_per_second"] > 0 and figures["letrade"]["feed"]["complete"]
+    assert figures["letrade"]["command_to_event_ms"]["p50"] > 0
+    assert figures["letrade"]["command_to_event_ms"]["n"] == 5

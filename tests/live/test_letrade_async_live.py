@@ -231,6 +231,38 @@ def test_a_failing_handler_is_retried_by_the_policy_then_dead_lettered_with_its_
     assert calls == {"broken": 4, "flaky": 3}
 
 
+def test_the_sync_client_retries_a_failing_handler_by_the_same_policy_then_dead_letters_it(
+    letrade_vhost: Vhost,
+) -> None:
+    calls: dict[str, int] = {"broken": 0, "flaky": 0}
+    broken, flaky = f"sync-broken-{uuid.uuid4().hex[:6]}", f"sync-flaky-{uuid.uuid4().hex[:6]}"
+
+    def handler(topic: str, message: dict[str, Any]) -> None:
+        name = "broken" if message["error_message"] == broken else "flaky"
+        calls[name] += 1
+        if name == "broken" or calls[name] <= 2:
+            raise RuntimeError(f"{name} handler")
+
+    queue = letrade.ROUTES["error"].dead_letter_queue
+
+    def letters() -> list[Any]:
+        return [m for m in take_all(letrade_vhost, queue, keep=True) if broken in text(m.body)]
+
+    with LetradeBus(letrade_vhost.url, source="tests", retry_policy=QUICK) as bus:
+        bus.subscribe("events.error", handler)
+        bus.publish("letrade.events", "events.error", error_event(flaky))
+        bus.publish("letrade.events", "events.error", error_event(broken))
+        deadline = time.monotonic() + 20
+        while not (calls["broken"] == 4 and calls["flaky"] == 3) and time.monotonic() < deadline:
+            bus.drain(0.1)
+        assert calls == {"broken": 4, "flaky": 3}  # the first try and three retries; two failures, then done
+        assert wait_until(letters, 10)
+    (dead,) = letters()
+    assert dead.headers[REASON] == "handler_error" and dead.headers[RETRIES] == 3
+    assert "RuntimeError: broken handler" in dead.headers["x-tradebus-error"]
+    assert dead.delivery_info["routing_key"] == "events.error.dead"
+
+
 def test_a_slow_handler_sync_or_async_does_not_hold_up_another_subscription(letrade_vhost: Vhost) -> None:
     release_thread = threading.Event()
     seen: list[str] = []

@@ -3,7 +3,7 @@
     bus = MessageBus()                                   # settings from the environment (TRADEBUS_*)
     await bus.connect()
     await bus.publish("letrade.commands", "execute_trade", {...})      # the seed's short key works too
-    await bus.publish_candles(candles)                   # market data, up to 100 candles per message
+    await bus.publish_candles(candles)                   # market data, up to 500 candles per message
     await bus.subscribe("events.trade_*", handle)        # async def handle(topic, message) (or a plain def)
     answer = await bus.request("request.capital.allocation", {...}, timeout=5.0)
     print((await bus.health_check())["status"])

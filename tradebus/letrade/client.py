@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing import letrade
-from tradebus.errors import Misrouted, UnknownMessageType
+from tradebus.errors import Misrouted, Reason, SignatureCheckUnavailable, UnknownMessageType
 from tradebus.letrade import tokens
 from tradebus.letrade.messages import (
     CandleBatchMessage,
@@ -126,3 +126,10 @@ def repeat_id(delivery_mode: int | None, message_id: str | None) -> str | None:
     if delivery_mode != PERSISTENT or not message_id:
         return None
     return str(message_id)
+
+
+def give_up_reason(failure: BaseException) -> Reason:
+    """Why a subscriber's delivery is dead-lettered once the retry policy is spent: ``max_retries`` for a
+    JWT replay check Redis could not answer (a transient failure outlasted every retry), else
+    ``handler_error`` (the handler failed). Both clients' subscribers follow it."""
+    return Reason.MAX_RETRIES if isinstance(failure, SignatureCheckUnavailable) else Reason.HANDLER_ERROR

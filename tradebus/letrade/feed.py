@@ -31,8 +31,9 @@ from tradebus.letrade.payloads import (
     Timestamp,
 )
 
-#: Candles per message a feed publishes unless told otherwise: ~12 KB, one AMQP message per 100 candles.
-DEFAULT_BATCH = 100
+#: Candles per message a feed publishes unless told otherwise: ~58 KB, under half the 128 KB limit. A
+#: consumer's cost is mostly per message (a Celery task), so fewer, larger batches (docs/performance.md).
+DEFAULT_BATCH = 500
 
 
 class _LooseBatch(BaseModel):

@@ -34,7 +34,7 @@ from routing import Topology, letrade
 from tradebus import seen
 from tradebus.deadletter import DeadLetter, letter
 from tradebus.encryption import revealed
-from tradebus.errors import InvalidMessage, PublishFailed, Reason, SignatureCheckUnavailable
+from tradebus.errors import InvalidMessage, PublishFailed, SignatureCheckUnavailable
 from tradebus.letrade import client
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.subscriptions import compile_pattern
@@ -188,9 +188,7 @@ class Subscription:
             if failure_or_none is None:
                 return
             failure = failure_or_none
-        reason = (
-            Reason.MAX_RETRIES if isinstance(failure, SignatureCheckUnavailable) else Reason.HANDLER_ERROR
-        )
+        reason = client.give_up_reason(failure)
         error = f"{type(failure).__name__}: {failure}"
         await self._dead_letter(delivery, reason, error, self.policy.max_retries)
 

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import itertools
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -79,7 +80,10 @@ def letrade_async(
             # take the candles those runs count and purge).
             pools += [start_pool(q, log_dir, ["--loglevel", "WARNING"], env) for q in FEED_INBOXES]
             _wait_for_pools(settings, pools, log_dir)
-            return {"letrade_async": client, "letrade": asyncio.run(_end_to_end(settings, plan, echo))}
+            return {
+                "letrade_async": client,
+                "letrade": asyncio.run(_end_to_end(settings, plan, echo, pools[1:])),
+            }
         finally:
             stop_all(pools)
 
@@ -170,7 +174,24 @@ async def _measure(settings: Settings, plan: Plan, echo: Callable[[str], None]) 
     }
 
 
-async def _end_to_end(settings: Settings, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` and its live children have used, in seconds."""
+    ticks, pids = 0, [pid]
+    while pids:
+        current = pids.pop()
+        stat = Path(f"/proc/{current}/stat")
+        if stat.exists():
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pids += [int(child) for child in children.read_text().split()]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _end_to_end(
+    settings: Settings, plan: Plan, echo: Callable[[str], None], pools: Sequence[PoolProcess]
+) -> dict[str, Any]:
     """The seed's 10,000 candles/s: a feed publishing batched candles (``publish_candles``) until the
     connector, the strategy and the market-data service have each handled every candle; then
     ``execute_trade`` -> ``events.trade_executed`` round trips, one at a time."""
@@ -178,10 +199,11 @@ async def _end_to_end(settings: Settings, plan: Plan, echo: Callable[[str], None
     candles = [c.payload for c in itertools.islice(simulator.candles(seed=11), total)]
     before = {q: stage_count(q) for q in FEED_INBOXES}
     done: dict[str, float] = {}
+    cpu_before = {p.name: cpu_seconds(p.process.pid) for p in pools}
     async with MessageBus(settings=settings, source=simulator.SOURCE) as bus:
-        begun = time.perf_counter()
+        begun, publisher_cpu = time.perf_counter(), time.process_time()
         await bus.publish_candles(candles, batch_size=feed.DEFAULT_BATCH)
-        published = time.perf_counter() - begun
+        published, publisher_cpu = time.perf_counter() - begun, time.process_time() - publisher_cpu
         deadline = begun + FEED_TIMEOUT
         while len(done) < len(FEED_INBOXES) and time.perf_counter() < deadline:
             counts = await asyncio.to_thread(recorder.counts)
@@ -190,6 +212,11 @@ async def _end_to_end(settings: Settings, plan: Plan, echo: Callable[[str], None
                     done[inbox] = time.perf_counter() - begun
             await asyncio.sleep(0.01)
         handled = {q: stage_count(q) - before[q] for q in FEED_INBOXES}
+        # CPU per 10,000 candles: what a quiet machine needs to keep up with the seed's rate, whatever
+        # else this machine ran meanwhile (wall-clock rates on a shared machine are not).
+        cpu = {p.name: (cpu_seconds(p.process.pid) - cpu_before[p.name]) * 10_000 / total for p in pools}
+        cpu["publisher (MessageBus.publish_candles)"] = publisher_cpu * 10_000 / total
+        echo(f"  letrade feed CPU seconds per 10,000 candles: { {k: round(v, 2) for k, v in cpu.items()} }")
         elapsed = max(done.values()) if len(done) == len(FEED_INBOXES) else time.perf_counter() - begun
         rate = min(handled.values()) / elapsed
         by_inbox = ", ".join(f"{q} {t:.2f}s" for q, t in done.items())
@@ -207,6 +234,8 @@ async def _end_to_end(settings: Settings, plan: Plan, echo: Callable[[str], None
             "complete": len(done) == len(FEED_INBOXES),
             "seconds_by_inbox": {q: round(t, 3) for q, t in done.items()},
             "published_per_second": round(total / published, 1),
+            "cpu_seconds_per_10k_candles": {k: round(v, 3) for k, v in cpu.items()},
+            "cpu_seconds_per_10k_candles_total": round(sum(cpu.values()), 3),
         },
         "command_to_event_ms": trips,
     }
