@@ -32,9 +32,10 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from redis.asyncio import Redis as AsyncRedis
 
 from routing import letrade
-from tradebus import tls
+from tradebus import store, tls
 from tradebus.deadletter import DeadLetter
 from tradebus.errors import InvalidMessage, PublishFailed, RequestTimeout
 from tradebus.health import QueueStats, summary
@@ -92,6 +93,7 @@ class MessageBus:
         self._replies: dict[str, asyncio.Future[Envelope]] = {}
         self._reply_keys: set[str] = set()
         self._reply_lock = asyncio.Lock()
+        self._redis: AsyncRedis | None = None
 
     # --- connection ---------------------------------------------------------------------------------
     async def connect(self) -> MessageBus:
@@ -118,11 +120,27 @@ class MessageBus:
             raise RuntimeError("MessageBus is not connected: await bus.connect() first")
         return self._connection
 
+    @property
+    def redis(self) -> AsyncRedis:
+        """This client's asyncio Redis connection (subscriptions' record of handled ids, tradebus/seen.py):
+        a delivery's repeat check is awaited on the loop, not run in a thread (a thread's wake-up cost a
+        subscriber milliseconds per delivery on a busy machine)."""
+        if self._redis is None:
+            self._redis = AsyncRedis.from_url(
+                self.settings.redis_url,
+                socket_connect_timeout=store.CONNECT_TIMEOUT,
+                socket_timeout=store.SOCKET_TIMEOUT,
+            )
+        return self._redis
+
     async def close(self) -> None:
         """Stop the subscriptions (their queues go with them), then close the connection."""
         for subscription in self.subscriptions:
             await subscription.stop()
         self.subscriptions.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
         if self._connection is not None:
             await self._connection.close()
         self._connection, self._channel = None, None
