@@ -51,7 +51,7 @@ FEED_FACTOR = 5
 #: A trade command's amount in the command -> event round trips (buy and sell in turn: the account holds).
 TRADE_AMOUNT = 0.0001
 #: Untimed trades first: the connector's first commands pay for imports, connections and caches.
-WARM_UP_TRADES = 5
+WARM_UP_TRADES = 20
 #: Not the example strategy's (123): its stage leaves these trades alone.
 BENCH_STRATEGY = 7
 #: How long the feed may take to be handled before the figure is what was handled by then.
@@ -224,8 +224,12 @@ async def _end_to_end(
             f"  letrade feed: {total} candles, {feed.DEFAULT_BATCH} per message: {rate:,.0f} candles/s end "
             f"to end (published in {published:.2f}s; handled by {by_inbox})"
         )
-        trips = await _command_to_event(bus, plan.letrade_round_trips)
-        echo(f"  letrade execute_trade -> trade_executed (ms): {trips}")
+        trips, requests = await _command_to_event(bus, plan.letrade_round_trips)
+        ratio = round(trips["p50"] / requests["p50"], 2) if requests["p50"] else None
+        echo(
+            f"  letrade execute_trade -> trade_executed (ms): {trips}; allocation request round trips "
+            f"interleaved with them: {requests} (p50 ratio {ratio})"
+        )
     return {
         "candles_per_second": round(rate, 1),
         "feed": {
@@ -238,11 +242,15 @@ async def _end_to_end(
             "cpu_seconds_per_10k_candles_total": round(sum(cpu.values()), 3),
         },
         "command_to_event_ms": trips,
+        # The same moment's baseline: a request round trip (one Celery hop and back) between each trade.
+        "request_round_trip_ms_interleaved": requests,
+        "command_to_event / request_round_trip": ratio,
     }
 
 
-async def _command_to_event(bus: MessageBus, trips: int) -> dict[str, float]:
-    """``execute_trade`` published (confirmed) -> its ``events.trade_executed`` at a subscriber, in ms."""
+async def _command_to_event(bus: MessageBus, trips: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``execute_trade`` published -> its ``events.trade_executed`` at a subscriber, in ms; and between
+    two trades, a capital-allocation request's round trip (the machine's load at that moment)."""
     arrived: dict[str, asyncio.Future[float]] = {}
 
     async def on_event(topic: str, event: dict[str, Any]) -> None:
@@ -261,6 +269,7 @@ async def _command_to_event(bus: MessageBus, trips: int) -> dict[str, float]:
     await asyncio.to_thread(paper.reset)  # the strategy's own trades may have spent the cash...
     await asyncio.to_thread(paper.record_price, "binance", "BTC/USDT", 50_000.0)  # ...and it forgets prices
     timed: list[float] = []
+    requests: list[float] = []
     run = uuid.uuid4().hex[:8]
     for trip in range(WARM_UP_TRADES + trips):
         order = f"bench_{run}_{trip}"
@@ -280,6 +289,9 @@ async def _command_to_event(bus: MessageBus, trips: int) -> dict[str, float]:
             raise RuntimeError(f"no events.trade_executed for {order} in 30 s") from exc
         finally:
             arrived.pop(order)
+        begun_request = time.perf_counter()
+        await bus.request("request.capital.allocation", ALLOCATION, timeout=30)
         if trip >= WARM_UP_TRADES:
             timed.append((at - begun) * 1000)
-    return percentiles(timed)
+            requests.append((time.perf_counter() - begun_request) * 1000)
+    return percentiles(timed), percentiles(requests)
