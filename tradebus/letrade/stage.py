@@ -4,6 +4,9 @@ A Letrade service consumes one inbox queue (routing/letrade.py), so several stag
 the routing keys of one message (``keys``). A body is validated against the payload its routing key names;
 retries follow the seed's policy (3, 5000 ms, x2) through ``letrade.retry``, and what fails for good goes
 to ``letrade.dlq`` with its routing key plus ``.dead`` and the reason in its headers.
+
+A market-data stage also takes batched candles (tradebus/letrade/feed.py, docs/letrade.md "Batched market
+data"): each candle validated on its own, an invalid one dead-lettered alone, the others handled at once.
 """
 
 from __future__ import annotations
