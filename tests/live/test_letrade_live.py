@@ -747,3 +747,20 @@ def test_a_subscriber_whose_handler_raises_dead_letters_like_a_stage_with_its_ti
     row = next(line for line in report.splitlines() if line.startswith("handler_error"))
     columns = row.split()
     assert columns[4] == "3" and columns[5] != "?", report  # retries, then the age
+
+
+def test_the_strategy_keeps_a_batch_of_closes_as_it_would_candle_by_candle() -> None:
+    """``add_closes`` (one round trip per batch) gives each candle the window ``add_close`` gives it."""
+    import random
+
+    from tradebus.letrade import strategy
+
+    rng = random.Random(3)
+    points = [(60.0 * i, rng.uniform(1, 2)) for i in range(40)] + [(600.0, 5.0), (2400.0, 1.5)]  # late, again
+    one, many = (f"T{uuid.uuid4().hex[:6].upper()}/USDT" for _ in range(2))
+    windows = [strategy.add_close(one, at, close) for at, close in points]
+    batched = [
+        w for start in range(0, len(points), 7) for w in strategy.add_closes(many, points[start : start + 7])
+    ]
+    assert batched == windows
+    assert strategy.add_close(one, 9e9, 1.0) == strategy.add_close(many, 9e9, 1.0)  # the same set kept
