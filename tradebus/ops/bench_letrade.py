@@ -5,8 +5,12 @@ bare aio-pika publisher, in one run, on Letrade's topology in a vhost of its own
   same number of confirms in flight for both: a bare aio-pika publisher (``json.dumps`` of the envelope,
   the same properties and headers as the client's) and ``MessageBus.publish`` (validation, encoding,
   headers, confirm), each run
-  five times, alternately, the best run kept; then ``MessageBus.publish_many``, a feed's batched path;
-* request/response: ``request.capital.allocation`` answered by a capital-manager pool, one at a time.
+  five times, alternately, the best run kept; then ``MessageBus.publish_many`` (many single messages);
+* request/response: ``request.capital.allocation`` answered by a capital-manager pool, one at a time;
+* the feed end to end (``letrade.candles_per_second``): batched candles (``publish_candles``) through the
+  exchange-connector, strategy and market-data pools, with the CPU each spent per 10,000 candles; then
+  ``execute_trade`` -> ``events.trade_executed`` at a subscriber (``letrade.command_to_event_ms``), a
+  request round trip between two trades as the same moment's baseline.
 """
 
 from __future__ import annotations
