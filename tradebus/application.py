@@ -22,7 +22,6 @@ from kombu.utils.objects import cached_property
 import tradebus.memory  # noqa: F401 - memory:// deliveries name their consumer tag, as RabbitMQ's do
 from routing import Topology, build
 from tradebus import tls
-from tradebus.batching import BATCH_TASK, run_batch
 from tradebus.settings import Settings
 
 #: The environment variable naming the default app's topology (``mastertrade`` or ``letrade``).
@@ -75,6 +74,8 @@ def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus"
     app.config_from_object("celeryconfig")
     app.conf.update(celery_config(topology, settings))
     app.loader.import_default_modules()
+    from tradebus.batching import BATCH_TASK, run_batch  # it uses the store, which reads this module
+
     # A batch of a batched pool (tradebus/batching.py): redelivered whole when its process dies.
     app.task(name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False)(run_batch)
     return app

@@ -33,6 +33,8 @@ from celery.exceptions import Ignore, Retry
 from celery.utils.log import get_task_logger
 from kombu.message import Message
 
+from tradebus import store
+
 logger = get_task_logger(__name__)
 #: The Celery task that runs one batch of a stage's deliveries in a pool process.
 BATCH_TASK = "tradebus.batch"
@@ -227,6 +229,18 @@ def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
             failure = failure or exc
         finally:
             runner.pop_request()
+    _count(runner.queue_name, len(items))
     if failure is not None:
         raise failure
     return len(items)
+
+
+def _count(queue: str, deliveries: int) -> None:
+    """Count the batch and its deliveries (``tradebus`` metrics ``batches:<queue>``, ``batched:<queue>``)."""
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        pipe.hincrby(store.key("metrics"), f"batches:{queue}", 1)
+        pipe.hincrby(store.key("metrics"), f"batched:{queue}", deliveries)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - observability must never cost a message
+        logger.warning("%s: could not count a batch: %s", queue, exc)

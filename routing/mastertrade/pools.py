@@ -22,6 +22,7 @@ def _batched(queue: str, concurrency: int, prefetch_multiplier: int) -> PoolProf
     """A market-data pool, consuming in the seed's batches."""
     return PoolProfile(queue, concurrency, prefetch_multiplier, SEED_BATCH_SIZE, SEED_BATCH_MS)
 
+
 POOLS: dict[str, PoolProfile] = {
     p.name: p
     for p in (
