@@ -74,10 +74,6 @@ def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus"
     app.config_from_object("celeryconfig")
     app.conf.update(celery_config(topology, settings))
     app.loader.import_default_modules()
-    from tradebus.batching import BATCH_TASK, run_batch  # it uses the store, which reads this module
-
-    # A batch of a batched pool (tradebus/batching.py): redelivered whole when its process dies.
-    app.task(name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False)(run_batch)
     return app
 
 

@@ -199,40 +199,66 @@ def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
     """The ``tradebus.batch`` task, in a pool process: ``stage`` runs each delivery as if it came alone.
 
     Each gets its own request (id, headers, route, properties), its own validation, dead letter or retry.
-    Returns how many ran. A delivery the stage could not even dead-letter fails the batch once every other
-    delivery has run: the batch is rejected, and the queue's dead-letter exchange keeps its deliveries.
+    A stage with a ``batch_handler`` (the latest price per symbol) then handles the valid ones at once; if
+    that fails, each runs alone through the stage's own handler. Returns how many ran. A delivery the stage
+    could not even dead-letter fails the batch once every other delivery has run: the batch is rejected,
+    and the queue's dead-letter exchange keeps its deliveries.
     """
     runner = task.app.tasks[stage]
+    collected: list[tuple[int, Any]] = []
+    position = [0]
+    own = runner.__dict__.get("handler")  # the stage's handler is a class attribute unless patched
+    if runner.batch_handler is not None:  # valid messages are collected, then handled at once
+        runner.handler = lambda message: collected.append((position[0], message))
     failure: BaseException | None = None
-    for entry in items:
-        properties = entry["properties"]
-        runner.push_request(
-            id=entry["id"],
-            root_id=entry["id"],
-            args=[entry["body"]],
-            kwargs={},
-            headers=entry["headers"],
-            properties=properties,
-            delivery_info=entry["delivery_info"],
-            reply_to=properties.get("reply_to"),
-            correlation_id=properties.get("correlation_id"),
-            retries=0,
-            called_directly=False,
-            is_eager=False,
-        )
+    try:
+        for index, entry in enumerate(items):
+            position[0] = index
+            failure = _run_one(runner, entry) or failure
+    finally:
+        runner.__dict__.pop("handler", None)
+        if own is not None:
+            runner.handler = own
+    if collected:
         try:
-            runner.run_stage(entry["body"])
-        except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
-            pass
-        except Exception as exc:  # the rest of the batch runs first
-            logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
-            failure = failure or exc
-        finally:
-            runner.pop_request()
+            runner.batch_handler([message for _, message in collected])
+        except Exception as exc:  # noqa: BLE001 - each message then runs alone, to retry or dead-letter alone
+            logger.warning("%s: a batch's handler failed (%s); running its messages one by one", stage, exc)
+            for index, _ in collected:
+                failure = _run_one(runner, items[index]) or failure
     _count(runner.queue_name, len(items))
     if failure is not None:
         raise failure
     return len(items)
+
+
+def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
+    """Run one delivery of a batch under its own request; the exception it failed the stage with, if any."""
+    properties = entry["properties"]
+    runner.push_request(
+        id=entry["id"],
+        root_id=entry["id"],
+        args=[entry["body"]],
+        kwargs={},
+        headers=entry["headers"],
+        properties=properties,
+        delivery_info=entry["delivery_info"],
+        reply_to=properties.get("reply_to"),
+        correlation_id=properties.get("correlation_id"),
+        retries=0,
+        called_directly=False,
+        is_eager=False,
+    )
+    try:
+        runner.run_stage(entry["body"])
+    except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
+        return None
+    except Exception as exc:  # the rest of the batch runs first
+        logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
+        return exc
+    finally:
+        runner.pop_request()
+    return None
 
 
 def _count(queue: str, deliveries: int) -> None:

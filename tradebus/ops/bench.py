@@ -36,7 +36,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_letrade, benchapp
+from tradebus.ops import bench_fanout, bench_letrade, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -218,11 +218,26 @@ class Bench:
         expires into the DLQ, as it would in production).
         """
         stages = ("ticker_updates", "executor_market_data")
+        prefetch = self.app.topology.pools["ticker_updates"].prefetch_count
+        raw = bench_fanout.raw_kombu(self, self.plan.fanout_ticks, prefetch)
+        self.echo(f"  fan-out baseline, raw Kombu, 1 tick per message: {raw}")
         for name in stages:
             self.pool(name)
         self.wait_consumers(*stages)
-        results = {}
+        results: dict[str, Any] = {}
         for size in self.plan.batch_sizes:
+            if size == 1:  # a backlog of single ticks drained, against raw Kombu (bench_fanout.py)
+                single = bench_fanout.stages(self, self.plan.fanout_ticks)
+                single["pool_rss_mb"] = {pool.name: rss_mb(pool.process.pid) for pool in self.pools}
+                single["raw_kombu_ticks_per_second"] = raw["ticks_per_second"]
+                single["raw_kombu_offered_ticks_per_second"] = raw["offered_ticks_per_second"]
+                single["tradebus / raw kombu"] = round(
+                    single["ticks_per_second"] / raw["ticks_per_second"], 2
+                )
+                results["1 per message"] = single
+                self.echo(f"  fan-out, 1 tick per message (backlog): {single}")
+                self._purge(stages)
+                continue
             message = Ticker(symbol="BTCUSDT", price=45_000.0) if size == 1 else ticker_batch("BTCUSDT", size)
             stop = threading.Event()
             sent = [0]
@@ -250,12 +265,16 @@ class Bench:
                 "messages_per_second": {q: round(r, 1) for q, r in rates.items()},
             }
             self.echo(f"  fan-out, {size} tick(s) per message: {results[f'{size} per message']}")
-            with Connection(self.url) as conn:
-                for queue in stages:  # what the stages could not take, so the next size starts level
-                    conn.default_channel.queue_purge(queue)
-            time.sleep(1.0)
+            self._purge(stages)
         self.results["fanout"] = results
         self.stop()
+
+    def _purge(self, queues: Sequence[str]) -> None:
+        """Empty ``queues`` (what the stages could not take), so the next figure starts level."""
+        with Connection(self.url) as conn:
+            for queue in queues:
+                conn.default_channel.queue_purge(queue)
+        time.sleep(1.0)
 
     # --- order path ------------------------------------------------------------------------------
     def order_path(self) -> None:

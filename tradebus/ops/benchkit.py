@@ -36,6 +36,8 @@ class Plan:
     hop_rate: float = 100.0
     burst_messages: int = 3000
     fanout_seconds: float = 8.0
+    #: Single ticks in the backlog the fan-out's consumers drain (tradebus/ops/bench_fanout.py).
+    fanout_ticks: int = 20_000
     batch_sizes: tuple[int, ...] = (1, 100, 500)
     round_trips: int = 100
     background_ticks: float = 500.0
@@ -52,6 +54,7 @@ class Plan:
             hop_messages=40,
             burst_messages=200,
             fanout_seconds=2.0,
+            fanout_ticks=2_000,
             batch_sizes=(1, 100),
             round_trips=6,
             # A smoke test on a busy machine: load the order path without saturating its one market pool.
