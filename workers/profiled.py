@@ -4,6 +4,9 @@
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
 built from Python) still wins.
 
+A worker of batched market-data pools only runs at a lower CPU priority (``nice`` 5), so signals, orders
+and fills run first when the machine is short of CPU.
+
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
 command workers: tradebus/ops/remote_control.py), and gossip consumes every worker's events and acts on
@@ -13,6 +16,7 @@ command workers: tradebus/ops/remote_control.py), and gossip consumes every work
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
@@ -23,6 +27,8 @@ from workers.profiles import combined, shares_a_critical_queue
 
 logger = logging.getLogger(__name__)
 
+#: How much lower the CPU priority of a worker of batched (market-data) pools only is (``nice``).
+MARKET_DATA_NICENESS = 5
 _DEFAULT_SOURCES = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None}
 
 
@@ -64,6 +70,10 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 len(names) - 1,
                 queue,
             )
+        if names and all(n in self.app.topology.pools and self.app.topology.pools[n].batched for n in names):
+            # Market data yields the CPU to the order path when the machine is short of it; the pool
+            # processes inherit the niceness (docs/performance.md).
+            os.nice(MARKET_DATA_NICENESS)
         if profile is not None:
             if not _explicit("concurrency", concurrency):
                 concurrency = profile[0]

@@ -26,6 +26,7 @@ from tradebus.headers import REASON
 from tradebus.mastertrade.messages import Ticker
 from tradebus.mastertrade.samples import ticker_batch
 from workers.launch import PoolProcess
+from workers.profiled import MARKET_DATA_NICENESS
 from workers.run import worker_argv
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -105,8 +106,15 @@ def test_a_backlog_of_single_ticks_runs_in_batches_each_tick_validated_and_dead_
     assert metrics[f"batched:{QUEUE}"] == len(bodies)
     assert metrics[f"batches:{QUEUE}"] < len(bodies) / 2, metrics
     assert recorder.counts()[QUEUE] == 41
-    # The last message of the backlog (the TickerBatch) set the price board's price last.
-    assert store.client().hget(store.key("monitor", "prices"), symbol) is not None
+    assert store.client().hget(store.key("monitor", "prices"), symbol) == b"204.0"  # the TickerBatch's last
+    # A market-data pool yields the CPU to the order path: its processes run at a lower priority.
+    assert niceness(running.process.pid) == niceness(os.getpid()) + MARKET_DATA_NICENESS
+
+
+def niceness(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
 
 
 def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered(

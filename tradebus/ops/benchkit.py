@@ -120,6 +120,14 @@ def rss_mb(pid: int) -> float:
     return round(total_kb / 1024, 1)
 
 
+def rss_per_process_mb(pid: int) -> float:
+    """Resident memory of one pool process of worker ``pid`` (its first child), in MB; the process's own
+    when it has no children (a raw consumer)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return rss_mb(int(kids[0])) if kids else rss_mb(pid)
+
+
 def latencies(key: str) -> list[float]:
     return [float(v) for v in store.client().lrange(key, 0, -1)]
 
