@@ -4,7 +4,8 @@
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
 built from Python) still wins.
 
-A worker of batched market-data pools only runs at a lower CPU priority (``nice`` 5), so signals, orders
+A worker of batched market-data pools only (with a prefetch window above 1, so it batches) runs at a lower
+CPU priority (``nice`` 5), so signals, orders
 and fills run first when the machine is short of CPU.
 
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
@@ -70,15 +71,17 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 len(names) - 1,
                 queue,
             )
-        if names and all(n in self.app.topology.pools and self.app.topology.pools[n].batched for n in names):
-            # Market data yields the CPU to the order path when the machine is short of it; the pool
-            # processes inherit the niceness (docs/performance.md).
-            os.nice(MARKET_DATA_NICENESS)
         if profile is not None:
             if not _explicit("concurrency", concurrency):
                 concurrency = profile[0]
             if not _explicit("prefetch_multiplier", prefetch_multiplier):
                 prefetch_multiplier = profile[1]
+        pools = self.app.topology.pools
+        window = int(concurrency or 1) * int(prefetch_multiplier or 1)
+        if names and window > 1 and all(n in pools and pools[n].batched for n in names):
+            # Batched market data yields the CPU to the order path when the machine is short of it; the
+            # pool processes inherit the niceness (docs/performance.md).
+            os.nice(MARKET_DATA_NICENESS)
         return super().setup_defaults(
             concurrency=concurrency, prefetch_multiplier=prefetch_multiplier, queues=queues, **kwargs
         )
