@@ -34,13 +34,13 @@ POOLS: dict[str, PoolProfile] = {
         PoolProfile("order_updates", concurrency=2, prefetch_multiplier=10),
         # mastertrade.market: 8 more consumers make the seed's 15.
         _batched("market_data", concurrency=1, prefetch_multiplier=20),
-        _batched("ticker_updates", concurrency=1, prefetch_multiplier=50),
+        _batched("ticker_updates", concurrency=1, prefetch_multiplier=100),
         _batched("orderbook_updates", concurrency=1, prefetch_multiplier=20),
         _batched("trade_updates", concurrency=1, prefetch_multiplier=20),
         PoolProfile("stock_index_data", concurrency=1, prefetch_multiplier=5),
         PoolProfile("strategy_service_onchain_metrics", concurrency=1, prefetch_multiplier=5),
         PoolProfile("strategy_service_whale_alerts", concurrency=1, prefetch_multiplier=5),
-        _batched("executor_market_data", concurrency=1, prefetch_multiplier=20),
+        _batched("executor_market_data", concurrency=1, prefetch_multiplier=100),
         # mastertrade.risk: the seed's 3 risk consumers check risk.
         PoolProfile("risk_checks", concurrency=3, prefetch_multiplier=5),
         # mastertrade.system: the seed's 2 consumers, one per subscriber.
