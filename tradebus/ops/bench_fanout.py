@@ -59,6 +59,17 @@ def drain_rates(
     return {n: (last[n] - first[n]) / max(moved[n] - t1, 1e-6) for n in counts}
 
 
+def drained(count: Callable[[], int], target: int, timeout: float) -> tuple[int, float]:
+    """Wait until ``count()`` reaches ``target`` or stops moving; its last value and when it last moved."""
+    t1 = time.monotonic()
+    last, moved = count(), t1
+    while last < target and time.monotonic() - moved <= STALL_SECONDS and time.monotonic() - t1 <= timeout:
+        time.sleep(0.01)
+        if (current := count()) != last:
+            last, moved = current, time.monotonic()
+    return last, moved
+
+
 def raw_kombu(bench: Any, ticks: int, prefetch: int) -> dict[str, Any]:
     """The baseline: a raw Kombu consumer drains ``ticks`` single ticks."""
     key = f"{bench.app.settings.redis_prefix}:bench:raw-ticks"
