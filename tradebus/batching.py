@@ -39,7 +39,7 @@ logger = get_task_logger(__name__)
 #: The Celery task that runs one batch of a stage's deliveries in a pool process.
 BATCH_TASK = "tradebus.batch"
 #: How long a stream of deliveries is gathered, at least, before the next batch goes to a free process.
-LINGER_SECONDS = 0.005
+LINGER_SECONDS = 0.010
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: Delivery properties a stage reads (JSON-safe: py-amqp gives ``timestamp`` as a datetime).
