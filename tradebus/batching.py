@@ -144,7 +144,8 @@ class Batcher:
         self.deliveries: list[Message] = []
         self.items: list[dict[str, Any]] = []
         self.in_flight = 0
-        self.last_flush = 0.0
+        # Created on the first delivery: what is already queued (a backlog at start) is gathered first.
+        self.last_flush = time.monotonic()
         self.first_at = 0.0
         self._soon: Any = None
         self._deadline: Any = None

@@ -65,6 +65,7 @@ def batcher(limit: int = 100, processes: int = 1) -> tuple[Batcher, Hub, list[Ba
 def test_a_lone_delivery_goes_at_once_and_a_stream_is_gathered_while_the_process_is_busy() -> None:
     channel = Channel()
     gather, hub, handed = batcher()
+    time.sleep(LINGER_SECONDS)  # a quiet spell
     gather.add(delivery(channel, 1), {"id": "1"})
     assert [len(b.deliveries) for b in handed] == [1]  # a free process: no wait
     for tag in range(2, 12):
@@ -82,6 +83,7 @@ def test_a_lone_delivery_goes_at_once_and_a_stream_is_gathered_while_the_process
 def test_a_full_batch_goes_even_while_the_process_is_busy_and_the_oldest_waits_at_most_batch_ms() -> None:
     channel = Channel()
     gather, hub, handed = batcher(limit=5)
+    time.sleep(LINGER_SECONDS)
     gather.add(delivery(channel, 0), {})
     for tag in range(1, 6):
         gather.add(delivery(channel, tag), {})
@@ -94,8 +96,11 @@ def test_a_full_batch_goes_even_while_the_process_is_busy_and_the_oldest_waits_a
 
 def test_a_batch_rejected_for_requeue_rejects_every_delivery_back_to_its_queue() -> None:
     channel = Channel()
-    gather, _, handed = batcher()
+    gather, hub, handed = batcher()
     gather.add(delivery(channel, 1), {})
+    assert handed == []  # a worker's first deliveries are gathered (a backlog at start)
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
     handed[0].reject(requeue=True)
     assert channel.rejects == [(1, True)] and gather.in_flight == 0
 
