@@ -8,7 +8,8 @@ stage one Celery task, ``tradebus.batch``, carrying every buffered delivery:
 
 * as soon as a pool process is free and the last batch left at least ``LINGER_SECONDS`` ago (an isolated
   tick waits for nothing; a stream of them is gathered a few milliseconds at a time, which is what frees
-  the CPU: the cost of a Celery task is paid once per batch);
+  the CPU: the cost of a Celery task is paid once per batch), shared among the free processes when the
+  pool has several (a burst keeps all of them busy);
 * at once when ``batch_size`` deliveries are waiting (never more than the prefetch window lets RabbitMQ
   hand out: a batch is at most ``concurrency x prefetch_multiplier`` deliveries);
 * at the latest ``batch_ms`` after the oldest of them arrived, whatever the pool is doing.
@@ -191,9 +192,14 @@ class Batcher:
             return
         deliveries, items = self.deliveries, self.items
         self.deliveries, self.items = [], []
-        self.in_flight += 1
         self.last_flush = time.monotonic()
-        self.handle(BatchMessage(deliveries, self.stage, items, self._finished))
+        # Shared among the free processes: a burst keeps every process of the pool busy.
+        parts = max(1, min(self.processes - self.in_flight, len(deliveries)))
+        size = -(-len(deliveries) // parts)
+        for start in range(0, len(deliveries), size):
+            self.in_flight += 1
+            part = slice(start, start + size)
+            self.handle(BatchMessage(deliveries[part], self.stage, items[part], self._finished))
 
 
 def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:

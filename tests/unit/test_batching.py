@@ -118,3 +118,13 @@ def test_the_seed_batches_the_market_data_pools_within_their_prefetch_windows() 
     }
     assert all((pools[n].batch_size, pools[n].batch_ms) == (100, 1_000) for n in batched)
     assert not pools["order_requests"].batched and not pools["trading_signals"].batched
+
+
+def test_what_waits_is_shared_among_the_free_processes_of_a_pool() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher(processes=3)
+    for tag in range(7):
+        gather.add(delivery(channel, tag), {})
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    assert [len(b.deliveries) for b in handed] == [3, 3, 1] and gather.in_flight == 3
