@@ -174,7 +174,16 @@ POOLS: dict[str, PoolProfile] = {
         PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1),
         PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1),
         PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1),
-        PoolProfile("letrade.market_data", concurrency=1, prefetch_multiplier=10),
+        # The market-data service takes candles in batches (the seed recommends batching; its requests go
+        # one by one): at most its prefetch window of 10 at once.
+        PoolProfile(
+            "letrade.market_data",
+            concurrency=1,
+            prefetch_multiplier=10,
+            batch_size=100,
+            batch_ms=1_000,
+            batch_keys=("market_data.*.*",),
+        ),
     )
 }
 #: Every inbox is critical: each carries trade messages, and letrade.market_data answers requests (a request

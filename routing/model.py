@@ -131,11 +131,25 @@ class Policy:
 
 @dataclass(frozen=True)
 class PoolProfile:
-    """A pool of worker processes consuming one worker queue."""
+    """A pool of worker processes consuming one worker queue.
+
+    ``batch_size`` > 1 makes the pool consume in batches (tradebus/batching.py): its worker hands a pool
+    process up to ``batch_size`` deliveries at once (never more than its prefetch window holds), as soon as
+    a process is free, and at the latest ``batch_ms`` after the first of them arrived. ``batch_keys``
+    limits batching to those routing keys on a queue shared with other messages (empty: every key).
+    """
 
     queue: str
     concurrency: int
     prefetch_multiplier: int
+    batch_size: int = 1
+    batch_ms: int = 0
+    batch_keys: tuple[str, ...] = ()
+
+    @property
+    def batched(self) -> bool:
+        """Whether the pool's worker consumes in batches."""
+        return self.batch_size > 1
 
     @property
     def name(self) -> str:

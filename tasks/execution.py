@@ -60,10 +60,16 @@ def _price(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> tu
     return None
 
 
+def on_market_batch(messages: list[MarketData | OrderBook | Trade | Ticker | TickerBatch]) -> None:
+    """A batch of market messages (tradebus/batching.py): the newest price of each symbol, in one write."""
+    account.record_prices([(m.symbol, *priced) for m in messages if (priced := _price(m)) is not None])
+
+
 @stage(
     "tradebus.execution.on_market_data",
     queue="executor_market_data",
     accepts=(MarketData, OrderBook, Trade, Ticker, TickerBatch),
+    batch_handler=on_market_batch,
 )
 def on_market_data(message: MarketData | OrderBook | Trade | Ticker | TickerBatch) -> None:
     """Remember the last price of the symbol: orders fill against it."""

@@ -31,11 +31,25 @@ BLOTTER_LENGTH = 1_000
 ALERT_COOLDOWN_SECONDS = 300
 
 
-@stage("tradebus.monitoring.on_ticker", queue="ticker_updates", accepts=(Ticker, TickerBatch))
+def _last_price(message: Ticker | TickerBatch) -> float:
+    return message.last_price if isinstance(message, TickerBatch) else message.price
+
+
+def on_tickers(messages: list[Ticker | TickerBatch]) -> None:
+    """A batch of tickers (tradebus/batching.py): the last price of each symbol in it, in one write."""
+    latest = {message.symbol: repr(_last_price(message)) for message in messages}
+    store.client().hset(store.key("monitor", "prices"), mapping=latest)  # type: ignore[arg-type]
+
+
+@stage(
+    "tradebus.monitoring.on_ticker",
+    queue="ticker_updates",
+    accepts=(Ticker, TickerBatch),
+    batch_handler=on_tickers,
+)
 def on_ticker(message: Ticker | TickerBatch) -> None:
     """The latest price per symbol, for the price board."""
-    price = message.last_price if isinstance(message, TickerBatch) else message.price
-    store.client().hset(store.key("monitor", "prices"), message.symbol, repr(price))
+    store.client().hset(store.key("monitor", "prices"), message.symbol, repr(_last_price(message)))
 
 
 @stage("tradebus.monitoring.on_order_update", queue="monitoring_order_updates", accepts=OrderUpdate)

@@ -23,7 +23,9 @@ from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from routing import topic_matches
+from tradebus import batching
 from tradebus.autodeclare import declare_topology
+from tradebus.batching import Batcher
 from tradebus.codec import wire_bytes
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_ROUTING_KEY
 from tradebus.registry import stages_of_queues
@@ -59,6 +61,21 @@ def derived_id(message: Message, raw: bytes) -> str:
     of the same message, so its redeliveries are counted and its dead letter names it."""
     route = f"{message.delivery_info.get('exchange', '')}\n{message.delivery_info.get('routing_key', '')}\n"
     return "sha256-" + hashlib.sha256(route.encode() + raw).hexdigest()[:32]
+
+
+def raw_delivery(message: Message) -> tuple[str, str, dict[str, Any]] | None:
+    """A plain (non-Celery) delivery's body as text, its task id and its own headers; None for a Celery
+    task message (a retry, ``app.send_task``), which keeps its own id and retry count."""
+    headers = dict(message.headers or {})
+    if stage_argument(headers, message.body, message.content_type) is not None:
+        return None
+    raw = wire_bytes(message.body)
+    # surrogateescape keeps bytes that are not UTF-8, so a dead letter carries the original body.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    task_id = (message.properties or {}).get("message_id") or derived_id(message, raw)
+    headers = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
+    headers[CONTENT_TYPE] = message.content_type or ""
+    return text, str(task_id), headers
 
 
 def to_task_message(message: Message, task_name: str) -> Message:
@@ -159,6 +176,26 @@ class StageConsumer(Consumer):  # type: ignore[misc]
         }
         retry_exchange = self.app.topology.retry.name
         queue_of_tag: dict[str, str] = {}
+        batchers: dict[str, Batcher | None] = {}
+
+        def batcher(queue: str, stage: str, routing_key: str) -> Batcher | None:
+            """The batcher of ``stage`` when its queue's pool consumes this key in batches."""
+            profile = self.app.topology.pools.get(queue)
+            if profile is None or not profile.batched or self.hub is None:
+                return None
+            if profile.batch_keys and not any(topic_matches(p, routing_key) for p in profile.batch_keys):
+                return None
+            if stage not in batchers:
+                # A batch is at most what the prefetch window lets RabbitMQ hand out (a window of one: none).
+                window = self.qos.value if self.qos is not None and self.qos.value else profile.batch_size
+                limit = min(profile.batch_size, window)
+                processes = int(getattr(self.pool, "num_processes", None) or 1)
+                batchers[stage] = (
+                    Batcher(stage, limit, profile.batch_ms / 1000, processes, self.hub, handle)
+                    if limit > 1
+                    else None
+                )
+            return batchers[stage]
 
         def queue_for(tag: str | None) -> str | None:
             if tag not in queue_of_tag:
@@ -171,9 +208,15 @@ class StageConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Message) -> Any:
             # On a stage queue the stage runs, whatever task a message names (a message naming celery.chain
             # or any other task must not get past the stage's checks); other queues carry Celery's own.
-            candidates = stages.get(queue_for(message.delivery_info.get("consumer_tag")) or "")
+            queue = queue_for(message.delivery_info.get("consumer_tag")) or ""
+            candidates = stages.get(queue)
             if candidates:
-                stage = stage_for_key(candidates, original_routing_key(message, retry_exchange))
+                routing_key = original_routing_key(message, retry_exchange)
+                stage = stage_for_key(candidates, routing_key)
+                gather = batcher(queue, stage, routing_key)
+                if gather is not None and (plain := raw_delivery(message)) is not None:
+                    gather.add(message, batching.item(message, *plain))
+                    return None
                 message = to_task_message(message, stage)
             return handle(message)
 

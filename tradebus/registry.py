@@ -15,6 +15,7 @@ from celery._state import _get_active_apps, connect_on_app_finalize
 from celery.local import Proxy
 
 from tradebus.application import current
+from tradebus.batching import BATCH_TASK, run_batch
 from tradebus.stage import StageTask
 
 R = TypeVar("R")
@@ -39,6 +40,18 @@ def _attach(module: str, register: Callable[[Celery], Any]) -> None:
                 attach(app)
 
 
+def _batch_task(app: Celery) -> None:
+    """Every tradebus app runs batches of its batched pools (tradebus/batching.py): a task redelivered
+    whole when the process running it dies."""
+    if getattr(app, "topology", None) is not None and BATCH_TASK not in app.tasks:
+        app._task_from_fun(
+            run_batch, name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False
+        )
+
+
+connect_on_app_finalize(_batch_task)
+
+
 def task(name: str, **options: Any) -> Callable[[Callable[..., R]], Any]:
     """A plain Celery task ``name`` (beat's periodic report), on the apps whose topology lists its module."""
 
@@ -56,6 +69,7 @@ def stage(
     accepts: type[Any] | tuple[type[Any], ...],
     base: type[StageTask],
     keys: tuple[str, ...] = (),
+    batch_handler: Callable[[list[Any]], Any] | None = None,
     **options: Any,
 ) -> Callable[[Callable[[Any], R]], Any]:
     """Make ``fn(message)`` the stage task ``name`` of ``queue``; ``options`` go to Celery's task.
@@ -67,7 +81,8 @@ def stage(
     topology's critical queues is redelivered when the pool process running it dies. The stage of a
     sharded queue (``Topology.shards``) is registered once per shard, ``name`` on shard 0 and
     ``name.<i>`` on shard i (``shard_task_name``): every per-queue thing (retries, dead letters, counts)
-    then belongs to the shard the message is on.
+    then belongs to the shard the message is on. ``batch_handler``,
+    when given, takes a batch's valid messages at once (tradebus/batching.py) instead of ``fn`` one by one.
     """
     accepted = accepts if isinstance(accepts, tuple) else (accepts,)
 
@@ -91,6 +106,7 @@ def stage(
                 keys=keys,
                 accepts=accepted,
                 handler=staticmethod(fn),
+                batch_handler=staticmethod(batch_handler) if batch_handler else None,
                 **(critical | options),
             )
             return registered

@@ -73,6 +73,8 @@ class StageTask(Task):  # type: ignore[misc]
     accepts: tuple[type[Any], ...]
     #: The stage's own function, called with the validated message.
     handler: Callable[[Any], Any]
+    #: Takes a whole batch's valid messages at once (tradebus/batching.py); None: ``handler`` for each.
+    batch_handler: Callable[[list[Any]], Any] | None = None
     retry_policy: RetryPolicy = SEED_POLICY
     #: The base class of the profile's messages (what ``delay`` takes).
     message_base: type[Any] = BaseModel

@@ -4,6 +4,10 @@
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
 built from Python) still wins.
 
+A worker of batched market-data pools only (with a prefetch window above 1, so it batches) runs at a lower
+CPU priority (``nice`` 5), so signals, orders
+and fills run first when the machine is short of CPU.
+
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
 command workers: tradebus/ops/remote_control.py), and gossip consumes every worker's events and acts on
@@ -16,6 +20,7 @@ main process before the pool's processes start.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
@@ -27,6 +32,8 @@ from workers.profiles import combined, shares_a_critical_queue
 
 logger = logging.getLogger(__name__)
 
+#: How much lower the CPU priority of a worker of batched (market-data) pools only is (``nice``).
+MARKET_DATA_NICENESS = 5
 _DEFAULT_SOURCES = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None}
 
 
@@ -78,6 +85,12 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 concurrency = profile[0]
             if not _explicit("prefetch_multiplier", prefetch_multiplier):
                 prefetch_multiplier = profile[1]
+        pools = self.app.topology.pools
+        window = int(concurrency or 1) * int(prefetch_multiplier or 1)
+        if names and window > 1 and all(n in pools and pools[n].batched for n in names):
+            # Batched market data yields the CPU to the order path when the machine is short of it; the
+            # pool processes inherit the niceness (docs/performance.md).
+            os.nice(MARKET_DATA_NICENESS)
         return super().setup_defaults(
             concurrency=concurrency, prefetch_multiplier=prefetch_multiplier, queues=queues, **kwargs
         )

@@ -33,8 +33,14 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
         assert figures["hop"][consumer]["rss_mb"] > 0
     assert set(figures["fanout"]) == {"1 per message", "100 per message"}
     assert all(f["ticks_per_second"] > 0 for f in figures["fanout"].values())
+    single = figures["fanout"]["1 per message"]
+    assert single["raw_kombu_ticks_per_second"] > 0 and single["tradebus / raw kombu"] > 0
+    assert figures["hop"]["tradebus / bare celery"]["memory_per_pool_process"] > 0
     loads = figures["order_path"]["signal_to_fill_ms"]
     assert len(loads) == 3 and all(p["n"] == 6 for p in loads.values())
+    lags = figures["order_path"]["price_lag_ms"]
+    assert set(lags) == set(loads) and all(p["n"] == 6 for p in lags.values())
+    assert set(figures["order_path"]["single ticks / idle"]) == {"p50", "p99"}
     assert figures["machine"]["cpus"] == os.cpu_count()
     letrade = figures["letrade_async"]
     assert set(letrade["candles_per_second"]) == {

@@ -123,7 +123,7 @@ class LetradeStageTask(StageTask):
     # --- batched market data (tradebus/letrade/feed.py) -------------------------------------------------
     #: A market-data stage's ``fn(batch)``, run once per batched message with its valid candles; without
     #: one, the stage's own function runs once per candle.
-    batch_handler: Callable[[CandleBatchMessage], Any] | None = None
+    candle_batch_handler: Callable[[CandleBatchMessage], Any] | None = None
 
     def run_stage(self, payload: Any) -> Any:
         """A batched market-data message takes the batch path; anything else is one message."""
@@ -157,8 +157,8 @@ class LetradeStageTask(StageTask):
             return
         self._record_batch(batch)
         try:
-            if self.batch_handler is not None:
-                self.batch_handler(batch)
+            if self.candle_batch_handler is not None:
+                self.candle_batch_handler(batch)
             else:
                 for candle in feed.candles(batch):
                     self.handler(candle)
@@ -224,7 +224,7 @@ def letrade_stage(
     if accepts is MarketDataMessage:
         accepted = (MarketDataMessage, CandleBatchMessage)
         if batch is not None:
-            options["batch_handler"] = staticmethod(batch)
+            options["candle_batch_handler"] = staticmethod(batch)
     elif batch is not None:
         raise TypeError(f"stage {name}: only a market-data stage takes batches")
     return registry.stage(

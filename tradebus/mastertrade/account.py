@@ -74,6 +74,20 @@ def record_price(symbol: str, price: float, at: float | None = None) -> None:
     store.client().hset(_k("prices"), symbol, repr(price))
 
 
+def record_prices(prices: list[tuple[str, float, datetime]]) -> None:
+    """``record_price`` for many (symbol, price, market time) in one write: each symbol's newest."""
+    prefix, newest = store.key(), dict[str, tuple[float, float]]()
+    for symbol, price, at in prices:
+        stamp, known = at.timestamp(), newest.get(symbol)
+        if stamp >= max(_newest.get((prefix, symbol), float("-inf")), known[1] if known else float("-inf")):
+            newest[symbol] = (price, stamp)
+    if not newest:
+        return
+    for symbol, (_, stamp) in newest.items():
+        _newest[prefix, symbol] = stamp
+    store.client().hset(_k("prices"), mapping={s: repr(p) for s, (p, _) in newest.items()})
+
+
 def last_price(symbol: str) -> float | None:
     """The last price the executor saw for ``symbol``."""
     raw = store.client().hget(_k("prices"), symbol)

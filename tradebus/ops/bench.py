@@ -37,7 +37,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_letrade, bench_traces, benchapp
+from tradebus.ops import bench_fanout, bench_letrade, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -46,6 +46,7 @@ from tradebus.ops.benchkit import (
     machine,
     recorded_count,
     rss_mb,
+    rss_per_process_mb,
     stage_count,
     wait,
 )
@@ -55,6 +56,8 @@ from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
 
 #: Seconds of publishing before the fan-out's rates are sampled.
 WARM_UP_SECONDS = 2.0
+#: How long a round trip waits for the executor to see its ticker's price before it goes on regardless.
+PRICE_WAIT_SECONDS = 5.0
 #: Ticks per message of the batched background load of the order-path scenario.
 BACKGROUND_BATCH = 50
 
@@ -71,6 +74,8 @@ class Bench:
         #: signals over two days old).
         self.signals_from = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
         self.pools: list[PoolProcess] = []
+        #: The current load's times from a ticker's publication to the executor's price (order_path).
+        self.lags: list[float] = []
 
     @property
     def url(self) -> str:
@@ -181,12 +186,16 @@ class Bench:
         }
         for name, pid in trees.items():
             hop[name]["rss_mb"] = rss_mb(pid)
+            hop[name]["rss_mb_per_process"] = rss_per_process_mb(pid)
         base = hop["bare celery"]
         hop["tradebus / bare celery"] = {
             "p50": round(hop["tradebus stage"]["latency_ms"]["p50"] / base["latency_ms"]["p50"], 2),
             "p99": round(hop["tradebus stage"]["latency_ms"]["p99"] / base["latency_ms"]["p99"], 2),
             "throughput": round(hop["tradebus stage"]["per_second"] / base["per_second"], 2),
             "memory": round(hop["tradebus stage"]["rss_mb"] / base["rss_mb"], 2),
+            "memory_per_pool_process": round(
+                hop["tradebus stage"]["rss_mb_per_process"] / base["rss_mb_per_process"], 2
+            ),
         }
         self.results["hop"] = hop
         self.stop()
@@ -206,9 +215,9 @@ class Bench:
         before = count()
         for _ in range(plan.burst_messages):
             sender()
-        wait(lambda: count() >= before + plan.burst_messages, 120, "the burst")
-        elapsed = time.monotonic() - begun
-        return {"latency_ms": latency, "per_second": round(plan.burst_messages / elapsed, 1)}
+        # Until all arrived, or nothing more does (a slow stage's queue expires what it cannot take).
+        done, at = bench_fanout.drained(count, before + plan.burst_messages, 120)
+        return {"latency_ms": latency, "per_second": round((done - before) / (at - begun), 1)}
 
     # --- fan-out ---------------------------------------------------------------------------------
     def fanout(self) -> None:
@@ -219,11 +228,26 @@ class Bench:
         expires into the DLQ, as it would in production).
         """
         stages = ("ticker_updates", "executor_market_data")
+        prefetch = self.app.topology.pools["ticker_updates"].prefetch_count
+        raw = bench_fanout.raw_kombu(self, self.plan.fanout_ticks, prefetch)
+        self.echo(f"  fan-out baseline, raw Kombu, 1 tick per message: {raw}")
         for name in stages:
             self.pool(name)
         self.wait_consumers(*stages)
-        results = {}
+        results: dict[str, Any] = {}
         for size in self.plan.batch_sizes:
+            if size == 1:  # a backlog of single ticks drained, against raw Kombu (bench_fanout.py)
+                single = bench_fanout.stages(self, self.plan.fanout_ticks)
+                single["pool_rss_mb"] = {pool.name: rss_mb(pool.process.pid) for pool in self.pools}
+                single["raw_kombu_ticks_per_second"] = raw["ticks_per_second"]
+                single["raw_kombu_offered_ticks_per_second"] = raw["offered_ticks_per_second"]
+                single["tradebus / raw kombu"] = round(
+                    single["ticks_per_second"] / raw["ticks_per_second"], 2
+                )
+                results["1 per message"] = single
+                self.echo(f"  fan-out, 1 tick per message (backlog): {single}")
+                self._purge(stages)
+                continue
             message = Ticker(symbol="BTCUSDT", price=45_000.0) if size == 1 else ticker_batch("BTCUSDT", size)
             stop = threading.Event()
             sent = [0]
@@ -251,12 +275,16 @@ class Bench:
                 "messages_per_second": {q: round(r, 1) for q, r in rates.items()},
             }
             self.echo(f"  fan-out, {size} tick(s) per message: {results[f'{size} per message']}")
-            with Connection(self.url) as conn:
-                for queue in stages:  # what the stages could not take, so the next size starts level
-                    conn.default_channel.queue_purge(queue)
-            time.sleep(1.0)
+            self._purge(stages)
         self.results["fanout"] = results
         self.stop()
+
+    def _purge(self, queues: Sequence[str]) -> None:
+        """Empty ``queues`` (what the stages could not take), so the next figure starts level."""
+        with Connection(self.url) as conn:
+            for queue in queues:
+                conn.default_channel.queue_purge(queue)
+        time.sleep(1.0)
 
     # --- order path ------------------------------------------------------------------------------
     def order_path(self) -> None:
@@ -286,13 +314,14 @@ class Bench:
             ),
         }
         results: dict[str, Any] = {}
+        lags: dict[str, Any] = {}
         trip = 0
         with Connection(self.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
             for load, (rate, batch) in loads.items():
                 stop = threading.Event()
                 background = threading.Thread(target=background_ticks, args=(rate, batch, stop), daemon=True)
                 background.start()
-                latencies = []
+                latencies, self.lags = [], []
                 try:
                     for _ in range(self.plan.round_trips):
                         latencies.append(self._round_trip(conn, fills, trip))
@@ -301,8 +330,17 @@ class Bench:
                     stop.set()
                     background.join()
                 results[load] = percentiles(latencies)
+                lags[load] = percentiles(self.lags) | {
+                    "not_seen_in_time": sum(lag >= PRICE_WAIT_SECONDS * 1000 for lag in self.lags)
+                }
                 self.echo(f"  signal -> fill, {load}: {results[load]}")
-        self.results["order_path"] = {"signal_to_fill_ms": results}
+                self.echo(f"  ticker -> executor's price, {load}: {lags[load]}")
+        idle, loaded = results["idle"], results[f"{self.plan.background_ticks:g} ticks/s, one per message"]
+        self.results["order_path"] = {
+            "signal_to_fill_ms": results,
+            "price_lag_ms": lags,
+            "single ticks / idle": {p: round(loaded[p] / idle[p], 2) for p in ("p50", "p99")},
+        }
         self.stop()
 
     # --- Letrade's asyncio client -------------------------------------------------------------------
@@ -321,8 +359,12 @@ class Bench:
         symbol = f"BENCH{trip % 4}USDT"
         action = "BUY" if trip % 8 < 4 else "SELL"
         price = 100.0 * (1.01 ** (trip // 4))
+        published = time.monotonic()
         publish(Ticker(symbol=symbol, price=price))
-        wait(lambda: account.last_price(symbol) == price, 30, f"the executor to see {symbol} at {price}")
+        # How long the executor takes to see the new price: reported, never a reason to abort.
+        while account.last_price(symbol) != price and time.monotonic() - published < PRICE_WAIT_SECONDS:
+            time.sleep(0.001)
+        self.lags.append((time.monotonic() - published) * 1000)
         signal = TradingSignal(
             strategy_id="bench",
             symbol=symbol,

@@ -7,9 +7,11 @@ raw consumer; ``celery -A tradebus.ops.benchapp worker -Q bench.bare`` runs the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from typing import Any
 
 import redis
 from celery import Celery
@@ -76,5 +78,36 @@ def consume_raw(url: str, queue: str, key: str) -> None:
                 connection.drain_events()
 
 
+def consume_ticks(url: str, queue: str, key: str, prefetch: int) -> None:
+    """The fan-out's baseline: a plain Kombu consumer validating each tick with pydantic, acknowledging each,
+    and counting them in Redis every 50 ms (as a stage's recorder does)."""
+    from tradebus.mastertrade.messages import Ticker
+
+    counted = [0, time.monotonic()]
+
+    def flush() -> None:
+        if counted[0]:
+            _redis.hincrby(f"{key}:count", "n", int(counted[0]))
+        counted[0], counted[1] = 0, time.monotonic()
+
+    def on_message(message: Any) -> None:
+        Ticker.model_validate_json(message.body)
+        message.ack()
+        counted[0] += 1
+        if time.monotonic() - counted[1] > 0.05:
+            flush()
+
+    with Connection(url) as connection:
+        queues = [Queue(queue, durable=True, no_declare=True)]
+        with Consumer(connection, queues, on_message=on_message, prefetch_count=prefetch):
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=0.05)
+                flush()
+
+
 if __name__ == "__main__":
-    consume_raw(os.environ["TRADEBUS_BROKER_URL"], sys.argv[1], sys.argv[2])
+    if len(sys.argv) > 3:
+        consume_ticks(os.environ["TRADEBUS_BROKER_URL"], sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    else:
+        consume_raw(os.environ["TRADEBUS_BROKER_URL"], sys.argv[1], sys.argv[2])

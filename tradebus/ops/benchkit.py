@@ -36,6 +36,8 @@ class Plan:
     hop_rate: float = 100.0
     burst_messages: int = 3000
     fanout_seconds: float = 8.0
+    #: Single ticks in the backlog the fan-out's consumers drain (tradebus/ops/bench_fanout.py).
+    fanout_ticks: int = 20_000
     batch_sizes: tuple[int, ...] = (1, 100, 500)
     round_trips: int = 100
     background_ticks: float = 500.0
@@ -52,6 +54,7 @@ class Plan:
             hop_messages=40,
             burst_messages=200,
             fanout_seconds=2.0,
+            fanout_ticks=2_000,
             batch_sizes=(1, 100),
             round_trips=6,
             # A smoke test on a busy machine: load the order path without saturating its one market pool.
@@ -115,6 +118,14 @@ def rss_mb(pid: int) -> float:
         if children.exists():
             pids += [int(child) for child in children.read_text().split()]
     return round(total_kb / 1024, 1)
+
+
+def rss_per_process_mb(pid: int) -> float:
+    """Resident memory of one pool process of worker ``pid`` (its first child), in MB; the process's own
+    when it has no children (a raw consumer)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return rss_mb(int(kids[0])) if kids else rss_mb(pid)
 
 
 def latencies(key: str) -> list[float]:

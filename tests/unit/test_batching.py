@@ -1,0 +1,130 @@
+"""When a batched pool's worker hands its deliveries to a pool process (tradebus/batching.py), without a
+broker: deliveries are Kombu messages on a recording channel, the event loop's timers are fired by hand."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kombu.message import Message
+
+from routing import build
+from tradebus.batching import LINGER_SECONDS, Batcher, BatchMessage
+
+
+class Channel:
+    """Records what the worker would send RabbitMQ for each delivery."""
+
+    no_ack_consumers = None
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+        self.rejects: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append(tag)
+
+    def basic_reject(self, tag: int, requeue: bool = False) -> None:
+        self.rejects.append((tag, requeue))
+
+
+class Hub:
+    """The event loop's timers: ``call_later`` entries, fired by the test."""
+
+    def __init__(self) -> None:
+        self.timers: list[Timer] = []
+
+    def call_later(self, delay: float, fn: Any) -> Timer:
+        self.timers.append(Timer(delay, fn))
+        return self.timers[-1]
+
+    def fire(self) -> None:
+        due, self.timers = [t for t in self.timers if not t.cancelled], []
+        for timer in due:
+            timer.fn()
+
+
+class Timer:
+    def __init__(self, delay: float, fn: Any) -> None:
+        self.delay, self.fn, self.cancelled = delay, fn, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def delivery(channel: Channel, tag: int) -> Message:
+    return Message(body=b"{}", delivery_tag=tag, channel=channel, content_type="application/json")
+
+
+def batcher(limit: int = 100, processes: int = 1) -> tuple[Batcher, Hub, list[BatchMessage]]:
+    handed: list[BatchMessage] = []
+    hub = Hub()
+    return Batcher("stage", limit, 1.0, processes, hub, handed.append), hub, handed
+
+
+def test_a_lone_delivery_goes_at_once_and_a_stream_is_gathered_while_the_process_is_busy() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher()
+    time.sleep(LINGER_SECONDS)  # a quiet spell
+    gather.add(delivery(channel, 1), {"id": "1"})
+    assert [len(b.deliveries) for b in handed] == [1]  # a free process: no wait
+    for tag in range(2, 12):
+        gather.add(delivery(channel, tag), {"id": str(tag)})
+    assert len(handed) == 1  # the process is busy: they wait
+    handed[0].ack()
+    assert channel.acks == [1]
+    time.sleep(LINGER_SECONDS)
+    hub.fire()  # the linger timer, or the flush the acknowledgement started
+    assert [len(b.deliveries) for b in handed] == [1, 10]
+    handed[1].ack()
+    assert channel.acks == list(range(1, 12))
+
+
+def test_a_full_batch_goes_even_while_the_process_is_busy_and_the_oldest_waits_at_most_batch_ms() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher(limit=5)
+    time.sleep(LINGER_SECONDS)
+    gather.add(delivery(channel, 0), {})
+    for tag in range(1, 6):
+        gather.add(delivery(channel, tag), {})
+    assert [len(b.deliveries) for b in handed] == [1, 5]
+    gather.add(delivery(channel, 6), {})
+    assert [t.delay for t in hub.timers if not t.cancelled] == [1.0]  # batch_ms, the seed's 1 s
+    hub.fire()
+    assert [len(b.deliveries) for b in handed] == [1, 5, 1]
+
+
+def test_a_batch_rejected_for_requeue_rejects_every_delivery_back_to_its_queue() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher()
+    gather.add(delivery(channel, 1), {})
+    assert handed == []  # a worker's first deliveries are gathered (a backlog at start)
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    handed[0].reject(requeue=True)
+    assert channel.rejects == [(1, True)] and gather.in_flight == 0
+
+
+def test_the_seed_batches_the_market_data_pools_within_their_prefetch_windows() -> None:
+    pools = build("mastertrade").pools
+    batched = {name for name, pool in pools.items() if pool.batched}
+    assert batched == {
+        "strategy_market_data",
+        "market_data",
+        "ticker_updates",
+        "orderbook_updates",
+        "trade_updates",
+        "executor_market_data",
+    }
+    assert all((pools[n].batch_size, pools[n].batch_ms) == (100, 1_000) for n in batched)
+    assert not pools["order_requests"].batched and not pools["trading_signals"].batched
+
+
+def test_what_waits_is_shared_among_the_free_processes_of_a_pool() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher(processes=3)
+    for tag in range(7):
+        gather.add(delivery(channel, tag), {})
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    assert [len(b.deliveries) for b in handed] == [3, 3, 1] and gather.in_flight == 3

@@ -1,0 +1,279 @@
+"""Consumer-side batching: a market-data pool's worker hands a pool process many deliveries at once.
+
+The seed's scaling section asks consumers to take up to 100 messages or 1 s and process them as one batch.
+A queue's pool profile says so (``PoolProfile.batch_size``, ``batch_ms``, ``batch_keys``;
+routing/mastertrade/pools.py). The worker's main process (tradebus/consumer.py) then keeps each plain
+delivery of that queue in a :class:`Batcher` instead of making it a Celery task message, and hands the
+stage one Celery task, ``tradebus.batch``, carrying every buffered delivery:
+
+* as soon as a pool process is free and the last batch left at least ``LINGER_SECONDS`` ago (an isolated
+  tick waits for nothing; a stream of them is gathered a few milliseconds at a time, which is what frees
+  the CPU: the cost of a Celery task is paid once per batch), shared among the free processes when the
+  pool has several (a burst keeps all of them busy);
+* at once when ``batch_size`` deliveries are waiting (never more than the prefetch window lets RabbitMQ
+  hand out: a batch is at most ``concurrency x prefetch_multiplier`` deliveries);
+* at the latest ``batch_ms`` after the oldest of them arrived, whatever the pool is doing.
+
+The pool process validates and runs each delivery on its own (``run_batch``): an invalid one is
+dead-lettered alone with its reason, a transient failure retried alone, and the rest of the batch runs.
+Every delivery of a batch is acknowledged when the batch task returns (:class:`BatchMessage`), and
+rejected back to its queue when the pool process dies running it, so the whole batch is redelivered (the
+batch task has ``reject_on_worker_lost``; the market-data stages are idempotent: the latest price per
+symbol, candles by their open time). Why not celery-batches: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import Ignore, Retry
+from celery.utils.log import get_task_logger
+from kombu.message import Message
+
+from tradebus import store
+
+logger = get_task_logger(__name__)
+#: The Celery task that runs one batch of a stage's deliveries in a pool process.
+BATCH_TASK = "tradebus.batch"
+#: How long a stream of deliveries is gathered, at least, before the next batch goes to a free process.
+LINGER_SECONDS = 0.010
+#: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+#: Delivery properties a stage reads (JSON-safe: py-amqp gives ``timestamp`` as a datetime).
+_PROPERTIES = ("message_id", "delivery_mode", "priority", "correlation_id", "reply_to", "app_id", "type")
+
+
+def item(message: Message, text: str, task_id: str, headers: dict[str, Any]) -> dict[str, Any]:
+    """One delivery of a batch: its body, id, own headers, the properties and route a stage reads."""
+    properties = message.properties or {}
+    delivery = message.delivery_info or {}
+    return {
+        "body": text,
+        "id": task_id,
+        "headers": headers,
+        "properties": {k: properties[k] for k in _PROPERTIES if properties.get(k) is not None},
+        "delivery_info": {
+            "exchange": delivery.get("exchange"),
+            "routing_key": delivery.get("routing_key"),
+            "redelivered": bool(delivery.get("redelivered")),
+            "priority": properties.get("priority"),
+        },
+    }
+
+
+class BatchMessage(Message):  # type: ignore[misc]
+    """The deliveries of one batch as one Kombu message: acknowledging or rejecting it does so to each."""
+
+    def __init__(
+        self, deliveries: list[Message], stage: str, items: list[dict[str, Any]], done: Callable[[], None]
+    ):
+        first = deliveries[0]
+        batch_id = f"batch-{uuid.uuid4().hex}"
+        headers = {
+            "lang": "py",
+            "task": BATCH_TASK,
+            "id": batch_id,
+            "root_id": batch_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "argsrepr": f"<{len(items)} deliveries for {stage}>",
+            "kwargsrepr": "{}",
+        }
+        super().__init__(
+            body=json.dumps([[stage, items], {}, _EMBED]),
+            delivery_tag=first.delivery_tag,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_info=first.delivery_info,
+            properties={},
+            headers=headers,
+            accept=first.accept,
+            channel=first.channel,
+        )
+        self.deliveries = deliveries
+        self._done = done
+
+    def ack(self, multiple: bool = False) -> None:
+        """Acknowledge every delivery of the batch."""
+        if self.acknowledged:
+            return
+        self._state = "ACK"
+        try:
+            for delivery in self.deliveries:
+                delivery.ack()
+        finally:
+            self._done()
+
+    def reject(self, requeue: bool = False) -> None:
+        """Reject every delivery of the batch (back to its queue when ``requeue``)."""
+        if self.acknowledged:
+            return
+        self._state = "REQUEUED" if requeue else "REJECTED"
+        try:
+            for delivery in self.deliveries:
+                delivery.reject(requeue=requeue)
+        finally:
+            self._done()
+
+    def requeue(self) -> None:
+        """Every delivery of the batch back to its queue."""
+        self.reject(requeue=True)
+
+
+class Batcher:
+    """The deliveries of one stage waiting for a pool process, and when they go (see the module's doc)."""
+
+    def __init__(
+        self,
+        stage: str,
+        limit: int,
+        max_wait: float,
+        processes: int,
+        hub: Any,
+        handle: Callable[[Message], Any],
+    ) -> None:
+        self.stage, self.limit, self.max_wait, self.processes = stage, limit, max_wait, processes
+        self.hub, self.handle = hub, handle
+        self.deliveries: list[Message] = []
+        self.items: list[dict[str, Any]] = []
+        self.in_flight = 0
+        # Created on the first delivery: what is already queued (a backlog at start) is gathered first.
+        self.last_flush = time.monotonic()
+        self.first_at = 0.0
+        self._soon: Any = None
+        self._deadline: Any = None
+
+    def add(self, message: Message, entry: dict[str, Any]) -> None:
+        """Buffer one delivery; send the batch if it is full or a process is free."""
+        if not self.deliveries:
+            self.first_at = time.monotonic()
+            self._deadline = self.hub.call_later(self.max_wait, self.flush)
+        self.deliveries.append(message)
+        self.items.append(entry)
+        if len(self.deliveries) >= self.limit:
+            self.flush()
+        else:
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        """Flush now if a process is free and the last batch is old enough; else when it will be."""
+        if not self.deliveries or self.in_flight >= self.processes or self._soon is not None:
+            return
+        wait = self.last_flush + LINGER_SECONDS - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        else:
+            self._soon = self.hub.call_later(wait, self._linger_done)
+
+    def _linger_done(self) -> None:
+        self._soon = None
+        self._maybe_flush()
+
+    def _finished(self) -> None:
+        """A batch was acknowledged or rejected: its process is free for the next."""
+        self.in_flight -= 1
+        self._maybe_flush()
+
+    def flush(self) -> None:
+        """Hand every buffered delivery to a pool process as one batch task."""
+        for entry in (self._soon, self._deadline):
+            if entry is not None:
+                entry.cancel()
+        self._soon = self._deadline = None
+        if not self.deliveries:
+            return
+        deliveries, items = self.deliveries, self.items
+        self.deliveries, self.items = [], []
+        self.last_flush = time.monotonic()
+        # Shared among the free processes: a burst keeps every process of the pool busy.
+        parts = max(1, min(self.processes - self.in_flight, len(deliveries)))
+        size = -(-len(deliveries) // parts)
+        for start in range(0, len(deliveries), size):
+            self.in_flight += 1
+            part = slice(start, start + size)
+            self.handle(BatchMessage(deliveries[part], self.stage, items[part], self._finished))
+
+
+def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
+    """The ``tradebus.batch`` task, in a pool process: ``stage`` runs each delivery as if it came alone.
+
+    Each gets its own request (id, headers, route, properties), its own validation, dead letter or retry.
+    A stage with a ``batch_handler`` (the latest price per symbol) then handles the valid ones at once; if
+    that fails, each runs alone through the stage's own handler. Returns how many ran. A delivery the stage
+    could not even dead-letter fails the batch once every other delivery has run: the batch is rejected,
+    and the queue's dead-letter exchange keeps its deliveries.
+    """
+    runner = task.app.tasks[stage]
+    collected: list[tuple[int, Any]] = []
+    position = [0]
+    own = runner.__dict__.get("handler")  # the stage's handler is a class attribute unless patched
+    if runner.batch_handler is not None:  # valid messages are collected, then handled at once
+        runner.handler = lambda message: collected.append((position[0], message))
+    failure: BaseException | None = None
+    try:
+        for index, entry in enumerate(items):
+            position[0] = index
+            failure = _run_one(runner, entry) or failure
+    finally:
+        runner.__dict__.pop("handler", None)
+        if own is not None:
+            runner.handler = own
+    if collected:
+        try:
+            runner.batch_handler([message for _, message in collected])
+        except Exception as exc:  # noqa: BLE001 - each message then runs alone, to retry or dead-letter alone
+            logger.warning("%s: a batch's handler failed (%s); running its messages one by one", stage, exc)
+            for index, _ in collected:
+                failure = _run_one(runner, items[index]) or failure
+    _count(runner.queue_name, len(items))
+    if failure is not None:
+        raise failure
+    return len(items)
+
+
+def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
+    """Run one delivery of a batch under its own request; the exception it failed the stage with, if any."""
+    properties = entry["properties"]
+    runner.push_request(
+        id=entry["id"],
+        root_id=entry["id"],
+        args=[entry["body"]],
+        kwargs={},
+        headers=entry["headers"],
+        properties=properties,
+        delivery_info=entry["delivery_info"],
+        reply_to=properties.get("reply_to"),
+        correlation_id=properties.get("correlation_id"),
+        retries=0,
+        called_directly=False,
+        is_eager=False,
+    )
+    try:
+        runner.run_stage(entry["body"])
+    except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
+        return None
+    except Exception as exc:  # the rest of the batch runs first
+        logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
+        return exc
+    finally:
+        runner.pop_request()
+    return None
+
+
+def _count(queue: str, deliveries: int) -> None:
+    """Count the batch and its deliveries (``tradebus`` metrics ``batches:<queue>``, ``batched:<queue>``)."""
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        pipe.hincrby(store.key("metrics"), f"batches:{queue}", 1)
+        pipe.hincrby(store.key("metrics"), f"batched:{queue}", deliveries)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - observability must never cost a message
+        logger.warning("%s: could not count a batch: %s", queue, exc)
