@@ -17,7 +17,7 @@ Decisions where the seed is silent or cannot be taken literally are in docs/letr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -190,10 +190,12 @@ STAGE_MODULES: tuple[str, ...] = (
 
 
 def build(options: TopologyOptions | None = None) -> Topology:
-    """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools."""
-    options = options or TopologyOptions()
-    if options.market_data_shards:
-        raise ValueError("market-data sharding is MasterTrade's: Letrade's topology has no shards")
+    """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools.
+
+    Sharding by symbol is MasterTrade's: a shard count is ignored here (one environment, e.g. a shared
+    ``.env``, may set ``TRADEBUS_MARKET_DATA_SHARDS`` for both buses) and the topology records 0.
+    """
+    options = replace(options or TopologyOptions(), market_data_shards=0)
     return Topology(
         name=NAME,
         options=options,

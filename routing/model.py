@@ -37,9 +37,9 @@ class TopologyOptions:
     """How a profile's topology is built: the variants later features choose between.
 
     ``queue_type`` is the type of the critical queues and ``market_data_shards`` the number of queues
-    market data for the strategy is spread over by symbol (0: the seed's one queue; MasterTrade only,
-    docs/topology.md "Sharding by symbol"). A value no profile builds yet is refused here, at the edge,
-    rather than silently ignored.
+    market data for the strategy is spread over by symbol (0: the seed's one queue; MasterTrade only:
+    Letrade's build ignores it, docs/topology.md "Sharding by symbol"). A value no profile builds yet is
+    refused here, at the edge, rather than silently ignored.
     """
 
     queue_type: str = CLASSIC

@@ -36,6 +36,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from routing.model import MAX_SHARDS
 from tradebus import tlsonly
 from tradebus.encryption import Keyring, parse_keys
 from tradebus.environment import (
@@ -63,8 +64,10 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 def _shards(count: int) -> int:
-    if count < 0:
-        raise SettingsError("TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) or more")
+    if not 0 <= count <= MAX_SHARDS:
+        raise SettingsError(
+            f"TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) to {MAX_SHARDS}, not {count}"
+        )
     return count
 
 
@@ -307,7 +310,7 @@ class Settings(BaseModel):
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
     #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
-    market_data_shards: int = Field(default=0, ge=0)
+    market_data_shards: int = Field(default=0, ge=0, le=MAX_SHARDS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,7 +15,7 @@ from routing.mastertrade.keys import CANDLE_INTERVALS, SYMBOL_HEADER, symbol_of
 from routing.mastertrade.shards import STRATEGY_SHARDS
 from tests.support.bus import MASTERTRADE
 from tradebus import headers
-from tradebus.application import create_app
+from tradebus.application import create_app, topology_for
 from tradebus.errors import SettingsError
 from tradebus.ops.report import route_report
 from tradebus.ops.users import accounts, export_definitions
@@ -159,12 +159,43 @@ def test_definitions_bind_the_consistent_hash_exchange_and_its_shards_in_order()
 def test_the_number_of_shards_comes_from_the_environment_and_only_mastertrade_builds_them() -> None:
     assert Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "4"}).market_data_shards == 4
     assert Settings.from_env({}).market_data_shards == 0
-    with pytest.raises(SettingsError, match="TRADEBUS_MARKET_DATA_SHARDS"):
-        Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "-1"})
-    with pytest.raises(ValueError, match="Letrade"):
-        routing.build("letrade", market_data_shards=2)
+    for wrong in ("-1", "1000"):
+        with pytest.raises(SettingsError, match="TRADEBUS_MARKET_DATA_SHARDS"):
+            Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": wrong})
     with pytest.raises(ValueError, match="between 0"):
         routing.build("mastertrade", market_data_shards=1000)
+
+
+def test_letrade_ignores_the_shard_count_one_environment_serves_both_buses() -> None:
+    settings = Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "4"})
+    plain = routing.build("letrade")
+    bus = topology_for("letrade", settings)
+    assert bus.options.market_data_shards == 0 and not bus.shards
+    assert [q.name for q in bus.stage_queues] == [q.name for q in plain.stage_queues]
+    assert set(bus.pools) == set(plain.pools)
+    assert topology_for("mastertrade", settings).options.market_data_shards == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "says"),
+    [
+        ({"TRADEBUS_TOPOLOGY": "letrade", "TRADEBUS_MARKET_DATA_SHARDS": "4"}, 0, "letrade.strategy"),
+        ({"TRADEBUS_MARKET_DATA_SHARDS": "1000"}, 2, "TRADEBUS_MARKET_DATA_SHARDS"),
+        ({"TRADEBUS_TOPOLOGY": "nosuch"}, 2, "TRADEBUS_TOPOLOGY"),
+    ],
+)
+def test_the_cli_runs_letrade_with_shards_set_and_names_the_wrong_variable(
+    env: dict[str, str], code: int, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tradebus.ops.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["topology", "show"])
+    assert result.exit_code == code, result.output
+    assert says in result.output
 
 
 def test_a_dead_letter_of_any_shard_is_replayed_straight_back_to_that_shard() -> None:
