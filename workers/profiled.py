@@ -2,7 +2,8 @@
 
 ``celery -A tradebus worker -Q order_requests`` with no other flag starts 3 processes with a prefetch
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
-built from Python) still wins.
+built from Python) still wins, except that a worker consuming a shard queue refuses more than one process
+(ShardConcurrency: a symbol's ticks are processed in order).
 
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
@@ -13,13 +14,14 @@ command workers: tradebus/ops/remote_control.py), and gossip consumes every work
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
 from celery.apps.worker import Worker
 from click.core import ParameterSource
 
-from workers.profiles import combined, shares_a_critical_queue
+from workers.profiles import check_shard_concurrency, combined, shares_a_critical_queue
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 concurrency = profile[0]
             if not _explicit("prefetch_multiplier", prefetch_multiplier):
                 prefetch_multiplier = profile[1]
+        # No -Q: Celery consumes every queue, the shards too; no -c: one process per CPU.
+        consumed = names or [q.name for q in self.app.topology.worker_queues]
+        check_shard_concurrency(self.app.topology, consumed, int(concurrency or os.cpu_count() or 1))
         return super().setup_defaults(
             concurrency=concurrency, prefetch_multiplier=prefetch_multiplier, queues=queues, **kwargs
         )

@@ -10,15 +10,19 @@ dead-letters into its own DLQ and carries its own dead-letter policy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from kombu import Consumer, Queue
+from kombu.message import Message
 
 import routing
 from routing.consistent_hash import header_bucket
@@ -146,3 +150,43 @@ def kill_all(pools: list[PoolProcess]) -> None:
         if pool.process.poll() is None:
             os.killpg(pool.process.pid, signal.SIGKILL)
         pool.process.wait()
+
+
+def test_a_second_consumer_on_a_shard_stays_idle_until_the_first_goes(sharded_vhost: Vhost) -> None:
+    """Single active consumer: a replica started by mistake on a shard gets nothing while the first
+    consumer lives (it would split a symbol's ticks), and takes over when it goes (the positive control)."""
+    shard = Queue(QUEUES[0], no_declare=True)
+    got: dict[str, list[str]] = {"first": [], "second": []}
+
+    def taker(name: str) -> Callable[[Message], None]:
+        def take(message: Message) -> None:
+            body = message.body
+            got[name].append(body.decode() if isinstance(body, bytes) else body)
+            message.ack()
+
+        return take
+
+    def publish(bodies: list[str]) -> None:
+        for body in bodies:
+            raw_publish(sharded_vhost, body, "", shard.name)
+
+    with sharded_vhost.connection() as one, sharded_vhost.connection() as two:
+        first = Consumer(one.channel(), [shard], on_message=taker("first"), prefetch_count=10)
+        second = Consumer(two.channel(), [shard], on_message=taker("second"), prefetch_count=10)
+        first.consume()
+        second.consume()
+
+        def drain(wanted: str, count: int) -> bool:
+            for conn in (one, two):
+                with contextlib.suppress(socket.timeout):
+                    conn.drain_events(timeout=0.05)
+            return len(got[wanted]) >= count
+
+        publish([f"a{i}" for i in range(5)])
+        assert wait_until(lambda: drain("first", 5), 30), got
+        assert got == {"first": [f"a{i}" for i in range(5)], "second": []}
+        first.cancel()
+        publish([f"b{i}" for i in range(3)])
+        assert wait_until(lambda: drain("second", 3), 30), got
+        assert got["second"] == [f"b{i}" for i in range(3)]
+        second.cancel()

@@ -72,7 +72,7 @@ def test_shards_replace_the_queue_with_its_arguments_dead_letters_policies_and_p
     policies = {(p.apply_to, p.target): p.definition for p in SHARDED.policies}
     for name in SHARDS:
         queue = SHARDED.queues_by_name[name]
-        assert queue.queue_arguments == replaced.queue_arguments
+        assert queue.queue_arguments == {**replaced.queue_arguments, "x-single-active-consumer": True}
         assert {(b.exchange.name, b.routing_key) for b in queue.bindings} == {
             (STRATEGY_SHARDS.name, "1"),
             ("mastertrade.retry", name),
@@ -211,3 +211,16 @@ def test_a_dead_letter_of_any_shard_is_replayed_straight_back_to_that_shard() ->
             f"dlq.{shard}", shard, "stage_error", "", *route, 1, None, "m", body, "application/json"
         )
         assert destination(SHARDED, letter, body, "application/json") == ("mastertrade.retry", shard)
+
+
+def test_a_worker_on_a_shard_runs_one_process() -> None:
+    from tradebus.errors import ShardConcurrency
+    from workers.profiles import check_shard_concurrency
+
+    check_shard_concurrency(SHARDED, [SHARDS[0]], 1)
+    check_shard_concurrency(SHARDED, ["order_requests"], 3)
+    check_shard_concurrency(MASTERTRADE, ["strategy_market_data"], 5)
+    wrong = (([SHARDS[0]], 2), ([SHARDS[0], SHARDS[1]], 2), (["order_requests", SHARDS[3]], 4))
+    for queues, processes in wrong:
+        with pytest.raises(ShardConcurrency, match="one process"):
+            check_shard_concurrency(SHARDED, queues, processes)

@@ -18,6 +18,7 @@ from tradebus.errors import (
     ManagementAPIError,
     PublishFailed,
     SettingsError,
+    ShardConcurrency,
     TopologyConflict,
     UnknownPool,
 )
@@ -298,7 +299,7 @@ def worker_cmd(pool: str, celery_args: tuple[str, ...]) -> None:
 
     try:
         run_pool(_app(), pool, celery_args)
-    except UnknownPool as exc:
+    except (UnknownPool, ShardConcurrency) as exc:
         click.echo(exc.args[0], err=True)
         sys.exit(ExitCode.USAGE)
 
