@@ -20,7 +20,7 @@ from routing.mastertrade import exchanges as ex
 from routing.mastertrade import queues as qs
 from routing.mastertrade.keys import SYMBOL_HEADER
 from routing.match import CONSISTENT_HASH, HASH_HEADER, ExchangeBinding
-from routing.model import Policy, PoolProfile, Shards
+from routing.model import SHARD_WEIGHT, Policy, PoolProfile, Shards
 
 #: The queue sharding replaces.
 SHARDED_QUEUE = qs.STRATEGY_MARKET_DATA
@@ -29,8 +29,8 @@ SHARDED_KEY = "market.#"
 #: A shard's pool: one process keeps a symbol's messages in order; the seed's prefetch of 10.
 SHARD_CONCURRENCY = 1
 SHARD_PREFETCH_MULTIPLIER = 10
-#: Each shard's weight on the exchange: one bucket each, so bucket i is shard i.
-WEIGHT = "1"
+#: Each shard's weight on the exchange: one bucket each, so bucket i is shard i (checked by Topology).
+WEIGHT = SHARD_WEIGHT
 #: One consumer per shard, enforced by the broker: with ``x-single-active-consumer`` a second worker on a
 #: shard (a replica started by mistake) stays idle until the first one goes, instead of splitting a
 #: symbol's messages between two processes. The worker itself refuses more than one process on a shard

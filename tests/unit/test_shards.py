@@ -224,3 +224,23 @@ def test_a_worker_on_a_shard_runs_one_process() -> None:
     for queues, processes in wrong:
         with pytest.raises(ShardConcurrency, match="one process"):
             check_shard_concurrency(SHARDED, queues, processes)
+
+
+def test_a_consistent_hash_binding_of_another_weight_or_order_is_refused() -> None:
+    from dataclasses import replace
+
+    from routing.build import durable_queue
+
+    def with_shard_1(weight: str) -> tuple[object, ...]:
+        heavy = durable_queue(SHARDS[1], [(STRATEGY_SHARDS, weight)], {})
+        return tuple(heavy if q.name == SHARDS[1] else q for q in SHARDED.stage_queues)
+
+    with pytest.raises(ValueError, match="weight other than 1"):
+        replace(SHARDED, stage_queues=with_shard_1("2"))
+    replace(SHARDED, stage_queues=with_shard_1("1"))  # the positive control: weight 1 is accepted
+    swapped = list(SHARDED.stage_queues)
+    i, j = (next(n for n, q in enumerate(swapped) if q.name == s) for s in SHARDS[:2])
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    with pytest.raises(ValueError, match="in that order"):
+        replace(SHARDED, stage_queues=tuple(swapped))
+    assert headers.SYMBOL is SYMBOL_HEADER  # one definition, in routing
