@@ -116,6 +116,10 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                     (AT + timedelta(minutes=n)).timestamp() for n in range(expected)
                 ]
             assert len({q for shards in shard_of.values() for q in shards}) == SHARDS  # every shard worked
+            # The header-less delivery is counted on its shard (the positive control of the check that
+            # counted no misplaced one: the ring is in order).
+            counted = {k: v for k, v in recorder.metrics().items() if k.startswith("shard_")}
+            assert counted == {f"shard_no_symbol:{QUEUES[header_bucket(None, SHARDS)]}": 1}, counted
 
             # A shard dead-letters into its own DLQ, and the broker applies its dead-letter policy.
             shard = QUEUES[header_bucket(SYMBOLS[1], SHARDS)]
@@ -190,3 +194,44 @@ def test_a_second_consumer_on_a_shard_stays_idle_until_the_first_goes(sharded_vh
         assert wait_until(lambda: drain("second", 3), 30), got
         assert got["second"] == [f"b{i}" for i in range(3)]
         second.cancel()
+
+
+def test_resharding_a_running_broker_is_a_conflict_and_a_drifted_ring_is_found(
+    broker: Vhost, sharded_vhost: Vhost
+) -> None:
+    """``tradebus topology declare`` over a broker sharded another way exits 3 and says how to reshard;
+    ``topology check`` reads the broker's ring and finds it out of the shards' order (a shard queue
+    re-created), and the documented fix (delete the exchange, declare again) puts it back."""
+    from click.testing import CliRunner
+
+    from tradebus.ops.cli import main
+
+    def cli(vhost: Vhost, shards: int, *args: str) -> tuple[int, str]:
+        env = {"TRADEBUS_BROKER_URL": vhost.url, "TRADEBUS_MARKET_DATA_SHARDS": str(shards)}
+        result = CliRunner().invoke(main, ["--topology", "mastertrade", "topology", *args], env=env)
+        return result.exit_code, result.output
+
+    # Off -> 4 on the session's unsharded bus (read-only check): strategy_market_data is still bound.
+    code, out = cli(broker, SHARDS, "check")
+    assert code == 3 and "queue strategy_market_data" in out and "Resharding" in out, out
+    # 4 -> 2 and 4 -> off on the sharded bus: refused, nothing changed.
+    for shards, says in ((2, "4: strategy_market_data.0"), (0, "none (unsharded)")):
+        code, out = cli(sharded_vhost, shards, "declare")
+        assert code == 3 and says in out and "Resharding" in out, out
+    assert {b["destination"] for b in sharded_vhost.management.bindings()} >= set(QUEUES)
+    # The positive control: the same count declares (its ring is checked in order at the end).
+    assert cli(sharded_vhost, SHARDS, "declare")[0] == 0
+
+    # Shard 1 deleted and re-created: the plugin hands it the last bucket.
+    with sharded_vhost.connection() as conn:
+        channel = conn.channel()
+        channel.queue_delete(QUEUES[1])
+        SHARDED.queues_by_name[QUEUES[1]](channel).declare()
+        code, out = cli(sharded_vhost, SHARDS, "check")
+        assert code == 3 and "bucket 1" in out and "consistent-hash ring is not in the shards' order" in out
+        # The fix docs/operations.md gives: delete the exchange, declare again.
+        channel.exchange_delete(SHARDED.shards[0].exchange)
+        channel.close()
+    assert cli(sharded_vhost, SHARDS, "declare")[0] == 0
+    code, out = cli(sharded_vhost, SHARDS, "check")
+    assert code == 0 and "4 buckets, bucket i is shard i" in out, out

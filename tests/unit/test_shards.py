@@ -244,3 +244,47 @@ def test_a_consistent_hash_binding_of_another_weight_or_order_is_refused() -> No
     with pytest.raises(ValueError, match="in that order"):
         replace(SHARDED, stage_queues=tuple(swapped))
     assert headers.SYMBOL is SYMBOL_HEADER  # one definition, in routing
+
+
+def test_a_ring_out_of_the_shards_order_is_a_difference_bucket_by_bucket() -> None:
+    from tradebus.ops.ring import ring_differences
+
+    exchange = STRATEGY_SHARDS.name
+    assert ring_differences(SHARDED, {exchange: dict(enumerate(SHARDS))}) == []
+    assert ring_differences(SHARDED, {}) == []  # not read: nothing to compare
+    drifted = dict(enumerate([SHARDS[0], SHARDS[2], SHARDS[3], SHARDS[1]]))
+    rows = ring_differences(SHARDED, {exchange: drifted})
+    assert [(r[0].rsplit(" ", 1)[1], r[2], r[3]) for r in rows] == [
+        ("1", SHARDS[2], SHARDS[1]),
+        ("2", SHARDS[3], SHARDS[2]),
+        ("3", SHARDS[1], SHARDS[3]),
+    ]
+    assert len(ring_differences(SHARDED, {exchange: dict(enumerate(SHARDS[:3]))})) == 1
+
+
+def test_a_shard_counts_deliveries_without_the_symbol_and_those_its_hash_puts_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tradebus import sharding
+
+    counted: list[str] = []
+
+    def check(queue: str, exchange: str, hdrs: dict[str, str]) -> str | None:
+        return sharding.check_delivery(SHARDED, queue, exchange, hdrs, counted.append)
+
+    eth = {SYMBOL_HEADER: "ETHUSDT"}  # shard 2
+    assert check(SHARDS[2], "mastertrade.market", eth) is None  # where it belongs
+    assert check(SHARDS[1], "mastertrade.retry", eth) is None  # a retry comes back by name
+    assert check("order_requests", "mastertrade.orders", {}) is None  # not a shard
+    with caplog.at_level("WARNING", logger="tradebus.sharding"):
+        assert check(SHARDS[0], "mastertrade.market", eth) == sharding.MISPLACED
+        assert check(SHARDS[0], "mastertrade.market", eth) == sharding.MISPLACED
+        assert check(SHARDS[1], "mastertrade.market", {}) == sharding.NO_SYMBOL
+    assert counted == [
+        f"shard_misplaced:{SHARDS[0]}",
+        f"shard_misplaced:{SHARDS[0]}",
+        f"shard_no_symbol:{SHARDS[1]}",
+    ]
+    # One warning for the first of each kind, not one per delivery.
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "misplaced delivery" in warnings[0] and "without" in warnings[1]

@@ -22,6 +22,7 @@ from tradebus.errors import (
     TopologyConflict,
     UnknownPool,
 )
+from tradebus.ops.check import check_command, print_differences
 from tradebus.ops.exits import ExitCode, TradebusGroup
 from tradebus.settings import Settings
 
@@ -78,8 +79,7 @@ def topology() -> None:
 def topology_declare() -> None:
     """Declare every exchange, queue and binding (idempotent); on a conflict print the diff."""
     from tradebus.management import Management
-    from tradebus.ops.report import table
-    from tradebus.topology import ALTERNATE_ARGUMENT_HINT, check_and_declare, has_alternate_argument
+    from tradebus.topology import check_and_declare, conflict_hints
 
     app = _app()
     try:
@@ -87,10 +87,8 @@ def topology_declare() -> None:
             conn.ensure_connection(max_retries=1)
             extra = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
-        click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
-        click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
-        if has_alternate_argument(exc.differences):
-            click.echo(ALTERNATE_ARGUMENT_HINT, err=True)
+        title = "The broker holds objects that differ from the topology; nothing was changed:"
+        print_differences(title, exc.differences, conflict_hints(exc.differences))
         sys.exit(ExitCode.TOPOLOGY_CONFLICT)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -101,6 +99,9 @@ def topology_declare() -> None:
     for exchange, key, queue in extra:
         click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
     click.echo("topology declared")
+
+
+topology.add_command(check_command)
 
 
 @topology.command("show")
