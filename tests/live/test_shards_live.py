@@ -11,8 +11,6 @@ dead-letters into its own DLQ and carries its own dead-letter policy.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +32,7 @@ from tradebus.mastertrade import candles
 from tradebus.mastertrade.samples import AT, candle
 from tradebus.mastertrade.wire import encode, publish
 from tradebus.topology import check_and_declare
-from workers.launch import PoolProcess, start_pool, wait_for_consumers
+from workers.launch import kill_all, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -91,8 +89,27 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                 got = {q: list(reversed(recorder.received(q))) for q in QUEUES}
                 return got if sum(map(len, got.values())) >= total else None
 
-            seen = wait_until(received, 90)
-            assert seen, {q: len(recorder.received(q)) for q in QUEUES}
+            assert wait_until(received, 90), {q: len(recorder.received(q)) for q in QUEUES}
+            # Then nothing more is on its way: every shard empty, nothing unacknowledged; read again, so a
+            # duplicate or a late delivery would show.
+            with sharded_vhost.connection() as conn:
+                channel = conn.channel()
+
+                def depth(queue: str) -> int:
+                    return int(channel.queue_declare(queue, passive=True)[1])
+
+                def settled() -> bool:
+                    live = [sharded_vhost.management.queue(q) for q in QUEUES]
+                    return all(depth(q) == 0 for q in QUEUES) and not any(
+                        q.get("messages_unacknowledged") for q in live
+                    )
+
+                assert wait_until(settled, 60)
+                seen = received()
+                assert seen is not None
+                # Nothing went unrouted or dead: the header-less message too reached a shard.
+                elsewhere = [q.name for q in SHARDED.unrouted_queues] + [f"dlq.{q}" for q in QUEUES]
+                assert {q: depth(q) for q in elsewhere} == dict.fromkeys(elsewhere, 0)
 
             shard_of: dict[str, set[str]] = {}
             order: dict[str, list[int]] = {}
@@ -145,15 +162,6 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
         client = redis.Redis.from_url(SETTINGS.redis_url)
         for key in client.scan_iter(match=f"{prefix}:*"):
             client.delete(key)
-
-
-def kill_all(pools: list[PoolProcess]) -> None:
-    """SIGKILL the workers and their pool processes: the test has seen all it needs (a warm shutdown of
-    each would add seconds to the suite)."""
-    for pool in pools:
-        if pool.process.poll() is None:
-            os.killpg(pool.process.pid, signal.SIGKILL)
-        pool.process.wait()
 
 
 def test_a_second_consumer_on_a_shard_stays_idle_until_the_first_goes(sharded_vhost: Vhost) -> None:
