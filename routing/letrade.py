@@ -23,7 +23,8 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from routing.build import alternate_exchange_policy, durable_queue, exchange, fanout_exchange
-from routing.model import PoolProfile, Route, Topology, TopologyOptions
+from routing.model import QUORUM, PoolProfile, Route, Topology, TopologyOptions
+from routing.quorum import as_quorum
 
 NAME = "letrade"
 DEAD_SUFFIX = ".dead"
@@ -192,10 +193,15 @@ STAGE_MODULES: tuple[str, ...] = (
 def build(options: TopologyOptions | None = None) -> Topology:
     """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools.
 
+    ``queue_type="quorum"`` makes the dead-letter queues quorum queues; the inboxes stay classic priority
+    queues (quorum queues refuse ``x-max-priority``, and the seed's "trade messages: priority HIGH" needs
+    it; docs/topology.md, "Quorum queues").
+
     Sharding by symbol is MasterTrade's: a shard count is ignored here (one environment, e.g. a shared
     ``.env``, may set ``TRADEBUS_MARKET_DATA_SHARDS`` for both buses) and the topology records 0.
     """
     options = replace(options or TopologyOptions(), market_data_shards=0)
+    quorum = options.queue_type == QUORUM
     return Topology(
         name=NAME,
         options=options,
@@ -206,7 +212,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         retry=RETRY,
         stage_queues=STAGE_QUEUES,
         task_queues=TASK_QUEUES,
-        dead_letter_queues=DEAD_LETTER_QUEUES,
+        dead_letter_queues=tuple(as_quorum(q) for q in DEAD_LETTER_QUEUES) if quorum else DEAD_LETTER_QUEUES,
         unrouted_queues=UNROUTED_QUEUES,
         market_data_queues=MARKET_DATA_QUEUES,
         critical_queues=CRITICAL_QUEUES,
@@ -215,4 +221,6 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dead_letter_route=dead_letter_route,
         dead_letter_prefix=DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
+        # One trace per command, through to its event (docs/operations.md, "Traces").
+        trace_roots=((COMMANDS.name, "#"),),
     )

@@ -6,6 +6,7 @@ set -uo pipefail
 
 RABBIT_PORT=${RABBIT_PORT:-5672}
 RABBIT_API_PORT=${RABBIT_API_PORT:-15672}
+RABBIT_PROMETHEUS_PORT=${RABBIT_PROMETHEUS_PORT:-15692}
 REDIS_PORT=${REDIS_PORT:-6379}
 
 say() { echo "services: $*"; }
@@ -27,8 +28,9 @@ install_missing() {
   fi
 }
 
-#: Plugins tradebus needs: the management API, and the consistent-hash exchange of the market-data shards.
-PLUGINS=(rabbitmq_management rabbitmq_consistent_hash_exchange)
+#: Plugins tradebus needs: the management API, rabbitmq_prometheus (docs/operations.md) and the
+#: consistent-hash exchange of the market-data shards.
+PLUGINS=(rabbitmq_management rabbitmq_prometheus rabbitmq_consistent_hash_exchange)
 
 enable_plugins() {  # on a running broker: enabling an enabled plugin is a no-op; no restart
   export PATH="$PATH:/usr/sbin:/usr/lib/rabbitmq/bin"
@@ -55,6 +57,17 @@ start_rabbitmq() {
     as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
     wait_port "$RABBIT_API_PORT" 60 || { say "management API did not open port $RABBIT_API_PORT"; return 1; }
   fi
+  enable_prometheus
+}
+
+# rabbitmq_prometheus: queue depths, unacked and consumers on :15692 (docs/operations.md). Enabled online,
+# no restart, on a broker that runs without it.
+enable_prometheus() {
+  if ! port_open "$RABBIT_PROMETHEUS_PORT"; then
+    say "enabling rabbitmq_prometheus"
+    as_root rabbitmq-plugins enable rabbitmq_prometheus >/dev/null
+    wait_port "$RABBIT_PROMETHEUS_PORT" 60 || { say "rabbitmq_prometheus did not open port $RABBIT_PROMETHEUS_PORT"; return 1; }
+  fi
 }
 
 start_redis() {
@@ -65,7 +78,8 @@ start_redis() {
   fi
 }
 
-if port_open "$RABBIT_PORT" && port_open "$RABBIT_API_PORT" && port_open "$REDIS_PORT"; then
+if port_open "$RABBIT_PORT" && port_open "$RABBIT_API_PORT" && port_open "$RABBIT_PROMETHEUS_PORT" \
+  && port_open "$REDIS_PORT"; then
   enable_plugins || exit 1
   say "RabbitMQ, its management API and Redis are up"
   exit 0

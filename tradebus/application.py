@@ -3,7 +3,7 @@
 The app carries its :class:`~routing.Topology` and :class:`~tradebus.settings.Settings`; the consumer, the
 stages, the publisher and the worker read them from the app they run under, so one process can hold the
 apps of both buses. ``celery -A tradebus`` finds the default app (``tradebus.application``), built from the
-environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_*``).
+environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_QUEUE_TYPE``, ``TRADEBUS_*``).
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
 
 
 def topology_for(name: str, settings: Settings) -> Topology:
-    """Profile ``name``'s topology with the options the settings give (``TRADEBUS_MARKET_DATA_SHARDS``;
-    a profile without shards ignores it); ValueError for an unknown profile. The settings checked the
-    options' ranges already (tradebus/settings.py), each error naming its variable."""
-    return build(name, market_data_shards=settings.market_data_shards)
+    """Profile ``name``'s topology with the options the settings give (``TRADEBUS_MARKET_DATA_SHARDS``,
+    which a profile without shards ignores, ``TRADEBUS_QUEUE_TYPE``); ValueError for an unknown profile.
+    The settings checked the options' ranges already (tradebus/settings.py), each error naming its
+    variable."""
+    return build(name, market_data_shards=settings.market_data_shards, queue_type=settings.queue_type)
 
 
 def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus") -> TradebusCelery:

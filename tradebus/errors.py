@@ -210,3 +210,11 @@ class InsecureConnection(TradebusError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("TRADEBUS_REQUIRE_TLS=1 refuses connections without TLS: " + "; ".join(problems))
+
+
+class MetricsUnavailable(TradebusError):
+    """A worker asked to export metrics cannot (its port is taken, say)."""
+
+
+class MigrationBlocked(TradebusError):
+    """A queue cannot change type now: something still consumes it (stop its workers first)."""

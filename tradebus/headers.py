@@ -29,6 +29,10 @@ SIGNER = "x-tradebus-signer"
 SIGNATURE = "x-tradebus-signature"
 SIGNED_AT = "x-tradebus-signed-at"
 
+# Traces (tradebus/tracing.py): W3C Trace Context, written and read by OpenTelemetry's propagators.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
 # Replays of dead letters (tradebus dlq replay).
 REPLAY_OF = "x-tradebus-replay-of"
 REPLAYED_FROM = "x-tradebus-replayed-from"

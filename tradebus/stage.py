@@ -7,7 +7,8 @@
 * records what it received and how long after its publication (tradebus/recorder.py), then calls ``fn``
   with the validated model,
 * retries a transient failure (Redis or the broker away) with the seed's policy, 3 times after 5, 10 and
-  20 seconds, through Celery's own retry, delivered straight back to ``queue``,
+  20 seconds, through Celery's own retry, delivered straight back to ``queue`` (on the quorum topology
+  after waiting in the broker's delay queue rather than in the worker),
 * drops a copy of a message it has handled already: the same publisher-given id on a persistent
   message, a repeated outcome (tradebus/outcomes.py, tradebus/seen.py),
 * dead-letters the original body to ``dlq.<queue>``, with the reason in its headers, when the body is
@@ -34,7 +35,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import recorder, seen, sharding, signing, store
+from tradebus import metrics, recorder, redeliveries, seen, sharding, signing, tracing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -47,13 +48,14 @@ from tradebus.errors import (
 )
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
 from tradebus.publisher import PERSISTENT
+from tradebus.redeliveries import DELIVERY_COUNT, MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
-MAX_REDELIVERIES = 5
-#: How long a redelivery count is remembered.
-REDELIVERY_WINDOW_SECONDS = 24 * 3600
+#: Headers the broker sets on a delivery (dead-lettering, a quorum queue's count): a retry is a new
+#: message and starts without them.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT)
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
 _CELERY_CONTROL = (Retry, Reject, Ignore)
 
@@ -162,12 +164,13 @@ class StageTask(Task):  # type: ignore[misc]
             message_id=self.request.id,
             retries=self.request.retries or 0,
         )
+        metrics.dead_lettered(self.queue_name, self.name, reason, self.request)
 
     def retry_later(self, exc: BaseException) -> NoReturn:
         """Schedule the current message again on this stage's queue after the policy's delay (Celery's
         ``Task.retry``, which raises Retry for Celery to acknowledge the current delivery)."""
         exchange, routing_key = self.origin()
-        headers = {k: v for k, v in self.headers.items() if k != "x-death"} | {
+        headers = {k: v for k, v in self.headers.items() if not k.startswith(_BROKER_HEADERS)} | {
             ORIGINAL_EXCHANGE: exchange,
             ORIGINAL_ROUTING_KEY: routing_key,
         }
@@ -184,13 +187,19 @@ class StageTask(Task):  # type: ignore[misc]
             self.retry_policy.max_retries,
             delay,
         )
+        # Quorum topology: the retry waits in the broker's delay queue for its delay, then comes back through
+        # mastertrade.retry, so no worker holds it (and a prefetch slot) meanwhile; countdown 0 keeps Celery
+        # from holding it again or rerouting it to its own delay exchanges (docs/topology.md, "Retries on
+        # quorum queues"). Otherwise Celery's countdown: the worker holds it until it is due.
+        delayed = self.app.topology.retry_delay_route(self.queue_name, delay)
+        via, key = delayed or (self.app.topology.retry.name, self.queue_name)
         self.retry(
             exc=exc,
-            countdown=delay,
+            countdown=0 if delayed else delay,
             max_retries=self.retry_policy.max_retries,
             queue=self.queue_name,
-            exchange=self.app.topology.retry.name,
-            routing_key=self.queue_name,
+            exchange=via,
+            routing_key=key,
             headers=headers,
         )
         raise AssertionError("Task.retry raises")  # pragma: no cover
@@ -216,19 +225,13 @@ class StageTask(Task):  # type: ignore[misc]
         return str(message_id) if message_id else None
 
     def over_redelivery_limit(self) -> bool:
-        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no)."""
-        if not (self.request.delivery_info or {}).get("redelivered"):
-            return False
-        key = store.key("redeliveries", self.queue_name, f"{self.request.id}:{self.request.retries or 0}")
-        try:
-            pipe = store.client().pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, REDELIVERY_WINDOW_SECONDS)
-            count = int(pipe.execute()[0])
-        except Exception as exc:  # noqa: BLE001 - without Redis, keep processing rather than stall
-            logger.warning("%s: cannot count redeliveries of %s: %s", self.queue_name, self.request.id, exc)
-            return False
-        return count > MAX_REDELIVERIES
+        """Whether the current message came back more than MAX_REDELIVERIES times (redeliveries.py)."""
+        return redeliveries.over_limit(
+            self.queue_name,
+            f"{self.request.id}:{self.request.retries or 0}",
+            bool((self.request.delivery_info or {}).get("redelivered")),
+            self.headers,
+        )
 
     def apply_async(
         self,
@@ -290,7 +293,8 @@ class StageTask(Task):  # type: ignore[misc]
             return None
         _record(self, message)
         try:
-            result = self.handler(message)
+            with tracing.processing(self):  # a span only when tracing is on and the message is in a trace
+                result = self.handler(message)
         except _CELERY_CONTROL:
             raise
         except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
@@ -335,6 +339,7 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
             delivery_info=delivery,
             message_id=request.id,
         )
+        metrics.dead_lettered(sender.queue_name, sender.name, Reason.REVOKED)
     except Exception:  # the worker must go on; the revocation itself is in Celery's log
         logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
 

@@ -42,6 +42,12 @@ RESHARD_HINT = (
     "longer wanted), then declare again and start one worker per new shard. docs/operations.md, "
     "'Resharding'."
 )
+#: What to do when a live queue is of another type than the topology's (TRADEBUS_QUEUE_TYPE changed).
+QUEUE_TYPE_HINT = (
+    "A queue's type (x-queue-type) cannot be changed in place: stop the workers of the queues listed, then "
+    "run `tradebus topology migrate`, which rebuilds each under its name with its messages while publishers "
+    "go on (docs/scaling.md, 'Moving to quorum queues')."
+)
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
@@ -199,19 +205,31 @@ def has_reshard(differences: list[Difference]) -> bool:
     return any(arg == SHARDS_ATTRIBUTE for _, arg, _, _ in differences)
 
 
-def conflict_hints(differences: list[Difference]) -> list[str]:
-    """What to do about ``differences``: the hints that apply (alternate-exchange argument, reshard)."""
-    return [ALTERNATE_ARGUMENT_HINT] * has_alternate_argument(differences) + [RESHARD_HINT] * has_reshard(
-        differences
-    )
-
-
 def has_alternate_argument(differences: list[Difference]) -> bool:
     """Whether a live exchange holds an ``alternate-exchange`` argument (see ALTERNATE_ARGUMENT_HINT)."""
     return any(
         obj.startswith("exchange ") and arg == ALTERNATE_EXCHANGE and live not in (UNSET, "none")
         for obj, arg, live, _ in differences
     )
+
+
+def has_queue_type_change(differences: list[Difference]) -> bool:
+    """Whether a live queue has another type than the topology's (see QUEUE_TYPE_HINT)."""
+    return any(obj.startswith("queue ") and arg == "x-queue-type" for obj, arg, _, _ in differences)
+
+
+def conflict_hints(differences: list[Difference]) -> list[str]:
+    """What to do about ``differences`` that redeclaring cannot fix (an argument, a queue's type, a
+    reshard)."""
+    return [
+        hint
+        for hint, applies in (
+            (ALTERNATE_ARGUMENT_HINT, has_alternate_argument(differences)),
+            (QUEUE_TYPE_HINT, has_queue_type_change(differences)),
+            (RESHARD_HINT, has_reshard(differences)),
+        )
+        if applies
+    ]
 
 
 def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
@@ -321,12 +339,14 @@ def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
 
 
 def queue_kind(topology: Topology, name: str) -> str:
-    """``stage``, ``task``, ``dead-letter`` or ``unrouted``."""
+    """``stage``, ``task``, ``dead-letter``, ``unrouted`` or ``delay`` (a retry's wait, quorum topology)."""
     if name in {q.name for q in topology.stage_queues}:
         return "stage"
     if name in {q.name for q in topology.task_queues}:
         return "task"
     if name in {q.name for q in topology.dead_letter_queues}:
         return "dead-letter"
+    if name in {q.name for q in topology.delay_queues}:
+        return "delay"
     assert name in {q.name for q in topology.unrouted_queues}
     return "unrouted"

@@ -5,15 +5,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu import Queue
 
 from routing.mastertrade import exchanges as ex
 from routing.mastertrade import queues as qs
+from routing.mastertrade import quorum
 from routing.mastertrade import shards as sh
 from routing.mastertrade.keys import symbol_of
 from routing.mastertrade.policies import policies
 from routing.mastertrade.pools import POOLS
-from routing.model import Topology, TopologyOptions
+from routing.model import QUORUM, Topology, TopologyOptions
 
 NAME = "mastertrade"
 
@@ -38,11 +41,14 @@ def build(options: TopologyOptions | None = None) -> Topology:
     """MasterTrade's bus: the seed's five topic exchanges and DLX, every queue, policy, route and pool.
 
     With ``market_data_shards`` N > 0, ``strategy_market_data`` is replaced by N shard queues behind a
-    consistent-hash exchange (routing/mastertrade/shards.py).
+    consistent-hash exchange (routing/mastertrade/shards.py). ``queue_type="quorum"``: the critical queues
+    and their DLQs are quorum queues, and retries wait out their delay in the broker's delay queues
+    (routing/mastertrade/quorum.py). The two options are independent: shards are market data, never quorum.
     """
     options = options or TopologyOptions()
     count = options.market_data_shards
     exchanges, stage_queues, dead_letter_queues = ex.EXCHANGES, qs.STAGE_QUEUES, qs.DEAD_LETTER_QUEUES
+    task_queues = qs.TASK_QUEUES
     market_data_queues, pools = qs.MARKET_DATA_QUEUES, dict(POOLS)
     if count:
         sharded = sh.SHARDED_QUEUE.name
@@ -56,7 +62,21 @@ def build(options: TopologyOptions | None = None) -> Topology:
         market_data_queues = (market_data_queues - {sharded}) | {q.name for q in shard_queues}
         del pools[sharded]
         pools |= sh.pools(count)
-    stage_policies = policies(stage_queues, dead_letter_queues)
+    variant: dict[str, Any] = {}
+    if options.queue_type == QUORUM:
+        stage_queues = tuple(quorum.replicated(q) for q in stage_queues)
+        task_queues = tuple(quorum.replicated(q) for q in task_queues)
+        dead_letter_queues = tuple(quorum.replicated(q) for q in dead_letter_queues)
+        exchanges = (*exchanges, quorum.RETRY_DELAY)
+        stage_policies = policies(
+            stage_queues,
+            dead_letter_queues,
+            quorum=quorum.REPLICATED | quorum.REPLICATED_DEAD_LETTERS,
+            alternates=(*ex.ALTERNATES, (quorum.RETRY_DELAY, ex.RETRY_UNROUTED)),
+        )
+        variant = {"retry_delay": quorum.RETRY_DELAY, "delay_queues": quorum.DELAY_QUEUES}
+    else:
+        stage_policies = policies(stage_queues, dead_letter_queues)
     return Topology(
         name=NAME,
         options=options,
@@ -66,7 +86,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dlx=ex.DLX,
         retry=ex.RETRY,
         stage_queues=stage_queues,
-        task_queues=qs.TASK_QUEUES,
+        task_queues=task_queues,
         dead_letter_queues=dead_letter_queues,
         unrouted_queues=qs.UNROUTED_QUEUES,
         market_data_queues=market_data_queues,
@@ -80,6 +100,8 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dead_letter_route=qs.dead_letter_route,
         dead_letter_prefix=qs.DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
+        # One trace per signal, through risk, order and fill (docs/operations.md, "Traces").
+        trace_roots=((ex.TRADING.name, "signal.#"),),
         # Celery beat: every 30 s, each service's health and the dead-letter queues' depths
         # (tasks/monitoring.py).
         beat_schedule={"health-report": {"task": "tradebus.monitoring.health_report", "schedule": 30.0}},
@@ -90,4 +112,5 @@ def build(options: TopologyOptions | None = None) -> Topology:
                 "routing_key": qs.PERIODIC_TASKS.name,
             }
         },
+        **variant,
     )

@@ -347,7 +347,11 @@ def test_image_installs_every_package_the_app_imports() -> None:
         source = f"{module}.py" if (ROOT / f"{module}.py").exists() else module
         assert copied.get(source) == source, f"{source} is not copied to WORKDIR/{source}: {copied}"
     # `pip install .` (the Dockerfile's) installs what setuptools is told to package: all of them.
-    assert "pyproject.toml" in copied and "pip install --no-cache-dir ." in (ROOT / "Dockerfile").read_text()
+    # With the OTLP exporter extra: the image can export traces (docs/operations.md, "Traces").
+    assert (
+        "pyproject.toml" in copied
+        and "pip install --no-cache-dir '.[otlp]'" in (ROOT / "Dockerfile").read_text()
+    )
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packaged = set(config["py-modules"]) | {p.rstrip("*") for p in config["packages"]["find"]["include"]}
     assert imported <= packaged

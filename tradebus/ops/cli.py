@@ -70,7 +70,7 @@ def _mastertrade_only(what: str) -> None:
         sys.exit(ExitCode.USAGE)
 
 
-@main.group()
+@main.group(commands=[check_command])
 def topology() -> None:
     """Declare, show or export the topology."""
 
@@ -101,7 +101,13 @@ def topology_declare() -> None:
     click.echo("topology declared")
 
 
-topology.add_command(check_command)
+@topology.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Only list the queues whose type would change.")
+def topology_migrate(dry_run: bool) -> None:
+    """Move queues to the type TRADEBUS_QUEUE_TYPE wants, messages and all (docs/scaling.md)."""
+    from tradebus.ops.migrate import command
+
+    sys.exit(command(_app(), _connection, dry_run=dry_run, echo=click.echo))
 
 
 @topology.command("show")
@@ -116,9 +122,7 @@ def topology_show() -> None:
 
 
 @topology.command("export")
-@click.option(
-    "--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's)."
-)
+@click.option("--vhost", default=None, help="vhost to write into the definitions (default: the broker's).")
 @click.option(
     "--users",
     is_flag=True,
@@ -274,7 +278,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
+    type=click.Choice(["hop", "fanout", "order_path", "letrade_async", "traces"]),
     help="Run only this scenario (repeatable; default: all).",
 )
 def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...]) -> None:

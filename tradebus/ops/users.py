@@ -78,6 +78,8 @@ class Account:
     extra_read: tuple[str, ...] = ()
     #: May command workers (Flower): remote control is the operators', never a service's.
     operator: bool = False
+    #: The exchange where a worker's retries wait out their delay (quorum topology), if any.
+    retry_delay: str | None = None
 
     @property
     def celery(self) -> CeleryGrant:
@@ -99,6 +101,8 @@ class Account:
         exchanges = [re.escape(ROUTES[r].exchange) for r in self.publishes]
         if self.worker:
             exchanges += [re.escape(DLX.name), re.escape(RETRY.name)]
+            if self.retry_delay:
+                exchanges.append(re.escape(self.retry_delay))
         return _any_of((*exchanges, *self.celery.write, *self.extra_write))
 
     @property
@@ -118,6 +122,9 @@ class Account:
             keys.setdefault(ROUTES[route_name].exchange, []).append(key_pattern(route_name, self.service))
         if self.worker and self.consumes:
             keys[RETRY.name] = [re.escape(queue) for queue in self.consumes]
+            if self.retry_delay:
+                # ``<queue>.<delay>``: the delay queue's binding picks the delay, the key names the queue.
+                keys[self.retry_delay] = [rf"{re.escape(queue)}\.[^.]+" for queue in self.consumes]
         return {exchange: f"^({'|'.join(sorted(set(patterns)))})$" for exchange, patterns in keys.items()}
 
 
@@ -168,8 +175,14 @@ def accounts(stage_services: Mapping[str, str] | None = None, shards: int | None
     pools = _pools(shards)
     for pool in pools:
         consumes.setdefault(service_of_pool(pool, services, shards), []).append(pools[pool].queue)
+    delay = _mastertrade_app(shards).topology.retry_delay
     found = [
-        Account(name, tuple(sorted(queues)), (*PUBLISHES.get(name, ()), *EVERY_SERVICE))
+        Account(
+            name,
+            tuple(sorted(queues)),
+            (*PUBLISHES.get(name, ()), *EVERY_SERVICE),
+            retry_delay=delay.name if delay is not None else None,
+        )
         for name, queues in sorted(consumes.items())
     ]
     return [
