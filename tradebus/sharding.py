@@ -5,9 +5,11 @@ symbol still reaches one shard): a publisher that sets no ``x-tradebus-symbol`` 
 such message hashes as "no header" and lands on one shard), and a consistent-hash ring that is no longer in
 the shards' order (rebuilt on a node restart, or a shard re-created: tradebus/ops/ring.py). Both are made
 visible here: a counter per queue in the recorder (``shard_no_symbol:<queue>``,
-``shard_misplaced:<queue>``, read with the other metrics) and a warning on the first such delivery of a
-process and every ``LOG_EVERY`` after it, so a log does not grow with the traffic. Retries and replays
-come back by name through ``mastertrade.retry`` and are not checked: they go to the shard they left.
+``shard_misplaced:<queue>``), ``tradebus_shard_deliveries_total{reason=no_symbol|misplaced}`` in the
+worker's Prometheus metrics (tradebus/metrics.py, counted by the stage), and a warning on the first such
+delivery of a process and every ``LOG_EVERY`` after it, so a log does not grow with the traffic. Retries
+and replays come back by name through ``mastertrade.retry`` and are not checked: they go to the shard they
+left.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from routing.consistent_hash import header_bucket
 
 logger = logging.getLogger(__name__)
 
-NO_SYMBOL = "shard_no_symbol"
-MISPLACED = "shard_misplaced"
+NO_SYMBOL = "no_symbol"
+MISPLACED = "misplaced"
 #: A warning on the first of a kind per queue and process, then on every LOG_EVERY-th.
 LOG_EVERY = 1000
 
@@ -57,7 +59,7 @@ def check_delivery(
         )
     else:
         return None
-    name = f"{kind}:{queue}"
+    name = f"shard_{kind}:{queue}"
     count(name)
     _seen[name] += 1
     if _seen[name] % LOG_EVERY == 1:

@@ -356,7 +356,11 @@ def _record(task: StageTask, message: Any) -> None:
     try:
         # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted.
         arrived = str(delivery.get("exchange") or "")
-        sharding.check_delivery(task.app.topology, task.queue_name, arrived, task.headers, recorder.bump)
+        kind = sharding.check_delivery(
+            task.app.topology, task.queue_name, arrived, task.headers, recorder.bump
+        )
+        if kind is not None:
+            metrics.shard_delivery(task.queue_name, task.name, kind)
         recorder.record(
             task.queue_name,
             task.name,

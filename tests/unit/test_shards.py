@@ -288,3 +288,18 @@ def test_a_shard_counts_deliveries_without_the_symbol_and_those_its_hash_puts_el
     # One warning for the first of each kind, not one per delivery.
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "misplaced delivery" in warnings[0] and "without" in warnings[1]
+
+
+def test_the_stage_counts_a_misplaced_delivery_in_prometheus() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from tradebus import metrics
+
+    assert not metrics.enabled()
+    registry = metrics.enable(CollectorRegistry())
+    try:
+        metrics.shard_delivery(SHARDS[0], "tradebus.strategy.on_market_data", "misplaced")
+        labels = {"queue": SHARDS[0], "stage": "tradebus.strategy.on_market_data", "reason": "misplaced"}
+        assert registry.get_sample_value("tradebus_shard_deliveries_total", labels) == 1
+    finally:
+        metrics.disable()
