@@ -17,7 +17,7 @@ Decisions where the seed is silent or cannot be taken literally are in docs/letr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -205,11 +205,12 @@ def build(options: TopologyOptions | None = None) -> Topology:
     ``queue_type="quorum"`` makes the dead-letter queues quorum queues; the inboxes stay classic priority
     queues (quorum queues refuse ``x-max-priority``, and the seed's "trade messages: priority HIGH" needs
     it; docs/topology.md, "Quorum queues").
+
+    Sharding by symbol is MasterTrade's: a shard count is ignored here (one environment, e.g. a shared
+    ``.env``, may set ``TRADEBUS_MARKET_DATA_SHARDS`` for both buses) and the topology records 0.
     """
-    options = options or TopologyOptions()
+    options = replace(options or TopologyOptions(), market_data_shards=0)
     quorum = options.queue_type == QUORUM
-    if options.market_data_shards:
-        raise ValueError("market-data sharding is MasterTrade's: Letrade's topology has no shards")
     return Topology(
         name=NAME,
         options=options,

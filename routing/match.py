@@ -149,7 +149,7 @@ class Router:
         if kind != CONSISTENT_HASH:
             matched = sorted({q for bk, q in bindings if _binding_matches(kind, bk, key)})
             return Hop(exchange, tuple(matched), onward)
-        # Weight-1 bindings in declaration order: bucket i is the i-th bound queue (routing/consistent_hash).
+        # Weight-1 bindings (Topology checks it) in declaration order: bucket i is the i-th bound queue.
         buckets = [q for _, q in bindings]
         if not buckets:
             return Hop(exchange, (), onward)

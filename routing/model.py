@@ -29,6 +29,8 @@ QUEUE_TYPE_ARGUMENT = "x-queue-type"
 #: Above an operator's catch-all policies (priority 0); an operator policy that must win over ours has to
 #: repeat our keys.
 POLICY_PRIORITY = 10
+#: A shard's binding key on its consistent-hash exchange: its weight, one bucket (bucket i is shard i).
+SHARD_WEIGHT = "1"
 #: The most shards a queue may be split into (each is a queue, a DLQ, two policies and a pool).
 MAX_SHARDS = 64
 #: A policy's ``apply-to``: queues only, or exchanges only.
@@ -42,8 +44,8 @@ class TopologyOptions:
 
     ``queue_type`` is the type of the critical queues (``classic`` or ``quorum``) and ``market_data_shards``
     the number of queues market data for the strategy is spread over by symbol (0: the seed's one queue;
-    MasterTrade only, docs/topology.md "Sharding by symbol"). A value no profile builds yet is refused here,
-    at the edge, rather than silently ignored.
+    MasterTrade only: Letrade's build ignores it, docs/topology.md "Sharding by symbol"). A value no
+    profile builds yet is refused here, at the edge, rather than silently ignored.
     """
 
     queue_type: str = CLASSIC
@@ -203,6 +205,9 @@ class Topology:
     exchange_bindings: tuple[ExchangeBinding, ...] = ()
     #: Queues split into shards by symbol (``TopologyOptions.market_data_shards``).
     shards: tuple[Shards, ...] = ()
+    #: Queue this profile can shard -> its consistent-hash exchange, whatever this build's shard count:
+    #: what tells a declare over a broker sharded another way that it would be a reshard.
+    shardable: Mapping[str, str] = field(default_factory=dict)
     #: Routing key -> the value a tradebus publisher puts in the hash header (the message's symbol), or
     #: None: what ``route`` assumes about a message's headers when it has only its routing key.
     hash_value: Callable[[str], str | None] = field(default=lambda key: None)
@@ -224,6 +229,37 @@ class Topology:
         if unknown:
             raise ValueError(f"{self.name}: exchange bindings name undeclared exchanges: {sorted(unknown)}")
         self._check_policies()
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Each shard is bound to its exchange once, with weight 1, in order: bucket i is shard i, the
+        assumption of ``route`` and of the stages' misplaced-delivery count (routing/consistent_hash.py)."""
+        queues = self.queues_by_name
+        hashing = {e.name for e in self.exchanges if e.type == "x-consistent-hash"}
+        weights = {
+            (b.exchange.name, q.name, b.routing_key)
+            for q in self.queues
+            for b in q.bindings
+            if b.exchange.name in hashing and b.routing_key != SHARD_WEIGHT
+        }
+        if weights:
+            raise ValueError(
+                f"{self.name}: consistent-hash bindings of weight other than 1: {sorted(weights)}"
+            )
+        for shards in self.shards:
+            bound = [
+                (q.name, b.routing_key)
+                for q in self.queues
+                for b in q.bindings
+                if b.exchange.name == shards.exchange
+            ]
+            if bound != [(name, SHARD_WEIGHT) for name in shards.queues]:
+                raise ValueError(
+                    f"{self.name}: {shards.exchange} must bind {', '.join(shards.queues)} in that order, "
+                    f"each once with weight {SHARD_WEIGHT!r}, not {bound}"
+                )
+            if unknown := [name for name in shards.queues if name not in queues]:
+                raise ValueError(f"{self.name}: shards name undeclared queues: {unknown}")
 
     def _check_policies(self) -> None:
         """Each policy names one of this bus's objects, and no object has two (only one would apply)."""

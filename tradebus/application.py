@@ -73,7 +73,9 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
 
 def topology_for(name: str, settings: Settings) -> Topology:
     """Profile ``name``'s topology with the options the settings give (``TRADEBUS_MARKET_DATA_SHARDS``,
-    ``TRADEBUS_QUEUE_TYPE``); ValueError for an unknown profile or an option it does not build."""
+    which a profile without shards ignores, ``TRADEBUS_QUEUE_TYPE``); ValueError for an unknown profile.
+    The settings checked the options' ranges already (tradebus/settings.py), each error naming its
+    variable."""
     return build(name, market_data_shards=settings.market_data_shards, queue_type=settings.queue_type)
 
 

@@ -176,6 +176,10 @@ class UnknownPool(TradebusError, KeyError):
     """No worker pool profile has that name."""
 
 
+class ShardConcurrency(TradebusError, ValueError):
+    """A worker would run more than one process on a shard queue (a symbol's order needs one)."""
+
+
 class SettingsError(TradebusError, ValueError):
     """A ``TRADEBUS_*`` variable holds a value tradebus cannot use."""
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from routing.mastertrade.keys import SYMBOL_HEADER
+
 #: The message type, so a consumer can tell what it got without parsing the body.
 TYPE = "x-tradebus-type"
 #: The publish time (Unix seconds, float): stages measure their latency from it.
 PUBLISHED_AT = "x-tradebus-published-at"
-#: A market message's symbol: what a consistent-hash exchange shards on (routing/mastertrade/shards.py;
-#: equal to routing.mastertrade.keys.SYMBOL_HEADER). A publisher that leaves it out still reaches one shard.
-SYMBOL = "x-tradebus-symbol"
+#: A market message's symbol: what a consistent-hash exchange shards on (routing/mastertrade/shards.py,
+#: which defines it). A publisher that leaves it out reaches one shard, the same for all its messages.
+SYMBOL = SYMBOL_HEADER
 #: The content type a raw delivery arrived with, for the stage to check.
 CONTENT_TYPE = "x-tradebus-content-type"
 

@@ -95,7 +95,14 @@ REDELIVERIES = Metric(
     _STAGE,
     "Deliveries RabbitMQ marked redelivered (a worker died or lost its channel holding them).",
 )
-METRICS = (PROCESSED, PROCESSING, PUBLISH_TO_START, DEAD_LETTERS, RETRIES, REDELIVERIES)
+SHARD_DELIVERIES = Metric(
+    "tradebus_shard_deliveries_total",
+    "counter",
+    (*_STAGE, "reason"),
+    "Deliveries on a shard without the symbol header (no_symbol) or that hash to another shard "
+    "(misplaced: the consistent-hash ring is out of order); tradebus/sharding.py.",
+)
+METRICS = (PROCESSED, PROCESSING, PUBLISH_TO_START, DEAD_LETTERS, RETRIES, REDELIVERIES, SHARD_DELIVERIES)
 
 #: Latency buckets, seconds: sub-millisecond hops up to a message that waited out a 5-minute TTL.
 BUCKETS = (
@@ -141,6 +148,7 @@ class _Families:
         self.dead_letters = counter(DEAD_LETTERS)
         self.retries = counter(RETRIES)
         self.redeliveries = counter(REDELIVERIES)
+        self.shard_deliveries = counter(SHARD_DELIVERIES)
         self.stages: dict[tuple[str, str], _Stage] = {}
 
     def stage(self, queue: str, name: str) -> _Stage:
@@ -187,6 +195,13 @@ def dead_lettered(queue: str, stage: str, reason: str, request: Any = None) -> N
     _families.dead_letters.labels(queue, stage, str(reason)).inc()
     if request is not None:
         setattr(request, _OUTCOME, Outcome.DEAD_LETTERED)
+
+
+def shard_delivery(queue: str, stage: str, kind: str) -> None:
+    """Count a delivery on shard ``queue`` that is not where tradebus computes it (``kind``: no_symbol,
+    misplaced)."""
+    if _families is not None:
+        _families.shard_deliveries.labels(queue, stage, kind).inc()
 
 
 def _on_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:

@@ -42,6 +42,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from routing.model import MAX_SHARDS
 from tradebus import tlsonly
 from tradebus.credentials import EncryptionSettings as EncryptionSettings
 from tradebus.credentials import JWTSettings as JWTSettings
@@ -67,8 +68,10 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 def _shards(count: int) -> int:
-    if count < 0:
-        raise SettingsError("TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) or more")
+    if not 0 <= count <= MAX_SHARDS:
+        raise SettingsError(
+            f"TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) to {MAX_SHARDS}, not {count}"
+        )
     return count
 
 
@@ -216,7 +219,7 @@ class Settings(BaseModel):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
     #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
-    market_data_shards: int = Field(default=0, ge=0)
+    market_data_shards: int = Field(default=0, ge=0, le=MAX_SHARDS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

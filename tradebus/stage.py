@@ -35,7 +35,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import metrics, recorder, redeliveries, seen, signing, tracing
+from tradebus import metrics, recorder, redeliveries, seen, sharding, signing, tracing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -356,6 +356,13 @@ def _record(task: StageTask, message: Any) -> None:
     latency = (time.time() - float(published)) * 1000 if first_try and published else None
     logger.info("%s: %s %s", task.queue_name, message.type, routing_key)
     try:
+        # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted.
+        arrived = str(delivery.get("exchange") or "")
+        kind = sharding.check_delivery(
+            task.app.topology, task.queue_name, arrived, task.headers, recorder.bump
+        )
+        if kind is not None:
+            metrics.shard_delivery(task.queue_name, task.name, kind)
         recorder.record(
             task.queue_name,
             task.name,

@@ -31,6 +31,17 @@ ALTERNATE_ARGUMENT_HINT = (
     "made on it must be made again). docs/topology.md, 'Alternate exchanges are policies'."
 )
 
+#: The attribute of a reshard conflict's rows (``reshard_conflicts``).
+SHARDS_ATTRIBUTE = "shards"
+#: What to do when the broker is sharded another way than the topology (docs/operations.md, "Resharding").
+RESHARD_HINT = (
+    "The broker's market data for the strategy is sharded another way than TRADEBUS_MARKET_DATA_SHARDS "
+    "says: declaring would leave messages (and new ones) in queues nobody consumes, or move symbols to "
+    "other shards under queued ticks. Either set the variable to what the broker has, or reshard: drain "
+    "the shards, stop their workers, delete the exchange mastertrade.market.strategy (and the queues no "
+    "longer wanted), then declare again and start one worker per new shard. docs/operations.md, "
+    "'Resharding'."
+)
 #: What to do when a live queue is of another type than the topology's (TRADEBUS_QUEUE_TYPE changed).
 QUEUE_TYPE_HINT = (
     "A queue's type (x-queue-type) cannot be changed in place: stop the workers of the queues listed, then "
@@ -148,6 +159,52 @@ def extra_bindings(topology: Topology, live_bindings: list[dict[str, Any]]) -> l
     return sorted(live - wanted)
 
 
+def reshard_conflicts(topology: Topology, live_bindings: list[dict[str, Any]]) -> list[Difference]:
+    """Where the broker is sharded another way than the topology: the replaced queue still bound (off ->
+    N), shards still bound to the consistent-hash exchange or it to its source (N -> off), or another set
+    of shards bound (N -> M). Declaring over any of these strands messages or moves symbols between shards.
+    """
+    rows: list[Difference] = []
+    for queue, exchange in topology.shardable.items():
+        shards = topology.sharded.get(queue)
+        wanted = set(shards.queues) if shards else set()
+        bound = {b["destination"] for b in live_bindings if b["source"] == exchange}
+        into = [b["source"] for b in live_bindings if b["destination"] == exchange]
+        # The default exchange ("") binds every queue to its name; any other binding routes into it.
+        plain = sorted(
+            f"{b['source']} {b['routing_key']!r}"
+            for b in live_bindings
+            if b["destination"] == queue and b["source"]
+        )
+        if wanted and plain:
+            rows.append(
+                (
+                    f"queue {queue}",
+                    SHARDS_ATTRIBUTE,
+                    f"bound: {', '.join(plain)}",
+                    f"replaced by {len(wanted)} shards",
+                )
+            )
+        if not wanted and (bound or into):
+            live = f"{len(bound)} bound" + (f", bound from {', '.join(sorted(into))}" if into else "")
+            rows.append((f"exchange {exchange}", SHARDS_ATTRIBUTE, live, "none (unsharded)"))
+        if wanted and bound and bound != wanted:
+            rows.append(
+                (
+                    f"exchange {exchange}",
+                    SHARDS_ATTRIBUTE,
+                    f"{len(bound)}: {', '.join(sorted(bound))}",
+                    f"{len(wanted)}",
+                )
+            )
+    return rows
+
+
+def has_reshard(differences: list[Difference]) -> bool:
+    """Whether ``differences`` hold a reshard conflict (see RESHARD_HINT)."""
+    return any(arg == SHARDS_ATTRIBUTE for _, arg, _, _ in differences)
+
+
 def has_alternate_argument(differences: list[Difference]) -> bool:
     """Whether a live exchange holds an ``alternate-exchange`` argument (see ALTERNATE_ARGUMENT_HINT)."""
     return any(
@@ -162,12 +219,14 @@ def has_queue_type_change(differences: list[Difference]) -> bool:
 
 
 def conflict_hints(differences: list[Difference]) -> list[str]:
-    """What to do about ``differences`` that redeclaring cannot fix (an argument, a queue's type)."""
+    """What to do about ``differences`` that redeclaring cannot fix (an argument, a queue's type, a
+    reshard)."""
     return [
         hint
         for hint, applies in (
             (ALTERNATE_ARGUMENT_HINT, has_alternate_argument(differences)),
             (QUEUE_TYPE_HINT, has_queue_type_change(differences)),
+            (RESHARD_HINT, has_reshard(differences)),
         )
         if applies
     ]
@@ -217,7 +276,8 @@ def check_and_declare(
 ) -> list[tuple[str, str, str]]:
     """Compare with the live broker first (when its API answers), then declare, then apply the policies.
 
-    With the management API, every conflicting argument is reported at once and nothing is touched;
+    With the management API, every conflicting argument (and a reshard: ``reshard_conflicts``) is
+    reported at once and nothing is touched;
     without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff, and the policies (alternate
     exchanges, dead-lettering) cannot be applied (ManagementAPIError, after everything else is declared).
     Returns the live bindings the topology does not declare, for the caller to warn about.
@@ -225,10 +285,12 @@ def check_and_declare(
     reachable = management is not None and management.reachable()
     extra: list[tuple[str, str, str]] = []
     if management is not None and reachable:
+        bindings = management.bindings()
         rows = diff(topology, management.exchanges(), management.queues(), management.policies())
+        rows += reshard_conflicts(topology, bindings)
         if rows:
             raise TopologyConflict(rows)
-        extra = extra_bindings(topology, management.bindings())
+        extra = extra_bindings(topology, bindings)
     declare(topology, connection)
     if not topology.policies:
         return extra

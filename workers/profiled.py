@@ -2,7 +2,8 @@
 
 ``celery -A tradebus worker -Q order_requests`` with no other flag starts 3 processes with a prefetch
 multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matching argument when the worker is
-built from Python) still wins.
+built from Python) still wins, except that a worker consuming a shard queue refuses more than one process
+(ShardConcurrency: a symbol's ticks are processed in order).
 
 A worker of batched market-data pools only (with a prefetch window above 1, so it batches) runs at a lower
 CPU priority (``nice`` 5), so signals, orders
@@ -28,7 +29,7 @@ from celery.apps.worker import Worker
 from click.core import ParameterSource
 
 from workers import exporter
-from workers.profiles import combined, shares_a_critical_queue
+from workers.profiles import check_shard_concurrency, combined, shares_a_critical_queue
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 concurrency = profile[0]
             if not _explicit("prefetch_multiplier", prefetch_multiplier):
                 prefetch_multiplier = profile[1]
+        # No -Q: Celery consumes every queue, the shards too; no -c: one process per CPU.
+        consumed = names or [q.name for q in self.app.topology.worker_queues]
+        check_shard_concurrency(self.app.topology, consumed, int(concurrency or os.cpu_count() or 1))
         pools = self.app.topology.pools
         window = int(concurrency or 1) * int(prefetch_multiplier or 1)
         if names and window > 1 and all(n in pools and pools[n].batched for n in names):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from routing import PoolProfile, Topology
-from tradebus.errors import UnknownPool
+from tradebus.errors import ShardConcurrency, UnknownPool
 
 
 def pool(topology: Topology, name: str) -> PoolProfile:
@@ -39,3 +39,15 @@ def shares_a_critical_queue(topology: Topology, queues: Iterable[str]) -> list[s
     if len(names) < 2:
         return []
     return [q for q in names if q in topology.critical_queues]
+
+
+def check_shard_concurrency(topology: Topology, queues: Iterable[str], concurrency: int) -> None:
+    """ShardConcurrency if a worker of ``concurrency`` processes would consume a shard queue: two processes
+    on one shard could run two ticks of one symbol at once, out of order (docs/topology.md)."""
+    shards = [q for q in dict.fromkeys(queues) if q in topology.shard_of_queue]
+    if shards and concurrency > 1:
+        raise ShardConcurrency(
+            f"{', '.join(shards)}: a shard queue is consumed by one process (a symbol's ticks in order), "
+            f"not {concurrency}; run one worker per shard with concurrency 1 "
+            f"(tradebus worker {shards[0]}); the shards are the parallelism"
+        )

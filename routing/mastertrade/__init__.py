@@ -95,6 +95,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         policies=(*stage_policies, sh.alternate_policy()) if count else stage_policies,
         exchange_bindings=(sh.exchange_binding(),) if count else (),
         shards=(sh.shards(count),) if count else (),
+        shardable={sh.SHARDED_QUEUE.name: sh.STRATEGY_SHARDS.name},
         hash_value=symbol_of,
         dead_letter_route=qs.dead_letter_route,
         dead_letter_prefix=qs.DLQ_PREFIX,

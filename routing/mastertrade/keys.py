@@ -44,7 +44,8 @@ ROUTES: dict[str, Route] = {
 }
 
 #: The header a tradebus publisher sets to a market message's symbol, and the one the strategy's
-#: consistent-hash exchange hashes (routing/mastertrade/shards.py). Kept equal to tradebus.headers.SYMBOL.
+#: consistent-hash exchange hashes (routing/mastertrade/shards.py). Defined here only: tradebus.headers
+#: imports it as ``SYMBOL``.
 SYMBOL_HEADER = "x-tradebus-symbol"
 
 #: The market routes whose key carries a symbol, most literal words first: ``market.data.orderbook.X`` is an

@@ -7,7 +7,8 @@ exchange (RabbitMQ's rabbitmq_consistent_hash_exchange plugin) hashing the heade
 it delivers each message to exactly one shard, ``strategy_market_data.0`` ... ``.N-1``, each message of a
 symbol to the same one and, one queue being FIFO, in order. Each shard has the arguments, dead-letter
 queue, policy and retry binding the one queue had, and a pool of one process (order within a symbol
-needs one consumer per shard; the shards are the parallelism). docs/topology.md, "Sharding by symbol".
+needs one consumer per shard; the shards are the parallelism), held to one by single active consumer.
+docs/topology.md, "Sharding by symbol".
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from routing.mastertrade import exchanges as ex
 from routing.mastertrade import queues as qs
 from routing.mastertrade.keys import SYMBOL_HEADER
 from routing.match import CONSISTENT_HASH, HASH_HEADER, ExchangeBinding
-from routing.model import Policy, PoolProfile, Shards
+from routing.model import SHARD_WEIGHT, Policy, PoolProfile, Shards
 
 #: The queue sharding replaces.
 SHARDED_QUEUE = qs.STRATEGY_MARKET_DATA
@@ -28,8 +29,13 @@ SHARDED_KEY = "market.#"
 #: A shard's pool: one process keeps a symbol's messages in order; the seed's prefetch of 10.
 SHARD_CONCURRENCY = 1
 SHARD_PREFETCH_MULTIPLIER = 10
-#: Each shard's weight on the exchange: one bucket each, so bucket i is shard i.
-WEIGHT = "1"
+#: Each shard's weight on the exchange: one bucket each, so bucket i is shard i (checked by Topology).
+WEIGHT = SHARD_WEIGHT
+#: One consumer per shard, enforced by the broker: with ``x-single-active-consumer`` a second worker on a
+#: shard (a replica started by mistake) stays idle until the first one goes, instead of splitting a
+#: symbol's messages between two processes. The worker itself refuses more than one process on a shard
+#: (workers/profiled.py).
+SHARD_ARGUMENTS = {**SHARDED_QUEUE.queue_arguments, "x-single-active-consumer": True}
 
 STRATEGY_SHARDS = Exchange(
     f"{ex.MARKET.name}.strategy",
@@ -47,10 +53,11 @@ def shard_name(index: int) -> str:
 
 def shard_queues(count: int) -> tuple[Queue, ...]:
     """The ``count`` shard queues, shard 0 first (the order they are bound in), each with the sharded
-    queue's arguments, bound on the consistent-hash exchange and by name on ``mastertrade.retry``."""
+    queue's arguments plus single active consumer, bound on the consistent-hash exchange and by name on
+    ``mastertrade.retry``."""
     return tuple(
         bind(
-            durable_queue(shard_name(i), [(STRATEGY_SHARDS, WEIGHT)], SHARDED_QUEUE.queue_arguments),
+            durable_queue(shard_name(i), [(STRATEGY_SHARDS, WEIGHT)], SHARD_ARGUMENTS),
             ex.RETRY,
             shard_name(i),
         )

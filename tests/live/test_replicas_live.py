@@ -8,9 +8,7 @@ with RabbitMQ handing each order to one of them and the executor's fill record k
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,12 +20,14 @@ from tests.support.bus import Vhost
 from tests.support.faults import fill_records, measure, orders, publish_confirmed, updates_published
 from tests.support.wait import wait_until
 from tradebus.mastertrade import account
-from workers.launch import PoolProcess, start_pool
+from workers.launch import PoolProcess, kill_all, start_pool
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 QUEUE = "order_requests"
 COUNT = 300
+#: Fills after which one replica is SIGKILLed.
+KILL_AFTER = 100
 SUCCEEDED = re.compile(r"Task tradebus\.execution\.execute_order\[[^\]]+\] succeeded")
 
 
@@ -58,8 +58,12 @@ def replicas(declared_vhost: Vhost, fresh_state: str, tmp_path: Path) -> Iterato
 def test_two_replicas_fill_300_orders_each_exactly_once_and_both_work(
     declared_vhost: Vhost, replicas: list[PoolProcess]
 ) -> None:
+    """Both replicas work; one is SIGKILLed after about 100 fills: the order it held is redelivered to the
+    other (the positive control of "no double fill") and every order is still filled exactly once."""
     tag = uuid.uuid4().hex[:6]
     confirmed = publish_confirmed(declared_vhost, orders(COUNT, tag))
+    assert wait_until(lambda: len(fill_records(tag)) >= KILL_AFTER, timeout=120)
+    kill_all(replicas[:1])
     assert wait_until(
         lambda: len(fill_records(tag)) >= COUNT and updates_published(tag) >= COUNT, timeout=120
     ), [p.log.read_text()[-2000:] for p in replicas]
@@ -70,19 +74,20 @@ def test_two_replicas_fill_300_orders_each_exactly_once_and_both_work(
     # The workers log each task as it succeeds; the last lines may reach the files a moment later.
     assert wait_until(lambda: sum(handled()) >= COUNT, timeout=30), handled()
     per_replica = handled()
-    figures = measure("two replicas on order_requests", declared_vhost, tag, COUNT, confirmed)
-    print(f"\norders handled per replica: {per_replica}")
-    assert sum(per_replica) == COUNT, per_replica
+    figures = measure("two replicas on order_requests, one killed", declared_vhost, tag, COUNT, confirmed)
+    print(f"\norders handled per replica: {per_replica}; redelivered: {figures.redelivered}")
+    # The killed replica may have finished an order it could not acknowledge: it runs again, filled once.
+    assert COUNT <= sum(per_replica) <= COUNT + 1, per_replica
     assert all(n > 0 for n in per_replica), f"one replica did nothing: {per_replica}"
+    # The broker redelivered what the killed replica held (the stage records it; the management API's
+    # counter, refreshed every few seconds, when the stage dropped it as a repeat).
+    assert figures.redelivered > 0 or wait_until(lambda: redelivered(declared_vhost) > 0, 30)
     assert figures.filled == COUNT and figures.bookings == COUNT and figures.double_fills == 0
     assert figures.notes["orders_with_an_update"] == COUNT
     assert figures.dead_lettered == {}
 
 
-def kill_all(pools: list[PoolProcess]) -> None:
-    """SIGKILL the workers and their pool processes: the test has seen all it needs (a warm shutdown of
-    each would add seconds to the suite)."""
-    for pool in pools:
-        if pool.process.poll() is None:
-            os.killpg(pool.process.pid, signal.SIGKILL)
-        pool.process.wait()
+def redelivered(vhost: Vhost) -> int:
+    """Deliveries of ``order_requests`` the broker made again, as its management API counts them."""
+    stats = vhost.management.queue(QUEUE).get("message_stats") or {}
+    return int(stats.get("redeliver", 0))

@@ -10,15 +10,17 @@ dead-letters into its own DLQ and carries its own dead-letter policy.
 
 from __future__ import annotations
 
-import os
-import signal
+import contextlib
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from kombu import Consumer, Queue
+from kombu.message import Message
 
 import routing
 from routing.consistent_hash import header_bucket
@@ -30,7 +32,7 @@ from tradebus.mastertrade import candles
 from tradebus.mastertrade.samples import AT, candle
 from tradebus.mastertrade.wire import encode, publish
 from tradebus.topology import check_and_declare
-from workers.launch import PoolProcess, start_pool, wait_for_consumers
+from workers.launch import kill_all, start_pool, wait_for_consumers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -87,8 +89,27 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                 got = {q: list(reversed(recorder.received(q))) for q in QUEUES}
                 return got if sum(map(len, got.values())) >= total else None
 
-            seen = wait_until(received, 90)
-            assert seen, {q: len(recorder.received(q)) for q in QUEUES}
+            assert wait_until(received, 90), {q: len(recorder.received(q)) for q in QUEUES}
+            # Then nothing more is on its way: every shard empty, nothing unacknowledged; read again, so a
+            # duplicate or a late delivery would show.
+            with sharded_vhost.connection() as conn:
+                channel = conn.channel()
+
+                def depth(queue: str) -> int:
+                    return int(channel.queue_declare(queue, passive=True)[1])
+
+                def settled() -> bool:
+                    live = [sharded_vhost.management.queue(q) for q in QUEUES]
+                    return all(depth(q) == 0 for q in QUEUES) and not any(
+                        q.get("messages_unacknowledged") for q in live
+                    )
+
+                assert wait_until(settled, 60)
+                seen = received()
+                assert seen is not None
+                # Nothing went unrouted or dead: the header-less message too reached a shard.
+                elsewhere = [q.name for q in SHARDED.unrouted_queues] + [f"dlq.{q}" for q in QUEUES]
+                assert {q: depth(q) for q in elsewhere} == dict.fromkeys(elsewhere, 0)
 
             shard_of: dict[str, set[str]] = {}
             order: dict[str, list[int]] = {}
@@ -112,6 +133,10 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
                     (AT + timedelta(minutes=n)).timestamp() for n in range(expected)
                 ]
             assert len({q for shards in shard_of.values() for q in shards}) == SHARDS  # every shard worked
+            # The header-less delivery is counted on its shard (the positive control of the check that
+            # counted no misplaced one: the ring is in order).
+            counted = {k: v for k, v in recorder.metrics().items() if k.startswith("shard_")}
+            assert counted == {f"shard_no_symbol:{QUEUES[header_bucket(None, SHARDS)]}": 1}, counted
 
             # A shard dead-letters into its own DLQ, and the broker applies its dead-letter policy.
             shard = QUEUES[header_bucket(SYMBOLS[1], SHARDS)]
@@ -139,10 +164,82 @@ def test_each_symbol_reaches_one_shard_in_order_and_nothing_is_lost(
             client.delete(key)
 
 
-def kill_all(pools: list[PoolProcess]) -> None:
-    """SIGKILL the workers and their pool processes: the test has seen all it needs (a warm shutdown of
-    each would add seconds to the suite)."""
-    for pool in pools:
-        if pool.process.poll() is None:
-            os.killpg(pool.process.pid, signal.SIGKILL)
-        pool.process.wait()
+def test_a_second_consumer_on_a_shard_stays_idle_until_the_first_goes(sharded_vhost: Vhost) -> None:
+    """Single active consumer: a replica started by mistake on a shard gets nothing while the first
+    consumer lives (it would split a symbol's ticks), and takes over when it goes (the positive control)."""
+    shard = Queue(QUEUES[0], no_declare=True)
+    got: dict[str, list[str]] = {"first": [], "second": []}
+
+    def taker(name: str) -> Callable[[Message], None]:
+        def take(message: Message) -> None:
+            body = message.body
+            got[name].append(body.decode() if isinstance(body, bytes) else body)
+            message.ack()
+
+        return take
+
+    def publish(bodies: list[str]) -> None:
+        for body in bodies:
+            raw_publish(sharded_vhost, body, "", shard.name)
+
+    with sharded_vhost.connection() as one, sharded_vhost.connection() as two:
+        first = Consumer(one.channel(), [shard], on_message=taker("first"), prefetch_count=10)
+        second = Consumer(two.channel(), [shard], on_message=taker("second"), prefetch_count=10)
+        first.consume()
+        second.consume()
+
+        def drain(wanted: str, count: int) -> bool:
+            for conn in (one, two):
+                with contextlib.suppress(socket.timeout):
+                    conn.drain_events(timeout=0.05)
+            return len(got[wanted]) >= count
+
+        publish([f"a{i}" for i in range(5)])
+        assert wait_until(lambda: drain("first", 5), 30), got
+        assert got == {"first": [f"a{i}" for i in range(5)], "second": []}
+        first.cancel()
+        publish([f"b{i}" for i in range(3)])
+        assert wait_until(lambda: drain("second", 3), 30), got
+        assert got["second"] == [f"b{i}" for i in range(3)]
+        second.cancel()
+
+
+def test_resharding_a_running_broker_is_a_conflict_and_a_drifted_ring_is_found(
+    broker: Vhost, sharded_vhost: Vhost
+) -> None:
+    """``tradebus topology declare`` over a broker sharded another way exits 3 and says how to reshard;
+    ``topology check`` reads the broker's ring and finds it out of the shards' order (a shard queue
+    re-created), and the documented fix (delete the exchange, declare again) puts it back."""
+    from click.testing import CliRunner
+
+    from tradebus.ops.cli import main
+
+    def cli(vhost: Vhost, shards: int, *args: str) -> tuple[int, str]:
+        env = {"TRADEBUS_BROKER_URL": vhost.url, "TRADEBUS_MARKET_DATA_SHARDS": str(shards)}
+        result = CliRunner().invoke(main, ["--topology", "mastertrade", "topology", *args], env=env)
+        return result.exit_code, result.output
+
+    # Off -> 4 on the session's unsharded bus (read-only check): strategy_market_data is still bound.
+    code, out = cli(broker, SHARDS, "check")
+    assert code == 3 and "queue strategy_market_data" in out and "Resharding" in out, out
+    # 4 -> 2 and 4 -> off on the sharded bus: refused, nothing changed.
+    for shards, says in ((2, "4: strategy_market_data.0"), (0, "none (unsharded)")):
+        code, out = cli(sharded_vhost, shards, "declare")
+        assert code == 3 and says in out and "Resharding" in out, out
+    assert {b["destination"] for b in sharded_vhost.management.bindings()} >= set(QUEUES)
+    # The positive control: the same count declares (its ring is checked in order at the end).
+    assert cli(sharded_vhost, SHARDS, "declare")[0] == 0
+
+    # Shard 1 deleted and re-created: the plugin hands it the last bucket.
+    with sharded_vhost.connection() as conn:
+        channel = conn.channel()
+        channel.queue_delete(QUEUES[1])
+        SHARDED.queues_by_name[QUEUES[1]](channel).declare()
+        code, out = cli(sharded_vhost, SHARDS, "check")
+        assert code == 3 and "bucket 1" in out and "consistent-hash ring is not in the shards' order" in out
+        # The fix docs/operations.md gives: delete the exchange, declare again.
+        channel.exchange_delete(SHARDED.shards[0].exchange)
+        channel.close()
+    assert cli(sharded_vhost, SHARDS, "declare")[0] == 0
+    code, out = cli(sharded_vhost, SHARDS, "check")
+    assert code == 0 and "4 buckets, bucket i is shard i" in out, out

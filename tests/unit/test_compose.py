@@ -380,15 +380,28 @@ def test_the_broker_enables_the_consistent_hash_exchange_the_shards_need(compose
     assert "rabbitmq_consistent_hash_exchange" in (ROOT / "scripts/services.sh").read_text()
 
 
-def test_the_shards_override_runs_one_pool_per_shard_like_the_unsharded_strategy_pool(
+def test_the_shards_override_pins_n_and_runs_one_pool_per_shard_like_the_unsharded_strategy_pool(
     compose: dict[str, Any],
 ) -> None:
-    override = yaml.safe_load((ROOT / "docker-compose.shards.yml").read_text())["services"]
-    sharded = routing.build("mastertrade", market_data_shards=4)
+    text = (ROOT / "docker-compose.shards.yml").read_text()
+    override = yaml.safe_load(text)["services"]
+    count = int(yaml.safe_load(text)["x-shards"])
+    sharded = routing.build("mastertrade", market_data_shards=count)
     unsharded = compose["services"]["worker-strategy-market-data"]
     assert override.pop("worker-strategy-market-data") == {"profiles": ["unsharded"]}
-    assert set(override) == {f"worker-strategy-market-data-{i}" for i in range(4)}
-    for i, service in enumerate(override[f"worker-strategy-market-data-{i}"] for i in range(4)):
+    workers = {f"worker-strategy-market-data-{i}" for i in range(count)}
+    assert (
+        workers <= set(override)
+        and len([n for n in override if n.startswith("worker-strategy-market-data-")]) == count
+    )
+    # Every other service of the bus builds the same topology: the same N, whatever .env says.
+    pinned = {
+        n for n, s in compose["services"].items() if "TRADEBUS_MARKET_DATA_SHARDS" in s.get("environment", {})
+    }
+    assert set(override) - workers == pinned - {"worker-strategy-market-data"}
+    for name in pinned - {"worker-strategy-market-data"}:
+        assert override[name] == {"environment": {"TRADEBUS_MARKET_DATA_SHARDS": str(count)}}
+    for i, service in enumerate(override[f"worker-strategy-market-data-{i}"] for i in range(count)):
         pool = sharded.pools[f"strategy_market_data.{i}"]
         assert service["command"] == ["tradebus", "worker", pool.queue]
         assert service["labels"] == {
@@ -397,7 +410,7 @@ def test_the_shards_override_runs_one_pool_per_shard_like_the_unsharded_strategy
             "tradebus.pool.prefetch-multiplier": str(pool.prefetch_multiplier),
         }
         env = service["environment"]
-        assert env["TRADEBUS_MARKET_DATA_SHARDS"].startswith("${TRADEBUS_MARKET_DATA_SHARDS:?")
+        assert env["TRADEBUS_MARKET_DATA_SHARDS"] == str(count)
         assert {k: v for k, v in env.items() if k != "TRADEBUS_MARKET_DATA_SHARDS"} == {
             k: v for k, v in unsharded["environment"].items() if k != "TRADEBUS_MARKET_DATA_SHARDS"
         }

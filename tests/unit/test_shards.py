@@ -15,7 +15,7 @@ from routing.mastertrade.keys import CANDLE_INTERVALS, SYMBOL_HEADER, symbol_of
 from routing.mastertrade.shards import STRATEGY_SHARDS
 from tests.support.bus import MASTERTRADE
 from tradebus import headers
-from tradebus.application import create_app
+from tradebus.application import create_app, topology_for
 from tradebus.errors import SettingsError
 from tradebus.ops.report import route_report
 from tradebus.ops.users import accounts, export_definitions
@@ -72,7 +72,7 @@ def test_shards_replace_the_queue_with_its_arguments_dead_letters_policies_and_p
     policies = {(p.apply_to, p.target): p.definition for p in SHARDED.policies}
     for name in SHARDS:
         queue = SHARDED.queues_by_name[name]
-        assert queue.queue_arguments == replaced.queue_arguments
+        assert queue.queue_arguments == {**replaced.queue_arguments, "x-single-active-consumer": True}
         assert {(b.exchange.name, b.routing_key) for b in queue.bindings} == {
             (STRATEGY_SHARDS.name, "1"),
             ("mastertrade.retry", name),
@@ -159,12 +159,43 @@ def test_definitions_bind_the_consistent_hash_exchange_and_its_shards_in_order()
 def test_the_number_of_shards_comes_from_the_environment_and_only_mastertrade_builds_them() -> None:
     assert Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "4"}).market_data_shards == 4
     assert Settings.from_env({}).market_data_shards == 0
-    with pytest.raises(SettingsError, match="TRADEBUS_MARKET_DATA_SHARDS"):
-        Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "-1"})
-    with pytest.raises(ValueError, match="Letrade"):
-        routing.build("letrade", market_data_shards=2)
+    for wrong in ("-1", "1000"):
+        with pytest.raises(SettingsError, match="TRADEBUS_MARKET_DATA_SHARDS"):
+            Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": wrong})
     with pytest.raises(ValueError, match="between 0"):
         routing.build("mastertrade", market_data_shards=1000)
+
+
+def test_letrade_ignores_the_shard_count_one_environment_serves_both_buses() -> None:
+    settings = Settings.from_env({"TRADEBUS_MARKET_DATA_SHARDS": "4"})
+    plain = routing.build("letrade")
+    bus = topology_for("letrade", settings)
+    assert bus.options.market_data_shards == 0 and not bus.shards
+    assert [q.name for q in bus.stage_queues] == [q.name for q in plain.stage_queues]
+    assert set(bus.pools) == set(plain.pools)
+    assert topology_for("mastertrade", settings).options.market_data_shards == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "says"),
+    [
+        ({"TRADEBUS_TOPOLOGY": "letrade", "TRADEBUS_MARKET_DATA_SHARDS": "4"}, 0, "letrade.strategy"),
+        ({"TRADEBUS_MARKET_DATA_SHARDS": "1000"}, 2, "TRADEBUS_MARKET_DATA_SHARDS"),
+        ({"TRADEBUS_TOPOLOGY": "nosuch"}, 2, "TRADEBUS_TOPOLOGY"),
+    ],
+)
+def test_the_cli_runs_letrade_with_shards_set_and_names_the_wrong_variable(
+    env: dict[str, str], code: int, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tradebus.ops.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["topology", "show"])
+    assert result.exit_code == code, result.output
+    assert says in result.output
 
 
 def test_a_dead_letter_of_any_shard_is_replayed_straight_back_to_that_shard() -> None:
@@ -180,3 +211,95 @@ def test_a_dead_letter_of_any_shard_is_replayed_straight_back_to_that_shard() ->
             f"dlq.{shard}", shard, "stage_error", "", *route, 1, None, "m", body, "application/json"
         )
         assert destination(SHARDED, letter, body, "application/json") == ("mastertrade.retry", shard)
+
+
+def test_a_worker_on_a_shard_runs_one_process() -> None:
+    from tradebus.errors import ShardConcurrency
+    from workers.profiles import check_shard_concurrency
+
+    check_shard_concurrency(SHARDED, [SHARDS[0]], 1)
+    check_shard_concurrency(SHARDED, ["order_requests"], 3)
+    check_shard_concurrency(MASTERTRADE, ["strategy_market_data"], 5)
+    wrong = (([SHARDS[0]], 2), ([SHARDS[0], SHARDS[1]], 2), (["order_requests", SHARDS[3]], 4))
+    for queues, processes in wrong:
+        with pytest.raises(ShardConcurrency, match="one process"):
+            check_shard_concurrency(SHARDED, queues, processes)
+
+
+def test_a_consistent_hash_binding_of_another_weight_or_order_is_refused() -> None:
+    from dataclasses import replace
+
+    from routing.build import durable_queue
+
+    def with_shard_1(weight: str) -> tuple[object, ...]:
+        heavy = durable_queue(SHARDS[1], [(STRATEGY_SHARDS, weight)], {})
+        return tuple(heavy if q.name == SHARDS[1] else q for q in SHARDED.stage_queues)
+
+    with pytest.raises(ValueError, match="weight other than 1"):
+        replace(SHARDED, stage_queues=with_shard_1("2"))
+    replace(SHARDED, stage_queues=with_shard_1("1"))  # the positive control: weight 1 is accepted
+    swapped = list(SHARDED.stage_queues)
+    i, j = (next(n for n, q in enumerate(swapped) if q.name == s) for s in SHARDS[:2])
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    with pytest.raises(ValueError, match="in that order"):
+        replace(SHARDED, stage_queues=tuple(swapped))
+    assert headers.SYMBOL is SYMBOL_HEADER  # one definition, in routing
+
+
+def test_a_ring_out_of_the_shards_order_is_a_difference_bucket_by_bucket() -> None:
+    from tradebus.ops.ring import ring_differences
+
+    exchange = STRATEGY_SHARDS.name
+    assert ring_differences(SHARDED, {exchange: dict(enumerate(SHARDS))}) == []
+    assert ring_differences(SHARDED, {}) == []  # not read: nothing to compare
+    drifted = dict(enumerate([SHARDS[0], SHARDS[2], SHARDS[3], SHARDS[1]]))
+    rows = ring_differences(SHARDED, {exchange: drifted})
+    assert [(r[0].rsplit(" ", 1)[1], r[2], r[3]) for r in rows] == [
+        ("1", SHARDS[2], SHARDS[1]),
+        ("2", SHARDS[3], SHARDS[2]),
+        ("3", SHARDS[1], SHARDS[3]),
+    ]
+    assert len(ring_differences(SHARDED, {exchange: dict(enumerate(SHARDS[:3]))})) == 1
+
+
+def test_a_shard_counts_deliveries_without_the_symbol_and_those_its_hash_puts_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tradebus import sharding
+
+    counted: list[str] = []
+
+    def check(queue: str, exchange: str, hdrs: dict[str, str]) -> str | None:
+        return sharding.check_delivery(SHARDED, queue, exchange, hdrs, counted.append)
+
+    eth = {SYMBOL_HEADER: "ETHUSDT"}  # shard 2
+    assert check(SHARDS[2], "mastertrade.market", eth) is None  # where it belongs
+    assert check(SHARDS[1], "mastertrade.retry", eth) is None  # a retry comes back by name
+    assert check("order_requests", "mastertrade.orders", {}) is None  # not a shard
+    with caplog.at_level("WARNING", logger="tradebus.sharding"):
+        assert check(SHARDS[0], "mastertrade.market", eth) == sharding.MISPLACED
+        assert check(SHARDS[0], "mastertrade.market", eth) == sharding.MISPLACED
+        assert check(SHARDS[1], "mastertrade.market", {}) == sharding.NO_SYMBOL
+    assert counted == [
+        f"shard_misplaced:{SHARDS[0]}",
+        f"shard_misplaced:{SHARDS[0]}",
+        f"shard_no_symbol:{SHARDS[1]}",
+    ]
+    # One warning for the first of each kind, not one per delivery.
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "misplaced delivery" in warnings[0] and "without" in warnings[1]
+
+
+def test_the_stage_counts_a_misplaced_delivery_in_prometheus() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from tradebus import metrics
+
+    assert not metrics.enabled()
+    registry = metrics.enable(CollectorRegistry())
+    try:
+        metrics.shard_delivery(SHARDS[0], "tradebus.strategy.on_market_data", "misplaced")
+        labels = {"queue": SHARDS[0], "stage": "tradebus.strategy.on_market_data", "reason": "misplaced"}
+        assert registry.get_sample_value("tradebus_shard_deliveries_total", labels) == 1
+    finally:
+        metrics.disable()

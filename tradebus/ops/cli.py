@@ -18,9 +18,11 @@ from tradebus.errors import (
     ManagementAPIError,
     PublishFailed,
     SettingsError,
+    ShardConcurrency,
     TopologyConflict,
     UnknownPool,
 )
+from tradebus.ops.check import check_command, print_differences
 from tradebus.ops.exits import ExitCode, TradebusGroup
 from tradebus.settings import Settings
 
@@ -68,7 +70,7 @@ def _mastertrade_only(what: str) -> None:
         sys.exit(ExitCode.USAGE)
 
 
-@main.group()
+@main.group(commands=[check_command])
 def topology() -> None:
     """Declare, show or export the topology."""
 
@@ -77,7 +79,6 @@ def topology() -> None:
 def topology_declare() -> None:
     """Declare every exchange, queue and binding (idempotent); on a conflict print the diff."""
     from tradebus.management import Management
-    from tradebus.ops.report import table
     from tradebus.topology import check_and_declare, conflict_hints
 
     app = _app()
@@ -86,10 +87,8 @@ def topology_declare() -> None:
             conn.ensure_connection(max_retries=1)
             extra = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
-        click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
-        click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
-        for hint in conflict_hints(exc.differences):
-            click.echo(hint, err=True)
+        title = "The broker holds objects that differ from the topology; nothing was changed:"
+        print_differences(title, exc.differences, conflict_hints(exc.differences))
         sys.exit(ExitCode.TOPOLOGY_CONFLICT)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -305,7 +304,7 @@ def worker_cmd(pool: str, celery_args: tuple[str, ...]) -> None:
 
     try:
         run_pool(_app(), pool, celery_args)
-    except UnknownPool as exc:
+    except (UnknownPool, ShardConcurrency) as exc:
         click.echo(exc.args[0], err=True)
         sys.exit(ExitCode.USAGE)
 
