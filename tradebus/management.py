@@ -1,4 +1,9 @@
-"""A small client of the RabbitMQ management HTTP API (stdlib only)."""
+"""A small client of the RabbitMQ management HTTP API (stdlib only).
+
+A cluster has one API per node (``TRADEBUS_MANAGEMENT_URL`` lists them, tradebus/settings.py): a request
+goes to the node that answered last, and to the next ones in turn when it does not answer. Any node serves
+the whole cluster's view, so which one answers does not change the result.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from tradebus.settings import ManagementSettings, TLSSettings
 
 
 class Management:
-    """The management API of one broker, scoped to one vhost."""
+    """The management API of one broker (or of any node of a cluster), scoped to one vhost."""
 
     def __init__(
         self, settings: ManagementSettings, timeout: float = 10.0, tls: TLSSettings | None = None
@@ -25,7 +30,9 @@ class Management:
         token = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
         self._auth = f"Basic {token}"
         self._context: ssl.SSLContext | None = None
-        if settings.base_url.startswith("https:"):
+        #: The node's API that answered last: the first one tried next time.
+        self._node = 0
+        if any(url.startswith("https:") for url in settings.base_urls):
             # https with the broker's CA and client certificate (TRADEBUS_BROKER_*_FILE, tradebus/tls.py).
             from tradebus.application import current_settings
             from tradebus.tls import client_context
@@ -33,9 +40,24 @@ class Management:
             self._context = client_context(tls if tls is not None else current_settings().tls)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Call ``/api/<path>``; returns the decoded JSON answer (None when empty)."""
+        """Call ``/api/<path>`` on the first node's API that answers; returns the decoded JSON answer (None
+        when empty). BrokerUnreachable when none answers."""
+        bases = self.settings.base_urls
+        problems = []
+        for step in range(len(bases)):
+            node = (self._node + step) % len(bases)
+            try:
+                answer = self._request(bases[node], method, path, body)
+            except BrokerUnreachable as exc:
+                problems.append(str(exc))
+                continue
+            self._node = node
+            return answer
+        raise BrokerUnreachable("; ".join(problems))
+
+    def _request(self, base_url: str, method: str, path: str, body: Any) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.settings.base_url}/api/{path}", data=data, method=method)
+        req = urllib.request.Request(f"{base_url}/api/{path}", data=data, method=method)
         req.add_header("Authorization", self._auth)
         req.add_header("Content-Type", "application/json")
         try:
@@ -45,7 +67,7 @@ class Management:
             detail = exc.read().decode(errors="replace")
             raise ManagementAPIError(f"{method} /api/{path}: HTTP {exc.code} {detail}") from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise BrokerUnreachable(f"management API at {self.settings.base_url}: {exc}") from exc
+            raise BrokerUnreachable(f"management API at {base_url}: {exc}") from exc
         return json.loads(raw) if raw else None
 
     def get(self, path: str) -> Any:
@@ -59,6 +81,12 @@ class Management:
         except (BrokerUnreachable, ManagementAPIError):
             return False
         return True
+
+    def answering(self) -> str:
+        """The base URL of the first node's API that answers now (the first listed when none does): for
+        tools that take one address, as Flower does."""
+        self.reachable()
+        return self.settings.base_urls[self._node]
 
     @property
     def _vhost(self) -> str:
