@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.flower",
     "tests.fixtures.browser",
     "tests.fixtures.letrade",
+    "tests.fixtures.cluster",
 ]

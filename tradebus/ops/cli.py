@@ -35,6 +35,11 @@ def _connection() -> Connection:
     return tls.broker_connection(_app().settings, connect_timeout=5)
 
 
+def _reach(conn: Connection) -> None:
+    """Connect, or raise: one more try for a single broker, each node once for a cluster's list."""
+    conn.ensure_connection(max_retries=max(1, len(conn.alt)))
+
+
 @click.group(cls=TradebusGroup)
 @click.option(
     "--topology",
@@ -83,7 +88,7 @@ def topology_declare() -> None:
     app = _app()
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
+            _reach(conn)
             extra = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
@@ -198,7 +203,7 @@ def queues_cmd() -> None:
 
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
+            _reach(conn)
             rows = queue_depths(_app().topology, conn)
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -236,7 +241,7 @@ def dlq_list(queue: str | None, limit: int) -> None:
     names = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
+            _reach(conn)
             click.echo(dead_letter_report(_app(), conn, names, limit, show_empty=queue is not None))
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -255,7 +260,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     (name,) = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
+            _reach(conn)
             results = dead.replay(_app(), conn, name, limit, dry_run=dry_run)
     except (OperationalError, OSError, PublishFailed) as exc:
         click.echo(f"cannot replay: {exc}", err=True)
@@ -364,7 +369,7 @@ def health_cmd(as_json: bool) -> None:
 
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
+            _reach(conn)
             topology = _app().topology
             report = bus_health(
                 conn,
