@@ -23,7 +23,8 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from routing.build import alternate_exchange_policy, durable_queue, exchange, fanout_exchange
-from routing.model import PoolProfile, Route, Topology, TopologyOptions
+from routing.model import QUORUM, PoolProfile, Route, Topology, TopologyOptions
+from routing.quorum import as_quorum
 
 NAME = "letrade"
 DEAD_SUFFIX = ".dead"
@@ -190,10 +191,17 @@ STAGE_MODULES: tuple[str, ...] = (
 
 
 def build(options: TopologyOptions | None = None) -> Topology:
-    """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools."""
+    """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools.
+
+    ``queue_type="quorum"`` makes the dead-letter queues quorum queues; the inboxes stay classic priority
+    queues (quorum queues refuse ``x-max-priority``, and the seed's "trade messages: priority HIGH" needs
+    it; docs/topology.md, "Quorum queues").
+    """
+    options = options or TopologyOptions()
+    quorum = options.queue_type == QUORUM
     return Topology(
         name=NAME,
-        options=options or TopologyOptions(),
+        options=options,
         exchanges=EXCHANGES,
         public_exchanges=PUBLIC_EXCHANGES,
         persistent_exchanges=PERSISTENT_EXCHANGES,
@@ -201,7 +209,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         retry=RETRY,
         stage_queues=STAGE_QUEUES,
         task_queues=TASK_QUEUES,
-        dead_letter_queues=DEAD_LETTER_QUEUES,
+        dead_letter_queues=tuple(as_quorum(q) for q in DEAD_LETTER_QUEUES) if quorum else DEAD_LETTER_QUEUES,
         unrouted_queues=UNROUTED_QUEUES,
         market_data_queues=MARKET_DATA_QUEUES,
         critical_queues=CRITICAL_QUEUES,

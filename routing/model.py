@@ -19,9 +19,13 @@ from kombu import Exchange, Queue
 
 from routing.match import ALTERNATE_EXCHANGE, Hop, Router
 
-#: Queue types a topology may be built with.
+#: Queue types a topology may be built with: the single-node topology (``classic``), or the critical queues
+#: as quorum queues replicated over three nodes (``quorum``, docs/topology.md "Quorum queues").
 CLASSIC = "classic"
-QUEUE_TYPES: tuple[str, ...] = (CLASSIC,)
+QUORUM = "quorum"
+QUEUE_TYPES: tuple[str, ...] = (CLASSIC, QUORUM)
+#: The declared argument that makes a queue a quorum queue.
+QUEUE_TYPE_ARGUMENT = "x-queue-type"
 #: Above an operator's catch-all policies (priority 0); an operator policy that must win over ours has to
 #: repeat our keys.
 POLICY_PRIORITY = 10
@@ -34,10 +38,9 @@ EXCHANGES = "exchanges"
 class TopologyOptions:
     """How a profile's topology is built: the variants later features choose between.
 
-    ``queue_type`` is the type of the critical queues and ``market_data_shards`` the number of queues
-    market data for the strategy is spread over (0: the seed's one queue). Only the seed's single-node
-    topology (classic, no shards) is built today; a value no profile builds yet is refused here, at the
-    edge, rather than silently ignored.
+    ``queue_type`` is the type of the critical queues (``classic`` or ``quorum``) and
+    ``market_data_shards`` the number of queues market data for the strategy is spread over (0: the seed's
+    one queue). A value no profile builds yet is refused here, at the edge, rather than silently ignored.
     """
 
     queue_type: str = CLASSIC
@@ -48,6 +51,11 @@ class TopologyOptions:
             raise ValueError(f"queue type {self.queue_type!r}: built today: {', '.join(QUEUE_TYPES)}")
         if self.market_data_shards != 0:
             raise ValueError("market-data sharding is not built yet: market_data_shards must be 0")
+
+
+def delay_word(delay: float) -> str:
+    """The routing-key word naming a retry delay (``5s``): the delay queue bound to it holds the retry."""
+    return f"{round(delay * 1000)}ms" if delay != int(delay) else f"{int(delay)}s"
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ class Topology:
     #: Queues that must not lose a message when the pool process running it dies (redelivered).
     critical_queues: frozenset[str]
     pools: Mapping[str, PoolProfile]
-    #: The queues' dead-letter policies and the exchanges' alternate-exchange policies.
+    #: The queues' dead-letter (quorum queues: also overflow and delivery-limit) policies, and the
+    #: exchanges' alternate-exchange policies.
     policies: tuple[Policy, ...]
     #: ``(queue, routing key) -> (exchange, routing key)`` of a dead letter from that queue.
     dead_letter_route: Callable[[str, str], tuple[str, str]]
@@ -158,6 +167,11 @@ class Topology:
     #: Celery beat's schedule and the routes of plain Celery tasks.
     beat_schedule: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Where a stage's retry waits out its delay on the broker (quorum topologies, whose workers cannot
+    #: hold a delayed message without holding a prefetch slot): the exchange, and one queue per delay
+    #: (``retry_delay_route``). None: the retry waits in the worker (Celery's countdown).
+    retry_delay: Exchange | None = None
+    delay_queues: tuple[Queue, ...] = ()
 
     def __post_init__(self) -> None:
         missing = {q.name for q in self.worker_queues} ^ set(self.pools)
@@ -189,7 +203,25 @@ class Topology:
     @cached_property
     def queues(self) -> tuple[Queue, ...]:
         """Every queue declared."""
-        return self.worker_queues + self.dead_letter_queues + self.unrouted_queues
+        return self.worker_queues + self.dead_letter_queues + self.unrouted_queues + self.delay_queues
+
+    @cached_property
+    def quorum_queues(self) -> frozenset[str]:
+        """The queues declared as quorum queues (replicated; docs/topology.md, "Quorum queues")."""
+        return frozenset(
+            q.name for q in self.queues if (q.queue_arguments or {}).get(QUEUE_TYPE_ARGUMENT) == QUORUM
+        )
+
+    def retry_delay_route(self, queue: str, delay: float) -> tuple[str, str] | None:
+        """The exchange and routing key that hold a retry of ``queue`` for ``delay`` seconds on the broker
+        and then hand it to ``queue`` through the retry exchange; None when no delay queue holds that delay.
+        """
+        if self.retry_delay is None:
+            return None
+        key = f"{queue}.{delay_word(delay)}"
+        delay_queues = {q.name for q in self.delay_queues}
+        reached = self.route(self.retry_delay.name, key) & delay_queues
+        return (self.retry_delay.name, key) if reached else None
 
     @cached_property
     def queues_by_name(self) -> dict[str, Queue]:

@@ -3,7 +3,7 @@
 The app carries its :class:`~routing.Topology` and :class:`~tradebus.settings.Settings`; the consumer, the
 stages, the publisher and the worker read them from the app they run under, so one process can hold the
 apps of both buses. ``celery -A tradebus`` finds the default app (``tradebus.application``), built from the
-environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_*``).
+environment on first use (``TRADEBUS_TOPOLOGY``, ``TRADEBUS_QUEUE_TYPE``, ``TRADEBUS_*``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def default_app() -> TradebusCelery:
     import os
 
     settings = Settings.from_env()
-    app = create_app(build(os.environ.get(TOPOLOGY_ENV) or "mastertrade"), settings)
+    topology = build(os.environ.get(TOPOLOGY_ENV) or "mastertrade", queue_type=settings.queue_type)
+    app = create_app(topology, settings)
     app.set_current()
     app.set_default()
     return app

@@ -132,6 +132,17 @@ def stage_for_key(candidates: list[tuple[tuple[str, ...], str]], routing_key: st
 class StageConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, dispatching each delivery to the stage of the queue it arrived on."""
 
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps without native delayed delivery.
+
+        With a quorum queue in the app, that step declares 28 ``celery_delayed_*`` queues and binds every
+        exchange of the topology to them with ``#.<key>``, changing the routing contract (and a
+        least-privilege worker may not); tradebus's retries wait in the topology's own delay queues
+        instead (``Topology.retry_delay``, docs/topology.md "Retries on quorum queues").
+        """
+
+        default_steps = [s for s in Consumer.Blueprint.default_steps if not s.endswith(":DelayedDelivery")]
+
     def connect(self) -> Any:
         """Connect, then declare the whole topology (tradebus/autodeclare.py) before anything is consumed."""
         connection = super().connect()

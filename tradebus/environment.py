@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -37,6 +38,7 @@ class Environment(BaseSettings):
     )
 
     broker_url: str = DEFAULT_BROKER_URL
+    queue_type: Literal["classic", "quorum"] = "classic"
     redis_url: str = DEFAULT_REDIS_URL
     management_url: str | None = None
     redis_prefix: str = "tradebus"

@@ -7,6 +7,8 @@
                              a cluster's, one per node, ``;``-separated.
 ``TRADEBUS_REDIS_PREFIX``    Prefix of every Redis key tradebus writes (default ``tradebus``).
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
+``TRADEBUS_QUEUE_TYPE``      ``classic`` (one node, the default) or ``quorum``: the critical queues as quorum
+                             queues replicated to three nodes (docs/topology.md, "Quorum queues").
 
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
@@ -300,6 +302,8 @@ class Settings(BaseModel):
     management_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
+    #: The type of the critical queues the topology is built with (``routing.TopologyOptions``).
+    queue_type: str = "classic"
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
@@ -333,6 +337,7 @@ class Settings(BaseModel):
             management_url=env.management_url,
             redis_prefix=env.redis_prefix,
             declare_topology=env.declare_topology,
+            queue_type=env.queue_type,
             tls=TLSSettings(
                 ca_file=env.broker_ca_file,
                 cert_file=env.broker_cert_file,

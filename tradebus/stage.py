@@ -7,7 +7,8 @@
 * records what it received and how long after its publication (tradebus/recorder.py), then calls ``fn``
   with the validated model,
 * retries a transient failure (Redis or the broker away) with the seed's policy, 3 times after 5, 10 and
-  20 seconds, through Celery's own retry, delivered straight back to ``queue``,
+  20 seconds, through Celery's own retry, delivered straight back to ``queue`` (on the quorum topology
+  after waiting in the broker's delay queue rather than in the worker),
 * drops a copy of a message it has handled already: the same publisher-given id on a persistent
   message, a repeated outcome (tradebus/outcomes.py, tradebus/seen.py),
 * dead-letters the original body to ``dlq.<queue>``, with the reason in its headers, when the body is
@@ -52,6 +53,9 @@ from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 logger = get_task_logger(__name__)
 R = TypeVar("R")
 MAX_REDELIVERIES = 5
+#: The header in which a quorum queue counts a message's earlier deliveries (routing/quorum.py sets the
+#: broker's own limit one above MAX_REDELIVERIES, as a backstop).
+DELIVERY_COUNT = "x-delivery-count"
 #: How long a redelivery count is remembered.
 REDELIVERY_WINDOW_SECONDS = 24 * 3600
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
@@ -184,13 +188,19 @@ class StageTask(Task):  # type: ignore[misc]
             self.retry_policy.max_retries,
             delay,
         )
+        # Quorum topology: the retry waits in the broker's delay queue for its delay, then comes back through
+        # mastertrade.retry, so no worker holds it (and a prefetch slot) meanwhile; countdown 0 keeps Celery
+        # from holding it again or rerouting it to its own delay exchanges (docs/topology.md, "Retries on
+        # quorum queues"). Otherwise Celery's countdown: the worker holds it until it is due.
+        delayed = self.app.topology.retry_delay_route(self.queue_name, delay)
+        via, key = delayed or (self.app.topology.retry.name, self.queue_name)
         self.retry(
             exc=exc,
-            countdown=delay,
+            countdown=0 if delayed else delay,
             max_retries=self.retry_policy.max_retries,
             queue=self.queue_name,
-            exchange=self.app.topology.retry.name,
-            routing_key=self.queue_name,
+            exchange=via,
+            routing_key=key,
             headers=headers,
         )
         raise AssertionError("Task.retry raises")  # pragma: no cover
@@ -216,9 +226,16 @@ class StageTask(Task):  # type: ignore[misc]
         return str(message_id) if message_id else None
 
     def over_redelivery_limit(self) -> bool:
-        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no)."""
+        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no).
+
+        A quorum queue counts for itself (``x-delivery-count``, the deliveries that came back before this
+        one); a classic queue does not, so the count is kept in Redis.
+        """
         if not (self.request.delivery_info or {}).get("redelivered"):
             return False
+        counted = self.headers.get(DELIVERY_COUNT)
+        if counted is not None:
+            return int(counted) > MAX_REDELIVERIES
         key = store.key("redeliveries", self.queue_name, f"{self.request.id}:{self.request.retries or 0}")
         try:
             pipe = store.client().pipeline(transaction=False)

@@ -237,12 +237,14 @@ def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
 
 
 def queue_kind(topology: Topology, name: str) -> str:
-    """``stage``, ``task``, ``dead-letter`` or ``unrouted``."""
+    """``stage``, ``task``, ``dead-letter``, ``unrouted`` or ``delay`` (a retry's wait, quorum topology)."""
     if name in {q.name for q in topology.stage_queues}:
         return "stage"
     if name in {q.name for q in topology.task_queues}:
         return "task"
     if name in {q.name for q in topology.dead_letter_queues}:
         return "dead-letter"
+    if name in {q.name for q in topology.delay_queues}:
+        return "delay"
     assert name in {q.name for q in topology.unrouted_queues}
     return "unrouted"

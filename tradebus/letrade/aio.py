@@ -33,7 +33,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from routing import letrade
+from routing import TopologyOptions, letrade
 from tradebus import tls
 from tradebus.deadletter import DeadLetter
 from tradebus.errors import InvalidMessage, PublishFailed, RequestTimeout
@@ -81,7 +81,7 @@ class MessageBus:
         self.settings = settings.with_(broker_url=url) if url else settings
         self.url = self.settings.broker_url
         self.source = source
-        self.topology = letrade.build()
+        self.topology = letrade.build(TopologyOptions(queue_type=self.settings.queue_type))
         self.retry_policy = retry_policy
         self.prefetch = prefetch
         #: The name RabbitMQ lists this client's connection under (management API: ``client_properties``).

@@ -29,7 +29,7 @@ from typing import Any
 from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
-from routing import letrade
+from routing import TopologyOptions, letrade
 from tradebus import seen, tls
 from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.deadletter import dead_letter
@@ -64,7 +64,8 @@ class LetradeBus:
         self._owns_app = app is None
         if app is None:
             settings = current_settings()
-            app = create_app(letrade.build(), settings.with_(broker_url=url or settings.broker_url))
+            topology = letrade.build(TopologyOptions(queue_type=settings.queue_type))
+            app = create_app(topology, settings.with_(broker_url=url or settings.broker_url))
         self.app = app
         self.url = url or app.settings.broker_url
         self.source = source

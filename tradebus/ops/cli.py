@@ -57,7 +57,7 @@ def main(ctx: click.Context, topology: str | None) -> None:
         sys.exit(ExitCode.USAGE)
     name = topology or os.environ.get(TOPOLOGY_ENV) or "mastertrade"
     try:
-        bus = build(name)
+        bus = build(name, queue_type=settings.queue_type)
     except ValueError as exc:
         click.echo(f"{TOPOLOGY_ENV}: {exc}", err=True)
         sys.exit(ExitCode.USAGE)

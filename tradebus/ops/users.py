@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from routing import Topology, mastertrade
+from routing import Topology, TopologyOptions, mastertrade
 from routing.mastertrade.exchanges import DLX, RETRY, TASKS
 from routing.mastertrade.keys import ROUTES
 from routing.mastertrade.pools import POOLS
@@ -79,6 +79,8 @@ class Account:
     extra_read: tuple[str, ...] = ()
     #: May command workers (Flower): remote control is the operators', never a service's.
     operator: bool = False
+    #: The exchange where a worker's retries wait out their delay (quorum topology), if any.
+    retry_delay: str | None = None
 
     @property
     def celery(self) -> CeleryGrant:
@@ -100,6 +102,8 @@ class Account:
         exchanges = [re.escape(ROUTES[r].exchange) for r in self.publishes]
         if self.worker:
             exchanges += [re.escape(DLX.name), re.escape(RETRY.name)]
+            if self.retry_delay:
+                exchanges.append(re.escape(self.retry_delay))
         return _any_of((*exchanges, *self.celery.write, *self.extra_write))
 
     @property
@@ -119,13 +123,17 @@ class Account:
             keys.setdefault(ROUTES[route_name].exchange, []).append(key_pattern(route_name, self.service))
         if self.worker and self.consumes:
             keys[RETRY.name] = [re.escape(queue) for queue in self.consumes]
+            if self.retry_delay:
+                # ``<queue>.<delay>``: the delay queue's binding picks the delay, the key names the queue.
+                keys[self.retry_delay] = [rf"{re.escape(queue)}\.[^.]+" for queue in self.consumes]
         return {exchange: f"^({'|'.join(sorted(set(patterns)))})$" for exchange, patterns in keys.items()}
 
 
 @cache
 def _mastertrade_app() -> TradebusCelery:
     """A MasterTrade app, whatever bus this process runs: the users are MasterTrade's services."""
-    return create_app(mastertrade.build(), current_settings())
+    settings = current_settings()
+    return create_app(mastertrade.build(TopologyOptions(queue_type=settings.queue_type)), settings)
 
 
 def _stage_services() -> dict[str, str]:
@@ -152,8 +160,14 @@ def accounts(stage_services: Mapping[str, str] | None = None) -> list[Account]:
     consumes: dict[str, list[str]] = {name: [] for name in PUBLISHES}
     for pool in POOLS:
         consumes.setdefault(service_of_pool(pool, services), []).append(POOLS[pool].queue)
+    delay = _mastertrade_app().topology.retry_delay
     found = [
-        Account(name, tuple(sorted(queues)), (*PUBLISHES.get(name, ()), *EVERY_SERVICE))
+        Account(
+            name,
+            tuple(sorted(queues)),
+            (*PUBLISHES.get(name, ()), *EVERY_SERVICE),
+            retry_delay=delay.name if delay is not None else None,
+        )
         for name, queues in sorted(consumes.items())
     ]
     return [
