@@ -81,6 +81,8 @@ write_files() {
       echo "management.tcp.port = $(api_port "$n")"
       # A minority (one node cut off from the other two) pauses rather than diverging (docs/scaling.md).
       echo "cluster_partition_handling = pause_minority"
+      # Statistics (the management API's consumers, connections, queue depths) every second, not every 5.
+      echo "collect_statistics_interval = 1000"
       # The test machine's disk is small and shared: do not stop publishers at the default 50 MB free.
       echo "disk_free_limit.absolute = 10MB"
       if [ "$n" != 1 ]; then

@@ -15,8 +15,11 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from tradebus.errors import BrokerUnreachable, ManagementAPIError
+from tradebus.errors import BrokerUnreachable, ManagementAPIError, ManagementNotConnected
 from tradebus.settings import ManagementSettings, TLSSettings
+
+#: Requests another node may be asked again when the connection to one was lost midway.
+IDEMPOTENT = frozenset({"GET", "PUT"})
 
 
 class Management:
@@ -49,6 +52,9 @@ class Management:
             try:
                 answer = self._request(bases[node], method, path, body)
             except BrokerUnreachable as exc:
+                # A read or a PUT is the same asked twice; a DELETE lost midway may have been carried out.
+                if not isinstance(exc, ManagementNotConnected) and method not in IDEMPOTENT:
+                    raise
                 problems.append(str(exc))
                 continue
             self._node = node
@@ -56,6 +62,9 @@ class Management:
         raise BrokerUnreachable("; ".join(problems))
 
     def _request(self, base_url: str, method: str, path: str, body: Any) -> Any:
+        """One request to one node's API. ManagementNotConnected when no connection was made (nothing was
+        sent: the next node may be asked); BrokerUnreachable when it was lost after (the request may have
+        been carried out: only an idempotent one is sent elsewhere)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{base_url}/api/{path}", data=data, method=method)
         req.add_header("Authorization", self._auth)
@@ -66,7 +75,9 @@ class Management:
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             raise ManagementAPIError(f"{method} /api/{path}: HTTP {exc.code} {detail}") from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except urllib.error.URLError as exc:  # urllib's wrapping of a failed connection
+            raise ManagementNotConnected(f"management API at {base_url}: {exc}") from exc
+        except OSError as exc:
             raise BrokerUnreachable(f"management API at {base_url}: {exc}") from exc
         return json.loads(raw) if raw else None
 
