@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
@@ -141,7 +141,9 @@ class StageConsumer(Consumer):  # type: ignore[misc]
         instead (``Topology.retry_delay``, docs/topology.md "Retries on quorum queues").
         """
 
-        default_steps = [s for s in Consumer.Blueprint.default_steps if not s.endswith(":DelayedDelivery")]
+        default_steps: ClassVar[list[str]] = [
+            s for s in Consumer.Blueprint.default_steps if not s.endswith(":DelayedDelivery")
+        ]
 
     def connect(self) -> Any:
         """Connect, then declare the whole topology (tradebus/autodeclare.py) before anything is consumed."""

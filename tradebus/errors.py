@@ -206,3 +206,7 @@ class InsecureConnection(TradebusError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("TRADEBUS_REQUIRE_TLS=1 refuses connections without TLS: " + "; ".join(problems))
+
+
+class MigrationBlocked(TradebusError):
+    """A queue cannot change type now: something still consumes it (stop its workers first)."""

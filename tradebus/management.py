@@ -137,6 +137,10 @@ class Management:
         """Create or replace policy ``name`` in the vhost."""
         self.request("PUT", f"policies/{self._vhost}/{quote(name, safe='')}", body)
 
+    def delete_policy(self, name: str) -> None:
+        """Delete policy ``name`` from the vhost."""
+        self.request("DELETE", f"policies/{self._vhost}/{quote(name, safe='')}")
+
     def create_vhost(self, name: str) -> None:
         """Create vhost ``name`` and give this API user full permissions on it."""
         vhost = quote(name, safe="")

@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -303,7 +303,7 @@ class Settings(BaseModel):
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
     #: The type of the critical queues the topology is built with (``routing.TopologyOptions``).
-    queue_type: str = "classic"
+    queue_type: Literal["classic", "quorum"] = "classic"
     tls: TLSSettings = Field(default_factory=TLSSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     jwt: JWTSettings = Field(default_factory=JWTSettings)

@@ -34,6 +34,13 @@ ALTERNATE_ARGUMENT_HINT = (
     "made on it must be made again). docs/topology.md, 'Alternate exchanges are policies'."
 )
 
+#: What to do when a live queue is of another type than the topology's (TRADEBUS_QUEUE_TYPE changed).
+QUEUE_TYPE_HINT = (
+    "A queue's type (x-queue-type) cannot be changed in place: stop the workers of the queues listed, then "
+    "run `tradebus topology migrate`, which rebuilds each under its name with its messages while publishers "
+    "go on (docs/scaling.md, 'Moving to quorum queues')."
+)
+
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
     r" in vhost '[^']*': received (?P<wanted>.+?) but current is (?P<live>.+)$"
@@ -149,6 +156,23 @@ def has_alternate_argument(differences: list[Difference]) -> bool:
         obj.startswith("exchange ") and arg == ALTERNATE_EXCHANGE and live not in (UNSET, "none")
         for obj, arg, live, _ in differences
     )
+
+
+def has_queue_type_change(differences: list[Difference]) -> bool:
+    """Whether a live queue has another type than the topology's (see QUEUE_TYPE_HINT)."""
+    return any(obj.startswith("queue ") and arg == "x-queue-type" for obj, arg, _, _ in differences)
+
+
+def conflict_hints(differences: list[Difference]) -> list[str]:
+    """What to do about ``differences`` that redeclaring cannot fix (an argument, a queue's type)."""
+    return [
+        hint
+        for hint, applies in (
+            (ALTERNATE_ARGUMENT_HINT, has_alternate_argument(differences)),
+            (QUEUE_TYPE_HINT, has_queue_type_change(differences)),
+        )
+        if applies
+    ]
 
 
 def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:

@@ -83,7 +83,7 @@ def topology_declare() -> None:
     """Declare every exchange, queue and binding (idempotent); on a conflict print the diff."""
     from tradebus.management import Management
     from tradebus.ops.report import table
-    from tradebus.topology import ALTERNATE_ARGUMENT_HINT, check_and_declare, has_alternate_argument
+    from tradebus.topology import check_and_declare, conflict_hints
 
     app = _app()
     try:
@@ -93,8 +93,8 @@ def topology_declare() -> None:
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
         click.echo(table(["object", "argument", "live", "wanted"], exc.differences), err=True)
-        if has_alternate_argument(exc.differences):
-            click.echo(ALTERNATE_ARGUMENT_HINT, err=True)
+        for hint in conflict_hints(exc.differences):
+            click.echo(hint, err=True)
         sys.exit(ExitCode.TOPOLOGY_CONFLICT)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -105,6 +105,15 @@ def topology_declare() -> None:
     for exchange, key, queue in extra:
         click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
     click.echo("topology declared")
+
+
+@topology.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Only list the queues whose type would change.")
+def topology_migrate(dry_run: bool) -> None:
+    """Move queues to the type TRADEBUS_QUEUE_TYPE wants, messages and all (docs/scaling.md)."""
+    from tradebus.ops.migrate import command
+
+    sys.exit(command(_app(), _connection, dry_run=dry_run, echo=click.echo))
 
 
 @topology.command("show")
@@ -119,9 +128,7 @@ def topology_show() -> None:
 
 
 @topology.command("export")
-@click.option(
-    "--vhost", default=None, help="vhost to write into the definitions (default: the broker URL's)."
-)
+@click.option("--vhost", default=None, help="vhost to write into the definitions (default: the broker's).")
 @click.option(
     "--users",
     is_flag=True,
