@@ -83,6 +83,9 @@ class Bench:
             "TRADEBUS_BROKER_URL": settings.broker_url,
             "TRADEBUS_REDIS_URL": settings.redis_url,
             "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+            # A cluster's pools: its management APIs and quorum queues (tradebus/ops/bench_cluster.py).
+            "TRADEBUS_MANAGEMENT_URL": settings.management_url or "",
+            "TRADEBUS_QUEUE_TYPE": settings.queue_type,
         }
 
     def spawn(self, argv: list[str], name: str) -> None:

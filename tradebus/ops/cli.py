@@ -287,13 +287,31 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
     help="Run only this scenario (repeatable; default: all).",
 )
-def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...]) -> None:
-    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md)."""
+@click.option(
+    "--cluster",
+    "cluster",
+    default=None,
+    help="A cluster's broker URLs (a;b;c): run the order path there (quorum queues) and here, and compare.",
+)
+@click.option("--cluster-management", default=None, help="The cluster's management API URLs (a;b;c).")
+def bench_cmd(
+    quick: bool,
+    as_json: bool,
+    scenarios: tuple[str, ...],
+    cluster: str | None,
+    cluster_management: str | None,
+) -> None:
+    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md);
+    with --cluster, the order path on a cluster against this broker (docs/reliability.md)."""
     from tradebus.ops.bench import run_bench
+    from tradebus.ops.bench_cluster import compare
 
     _mastertrade_only("tradebus bench")
     try:
-        results = run_bench(_app(), quick, click.echo, scenarios)
+        if cluster:
+            results = compare(_app(), cluster, cluster_management, quick, click.echo)
+        else:
+            results = run_bench(_app(), quick, click.echo, scenarios)
     except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
         click.echo(f"cannot run the benchmark: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
