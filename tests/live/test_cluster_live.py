@@ -1,7 +1,9 @@
 """The bus on a three-node RabbitMQ cluster (scripts/cluster.sh): clients that fail over, and node kills.
 
-The cluster starts once per session (tests/fixtures/cluster.py); every test has a vhost of its own on it,
-and a node a test kills is back before the next test starts.
+The cluster starts once per session (tests/fixtures/cluster.py); every test has a vhost of its own on it
+(the order-path tests share one with MasterTrade's quorum topology, declared through node 1). A node a
+test kills comes back in the background, and the next kill waits for it. Figures: docs/reliability.md,
+"Fault tests on a cluster".
 """
 
 from __future__ import annotations

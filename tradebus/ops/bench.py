@@ -36,7 +36,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_letrade, benchapp
+from tradebus.ops import bench_cluster, bench_letrade, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -343,9 +343,17 @@ class Bench:
 
 
 def run_bench(
-    app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print, only: Sequence[str] = ()
+    app: TradebusCelery,
+    quick: bool,
+    echo: Callable[[str], None] = print,
+    only: Sequence[str] = (),
+    cluster: str | None = None,
+    cluster_management: str | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures."""
+    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures. With
+    ``cluster`` (its broker URLs), the order path there against ``app``'s (tradebus/ops/bench_cluster.py)."""
+    if cluster:
+        return bench_cluster.compare(app, cluster, cluster_management, quick, echo, order_path_figures)
     plan = Plan.quick() if quick else Plan()
     with bench_vhost(app, echo) as bench_app:
         bench = Bench(bench_app, plan, echo)
@@ -359,3 +367,16 @@ def run_bench(
             bench.stop()
         bench.results["finished_at"] = datetime.now(UTC).isoformat()
         return bench.results
+
+
+def order_path_figures(app: TradebusCelery, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The order path alone (per load: p50, p95, p99 in ms, and the count) on ``app``'s broker, in a vhost
+    of its own: what ``tradebus bench --cluster`` compares (tradebus/ops/bench_cluster.py)."""
+    with bench_vhost(app, echo) as bench_app:
+        bench = Bench(bench_app, plan, echo)
+        try:
+            bench.order_path()
+        finally:
+            bench.stop()
+    figures: dict[str, Any] = bench.results["order_path"]["signal_to_fill_ms"]
+    return figures

@@ -14,24 +14,18 @@ from typing import Any
 
 from routing import build
 from tradebus.application import TradebusCelery, create_app
-from tradebus.ops.bench import Bench
-from tradebus.ops.benchkit import Plan, bench_vhost
+from tradebus.ops.benchkit import Plan
 
+#: Runs the order path on an app's broker with a plan: tradebus/ops/bench.py's ``order_path_figures``.
+OrderPath = Callable[[TradebusCelery, Plan, Callable[[str], None]], dict[str, Any]]
+
+#: The comparison's own plan: 50 round trips per load, under 200 ticks/s. At the full bench's 500 ticks/s
+#: one per message, a three-node cluster sharing a 2-core machine with its workers fell behind: a tick
+#: reached the executor more than 30 s late (docs/scaling.md).
+CLUSTER_PLAN = Plan(round_trips=50, background_ticks=200.0)
 ONE_NODE = "one node"
 CLUSTER = "cluster"
 RATIO = "cluster / one node"
-
-
-def order_path(app: TradebusCelery, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
-    """The order path's latencies (per load: p50, p95, p99 in ms, and the count) on ``app``'s broker."""
-    with bench_vhost(app, echo) as bench_app:
-        bench = Bench(bench_app, plan, echo)
-        try:
-            bench.order_path()
-        finally:
-            bench.stop()
-    figures: dict[str, Any] = bench.results["order_path"]["signal_to_fill_ms"]
-    return figures
 
 
 def ratios(one_node: dict[str, Any], cluster: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -48,10 +42,11 @@ def compare(
     cluster_url: str,
     cluster_management: str | None,
     quick: bool,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None],
+    order_path: OrderPath,
 ) -> dict[str, Any]:
     """The order path on ``app``'s broker, then on the cluster at ``cluster_url`` with quorum queues."""
-    plan = Plan.quick() if quick else Plan()
+    plan = Plan.quick() if quick else CLUSTER_PLAN
     settings = app.settings.with_(
         broker_url=cluster_url, management_url=cluster_management, queue_type="quorum"
     )

@@ -32,12 +32,10 @@ def _app() -> TradebusCelery:
 
 
 def _connection() -> Connection:
-    return tls.broker_connection(_app().settings, connect_timeout=5)
-
-
-def _reach(conn: Connection) -> None:
-    """Connect, or raise: one more try for a single broker, each node once for a cluster's list."""
-    conn.ensure_connection(max_retries=max(1, len(conn.alt)))
+    """The broker, connected: one more try for one node, each node of a cluster's list once."""
+    connection = tls.broker_connection(_app().settings, connect_timeout=5)
+    connection.ensure_connection(max_retries=max(1, len(connection.alt)))
+    return connection
 
 
 @click.group(cls=TradebusGroup)
@@ -88,7 +86,6 @@ def topology_declare() -> None:
     app = _app()
     try:
         with _connection() as conn:
-            _reach(conn)
             extra = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
         click.echo("The broker holds objects that differ from the topology; nothing was changed:", err=True)
@@ -210,7 +207,6 @@ def queues_cmd() -> None:
 
     try:
         with _connection() as conn:
-            _reach(conn)
             rows = queue_depths(_app().topology, conn)
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -248,7 +244,6 @@ def dlq_list(queue: str | None, limit: int) -> None:
     names = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            _reach(conn)
             click.echo(dead_letter_report(_app(), conn, names, limit, show_empty=queue is not None))
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -267,7 +262,6 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     (name,) = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            _reach(conn)
             results = dead.replay(_app(), conn, name, limit, dry_run=dry_run)
     except (OperationalError, OSError, PublishFailed) as exc:
         click.echo(f"cannot replay: {exc}", err=True)
@@ -287,31 +281,16 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
     help="Run only this scenario (repeatable; default: all).",
 )
-@click.option(
-    "--cluster",
-    "cluster",
-    default=None,
-    help="A cluster's broker URLs (a;b;c): run the order path there (quorum queues) and here, and compare.",
-)
-@click.option("--cluster-management", default=None, help="The cluster's management API URLs (a;b;c).")
-def bench_cmd(
-    quick: bool,
-    as_json: bool,
-    scenarios: tuple[str, ...],
-    cluster: str | None,
-    cluster_management: str | None,
-) -> None:
-    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md);
-    with --cluster, the order path on a cluster against this broker (docs/reliability.md)."""
+@click.option("--cluster", help="A cluster's broker URLs (a;b;c): its order path against this broker's.")
+@click.option("--cluster-management", help="The cluster's management API URLs (a;b;c).")
+def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...], **cluster: str | None) -> None:
+    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md),
+    or with --cluster the order path on a cluster against it (docs/scaling.md)."""
     from tradebus.ops.bench import run_bench
-    from tradebus.ops.bench_cluster import compare
 
     _mastertrade_only("tradebus bench")
     try:
-        if cluster:
-            results = compare(_app(), cluster, cluster_management, quick, click.echo)
-        else:
-            results = run_bench(_app(), quick, click.echo, scenarios)
+        results = run_bench(_app(), quick, click.echo, scenarios, **cluster)
     except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
         click.echo(f"cannot run the benchmark: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
@@ -394,7 +373,6 @@ def health_cmd(as_json: bool) -> None:
 
     try:
         with _connection() as conn:
-            _reach(conn)
             topology = _app().topology
             report = bus_health(
                 conn,
