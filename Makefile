@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install is redone by the next run.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install services browser lint test demo demo-letrade clean
+.PHONY: install services browser promtool lint test demo demo-letrade clean
 
 $(STAMP): pyproject.toml constraints.txt
 	bash scripts/venv.sh $(PYTHON) $(VENV)
@@ -22,13 +22,17 @@ services:
 browser:
 	bash scripts/browser.sh
 
+# promtool checks the Prometheus config and unit-tests the alert rules (tests/unit/test_monitoring.py).
+promtool:
+	bash scripts/promtool.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install services browser lint
+test: install services browser promtool lint
 	$(BIN)/pytest
 
 demo: install services

@@ -199,6 +199,8 @@ def build(options: TopologyOptions | None = None) -> Topology:
     """
     options = options or TopologyOptions()
     quorum = options.queue_type == QUORUM
+    if options.market_data_shards:
+        raise ValueError("market-data sharding is MasterTrade's: Letrade's topology has no shards")
     return Topology(
         name=NAME,
         options=options,
@@ -218,4 +220,6 @@ def build(options: TopologyOptions | None = None) -> Topology:
         dead_letter_route=dead_letter_route,
         dead_letter_prefix=DLQ_PREFIX,
         stage_modules=STAGE_MODULES,
+        # One trace per command, through to its event (docs/operations.md, "Traces").
+        trace_roots=((COMMANDS.name, "#"),),
     )

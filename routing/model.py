@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from routing.match import ALTERNATE_EXCHANGE, Hop, Router
+from routing.match import ALTERNATE_EXCHANGE, ExchangeBinding, Hop, Router, topic_matches
 
 #: Queue types a topology may be built with: the single-node topology (``classic``), or the critical queues
 #: as quorum queues replicated over three nodes (``quorum``, docs/topology.md "Quorum queues").
@@ -29,6 +29,8 @@ QUEUE_TYPE_ARGUMENT = "x-queue-type"
 #: Above an operator's catch-all policies (priority 0); an operator policy that must win over ours has to
 #: repeat our keys.
 POLICY_PRIORITY = 10
+#: The most shards a queue may be split into (each is a queue, a DLQ, two policies and a pool).
+MAX_SHARDS = 64
 #: A policy's ``apply-to``: queues only, or exchanges only.
 QUEUES = "queues"
 EXCHANGES = "exchanges"
@@ -38,9 +40,10 @@ EXCHANGES = "exchanges"
 class TopologyOptions:
     """How a profile's topology is built: the variants later features choose between.
 
-    ``queue_type`` is the type of the critical queues (``classic`` or ``quorum``) and
-    ``market_data_shards`` the number of queues market data for the strategy is spread over (0: the seed's
-    one queue). A value no profile builds yet is refused here, at the edge, rather than silently ignored.
+    ``queue_type`` is the type of the critical queues (``classic`` or ``quorum``) and ``market_data_shards``
+    the number of queues market data for the strategy is spread over by symbol (0: the seed's one queue;
+    MasterTrade only, docs/topology.md "Sharding by symbol"). A value no profile builds yet is refused here,
+    at the edge, rather than silently ignored.
     """
 
     queue_type: str = CLASSIC
@@ -49,8 +52,23 @@ class TopologyOptions:
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"queue type {self.queue_type!r}: built today: {', '.join(QUEUE_TYPES)}")
-        if self.market_data_shards != 0:
-            raise ValueError("market-data sharding is not built yet: market_data_shards must be 0")
+        if not 0 <= self.market_data_shards <= MAX_SHARDS:
+            raise ValueError(f"market_data_shards must be between 0 (off) and {MAX_SHARDS}")
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A queue split into shard queues behind a consistent-hash exchange: one shard per symbol.
+
+    ``queue`` is the queue the shards replace (its stage runs on each of them), ``exchange`` the
+    ``x-consistent-hash`` exchange bound to each shard with weight 1, in order, so bucket ``i`` is shard
+    ``i``; it hashes the header ``header`` (routing/consistent_hash.py).
+    """
+
+    queue: str
+    exchange: str
+    header: str
+    queues: tuple[str, ...]
 
 
 def delay_word(delay: float) -> str:
@@ -167,16 +185,30 @@ class Topology:
     #: Celery beat's schedule and the routes of plain Celery tasks.
     beat_schedule: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Exchanges bound to exchanges (the sharded queue's consistent-hash exchange).
+    exchange_bindings: tuple[ExchangeBinding, ...] = ()
+    #: Queues split into shards by symbol (``TopologyOptions.market_data_shards``).
+    shards: tuple[Shards, ...] = ()
+    #: Routing key -> the value a tradebus publisher puts in the hash header (the message's symbol), or
+    #: None: what ``route`` assumes about a message's headers when it has only its routing key.
+    hash_value: Callable[[str], str | None] = field(default=lambda key: None)
     #: Where a stage's retry waits out its delay on the broker (quorum topologies, whose workers cannot
     #: hold a delayed message without holding a prefetch slot): the exchange, and one queue per delay
     #: (``retry_delay_route``). None: the retry waits in the worker (Celery's countdown).
     retry_delay: Exchange | None = None
     delay_queues: tuple[Queue, ...] = ()
+    #: ``(exchange, key pattern)`` of the messages a trace begins with (tradebus/tracing.py): MasterTrade's
+    #: signals, Letrade's commands. Anything else joins the trace its headers name, or none.
+    trace_roots: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         missing = {q.name for q in self.worker_queues} ^ set(self.pools)
         if missing:
             raise ValueError(f"{self.name}: every worker queue needs exactly one pool: {sorted(missing)}")
+        exchanges = {e.name for e in self.exchanges}
+        unknown = {n for b in self.exchange_bindings for n in (b.source, b.destination)} - exchanges
+        if unknown:
+            raise ValueError(f"{self.name}: exchange bindings name undeclared exchanges: {sorted(unknown)}")
         self._check_policies()
 
     def _check_policies(self) -> None:
@@ -240,15 +272,46 @@ class Topology:
     @cached_property
     def router(self) -> Router:
         """Routing over this topology's exchanges, bindings and alternate exchanges."""
-        return Router(self.exchanges, self.queues, self.alternate_exchanges)
+        return Router(
+            self.exchanges,
+            self.queues,
+            self.alternate_exchanges,
+            exchange_bindings=self.exchange_bindings,
+            hash_value=self.hash_value,
+        )
 
     def route(self, exchange: str, routing_key: str) -> frozenset[str]:
-        """The queues a message published to ``exchange`` with ``routing_key`` reaches."""
+        """The queues a message published to ``exchange`` with ``routing_key`` reaches (a tradebus
+        publisher's message: its hash header is the symbol its key carries, ``hash_value``)."""
         return self.router.route(exchange, routing_key)
 
     def trace(self, exchange: str, routing_key: str) -> list[Hop]:
         """The exchanges such a message passes through, with the queues each delivered to."""
         return self.router.trace(exchange, routing_key)
+
+    @cached_property
+    def shard_of_queue(self) -> dict[str, Shards]:
+        """Shard queue -> the shards it is one of."""
+        return {name: shards for shards in self.shards for name in shards.queues}
+
+    @cached_property
+    def sharded(self) -> dict[str, Shards]:
+        """The queue the shards replace -> its shards."""
+        return {shards.queue: shards for shards in self.shards}
+
+    def reaches(self, exchange: str, routing_key: str, queue: str) -> bool:
+        """Whether such a message can reach ``queue``: it routes there, or ``queue`` is a shard and the
+        message reaches one of its shards (which one is the broker's hash of a header a foreign publisher
+        may not set: docs/topology.md)."""
+        routed = self.route(exchange, routing_key)
+        if queue in routed:
+            return True
+        shards = self.shard_of_queue.get(queue)
+        return shards is not None and not routed.isdisjoint(shards.queues)
+
+    def starts_trace(self, exchange: str, routing_key: str) -> bool:
+        """Whether a message published to ``exchange`` with ``routing_key`` begins a trace of its own."""
+        return any(e == exchange and topic_matches(p, routing_key) for e, p in self.trace_roots)
 
     def pool(self, name: str) -> PoolProfile:
         """The pool called ``name``; KeyError naming the real ones."""

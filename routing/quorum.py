@@ -25,7 +25,7 @@ from routing.model import QUEUE_TYPE_ARGUMENT, QUORUM
 #: Members of each quorum queue: a majority (2 of 3) must be up for it to take and give messages.
 QUORUM_INITIAL_GROUP_SIZE = 3
 #: The broker dead-letters a message (``x-death`` reason ``delivery_limit``) once it came back more often
-#: than this. One more than the stages' own limit (tradebus/stage.py MAX_REDELIVERIES): the stage sees the
+#: than this. One more than the stages' own limit (redeliveries.MAX_REDELIVERIES): the stage sees the
 #: 7th delivery first and dead-letters it with ``redelivery_limit`` and its headers; the broker's limit is
 #: the backstop for a delivery that dies before the stage can look at it.
 BROKER_DELIVERY_LIMIT = 6

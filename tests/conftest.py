@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.letrade",
     "tests.fixtures.cluster",
+    "tests.fixtures.sentinel",
 ]

@@ -22,6 +22,7 @@ from kombu.utils.objects import cached_property
 import tradebus.memory  # noqa: F401 - memory:// deliveries name their consumer tag, as RabbitMQ's do
 from routing import Topology, build
 from tradebus import tls
+from tradebus.replication import celery_backend
 from tradebus.settings import Settings
 
 #: The environment variable naming the default app's topology (``mastertrade`` or ``letrade``).
@@ -49,20 +50,31 @@ def celery_config(topology: Topology, settings: Settings) -> dict[str, Any]:
         # topology service declared, and its retries do not redeclare their queue (docs/security.md).
         for queue in task_queues:
             queue.no_declare = True
+    # With sentinels, Celery's own sentinel:// backend (tradebus/replication.py): it finds the master anew
+    # after a failover, as the state store does.
+    backend, backend_options = celery_backend(settings.redis_url, settings.redis)
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
-        "result_backend": settings.redis_url,
+        "result_backend": backend,
         "task_queues": task_queues,
         "include": list(topology.stage_modules),
         "beat_schedule": {name: dict(entry) for name, entry in topology.beat_schedule.items()},
         "task_routes": {name: dict(route) for name, route in topology.task_routes.items()},
     }
+    if backend_options:
+        config["result_backend_transport_options"] = backend_options
     # amqps:// with the CA and client certificate from TRADEBUS_BROKER_*_FILE (tradebus/tls.py).
     if (broker_ssl := tls.broker_use_ssl(settings)) is not None:
         config["broker_use_ssl"] = broker_ssl
     if (redis_ssl := tls.redis_backend_use_ssl(settings)) is not None:
         config["redis_backend_use_ssl"] = redis_ssl
     return config
+
+
+def topology_for(name: str, settings: Settings) -> Topology:
+    """Profile ``name``'s topology with the options the settings give (``TRADEBUS_MARKET_DATA_SHARDS``,
+    ``TRADEBUS_QUEUE_TYPE``); ValueError for an unknown profile or an option it does not build."""
+    return build(name, market_data_shards=settings.market_data_shards, queue_type=settings.queue_type)
 
 
 def create_app(topology: Topology, settings: Settings, *, main: str = "tradebus") -> TradebusCelery:
@@ -83,8 +95,7 @@ def default_app() -> TradebusCelery:
     import os
 
     settings = Settings.from_env()
-    topology = build(os.environ.get(TOPOLOGY_ENV) or "mastertrade", queue_type=settings.queue_type)
-    app = create_app(topology, settings)
+    app = create_app(topology_for(os.environ.get(TOPOLOGY_ENV) or "mastertrade", settings), settings)
     app.set_current()
     app.set_default()
     return app

@@ -10,11 +10,17 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tradebus.errors import SettingsError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: The name the sentinels monitor the master under (``TRADEBUS_REDIS_MASTER``).
+DEFAULT_REDIS_MASTER = "tradebus"
+#: Seconds a durable write waits for its replicas (``TRADEBUS_REDIS_WAIT_TIMEOUT``).
+DEFAULT_REDIS_WAIT_TIMEOUT = 1.0
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TLS_PORT = 15671
 #: Seconds a signature stays valid on either side of its timestamp (docs/security.md).
@@ -25,6 +31,8 @@ MIN_SIGNING_KEY_CHARS = 32
 DEFAULT_JWT_TTL = 60.0
 #: The ``aud`` of Letrade's tokens.
 DEFAULT_JWT_AUDIENCE = "letrade"
+#: Where a worker's /metrics listens unless ``TRADEBUS_METRICS_ADDRESS`` says otherwise (docs/operations.md).
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 ENV_PREFIX = "TRADEBUS_"
 #: Prefix of the variables holding RabbitMQ user passwords: ``TRADEBUS_USER_PASSWORD_STRATEGY``.
 USER_PASSWORD_PREFIX = f"{ENV_PREFIX}USER_PASSWORD_"
@@ -42,6 +50,11 @@ class Environment(BaseSettings):
     redis_url: str = DEFAULT_REDIS_URL
     management_url: str | None = None
     redis_prefix: str = "tradebus"
+    redis_sentinels: str | None = None
+    redis_master: str = DEFAULT_REDIS_MASTER
+    redis_sentinel_password: SecretStr | None = None
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float = DEFAULT_REDIS_WAIT_TIMEOUT
     declare_topology: bool = True
     broker_ca_file: str | None = None
     broker_cert_file: str | None = None
@@ -62,6 +75,10 @@ class Environment(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     encryption_keys: SecretStr | None = None
+    market_data_shards: int = 0
+    metrics_port: int | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    traces: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -99,3 +116,17 @@ def reading(environ: Mapping[str, str] | None) -> Iterator[None]:
         yield
     finally:
         _ENVIRON.reset(token)
+
+
+def read(environ: Mapping[str, str] | None = None) -> Environment:
+    """``TRADEBUS_*`` from the process environment (or ``environ``); SettingsError says what is wrong."""
+    with reading(environ):
+        try:
+            env = Environment()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise SettingsError(problems) from None
+    return env

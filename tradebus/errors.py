@@ -200,12 +200,20 @@ class StateContention(Transient):
     """A Redis transaction kept losing to concurrent writers; the message is retried later."""
 
 
+class NotReplicated(Transient):
+    """A durable write reached fewer Redis replicas than asked in time: it is not taken as done."""
+
+
 class InsecureConnection(TradebusError):
     """``TRADEBUS_REQUIRE_TLS=1`` and a setting names a connection without TLS: nothing connects."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("TRADEBUS_REQUIRE_TLS=1 refuses connections without TLS: " + "; ".join(problems))
+
+
+class MetricsUnavailable(TradebusError):
+    """A worker asked to export metrics cannot (its port is taken, say)."""
 
 
 class MigrationBlocked(TradebusError):

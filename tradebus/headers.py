@@ -6,6 +6,9 @@ from __future__ import annotations
 TYPE = "x-tradebus-type"
 #: The publish time (Unix seconds, float): stages measure their latency from it.
 PUBLISHED_AT = "x-tradebus-published-at"
+#: A market message's symbol: what a consistent-hash exchange shards on (routing/mastertrade/shards.py;
+#: equal to routing.mastertrade.keys.SYMBOL_HEADER). A publisher that leaves it out still reaches one shard.
+SYMBOL = "x-tradebus-symbol"
 #: The content type a raw delivery arrived with, for the stage to check.
 CONTENT_TYPE = "x-tradebus-content-type"
 
@@ -23,6 +26,10 @@ RETRIES = "x-tradebus-retries"
 SIGNER = "x-tradebus-signer"
 SIGNATURE = "x-tradebus-signature"
 SIGNED_AT = "x-tradebus-signed-at"
+
+# Traces (tradebus/tracing.py): W3C Trace Context, written and read by OpenTelemetry's propagators.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 # Replays of dead letters (tradebus dlq replay).
 REPLAY_OF = "x-tradebus-replay-of"

@@ -20,10 +20,10 @@ from kombu.exceptions import OperationalError
 
 from routing import Topology
 from tradebus import headers as h
-from tradebus import signing
+from tradebus import signing, tracing
 from tradebus.codec import CONTENT_TYPE
 from tradebus.errors import PublishFailed
-from tradebus.settings import SigningSettings
+from tradebus.settings import SigningSettings, TracingSettings
 
 PERSISTENT = 2
 TRANSIENT = 1
@@ -68,6 +68,7 @@ def send(
             content_encoding=content_encoding,
             signed_route=signed_route,
             priority=priority,
+            trace=app.settings.tracing,
         )
         message_id = properties["message_id"]
         for attempt in range(CONNECTION_RETRIES + 1):
@@ -107,10 +108,12 @@ def outgoing(
     content_encoding: str = "utf-8",
     signed_route: tuple[str, str] | None = None,
     priority: int | None = None,
+    trace: TracingSettings | None = None,
 ) -> dict[str, Any]:
     """The properties ``body`` is published with (exchange and routing key included): content type,
     persistence (by default: whether ``exchange`` is one of the topology's persistent exchanges), message
-    id, publish time, priority and, when ``settings`` give this service a key, its signature.
+    id, publish time, priority, when ``settings`` give this service a key, its signature and, when ``trace``
+    is on and the message is in a trace (or begins one), its W3C trace context (tradebus/tracing.py).
 
     Pure: ``send`` hands them to Kombu, the asyncio client (tradebus/letrade/aio.py) to aio-pika.
     """
@@ -138,6 +141,15 @@ def outgoing(
         content_type=CONTENT_TYPE,
         settings=settings,
     )
+    if trace is not None and trace.enabled:
+        properties["headers"] |= tracing.outgoing(
+            trace,
+            topology,
+            exchange=signed_exchange,
+            routing_key=signed_key,
+            message_id=message_id,
+            headers=properties["headers"],
+        )
     return properties
 
 

@@ -64,7 +64,10 @@ def stage(
     value returned stands for it on the current tradebus app (``tradebus.application.current``), like
     ``shared_task``'s on Celery's current app. Stages that share a queue
     (a Letrade service's inbox) each take the routing keys matching ``keys``. A stage of one of the
-    topology's critical queues is redelivered when the pool process running it dies.
+    topology's critical queues is redelivered when the pool process running it dies. The stage of a
+    sharded queue (``Topology.shards``) is registered once per shard, ``name`` on shard 0 and
+    ``name.<i>`` on shard i (``shard_task_name``): every per-queue thing (retries, dead letters, counts)
+    then belongs to the shard the message is on.
     """
     accepted = accepts if isinstance(accepts, tuple) else (accepts,)
 
@@ -77,17 +80,14 @@ def stage(
         run.__doc__ = fn.__doc__
         run.__module__ = fn.__module__
 
-        def register(app: Celery) -> StageTask:
-            topology = app.topology
-            if queue not in topology.queues_by_name:
-                raise KeyError(f"stage {name}: no queue {queue!r} in the {topology.name} topology")
-            critical = {"reject_on_worker_lost": True} if queue in topology.critical_queues else {}
+        def register_on(app: Celery, task_name: str, queue_name: str) -> StageTask:
+            critical = {"reject_on_worker_lost": True} if queue_name in app.topology.critical_queues else {}
             registered: StageTask = app._task_from_fun(
                 run,
                 bind=True,
                 base=base,
-                name=name,
-                queue_name=queue,
+                name=task_name,
+                queue_name=queue_name,
                 keys=keys,
                 accepts=accepted,
                 handler=staticmethod(fn),
@@ -95,10 +95,26 @@ def stage(
             )
             return registered
 
+        def register(app: Celery) -> StageTask:
+            topology = app.topology
+            if queue in topology.sharded:
+                shards = topology.sharded[queue].queues
+                tasks = [register_on(app, shard_task_name(name, i), q) for i, q in enumerate(shards)]
+                return tasks[0]
+            if queue not in topology.queues_by_name:
+                raise KeyError(f"stage {name}: no queue {queue!r} in the {topology.name} topology")
+            return register_on(app, name, queue)
+
         _attach(fn.__module__, register)
         return Proxy(lambda: current().tasks[name])
 
     return decorate
+
+
+def shard_task_name(name: str, index: int) -> str:
+    """The name of stage ``name`` on shard ``index`` of its queue: ``name`` itself on shard 0, so that
+    ``stage.delay(message)`` works whether the queue is sharded or not (the broker picks the shard)."""
+    return name if index == 0 else f"{name}.{index}"
 
 
 def stages_of_queues(celery_app: Celery) -> dict[str, list[StageTask]]:

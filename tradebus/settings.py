@@ -9,6 +9,13 @@
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
 ``TRADEBUS_QUEUE_TYPE``      ``classic`` (one node, the default) or ``quorum``: the critical queues as quorum
                              queues replicated to three nodes (docs/topology.md, "Quorum queues").
+``TRADEBUS_MARKET_DATA_SHARDS`` N > 0 splits the strategy's market data over N queues by symbol (default
+``0``: the seed's one queue; MasterTrade only, docs/topology.md). Every process of a bus sets the same N.
+
+Redis Sentinel (tradebus/replication.py): ``TRADEBUS_REDIS_SENTINELS`` (``host:port,...``),
+``TRADEBUS_REDIS_MASTER`` (default ``tradebus``), ``TRADEBUS_REDIS_SENTINEL_PASSWORD``; a fill or a risk
+decision waits for ``TRADEBUS_REDIS_WAIT_REPLICAS`` replicas (default 1 with sentinels, else 0) for up to
+``TRADEBUS_REDIS_WAIT_TIMEOUT`` seconds (default 1).
 
 TLS (docs/security.md): ``TRADEBUS_BROKER_CA_FILE``, ``TRADEBUS_BROKER_CERT_FILE``,
 ``TRADEBUS_BROKER_KEY_FILE``, ``TRADEBUS_BROKER_TLS_SERVER_NAME``; ``TRADEBUS_REQUIRE_TLS=1`` refuses every
@@ -19,6 +26,11 @@ Letrade's JWT (tradebus/letrade/tokens.py): ``TRADEBUS_JWT_SERVICE``, ``TRADEBUS
 ``TRADEBUS_JWT_TRUSTED_KEYS``, ``TRADEBUS_JWT_REQUIRED``, ``TRADEBUS_JWT_TTL``, ``TRADEBUS_JWT_AUDIENCE``.
 Encryption of sensitive fields: ``TRADEBUS_ENCRYPTION_KEYS`` (``kid:base64key,...``, the first encrypts).
 Flower: ``TRADEBUS_FLOWER_USER``, ``TRADEBUS_FLOWER_PASSWORD``.
+Metrics (workers/exporter.py): ``TRADEBUS_METRICS_PORT`` (a worker serves ``/metrics`` there; unset: off),
+``TRADEBUS_METRICS_ADDRESS`` (default ``127.0.0.1``).
+Traces (tradebus/tracing.py): ``TRADEBUS_TRACES`` (``off``, ``otlp``, ``console``; default ``otlp`` when
+OpenTelemetry's ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else
+``off``), ``OTEL_SERVICE_NAME``, ``OTEL_SDK_DISABLED``.
 RabbitMQ users (``tradebus topology export --users``): ``TRADEBUS_USER_PASSWORD_<SERVICE>``.
 """
 
@@ -27,189 +39,39 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from tradebus import nodes, tlsonly
-from tradebus.encryption import Keyring, parse_keys
+from tradebus.credentials import EncryptionSettings as EncryptionSettings
+from tradebus.credentials import JWTSettings as JWTSettings
+from tradebus.credentials import SigningSettings as SigningSettings
 from tradebus.environment import (
     DEFAULT_BROKER_URL as DEFAULT_BROKER_URL,
 )
 from tradebus.environment import (
-    DEFAULT_JWT_AUDIENCE,
-    DEFAULT_JWT_TTL,
+    DEFAULT_METRICS_ADDRESS,
     DEFAULT_REDIS_URL,
-    DEFAULT_SIGNING_WINDOW,
-    ENV_PREFIX,
     MANAGEMENT_PORT,
     MANAGEMENT_TLS_PORT,
-    MIN_SIGNING_KEY_CHARS,
     Environment,
-    reading,
+    read,
 )
 from tradebus.environment import (
     USER_PASSWORD_PREFIX as USER_PASSWORD_PREFIX,
 )
 from tradebus.errors import SettingsError
+from tradebus.replication import RedisSettings
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-def _secret(name: str, value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
-        raise SettingsError(f"{name}: a signing key needs at least {MIN_SIGNING_KEY_CHARS} characters")
-    return value
-
-
-def _service_keys(
-    scheme: str,
-    service: str | None,
-    key: SecretStr | None,
-    listed: SecretStr | None,
-    required: bool,
-    why: str,
-) -> tuple[SecretStr | None, dict[str, SecretStr]]:
-    """This service's key and the keys it trusts, from ``TRADEBUS_<scheme>_*``, checked as a whole: the
-    name and key together, each key long enough, ``service:key`` pairs, and a key when ``required`` (``why``).
-    A service trusts itself."""
-    prefix = f"TRADEBUS_{scheme}"
-    if (service is None) != (key is None):
-        raise SettingsError(f"{prefix}_SERVICE and {prefix}_KEY are set together or not at all")
-    if key is not None:
-        key = _secret(f"{prefix}_KEY", key)
-    trusted: dict[str, SecretStr] = {}
-    for item in filter(
-        None, (part.strip() for part in (listed.get_secret_value() if listed else "").split(","))
-    ):
-        name, sep, secret = item.partition(":")
-        if not sep or not name:
-            raise SettingsError(f"{prefix}_TRUSTED_KEYS is a comma-separated list of service:key")
-        trusted[name] = _secret(f"{prefix}_TRUSTED_KEYS ({name})", SecretStr(secret))
-    if service is not None and key is not None:
-        trusted[service] = key
-    if required and key is None:
-        raise SettingsError(f"{prefix}_REQUIRED=1 needs {prefix}_SERVICE and {prefix}_KEY: {why}")
-    return key, trusted
-
-
-class SigningSettings(BaseModel):
-    """This service's signing key, the keys it trusts, and whether it refuses unsigned messages."""
-
-    model_config = _FROZEN
-
-    service: str | None = None
-    key: SecretStr | None = None
-    trusted: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
-    required: bool = False
-    window: float = DEFAULT_SIGNING_WINDOW
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SigningSettings:
-        """Read ``TRADEBUS_SIGNING_*``; refuses half a configuration rather than guessing."""
-        return Settings.from_env(environ).signing
-
-    @classmethod
-    def from_environment(cls, env: Environment) -> SigningSettings:
-        """The signing part of ``env``, checked as a whole."""
-        service = env.signing_service
-        key, trusted = _service_keys(
-            "SIGNING",
-            service,
-            env.signing_key,
-            env.signing_trusted_keys,
-            env.signing_required,
-            "a worker re-signs the retries it schedules",
-        )
-        if env.signing_window <= 0:
-            raise SettingsError("TRADEBUS_SIGNING_WINDOW must be a positive number of seconds")
-        return cls(
-            service=service,
-            key=key,
-            trusted=trusted,
-            required=env.signing_required,
-            window=env.signing_window,
-        )
-
-
-class JWTSettings(BaseModel):
-    """Letrade's per-message JWT (HS256): its key, the issuers it trusts, whether it is required."""
-
-    model_config = _FROZEN
-
-    service: str | None = None
-    key: SecretStr | None = None
-    trusted: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
-    required: bool = False
-    ttl: float = DEFAULT_JWT_TTL
-    audience: str = DEFAULT_JWT_AUDIENCE
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> JWTSettings:
-        """Read ``TRADEBUS_JWT_*``; refuses half a configuration rather than guessing."""
-        return Settings.from_env(environ).jwt
-
-    @classmethod
-    def from_environment(cls, env: Environment) -> JWTSettings:
-        """The JWT part of ``env``, checked as a whole (the same rules as the HMAC signing keys)."""
-        service = env.jwt_service
-        key, trusted = _service_keys(
-            "JWT",
-            service,
-            env.jwt_key,
-            env.jwt_trusted_keys,
-            env.jwt_required,
-            "a worker issues the tokens of the retries it schedules",
-        )
-        if env.jwt_ttl <= 0:
-            raise SettingsError("TRADEBUS_JWT_TTL must be a positive number of seconds")
-        if not env.jwt_audience.strip():
-            raise SettingsError("TRADEBUS_JWT_AUDIENCE cannot be blank")
-        return cls(
-            service=service,
-            key=key,
-            trusted=trusted,
-            required=env.jwt_required,
-            ttl=env.jwt_ttl,
-            audience=env.jwt_audience,
-        )
-
-
-class EncryptionSettings(BaseModel):
-    """The keys that seal and open sensitive fields (tradebus/encryption.py): the first one encrypts,
-    every one decrypts, so a key rotates without downtime."""
-
-    model_config = _FROZEN
-
-    keys: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_environment(cls, env: Environment) -> EncryptionSettings:
-        """``TRADEBUS_ENCRYPTION_KEYS``, checked (key ids, base64, 32 bytes each)."""
-        listed = env.encryption_keys.get_secret_value() if env.encryption_keys else ""
-        parse_keys(listed)  # SettingsError on anything malformed, before pydantic sees it
-        items = (item.strip().partition(":") for item in listed.split(",") if item.strip())
-        return cls(keys={kid: SecretStr(key) for kid, _, key in items})
-
-    @model_validator(mode="after")
-    def _keys_are_usable(self) -> EncryptionSettings:
-        parse_keys(",".join(f"{kid}:{key.get_secret_value()}" for kid, key in self.keys.items()))
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        """Whether this service can seal and open sensitive fields."""
-        return bool(self.keys)
-
-    @cached_property
-    def keyring(self) -> Keyring | None:
-        """The keys as a Keyring (built once), or None when none is configured."""
-        if not self.keys:
-            return None
-        listed = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in self.keys.items())
-        return Keyring(parse_keys(listed))
+def _shards(count: int) -> int:
+    if count < 0:
+        raise SettingsError("TRADEBUS_MARKET_DATA_SHARDS is a number of shards: 0 (off) or more")
+    return count
 
 
 class TLSSettings(BaseModel):
@@ -237,6 +99,54 @@ class FlowerSettings(BaseModel):
 
     user: str | None = None
     password: SecretStr | None = None
+
+
+class MetricsSettings(BaseModel):
+    """Where a worker serves its Prometheus metrics; no port, no endpoint and nothing counted."""
+
+    model_config = _FROZEN
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    address: str = DEFAULT_METRICS_ADDRESS
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a worker exports metrics."""
+        return self.port is not None
+
+
+class TracingSettings(BaseModel):
+    """Where this process's OpenTelemetry spans go: nowhere (the default), OTLP over HTTP, or stdout."""
+
+    model_config = _FROZEN
+
+    exporter: Literal["off", "otlp", "console"] = "off"
+    #: The OTLP/HTTP traces URL; None: the exporter's own default (``http://localhost:4318/v1/traces``).
+    endpoint: str | None = None
+    service_name: str = "tradebus"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are made at all."""
+        return self.exporter != "off"
+
+    @classmethod
+    def from_environment(cls, env: Environment, names: Mapping[str, str]) -> TracingSettings:
+        """``TRADEBUS_TRACES`` and OpenTelemetry's own variables: an OTLP endpoint turns traces on unless
+        ``TRADEBUS_TRACES=off`` (or ``OTEL_SDK_DISABLED=true``) says otherwise."""
+        endpoint = names.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+        if endpoint is None and (base := names.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+            endpoint = base.rstrip("/") + "/v1/traces"
+        exporter = (env.traces or ("otlp" if endpoint else "off")).strip().lower()
+        if exporter not in ("off", "otlp", "console"):
+            raise SettingsError(f"TRADEBUS_TRACES is off, otlp or console, not {env.traces!r}")
+        if names.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            exporter = "off"
+        return cls(
+            exporter=exporter,
+            endpoint=endpoint,
+            service_name=names.get("OTEL_SERVICE_NAME") or "tradebus",
+        )
 
 
 @dataclass(frozen=True)
@@ -292,6 +202,13 @@ class ManagementSettings:
         return quote(self.vhost, safe="")
 
 
+def _metrics(env: Environment) -> MetricsSettings:
+    """``TRADEBUS_METRICS_*``, checked: a port from 1 to 65535."""
+    if env.metrics_port is not None and not 1 <= env.metrics_port <= 65535:
+        raise SettingsError(f"TRADEBUS_METRICS_PORT must be a TCP port (1-65535), not {env.metrics_port}")
+    return MetricsSettings(port=env.metrics_port, address=env.metrics_address)
+
+
 class Settings(BaseModel):
     """tradebus's settings: built once at the edge (:meth:`from_env`), then handed to the app."""
 
@@ -302,6 +219,7 @@ class Settings(BaseModel):
     management_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "tradebus"
     declare_topology: bool = True
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     #: The type of the critical queues the topology is built with (``routing.TopologyOptions``).
     queue_type: Literal["classic", "quorum"] = "classic"
     tls: TLSSettings = Field(default_factory=TLSSettings)
@@ -309,21 +227,17 @@ class Settings(BaseModel):
     jwt: JWTSettings = Field(default_factory=JWTSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     user_passwords: Mapping[str, SecretStr] = Field(default_factory=dict, repr=False)
+    #: ``TopologyOptions.market_data_shards`` of the bus this process runs.
+    market_data_shards: int = Field(default=0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``TRADEBUS_*`` from the process environment (or ``environ``); SettingsError says what is
         wrong. Unset and empty variables keep their defaults."""
-        with reading(environ):
-            try:
-                env = Environment()
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                    for err in exc.errors()
-                )
-                raise SettingsError(problems) from None
+        env = read(environ)
         if (env.broker_cert_file is None) != (env.broker_key_file is None):
             raise SettingsError("TRADEBUS_BROKER_CERT_FILE and TRADEBUS_BROKER_KEY_FILE go together")
         if (env.flower_user is None) != (env.flower_password is None):
@@ -337,6 +251,7 @@ class Settings(BaseModel):
             management_url=env.management_url,
             redis_prefix=env.redis_prefix,
             declare_topology=env.declare_topology,
+            redis=RedisSettings.from_environment(env),
             queue_type=env.queue_type,
             tls=TLSSettings(
                 ca_file=env.broker_ca_file,
@@ -349,6 +264,9 @@ class Settings(BaseModel):
             jwt=JWTSettings.from_environment(env),
             flower=FlowerSettings(user=env.flower_user, password=env.flower_password),
             encryption=EncryptionSettings.from_environment(env),
+            market_data_shards=_shards(env.market_data_shards),
+            metrics=_metrics(env),
+            tracing=TracingSettings.from_environment(env, names),
             user_passwords={
                 name.removeprefix(USER_PASSWORD_PREFIX).lower(): SecretStr(value)
                 for name, value in names.items()
@@ -368,6 +286,7 @@ class Settings(BaseModel):
                 tlsonly.broker_problems("TRADEBUS_BROKER_URL", self.broker_url)
                 + tlsonly.redis_problems("TRADEBUS_REDIS_URL", self.redis_url)
                 + tlsonly.management_problems("TRADEBUS_MANAGEMENT_URL", self.management_url)
+                + tlsonly.sentinel_problems("TRADEBUS_REDIS_SENTINELS", self.redis.sentinels)
             )
         return self
 

@@ -35,7 +35,7 @@ from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import recorder, seen, signing, store
+from tradebus import metrics, recorder, redeliveries, seen, signing, tracing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -48,16 +48,14 @@ from tradebus.errors import (
 )
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
 from tradebus.publisher import PERSISTENT
+from tradebus.redeliveries import DELIVERY_COUNT, MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
-MAX_REDELIVERIES = 5
-#: The header in which a quorum queue counts a message's earlier deliveries (routing/quorum.py sets the
-#: broker's own limit one above MAX_REDELIVERIES, as a backstop).
-DELIVERY_COUNT = "x-delivery-count"
-#: How long a redelivery count is remembered.
-REDELIVERY_WINDOW_SECONDS = 24 * 3600
+#: Headers the broker sets on a delivery (dead-lettering, a quorum queue's count): a retry is a new
+#: message and starts without them.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT)
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
 _CELERY_CONTROL = (Retry, Reject, Ignore)
 
@@ -115,7 +113,7 @@ class StageTask(Task):  # type: ignore[misc]
         if not isinstance(message, self.accepts):
             names = ", ".join(self.type_name(cls) for cls in self.accepts)
             return UnknownMessageType(f"{self.name} accepts {names}, not {message.type!r}")
-        if self.queue_name not in self.app.topology.route(message.exchange, message.routing_key):
+        if not self.app.topology.reaches(message.exchange, message.routing_key, self.queue_name):
             return Misrouted(
                 f"a {message.type} routed by its payload as {message.routing_key!r} never reaches "
                 f"{self.queue_name}"
@@ -166,12 +164,13 @@ class StageTask(Task):  # type: ignore[misc]
             message_id=self.request.id,
             retries=self.request.retries or 0,
         )
+        metrics.dead_lettered(self.queue_name, self.name, reason, self.request)
 
     def retry_later(self, exc: BaseException) -> NoReturn:
         """Schedule the current message again on this stage's queue after the policy's delay (Celery's
         ``Task.retry``, which raises Retry for Celery to acknowledge the current delivery)."""
         exchange, routing_key = self.origin()
-        headers = {k: v for k, v in self.headers.items() if k != "x-death"} | {
+        headers = {k: v for k, v in self.headers.items() if not k.startswith(_BROKER_HEADERS)} | {
             ORIGINAL_EXCHANGE: exchange,
             ORIGINAL_ROUTING_KEY: routing_key,
         }
@@ -226,26 +225,13 @@ class StageTask(Task):  # type: ignore[misc]
         return str(message_id) if message_id else None
 
     def over_redelivery_limit(self) -> bool:
-        """Whether the current message came back more than MAX_REDELIVERIES times (Redis down: no).
-
-        A quorum queue counts for itself (``x-delivery-count``, the deliveries that came back before this
-        one); a classic queue does not, so the count is kept in Redis.
-        """
-        if not (self.request.delivery_info or {}).get("redelivered"):
-            return False
-        counted = self.headers.get(DELIVERY_COUNT)
-        if counted is not None:
-            return int(counted) > MAX_REDELIVERIES
-        key = store.key("redeliveries", self.queue_name, f"{self.request.id}:{self.request.retries or 0}")
-        try:
-            pipe = store.client().pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, REDELIVERY_WINDOW_SECONDS)
-            count = int(pipe.execute()[0])
-        except Exception as exc:  # noqa: BLE001 - without Redis, keep processing rather than stall
-            logger.warning("%s: cannot count redeliveries of %s: %s", self.queue_name, self.request.id, exc)
-            return False
-        return count > MAX_REDELIVERIES
+        """Whether the current message came back more than MAX_REDELIVERIES times (redeliveries.py)."""
+        return redeliveries.over_limit(
+            self.queue_name,
+            f"{self.request.id}:{self.request.retries or 0}",
+            bool((self.request.delivery_info or {}).get("redelivered")),
+            self.headers,
+        )
 
     def apply_async(
         self,
@@ -307,7 +293,8 @@ class StageTask(Task):  # type: ignore[misc]
             return None
         _record(self, message)
         try:
-            result = self.handler(message)
+            with tracing.processing(self):  # a span only when tracing is on and the message is in a trace
+                result = self.handler(message)
         except _CELERY_CONTROL:
             raise
         except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
@@ -352,6 +339,7 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
             delivery_info=delivery,
             message_id=request.id,
         )
+        metrics.dead_lettered(sender.queue_name, sender.name, Reason.REVOKED)
     except Exception:  # the worker must go on; the revocation itself is in Celery's log
         logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
 

@@ -5,7 +5,8 @@ that state whole, for any profile (this module knows no message type):
 
 * :func:`transaction` reads, decides and writes under WATCH/MULTI, again when a watched key moved, and
   gives up after ``max_attempts`` with :class:`~tradebus.errors.StateContention`, which the stage retries
-  later as a transient failure;
+  later as a transient failure; with a :class:`~tradebus.replication.ReplicaWait`, it then waits for
+  replicas to have the write, or raises :class:`~tradebus.errors.NotReplicated` (also retried);
 * :func:`publish_once` publishes what an outcome (a decision, a fill: the key its record is stored under)
   produced from one delivery at a time: it :func:`claim` s ``{outcome}:publishing`` for the delivering
   message's id, publishes, and marks ``{outcome}:published`` (:func:`mark_published`). A claim lapses when
@@ -25,7 +26,8 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
-from tradebus.errors import StateContention
+from tradebus.errors import NotReplicated, StateContention
+from tradebus.replication import ReplicaWait, WaitingPipeline
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -51,6 +53,7 @@ def transaction(
     body: Callable[[Pipeline], T],
     *,
     max_attempts: int = MAX_ATTEMPTS,
+    wait: ReplicaWait | None = None,
 ) -> T: ...
 
 
@@ -62,6 +65,7 @@ def transaction(
     *,
     reads: Sequence[Read],
     max_attempts: int = MAX_ATTEMPTS,
+    wait: ReplicaWait | None = None,
 ) -> T: ...
 
 
@@ -72,6 +76,7 @@ def transaction(
     *,
     reads: Sequence[Read] | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    wait: ReplicaWait | None = None,
 ) -> T:
     """Run ``body`` as one optimistic transaction on ``watched``; returns what ``body`` returns.
 
@@ -80,8 +85,15 @@ def transaction(
     on another connection (a change after the WATCH still fails the EXEC, so they cannot be stale) and
     ``body(values, pipe)`` only queues writes: three round trips however many reads. When a watched key
     moved before the EXEC, everything runs again; after ``max_attempts`` it raises StateContention.
+
+    With ``wait`` (``wait.replicas`` > 0), the EXEC is followed on its connection by ``WAIT``; fewer
+    replicas than asked within ``wait.timeout`` raise NotReplicated: the write is on the master, maybe not
+    on the replica a failover would promote, so it must not be reported as done. WAIT covers the writes of
+    its connection and everything the master had before them: a body that finds its record already written
+    (a redelivery) should queue a write all the same (renew the record's TTL) for the WAIT to cover it.
     """
-    with client.pipeline() as pipe:
+    waiting = WaitingPipeline(client, wait) if wait is not None and wait.replicas > 0 else None
+    with waiting or client.pipeline() as pipe:
         for _ in range(max_attempts):
             try:
                 pipe.watch(*watched)  # type: ignore[no-untyped-call]
@@ -92,9 +104,15 @@ def transaction(
                     pipe.multi()
                     result = body(values, pipe)
                 pipe.execute()
-                return result
             except WatchError:
                 continue
+            if waiting is not None and (waiting.acked or 0) < (needed := waiting.replica_wait).replicas:
+                acked = "none answered WAIT" if waiting.acked is None else f"{waiting.acked} acknowledged"
+                raise NotReplicated(
+                    f"{watched[0]} is written on the master, but of the {needed.replicas} replica(s) it "
+                    f"needs, {acked} within {needed.timeout:g}s"
+                )
+            return result
     raise StateContention(f"{', '.join(watched)} still contended after {max_attempts} attempts")
 
 

@@ -1,7 +1,8 @@
 """Redis, where stages keep their state: one client per process, every key under one prefix.
 
 The prefix (``TRADEBUS_REDIS_PREFIX``) keeps deployments, demos and test sessions that share a Redis apart.
-The embedded demo, with no Redis to talk to, swaps in an in-process one with :func:`use`.
+With ``TRADEBUS_REDIS_SENTINELS`` the client is Sentinel's (tradebus/replication.py): it follows the master
+through a failover. The embedded demo, with no Redis to talk to, swaps in an in-process one with :func:`use`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import redis
 
 from tradebus.application import current_settings
+from tradebus.replication import ReplicaWait, master_client
+from tradebus.settings import Settings
 
 #: Fail fast when Redis is down: the stage then retries the message later (tradebus/retries.py).
 CONNECT_TIMEOUT = 2.0
@@ -17,20 +20,34 @@ SOCKET_TIMEOUT = 5.0
 _override: list[redis.Redis] = []
 #: The decoding twin of an override, made once: (the override, its twin).
 _text_override: list[tuple[redis.Redis, redis.Redis]] = []
-#: One client per (Redis URL, decoding) in this process: two apps of one process may name two servers.
-_clients: dict[tuple[str, bool], redis.Redis] = {}
+#: One client per (Redis URL, sentinels, master, decoding) in this process: two apps of one process may
+#: name two servers.
+_clients: dict[tuple[str, tuple[tuple[str, int], ...], str, bool], redis.Redis] = {}
+
+
+def _connect(settings: Settings, decode: bool) -> redis.Redis:
+    if settings.redis.sentinels:
+        return master_client(
+            settings.redis_url,
+            settings.redis,
+            decode=decode,
+            connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+        )
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        decode_responses=decode,
+    )
 
 
 def _from_settings(decode: bool = False) -> redis.Redis:
-    url = current_settings().redis_url
-    if (url, decode) not in _clients:
-        _clients[url, decode] = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            decode_responses=decode,
-        )
-    return _clients[url, decode]
+    settings = current_settings()
+    where = (settings.redis_url, settings.redis.sentinels, settings.redis.master, decode)
+    if where not in _clients:
+        _clients[where] = _connect(settings, decode)
+    return _clients[where]
 
 
 def client() -> redis.Redis:
@@ -50,6 +67,11 @@ def text_client() -> redis.Redis:
         )
         _text_override[:] = [(base, redis.Redis(connection_pool=decoding))]
     return _text_override[0][1]
+
+
+def replica_wait() -> ReplicaWait:
+    """How many replicas a durable write (a fill, a decision) waits for: none for the in-process store."""
+    return ReplicaWait() if _override else current_settings().redis.wait
 
 
 def use(replacement: redis.Redis) -> None:

@@ -61,6 +61,11 @@ def management_problems(name: str, url: str | None) -> list[str]:
     ]
 
 
+def sentinel_problems(name: str, sentinels: tuple[tuple[str, int], ...]) -> list[str]:
+    """Sentinels are reached over plain TCP (tradebus has no Sentinel over TLS yet): refused when named."""
+    return [f"{name} names sentinels, reached without TLS (unset it)"] if sentinels else []
+
+
 def require(problems: list[str]) -> None:
     """Raise InsecureConnection naming every problem, if there is any."""
     if problems:

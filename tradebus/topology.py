@@ -146,6 +146,7 @@ def extra_bindings(topology: Topology, live_bindings: list[dict[str, Any]]) -> l
     """
     ours = {e.name for e in topology.exchanges}
     wanted = {(b.exchange.name, b.routing_key or "", q.name) for q in topology.queues for b in q.bindings}
+    wanted |= {(b.source, b.routing_key, b.destination) for b in topology.exchange_bindings}
     live = {(b["source"], b["routing_key"], b["destination"]) for b in live_bindings if b["source"] in ours}
     return sorted(live - wanted)
 
@@ -196,6 +197,11 @@ def declare(topology: Topology, connection: Connection) -> list[str]:
     try:
         for exchange in topology.exchanges:
             exchange(channel).declare()
+        for binding in topology.exchange_bindings:
+            channel.exchange_bind(
+                destination=binding.destination, source=binding.source, routing_key=binding.routing_key
+            )
+        # In order: a consistent-hash exchange hands out its buckets in the order its queues are bound.
         for queue in topology.queues:
             try:
                 queue(channel).declare()
@@ -271,6 +277,16 @@ def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
         for q in topology.queues
         # Kombu keeps bindings in a set: sort them, so the export is the same file on every run.
         for b in sorted(q.bindings, key=lambda b: (b.exchange.name, b.routing_key or ""))
+    ] + [
+        {
+            "source": b.source,
+            "vhost": vhost,
+            "destination": b.destination,
+            "destination_type": "exchange",
+            "routing_key": b.routing_key,
+            "arguments": {},
+        }
+        for b in topology.exchange_bindings
     ]
     policies = [{"vhost": vhost, "name": p.name, **p.as_json()} for p in topology.policies]
     return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies}

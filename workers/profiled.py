@@ -8,6 +8,9 @@ It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unl
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
 command workers: tradebus/ops/remote_control.py), and gossip consumes every worker's events and acts on
 ``worker.elect`` events anyone who sends events could forge. tradebus uses neither.
+
+With ``TRADEBUS_METRICS_PORT`` it serves its pool's Prometheus metrics (workers/exporter.py), set up in the
+main process before the pool's processes start.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import click
 from celery.apps.worker import Worker
 from click.core import ParameterSource
 
+from workers import exporter
 from workers.profiles import combined, shares_a_critical_queue
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,11 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
             if not _explicit(option, kwargs.get(option)):
                 kwargs[option] = True
         return super().prepare_args(**kwargs)
+
+    def on_init_blueprint(self) -> None:
+        super().on_init_blueprint()
+        # Before the pool forks: its processes inherit the multiprocess mode and the signal receivers.
+        self.metrics_exporter = exporter.start(self.app.settings.metrics, self.hostname)
 
     def setup_defaults(
         self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any

@@ -42,3 +42,33 @@ ROUTES: dict[str, Route] = {
     "system_alert": Route(exchanges.SYSTEM.name, "system.alert.{severity}"),
     "config_change": Route(exchanges.SYSTEM.name, "system.config.{change_type}"),
 }
+
+#: The header a tradebus publisher sets to a market message's symbol, and the one the strategy's
+#: consistent-hash exchange hashes (routing/mastertrade/shards.py). Kept equal to tradebus.headers.SYMBOL.
+SYMBOL_HEADER = "x-tradebus-symbol"
+
+#: The market routes whose key carries a symbol, most literal words first: ``market.data.orderbook.X`` is an
+#: order book of X, not a candle of symbol ``orderbook``.
+_SYMBOL_ROUTES = sorted(
+    (r for r in ROUTES.values() if r.exchange == exchanges.MARKET.name and "symbol" in r.fields),
+    key=lambda r: -sum(1 for word in r.template.split(".") if "{" not in word),
+)
+
+
+def symbol_of(routing_key: str) -> str | None:
+    """The symbol a market routing key carries (the one its publisher's message holds), or None."""
+    words = routing_key.split(".")
+    for route in _SYMBOL_ROUTES:
+        template = route.template.split(".")
+        if len(template) != len(words):
+            continue
+        fields: dict[str, str] = {}
+        for part, word in zip(template, words, strict=True):
+            if part.startswith("{"):
+                fields[part[1:-1]] = word
+            elif part != word:
+                break
+        else:
+            if fields.get("interval", CANDLE_INTERVALS[0]) in INTERVAL_SECONDS:
+                return fields["symbol"]
+    return None

@@ -220,8 +220,9 @@ MARKET_DATA_QUEUES = frozenset(
 )
 
 
-def _dead_letter_queue(queue: Queue) -> Queue:
-    market = queue.name in MARKET_DATA_QUEUES
+def dead_letter_queue(queue: Queue, market: bool | None = None) -> Queue:
+    """The DLQ of ``queue``; bounded like market data's when ``market`` (default: it is market data)."""
+    market = queue.name in MARKET_DATA_QUEUES if market is None else market
     return _queue(
         dead_letter_queue_name(queue.name),
         ex.DLX,
@@ -233,7 +234,7 @@ def _dead_letter_queue(queue: Queue) -> Queue:
 
 
 #: One dead-letter queue per worker queue, bound on ``mastertrade.dlx`` by its own name.
-_WORKER_DLQS: tuple[Queue, ...] = tuple(_dead_letter_queue(q) for q in WORKER_QUEUES)
+_WORKER_DLQS: tuple[Queue, ...] = tuple(dead_letter_queue(q) for q in WORKER_QUEUES)
 #: Where a dead letter goes when it outlives its DLQ's TTL (``dlq.trading_signals`` keeps the seed's 24 h;
 #: routing/policies.py sends what expires there to this queue, which keeps it).
 ARCHIVE_QUEUE = _queue(f"{DLQ_PREFIX}archive", ex.DLX, [f"{DLQ_PREFIX}archive"])

@@ -44,3 +44,8 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     }
     assert all(rate > 0 for rate in letrade["candles_per_second"].values())
     assert letrade["MessageBus / bare aio-pika"] > 0 and letrade["request_round_trip_ms"]["n"] == 5
+    traces = figures["traces"]
+    assert set(traces["traced / untraced"]) == {"cpu", "p50", "p99", "throughput"}
+    assert all(ratio > 0 for ratio in traces["traced / untraced"].values())
+    # Every traced message's span reached the OTLP sink: the warm-up's, the paced half and the burst.
+    assert traces["spans_exported"] == 10 + 20 + 200

@@ -169,14 +169,15 @@ def test_a_full_quorum_order_queue_pushes_back_and_its_dead_letters_are_kept(quo
         accepted = 0
         with Connection(quorum_vhost.url, transport_options={"confirm_publish": True}) as conn:
             producer = Producer(conn.channel())
-            # A quorum queue refuses once it holds *more* than its length: it takes one over it.
+            # A quorum queue refuses once it holds *more* than its length: it takes one over it (the
+            # publisher learns the queue is full asynchronously, so allow one more on a busy machine).
             with pytest.raises(MessageNacked):  # tradebus.publish raises PublishFailed on it
-                for i in range(4):
+                for i in range(6):
                     producer.publish(
                         f"order {i}", exchange="mastertrade.orders", routing_key="order.request.X"
                     )
                     accepted += 1
-        assert accepted == 3 and depth(quorum_vhost, "order_requests") == 3  # the oldest kept, not dropped
+        assert 3 <= accepted <= 4 and depth(quorum_vhost, "order_requests") == accepted  # the oldest kept
         with quorum_vhost.connection() as conn:
             for _ in range(2):  # delivered and given back twice: over the limit of 1
                 channel = conn.channel()
@@ -189,7 +190,7 @@ def test_a_full_quorum_order_queue_pushes_back_and_its_dead_letters_are_kept(quo
             dead = conn.default_channel.basic_get("dlq.order_requests", no_ack=True)
         assert dead.body in (b"order 0", "order 0")
         assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
-        assert depth(quorum_vhost, "order_requests") == 2
+        assert depth(quorum_vhost, "order_requests") == accepted - 1
     finally:
         quorum_vhost.management.delete_policy(name)
         with quorum_vhost.connection() as conn:
@@ -263,7 +264,13 @@ def test_the_order_pool_on_quorum_queues_prefetches_per_consumer_and_parks_its_r
         )
         assert consumer is not None and consumer["prefetch_count"] == 3, consumer
         vhost_path = fresh_vhost.management.settings.quoted_vhost
-        channels = wait_until(lambda: fresh_vhost.management.get(f"vhosts/{vhost_path}/channels"))
+
+        def listed() -> list[dict[str, Any]]:
+            """The vhost's channels, once the API has their statistics (it samples them)."""
+            found: list[dict[str, Any]] = fresh_vhost.management.get(f"vhosts/{vhost_path}/channels")
+            return found if found and all("global_prefetch_count" in c for c in found) else []
+
+        channels = wait_until(listed)
         assert channels and {c["global_prefetch_count"] for c in channels} == {0}, channels
         assert publish_confirmed(fresh_vhost, batch) == 20
         # Parked in the broker (a ready message in the delay queue cannot be unacknowledged in a worker).

@@ -15,8 +15,8 @@ from tests.support.wait import dead_letters, entry, on, raw_publish, wait_until
 from tradebus import app, publish, recorder, store
 from tradebus.headers import ORIGINAL_ROUTING_KEY, QUEUE, REASON
 from tradebus.mastertrade.samples import candle, documented_messages, order_request, order_update, signal
+from tradebus.redeliveries import MAX_REDELIVERIES
 from tradebus.registry import stage_tasks
-from tradebus.stage import MAX_REDELIVERIES
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("celery_session_worker")]
 

@@ -196,4 +196,4 @@ def test_the_state_module_imports_no_profile() -> None:
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     tradebus = {m for m in imported if m and (m.startswith("tradebus") or m.startswith("tasks"))}
-    assert tradebus == {"tradebus.errors"}
+    assert tradebus == {"tradebus.errors", "tradebus.replication"}

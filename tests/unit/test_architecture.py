@@ -84,8 +84,6 @@ def test_both_buses_apps_are_built_in_one_process_each_with_its_own_topology_and
 def test_a_variant_no_profile_builds_yet_is_refused_when_built() -> None:
     with pytest.raises(ValueError, match="queue type 'mirrored'"):
         routing.build("mastertrade", queue_type="mirrored")
-    with pytest.raises(ValueError, match="market-data sharding"):
-        routing.build("mastertrade", market_data_shards=4)
     with pytest.raises(ValueError, match="unknown topology 'kafka'"):
         routing.build("kafka")
 

@@ -97,7 +97,11 @@ def test_each_worker_service_shows_its_queue_concurrency_and_prefetch_as_the_pro
             "tradebus.pool.concurrency": str(profile.concurrency),
             "tradebus.pool.prefetch-multiplier": str(profile.prefetch_multiplier),
         }, pool
+        # `docker compose up --scale worker-order-requests=2`: a fixed container name would stop it, a
+        # fixed hostname would give both replicas one Celery node name (`POOL@%h`) and one pidbox.
         assert "container_name" not in service, f"{pool}: a fixed name would stop --scale"
+        assert "hostname" not in service, f"{pool}: a fixed hostname would give replicas one node name"
+        assert not service.get("ports"), f"{pool}: a published port would clash between replicas"
 
 
 def test_each_worker_runs_as_its_services_least_privilege_user_and_declares_nothing(
@@ -194,7 +198,9 @@ def test_the_definitions_service_has_a_password_for_every_account_and_nothing_el
     compose: dict[str, Any],
 ) -> None:
     env = compose["services"]["definitions"]["environment"]
-    assert set(env) == {password_variable(a.service) for a in accounts()}
+    # ...and the number of shards: the definitions hold the topology every other service builds.
+    assert set(env) == {password_variable(a.service) for a in accounts()} | {"TRADEBUS_MARKET_DATA_SHARDS"}
+    assert env["TRADEBUS_MARKET_DATA_SHARDS"] == compose["x-tradebus-env"]["TRADEBUS_MARKET_DATA_SHARDS"]
 
 
 def test_flower_beat_and_the_simulator_run_with_their_own_users(compose: dict[str, Any]) -> None:
@@ -343,7 +349,11 @@ def test_image_installs_every_package_the_app_imports() -> None:
         source = f"{module}.py" if (ROOT / f"{module}.py").exists() else module
         assert copied.get(source) == source, f"{source} is not copied to WORKDIR/{source}: {copied}"
     # `pip install .` (the Dockerfile's) installs what setuptools is told to package: all of them.
-    assert "pyproject.toml" in copied and "pip install --no-cache-dir ." in (ROOT / "Dockerfile").read_text()
+    # With the OTLP exporter extra: the image can export traces (docs/operations.md, "Traces").
+    assert (
+        "pyproject.toml" in copied
+        and "pip install --no-cache-dir '.[otlp]'" in (ROOT / "Dockerfile").read_text()
+    )
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packaged = set(config["py-modules"]) | {p.rstrip("*") for p in config["packages"]["find"]["include"]}
     assert imported <= packaged
@@ -353,3 +363,45 @@ def test_definitions_json_is_valid_for_rabbitmq() -> None:
     data = json.loads((ROOT / "deploy/rabbitmq/topology.json").read_text())
     assert set(data) == {"exchanges", "queues", "bindings", "policies"}
     assert {item["vhost"] for key in data for item in data[key]} == {"/"}
+
+
+def test_the_broker_enables_the_consistent_hash_exchange_the_shards_need(compose: dict[str, Any]) -> None:
+    mount = next(
+        v
+        for v in compose["services"]["rabbitmq"]["volumes"]
+        if v.startswith("./deploy/rabbitmq/enabled_plugins:")
+    )
+    assert mount.split(":")[1] == "/etc/rabbitmq/enabled_plugins"
+    plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text().strip()
+    assert plugins.startswith("[") and plugins.endswith("].")
+    assert set(plugins[1:-2].split(",")) == {
+        "rabbitmq_consistent_hash_exchange",
+        "rabbitmq_management",  # the image's own, which the file replaces
+        "rabbitmq_prometheus",
+    }
+    assert "rabbitmq_consistent_hash_exchange" in (ROOT / "scripts/services.sh").read_text()
+
+
+def test_the_shards_override_runs_one_pool_per_shard_like_the_unsharded_strategy_pool(
+    compose: dict[str, Any],
+) -> None:
+    override = yaml.safe_load((ROOT / "docker-compose.shards.yml").read_text())["services"]
+    sharded = routing.build("mastertrade", market_data_shards=4)
+    unsharded = compose["services"]["worker-strategy-market-data"]
+    assert override.pop("worker-strategy-market-data") == {"profiles": ["unsharded"]}
+    assert set(override) == {f"worker-strategy-market-data-{i}" for i in range(4)}
+    for i, service in enumerate(override[f"worker-strategy-market-data-{i}"] for i in range(4)):
+        pool = sharded.pools[f"strategy_market_data.{i}"]
+        assert service["command"] == ["tradebus", "worker", pool.queue]
+        assert service["labels"] == {
+            "tradebus.pool.queue": pool.queue,
+            "tradebus.pool.concurrency": str(pool.concurrency),
+            "tradebus.pool.prefetch-multiplier": str(pool.prefetch_multiplier),
+        }
+        env = service["environment"]
+        assert env["TRADEBUS_MARKET_DATA_SHARDS"].startswith("${TRADEBUS_MARKET_DATA_SHARDS:?")
+        assert {k: v for k, v in env.items() if k != "TRADEBUS_MARKET_DATA_SHARDS"} == {
+            k: v for k, v in unsharded["environment"].items() if k != "TRADEBUS_MARKET_DATA_SHARDS"
+        }
+        assert service["depends_on"] == unsharded["depends_on"]
+        assert "container_name" not in service and "hostname" not in service

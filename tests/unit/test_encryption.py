@@ -96,6 +96,8 @@ def test_rotation_the_first_key_encrypts_and_every_listed_key_decrypts() -> None
         ("k1:" + base64.b64encode(b"short").decode(), "32 bytes"),
         (f"k1:{OLD},k1:{NEW}", "listed twice"),
     ],
+    # The keys are random per run: stable ids keep collection identical across pytest-xdist workers.
+    ids=["no colon", "bad kid", "not base64", "short key", "listed twice"],
 )
 def test_malformed_keys_are_refused_without_echoing_the_key(listed: str, why: str) -> None:
     with pytest.raises(SettingsError, match=why) as caught:

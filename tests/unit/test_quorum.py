@@ -11,9 +11,9 @@ import routing
 from routing.mastertrade.quorum import REPLICATED, RETRY_DELAYS_SECONDS
 from routing.quorum import BROKER_DELIVERY_LIMIT
 from tradebus.ops.migrate import plan
+from tradebus.redeliveries import MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY
 from tradebus.settings import Settings
-from tradebus.stage import MAX_REDELIVERIES
 from tradebus.topology import definitions, queue_kind
 
 CLASSIC = routing.build("mastertrade")
@@ -94,7 +94,7 @@ def test_workers_may_publish_their_retries_to_the_delay_exchange_for_their_own_q
 ) -> None:
     from tradebus.ops import users
 
-    monkeypatch.setattr(users, "_mastertrade_app", lambda: type("App", (), {"topology": QUORUM})())
+    monkeypatch.setattr(users, "_mastertrade_app", lambda *_: type("App", (), {"topology": QUORUM})())
     execution = next(a for a in users.accounts({"order_requests": "execution"}) if a.service == "execution")
     assert "mastertrade\\.retry\\.delay" in execution.write
     assert execution.topic_permissions()["mastertrade.retry.delay"] == r"^(order_requests\.[^.]+)$"

@@ -176,6 +176,7 @@ class MessageBus:
                 headers=extra,
                 persistent=message.route.persistent,
                 priority=message.route.priority,
+                trace=self.settings.tracing,
             ),
         )
 

@@ -30,7 +30,7 @@ from kombu import Connection, Consumer, Exchange, Queue, binding
 from kombu.message import Message
 
 from routing import TopologyOptions, letrade
-from tradebus import seen, tls
+from tradebus import seen, tls, tracing
 from tradebus.application import TradebusCelery, create_app, current_settings
 from tradebus.deadletter import dead_letter
 from tradebus.encryption import revealed
@@ -190,8 +190,18 @@ class LetradeBus:
             message.ack()
             return
         payload = parsed.payload
+        trace = tracing.consuming(
+            self.app.settings.tracing,
+            self.app.topology,
+            message.headers or {},
+            queue=queue,
+            exchange=message.delivery_info.get("exchange", ""),
+            routing_key=routing_key,
+            message_id=properties.get("message_id") or "",
+        )
         try:
-            handler(routing_key, revealed(payload, type(payload).sensitive))
+            with trace:  # the subscriber joins the trace its event carries (tradebus/tracing.py)
+                handler(routing_key, revealed(payload, type(payload).sensitive))
         except Exception as exc:  # noqa: BLE001 - the handler's failure is the dead letter's reason
             self._dead_letter(
                 queue, routing_key, message, Reason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"

@@ -9,6 +9,8 @@ messages cannot corrupt it:
   a second order;
 * the executor's :func:`fill` claims the order request's ``request_id`` together with the booking of its
   fills; the same request delivered again gets the stored fills back, so it is filled exactly once.
+
+Both return only once ``TRADEBUS_REDIS_WAIT_REPLICAS`` replicas have the record (tradebus/replication.py).
 """
 
 from __future__ import annotations
@@ -122,9 +124,11 @@ def _transaction(
 
     WATCH first; then every read in one pipeline on another connection (a change after the WATCH fails
     the EXEC, so the reads cannot be stale); then ``body`` queues its writes between MULTI and EXEC.
-    After state.MAX_ATTEMPTS conflicts it raises StateContention: the message is retried later.
+    After state.MAX_ATTEMPTS conflicts it raises StateContention: the message is retried later. Then, with
+    replicas to wait for (TRADEBUS_REDIS_WAIT_REPLICAS), WAIT for them: NotReplicated when they did not
+    acknowledge in time, so the message is retried rather than acknowledged (docs/reliability.md).
     """
-    return state.transaction(store.text_client(), watched, body, reads=reads)
+    return state.transaction(store.text_client(), watched, body, reads=reads, wait=store.replica_wait())
 
 
 def portfolio(limits: Limits = LIMITS) -> Portfolio:
@@ -165,6 +169,7 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
     def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
         stored, *portfolio_values = values
         if stored is not None:
+            pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
             return record | {"again": True}
         current, closed = _portfolio(portfolio_values, limits, now)
@@ -238,6 +243,7 @@ def fill(order: OrderRequest) -> dict[str, Any]:
     def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
         stored, raw_holding, price = values
         if stored is not None:
+            pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
             return record | {"again": True}
         holding = Holding(**json.loads(raw_holding)) if raw_holding else None

@@ -118,6 +118,9 @@ def publish(
         raise InvalidMessage(f"cannot publish {type(message).__name__}; expected a bus message or dict")
     validated = to_message(message)
     all_headers = {h.TYPE: validated.type, **(headers or {})}
+    symbol = getattr(validated, "symbol", None)
+    if isinstance(symbol, str):  # the shard of a sharded queue (docs/topology.md, "Sharding by symbol")
+        all_headers[h.SYMBOL] = symbol
     target = app or current()
     return send(
         target,

@@ -5,7 +5,8 @@
 * fan-out: ticks through ``ticker.*`` to both of its stages (ticker_updates, executor_market_data), one
   tick per message and batched (TickerBatch), as fast as both stages keep up;
 * order path: signal -> risk -> order -> paper fill latency, under background market load;
-* Letrade's asyncio client against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py).
+* Letrade's asyncio client against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py);
+* traces: one hop with and without a span, traces exported over OTLP (tradebus/ops/bench_traces.py).
 
 Each run gets a vhost and a Redis prefix of its own; the figures are ratios against the baselines run
 here, on this machine (docs/performance.md).
@@ -36,7 +37,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_cluster, bench_letrade, benchapp
+from tradebus.ops import bench_cluster, bench_letrade, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -314,6 +315,11 @@ class Bench:
             self.app, self.plan, self.echo, self.log_dir
         )
 
+    # --- traces --------------------------------------------------------------------------------------
+    def traces(self) -> None:
+        """One hop with a span per message against the same hop without (tradebus/ops/bench_traces.py)."""
+        self.results["traces"] = bench_traces.traces(self.app, self.plan, self.echo, self.log_dir)
+
     def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
         """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
         symbol = f"BENCH{trip % 4}USDT"
@@ -358,7 +364,7 @@ def run_bench(
     with bench_vhost(app, echo) as bench_app:
         bench = Bench(bench_app, plan, echo)
         try:
-            for scenario in (bench.hop, bench.fanout, bench.order_path, bench.letrade_async):
+            for scenario in (bench.hop, bench.fanout, bench.order_path, bench.letrade_async, bench.traces):
                 if only and scenario.__name__ not in only:
                     continue
                 echo(f"{scenario.__name__.replace('_', ' ')} ...")

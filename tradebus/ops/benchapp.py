@@ -15,6 +15,9 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Queue
 
+from tradebus.replication import master_client
+from tradebus.settings import Settings
+
 #: The queues of the two baselines (declared durable, no arguments, on the default exchange).
 RAW_QUEUE = "bench.raw"
 BARE_QUEUE = "bench.bare"
@@ -30,7 +33,20 @@ app.conf.update(
     task_queues=[Queue(BARE_QUEUE, durable=True)],
     worker_hijack_root_logger=False,
 )
-_redis = redis.Redis.from_url(os.environ.get("TRADEBUS_REDIS_URL", "redis://localhost:6379/0"))
+
+
+def _redis_client() -> redis.Redis:
+    """The bench's Redis, as the stages find it: through the sentinels when ``TRADEBUS_REDIS_SENTINELS``
+    names them (a failover earlier may have made ``TRADEBUS_REDIS_URL``'s host a replica)."""
+    settings = Settings.from_env()
+    if settings.redis.sentinels:
+        return master_client(
+            settings.redis_url, settings.redis, decode=False, connect_timeout=2.0, socket_timeout=5.0
+        )
+    return redis.Redis.from_url(settings.redis_url)
+
+
+_redis = _redis_client()
 
 
 def record(key: str, published_at: float) -> None:

@@ -10,9 +10,9 @@ import click
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from routing import LETRADE, PROFILES, build
+from routing import LETRADE, PROFILES
 from tradebus import tls
-from tradebus.application import TOPOLOGY_ENV, TradebusCelery, create_app, using
+from tradebus.application import TOPOLOGY_ENV, TradebusCelery, create_app, topology_for, using
 from tradebus.errors import (
     BrokerUnreachable,
     ManagementAPIError,
@@ -55,7 +55,7 @@ def main(ctx: click.Context, topology: str | None) -> None:
         sys.exit(ExitCode.USAGE)
     name = topology or os.environ.get(TOPOLOGY_ENV) or "mastertrade"
     try:
-        bus = build(name, queue_type=settings.queue_type)
+        bus = topology_for(name, settings)
     except ValueError as exc:
         click.echo(f"{TOPOLOGY_ENV}: {exc}", err=True)
         sys.exit(ExitCode.USAGE)
@@ -278,7 +278,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["hop", "fanout", "order_path", "letrade_async"]),
+    type=click.Choice(["hop", "fanout", "order_path", "letrade_async", "traces"]),
     help="Run only this scenario (repeatable; default: all).",
 )
 @click.option("--cluster", help="A cluster's broker URLs (a;b;c): its order path against this broker's.")

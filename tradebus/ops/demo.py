@@ -64,11 +64,20 @@ class Result:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _in_flight(connection: Connection) -> bool:
+def pipeline_queues(topology: Topology) -> list[str]:
+    """PIPELINE_QUEUES in ``topology``: a sharded queue stands for its shards."""
+    return [
+        name
+        for queue in PIPELINE_QUEUES
+        for name in (topology.sharded[queue].queues if queue in topology.sharded else (queue,))
+    ]
+
+
+def _in_flight(topology: Topology, connection: Connection) -> bool:
     metrics = recorder.metrics()
     decided = metrics.get("orders", 0) + metrics.get("signals_refused", 0)
     done = sum(metrics.get(k, 0) for k in ("fills", "orders_rejected", "orders_cancelled"))
-    queued = sum(depths(connection, list(PIPELINE_QUEUES)).values())
+    queued = sum(depths(connection, pipeline_queues(topology)).values())
     # A fill is booked before its update is published: wait for the updates' stage too.
     answered = recorder.counts().get("order_updates", 0)
     return (
@@ -150,7 +159,7 @@ def _run_pipeline(
     if progress.tty:
         sys.stdout.write("\n")
     deadline = time.monotonic() + DRAIN_TIMEOUT
-    while _in_flight(connection) and time.monotonic() < deadline:
+    while _in_flight(topology, connection) and time.monotonic() < deadline:
         time.sleep(0.25)
     after = depths(connection, dlqs + unrouted)
     try:

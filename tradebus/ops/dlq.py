@@ -215,7 +215,8 @@ def destination(
     _, exchange, routing_key = validated(topology, letter, payload, content_type, keyring)
     origin = letter.origin_queue
     route = topology.route
-    if origin and origin not in route(exchange, routing_key):
+    # A shard is reached by its whole group: which shard took it was the broker's hash of a header.
+    if origin and not topology.reaches(exchange, routing_key, origin):
         raise InvalidMessage(f"its payload routes as {routing_key!r}, which never reaches {origin}")
     reached = route(letter.exchange, letter.routing_key) if letter.exchange else frozenset()
     if origin and reached != {origin}:

@@ -98,6 +98,7 @@ def _rabbitmq_pools(app: TradebusCelery, echo: Callable[[str], None]) -> Iterato
             "TRADEBUS_TOPOLOGY": topology.name,
             "TRADEBUS_BROKER_URL": url,
             "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+            "TRADEBUS_MARKET_DATA_SHARDS": str(settings.market_data_shards),
         }
         pools: list[PoolProcess] = []
         try:

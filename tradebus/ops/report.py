@@ -9,6 +9,7 @@ from celery import Celery
 from kombu import Connection
 
 from routing import Hop, Topology
+from routing.consistent_hash import header_bucket
 from tradebus.health import queue_stats
 from tradebus.ops import dlq
 from tradebus.topology import queue_kind
@@ -55,16 +56,40 @@ def topology_tables(topology: Topology, stage_names: dict[str, str]) -> str:
     binding_rows = sorted(
         (b.exchange.name, b.routing_key or "(fanout)", q.name) for q in topology.queues for b in q.bindings
     )
+    binding_rows += [
+        (b.source, b.routing_key, f"exchange {b.destination}") for b in topology.exchange_bindings
+    ]
     bindings = table(["exchange", "routing key", "queue"], binding_rows)
-    return f"{exchanges}\n\n{queues}\n\n{bindings}"
+    return f"{exchanges}\n\n{queues}\n\n{bindings}{_shard_table(topology)}"
+
+
+def _shard_table(topology: Topology) -> str:
+    """Each sharded queue's shards and how a message picks one (empty without shards)."""
+    rows = [
+        (s.queue, s.exchange, f"header {s.header}", len(s.queues), f"{s.queues[0]} .. {s.queues[-1]}")
+        for s in topology.shards
+    ]
+    if not rows:
+        return ""
+    return "\n\n" + table(["sharded queue", "consistent-hash exchange", "hashes", "shards", "queues"], rows)
 
 
 def route_report(hops: list[Hop]) -> str:
     """Which exchanges a key passed through and the queues it reached."""
     lines = []
     for hop in hops:
-        reached = ", ".join(hop.queues) if hop.queues else "no binding matched"
-        lines.append(f"{hop.exchange}: {reached}")
+        reached = [*hop.queues, *(f"exchange {e}" for e in hop.exchanges)]
+        line = f"{hop.exchange}: {', '.join(reached) if reached else 'no binding matched'}"
+        if hop.hashed is not None:
+            what, bucket, buckets = hop.hashed
+            line += f" (shard {bucket} of {buckets}: consistent hash of {what})"
+            if what.startswith("header "):
+                header = what.split()[1].partition("=")[0]
+                line += (
+                    f"\n  a publisher that sets no {header} header (plain JSON) reaches shard "
+                    f"{header_bucket(None, buckets)}: hash of 'undefined'"
+                )
+        lines.append(line)
     return "\n".join(lines)
 
 

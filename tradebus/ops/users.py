@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from routing import Topology, TopologyOptions, mastertrade
+from routing import MASTERTRADE, PoolProfile, Topology
 from routing.mastertrade.exchanges import DLX, RETRY, TASKS
 from routing.mastertrade.keys import ROUTES
-from routing.mastertrade.pools import POOLS
 from routing.mastertrade.services import EVERY_SERVICE, OWN_NAME_FIELDS, PUBLISHES, REPORTS_ON_EVERY_SERVICE
-from tradebus.application import TradebusCelery, create_app, current_settings
+from tradebus.application import TradebusCelery, create_app, current_settings, topology_for
 from tradebus.errors import SettingsError
 from tradebus.ops.remote_control import NO_GRANT, OPERATOR, CeleryGrant, worker_grant
 from tradebus.settings import USER_PASSWORD_PREFIX
@@ -129,38 +128,54 @@ class Account:
         return {exchange: f"^({'|'.join(sorted(set(patterns)))})$" for exchange, patterns in keys.items()}
 
 
-@cache
-def _mastertrade_app() -> TradebusCelery:
-    """A MasterTrade app, whatever bus this process runs: the users are MasterTrade's services."""
+def _mastertrade_app(shards: int | None = None) -> TradebusCelery:
+    """A MasterTrade app, whatever bus this process runs: the users are MasterTrade's services, on the
+    topology with ``shards`` (default: the settings', ``TRADEBUS_MARKET_DATA_SHARDS``): shards are queues
+    its services read."""
     settings = current_settings()
-    return create_app(mastertrade.build(TopologyOptions(queue_type=settings.queue_type)), settings)
+    return _app_with(settings.market_data_shards if shards is None else shards)
 
 
-def _stage_services() -> dict[str, str]:
+@cache
+def _app_with(shards: int) -> TradebusCelery:
+    settings = current_settings().with_(market_data_shards=shards)
+    return create_app(topology_for(MASTERTRADE, settings), settings)
+
+
+def _pools(shards: int | None = None) -> dict[str, PoolProfile]:
+    """MasterTrade's pools, one per shard when the strategy's market data is sharded."""
+    return dict(_mastertrade_app(shards).topology.pools)
+
+
+def _stage_services(shards: int | None = None) -> dict[str, str]:
     """Worker queue -> the service whose tasks it carries (``tradebus.<service>.<action>``): a stage queue's
     stage task, a task queue's routed tasks (celeryconfig's ``task_routes``)."""
     from tradebus.registry import stage_tasks
 
-    app = _mastertrade_app()
+    app = _mastertrade_app(shards)
     services = {queue: task.name.split(".")[1] for queue, task in stage_tasks(app).items()}
     for task_name, destination in (app.conf.task_routes or {}).items():
         services.setdefault(destination["queue"], task_name.split(".")[1])
     return services
 
 
-def service_of_pool(pool: str, stage_services: Mapping[str, str] | None = None) -> str:
+def service_of_pool(
+    pool: str, stage_services: Mapping[str, str] | None = None, shards: int | None = None
+) -> str:
     """The service whose user a worker pool runs as: its stage's service, or the pool's own name."""
-    services = _stage_services() if stage_services is None else stage_services
-    return services.get(POOLS[pool].queue, pool)
+    services = _stage_services(shards) if stage_services is None else stage_services
+    return services.get(_pools(shards)[pool].queue, pool)
 
 
-def accounts(stage_services: Mapping[str, str] | None = None) -> list[Account]:
-    """Every account: one per service that runs a pool or publishes, then Flower, beat and the admin."""
-    services = _stage_services() if stage_services is None else stage_services
+def accounts(stage_services: Mapping[str, str] | None = None, shards: int | None = None) -> list[Account]:
+    """Every account: one per service that runs a pool or publishes, then Flower, beat and the admin
+    (on the topology with ``shards``; default: the settings')."""
+    services = _stage_services(shards) if stage_services is None else stage_services
     consumes: dict[str, list[str]] = {name: [] for name in PUBLISHES}
-    for pool in POOLS:
-        consumes.setdefault(service_of_pool(pool, services), []).append(POOLS[pool].queue)
-    delay = _mastertrade_app().topology.retry_delay
+    pools = _pools(shards)
+    for pool in pools:
+        consumes.setdefault(service_of_pool(pool, services, shards), []).append(pools[pool].queue)
+    delay = _mastertrade_app(shards).topology.retry_delay
     found = [
         Account(
             name,
@@ -251,14 +266,19 @@ def publishers_of(queue: str) -> list[str]:
     """
     from tradebus.mastertrade.samples import documented_messages
 
-    route = _mastertrade_app().topology.route
+    topology = _mastertrade_app().topology
 
-    reaches: dict[str, set[str]] = {}
+    routes: dict[str, set[tuple[str, str]]] = {}
     for message in documented_messages():
         name = "backtest_signal" if getattr(message, "backtest", False) else message.route_name
-        reaches.setdefault(name, set()).update(route(message.exchange, message.routing_key))
+        routes.setdefault(name, set()).add((message.exchange, message.routing_key))
     services = {a.service: a.publishes for a in accounts() if a.worker}
-    return sorted(s for s, routes in services.items() if any(queue in reaches.get(r, ()) for r in routes))
+    # A shard is reached by every symbol's messages, whichever shard the sample's symbol hashes to.
+    return sorted(
+        s
+        for s, names in services.items()
+        if any(topology.reaches(ex, key, queue) for r in names for ex, key in routes.get(r, ()))
+    )
 
 
 def export_definitions(

@@ -1,0 +1,255 @@
+"""OpenTelemetry traces: one trace per signal (MasterTrade) or command (Letrade), carried in message headers.
+
+A trace begins where the topology says (``Topology.trace_roots``: MasterTrade's signals, Letrade's
+commands). Publishing such a message makes a short ``create <type>`` span (a new trace, or a child of the
+span current at the time); every stage that processes a delivery whose headers name a trace, or that
+begins one, runs its handler in a ``process <queue>`` span, and what the handler publishes carries that
+span in its headers. So a signal's trace is ``create trading_signal`` -> ``process trading_signals`` (risk)
+-> ``process order_requests`` (the order) -> ``process strategy_order_updates`` (its fill), each the parent
+of the next, whatever process runs each hop.
+
+The context travels as W3C Trace Context (``traceparent``, ``tracestate``; and ``baggage`` when there is
+any), written and read by OpenTelemetry's own propagators (``OTEL_PROPAGATORS`` chooses others). A plain
+JSON service ignores those headers or sets ``traceparent`` to join; a message without them is processed
+exactly as before, in no span unless it begins a trace. Market data and everything else outside a trace
+cost no span.
+
+Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
+line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
+fork), with a batching processor: the export runs on its background thread, off the message path, and
+a recorded span costs its process about 0.1 ms of CPU (docs/operations.md and docs/performance.md,
+"Traces"; measured by ``tradebus bench --scenario traces``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+from celery.signals import worker_process_shutdown
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import SpanKind, Tracer
+
+from routing import Topology
+from tradebus.headers import TRACEPARENT, TYPE
+from tradebus.settings import TracingSettings
+
+INSTRUMENTATION = "tradebus"
+logger = logging.getLogger(__name__)
+_NOTHING: AbstractContextManager[Any] = nullcontext()
+
+
+class _HeaderGetter(Getter[Mapping[str, Any]]):
+    """Reads a header as text whether the client sent it as a string or as bytes (pika, aio-pika)."""
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is None:
+            return None
+        return [value.decode(errors="replace") if isinstance(value, bytes) else str(value)]
+
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+class _Provider:
+    """This process's tracer provider for one ``TracingSettings``; rebuilt after a fork or a change.
+
+    An exporter that cannot be built (the OTLP extra not installed) leaves tracing off in this process,
+    said once in the log: observability never costs a message.
+    """
+
+    def __init__(self, settings: TracingSettings) -> None:
+        self.settings = settings
+        self.provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        self.tracer: Tracer | None = None
+        try:
+            self.provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
+        except ImportError as exc:
+            logger.error("traces are off: TRADEBUS_TRACES=%s needs %s", settings.exporter, exc)
+            return
+        self.tracer = self.provider.get_tracer(INSTRUMENTATION)
+
+
+def _exporter(settings: TracingSettings) -> SpanExporter:
+    if settings.exporter == "console":
+        return ConsoleSpanExporter()
+    # Imported only when used: the OTLP exporter pulls in protobuf and requests.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=settings.endpoint)
+
+
+_current: _Provider | None = None
+_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a prefork pool process) builds its own: the parent's queue and thread are not its."""
+    global _current
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def tracer(settings: TracingSettings) -> Tracer | None:
+    """This process's tracer for ``settings``, built on first use; None when tracing is off."""
+    global _current
+    if not settings.enabled:
+        return None
+    built = _current
+    if built is not None and built.settings is settings:
+        return built.tracer
+    with _lock:
+        built = _current
+        if built is None or built.settings != settings:
+            if built is not None:
+                built.provider.shutdown()  # settings changed: export what the old one holds
+            built = _current = _Provider(settings)
+        return built.tracer
+
+
+def shutdown() -> None:
+    """Export the spans still queued and stop this process's provider (a pool process about to exit)."""
+    global _current
+    with _lock:
+        built, _current = _current, None
+    if built is not None:
+        built.provider.shutdown()
+
+
+def flush(timeout_millis: int = 5000) -> bool:
+    """Export the spans queued so far now; whether it finished in time (True when tracing is off)."""
+    built = _current
+    return True if built is None else built.provider.force_flush(timeout_millis)
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _flush_at_exit(**_: Any) -> None:
+    """A prefork pool process leaves through ``os._exit``: no atexit hook runs, so export here."""
+    shutdown()
+
+
+def parent_of(headers: Mapping[str, Any]) -> otel_context.Context | None:
+    """The span context ``headers`` name (W3C ``traceparent``), or None when they name none validly."""
+    if TRACEPARENT not in headers:
+        return None
+    extracted = propagate.extract(headers, getter=_GETTER)
+    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+
+
+def outgoing(
+    settings: TracingSettings,
+    topology: Topology,
+    *,
+    exchange: str,
+    routing_key: str,
+    message_id: str,
+    headers: Mapping[str, Any],
+) -> dict[str, str]:
+    """The trace headers of a message about to be published: the current span's context, or for a message
+    that begins a trace, a ``create`` span's (a child of the current span, if any). Empty when tracing is
+    off, or when the message is outside any trace."""
+    found = tracer(settings)
+    if found is None:
+        return {}
+    carrier: dict[str, str] = {}
+    if topology.starts_trace(exchange, routing_key):
+        span = found.start_span(
+            f"create {headers.get(TYPE) or routing_key}",
+            kind=SpanKind.PRODUCER,
+            attributes=_attributes(exchange, routing_key, message_id),
+        )
+        span.end()
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+    elif trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(carrier)
+    return carrier
+
+
+def consuming(
+    settings: TracingSettings,
+    topology: Topology,
+    headers: Mapping[str, Any],
+    *,
+    queue: str,
+    exchange: str,
+    routing_key: str,
+    message_id: str,
+    stage: str | None = None,
+) -> AbstractContextManager[Any]:
+    """A ``process <queue>`` span around a delivery's handling, current while it runs (so what it publishes
+    carries it): a child of the span its headers name, or a new trace's root when the message begins one.
+    Nothing at all when tracing is off or the delivery is outside any trace."""
+    found = tracer(settings)
+    if found is None:
+        return _NOTHING
+    parent = parent_of(headers)
+    if parent is None and not topology.starts_trace(exchange, routing_key):
+        return _NOTHING
+    attributes = _attributes(exchange, routing_key, message_id)
+    if stage:
+        attributes["tradebus.stage"] = stage
+    span: AbstractContextManager[Any] = found.start_as_current_span(
+        f"process {queue}",
+        context=parent or otel_context.Context(),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+    return span
+
+
+class _Stage(Protocol):
+    """What ``processing`` reads of a running stage (tradebus/stage.py's StageTask)."""
+
+    app: Any
+    queue_name: str
+    name: str
+    request: Any
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    def origin(self) -> tuple[str, str]: ...
+
+
+def processing(task: _Stage) -> AbstractContextManager[Any]:
+    """``consuming`` for the delivery a stage is running (its original route, its task id)."""
+    settings = task.app.settings.tracing
+    if not settings.enabled:
+        return _NOTHING
+    exchange, routing_key = task.origin()
+    return consuming(
+        settings,
+        task.app.topology,
+        task.headers,
+        queue=task.queue_name,
+        exchange=exchange,
+        routing_key=routing_key,
+        message_id=str(task.request.id),
+        stage=task.name,
+    )
+
+
+def _attributes(exchange: str, routing_key: str, message_id: str) -> dict[str, Any]:
+    """OpenTelemetry's messaging attributes of one message."""
+    # The operation is the span's kind and name already; each attribute costs every span (encoding).
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": message_id,
+    }
