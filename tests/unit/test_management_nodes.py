@@ -49,7 +49,7 @@ def nodes() -> Iterator[list[ThreadingHTTPServer]]:
     for _ in range(2):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Node)
         server.asked = []  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
     yield servers
     for server in servers:
@@ -93,3 +93,22 @@ def test_a_request_lost_midway_goes_to_another_node_only_when_it_can_be_repeated
     with pytest.raises(BrokerUnreachable):
         management.request("DELETE", "vhosts/v")  # it may have been carried out: not sent again
     assert live.asked == [("GET", "/api/queues/v")]
+
+
+def test_flower_is_given_the_first_management_api_that_answers(nodes: list[ThreadingHTTPServer]) -> None:
+    from tradebus.ops.flower import broker_api
+    from tradebus.settings import Settings
+
+    def flower_api(*ports: int) -> str | None:
+        return broker_api(
+            Settings.from_env(
+                {
+                    "TRADEBUS_BROKER_URL": "amqp://u:p@127.0.0.1:5681/v;amqp://u:p@127.0.0.1:5682/v",
+                    "TRADEBUS_MANAGEMENT_URL": ";".join(f"http://127.0.0.1:{port}" for port in ports),
+                }
+            )
+        )
+
+    first, second = (server.server_address[1] for server in nodes)
+    assert flower_api(closed_port(), second) == f"http://u:p@127.0.0.1:{second}/api/"
+    assert flower_api(first, second) == f"http://u:p@127.0.0.1:{first}/api/"  # both answer: the first
