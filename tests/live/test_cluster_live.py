@@ -1,6 +1,6 @@
 """The bus on a three-node RabbitMQ cluster (scripts/cluster.sh): clients that fail over, and node kills.
 
-The cluster starts once per session (tests/fixtures/cluster.py); every test has a vhost of its own on it
+The cluster starts once for the module (tests/fixtures/cluster.py); every test has a vhost of its own on it
 (the order-path tests share one with MasterTrade's quorum topology, declared through node 1). A node a
 test kills comes back in the background, and the next kill waits for it. Figures: docs/reliability.md,
 "Fault tests on a cluster".
