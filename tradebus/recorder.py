@@ -31,18 +31,19 @@ class _Buffer:
     """Deliveries waiting to be written, and the thread that writes them (one per process)."""
 
     def __init__(self) -> None:
-        #: (prefix, queue, delivery, latency): keys are made at flush time under the prefix of record time.
-        self.items: list[tuple[str, str, str, float | None]] = []
+        #: (prefix, queue, delivery, latency, messages): keys are made at flush time under the prefix of
+        #: record time; a delivery of a batch counts its messages.
+        self.items: list[tuple[str, str, str, float | None, int]] = []
         self.lock = threading.Lock()
         self.pid = 0
 
-    def add(self, prefix: str, queue: str, item: str, latency_ms: float | None) -> None:
+    def add(self, prefix: str, queue: str, item: str, latency_ms: float | None, count: int = 1) -> None:
         with self.lock:
             if self.pid != os.getpid():  # first use in this process (a pool process forks without threads)
                 self.pid = os.getpid()
                 self.items = []
                 threading.Thread(target=self._run, name="tradebus-recorder", daemon=True).start()
-            self.items.append((prefix, queue, item, latency_ms))
+            self.items.append((prefix, queue, item, latency_ms, count))
 
     def _run(self) -> None:
         while True:
@@ -59,25 +60,28 @@ class _Buffer:
             return
         pipe = store.client().pipeline(transaction=False)
         counts: dict[tuple[str, str], int] = {}
-        for prefix, queue, item, latency_ms in items:
+        for prefix, queue, item, latency_ms, count in items:
             pipe.lpush(f"{prefix}:received:{queue}", item)
             if latency_ms is not None:
                 pipe.lpush(f"{prefix}:latency:{queue}", f"{latency_ms:.3f}")
-            counts[prefix, queue] = counts.get((prefix, queue), 0) + 1
-        for (prefix, queue), count in counts.items():
+            counts[prefix, queue] = counts.get((prefix, queue), 0) + count
+        for (prefix, queue), total in counts.items():
             pipe.ltrim(f"{prefix}:received:{queue}", 0, RECENT - 1)
             pipe.ltrim(f"{prefix}:latency:{queue}", 0, RECENT - 1)
-            pipe.hincrby(f"{prefix}:counts", queue, count)
+            pipe.hincrby(f"{prefix}:counts", queue, total)
         pipe.execute()
 
 
 _buffer = _Buffer()
 
 
-def record(queue: str, stage: str, entry: dict[str, Any], latency_ms: float | None = None) -> None:
-    """Note that ``stage`` received ``entry`` on ``queue``, ``latency_ms`` after it was published."""
+def record(
+    queue: str, stage: str, entry: dict[str, Any], latency_ms: float | None = None, count: int = 1
+) -> None:
+    """Note that ``stage`` received ``entry`` on ``queue``, ``latency_ms`` after it was published; a batch
+    delivery counts as its ``count`` messages."""
     item = json.dumps({**entry, "queue": queue, "stage": stage, "at": datetime.now(UTC).isoformat()})
-    _buffer.add(store.key(), queue, item, latency_ms)
+    _buffer.add(store.key(), queue, item, latency_ms, count)
 
 
 def received(queue: str, limit: int = RECENT) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
+
+from redis.asyncio import Redis as AsyncRedis
 
 from tradebus import store
 
@@ -30,6 +33,18 @@ def _key(queue: str) -> str:
     return store.key("seen", queue)
 
 
+def _recent(score: float | None) -> bool:
+    return score is not None and float(score) >= time.time() - WINDOW_SECONDS
+
+
+def _noting(pipe: Any, key: str, message_id: str) -> None:
+    now = time.time()
+    pipe.zadd(key, {message_id: now})
+    pipe.zremrangebyscore(key, "-inf", now - WINDOW_SECONDS)
+    pipe.zremrangebyrank(key, 0, -(KEEP + 1))
+    pipe.expire(key, WINDOW_SECONDS)
+
+
 def handled(queue: str, message_id: str) -> bool:
     """Whether the stage of ``queue`` has handled ``message_id`` within the window (Redis away: no)."""
     try:
@@ -37,19 +52,34 @@ def handled(queue: str, message_id: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - without the record, handle it rather than lose it
         logger.warning("%s: cannot tell whether %s was handled: %s", queue, message_id, exc)
         return False
-    return score is not None and float(score) >= time.time() - WINDOW_SECONDS
+    return _recent(score)
 
 
 def note(queue: str, message_id: str) -> None:
     """Remember that the stage of ``queue`` handled ``message_id``; forget what fell out of the window."""
-    now = time.time()
-    key = _key(queue)
     try:
         pipe = store.client().pipeline(transaction=False)
-        pipe.zadd(key, {message_id: now})
-        pipe.zremrangebyscore(key, "-inf", now - WINDOW_SECONDS)
-        pipe.zremrangebyrank(key, 0, -(KEEP + 1))
-        pipe.expire(key, WINDOW_SECONDS)
+        _noting(pipe, _key(queue), message_id)
         pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - the message is handled; a repeat of it will run again
+        logger.warning("%s: cannot note %s as handled: %s", queue, message_id, exc)
+
+
+async def handled_async(client: AsyncRedis, queue: str, message_id: str) -> bool:
+    """``handled`` on an asyncio Redis client (the asyncio ``MessageBus``: no thread per delivery)."""
+    try:
+        score = await client.zscore(_key(queue), message_id)
+    except Exception as exc:  # noqa: BLE001 - without the record, handle it rather than lose it
+        logger.warning("%s: cannot tell whether %s was handled: %s", queue, message_id, exc)
+        return False
+    return _recent(score)
+
+
+async def note_async(client: AsyncRedis, queue: str, message_id: str) -> None:
+    """``note`` on an asyncio Redis client."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        _noting(pipe, _key(queue), message_id)
+        await pipe.execute()
     except Exception as exc:  # noqa: BLE001 - the message is handled; a repeat of it will run again
         logger.warning("%s: cannot note %s as handled: %s", queue, message_id, exc)

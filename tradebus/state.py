@@ -12,7 +12,8 @@ that state whole, for any profile (this module knows no message type):
   message's id, publishes, and marks ``{outcome}:published`` (:func:`mark_published`). A claim lapses when
   its holder dies; a later delivery of the same message takes it over at once (:func:`hold`);
 * :func:`put_at` keeps a bounded time series in a sorted set, where a point arriving again or late
-  replaces itself or slots into place.
+  replaces itself or slots into place; :func:`put_many_at` does it for many points in one command (a
+  batch of candles: one server-side script instead of three commands per point).
 
 Clients are passed in, so callers choose one that decodes responses (``store.text_client()``) or not.
 """
@@ -181,3 +182,23 @@ def put_at(pipe: Pipeline, key: str, member: str, score: float, keep: int) -> No
     pipe.zremrangebyscore(key, score, score)
     pipe.zadd(key, {member: score})
     pipe.zremrangebyrank(key, 0, -(keep + 1))
+
+
+#: put_at for many points, server side: KEYS[1] the set, ARGV[1] how many to keep, then score, member pairs.
+_PUT_MANY = """
+for i = 2, #ARGV, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
+return 1
+"""
+
+
+def put_many_at(pipe: Pipeline, key: str, points: Iterable[tuple[float, str]], keep: int) -> None:
+    """Queue on ``pipe``: :func:`put_at` for each ``(score, member)`` in order, as one script call."""
+    args: list[Any] = [keep]
+    for score, member in points:
+        args += [repr(float(score)), member]
+    if len(args) > 1:
+        pipe.eval(_PUT_MANY, 1, key, *args)

@@ -17,6 +17,7 @@ from tradebus import recorder
 from tradebus.letrade import paper
 from tradebus.letrade.messages import (
     CancelOrderMessage,
+    CandleBatchMessage,
     Envelope,
     ErrorMessage,
     ExecuteTradeMessage,
@@ -73,10 +74,21 @@ def cancel_order(message: CancelOrderMessage) -> None:
     _announce(paper.cancel(message.payload), message.message_id)
 
 
+def track_prices(batch: CandleBatchMessage) -> None:
+    """A batch of one pair's candles: its last close is the price, each close in turn fills the resting
+    orders it crosses; then the outbox, as for a single candle."""
+    pair = batch.payload
+    closes = [candle.close for candle in pair.candles]
+    paper.record_price(pair.exchange, pair.symbol, closes[-1])
+    paper.fill_resting_many(pair.exchange, pair.symbol, closes)
+    _publish_unannounced()
+
+
 @letrade_stage(
     "tradebus.letrade_exchange_connector.track_price",
     queue=EXCHANGE_CONNECTOR.name,
     accepts=MarketDataMessage,
+    batch=track_prices,
 )
 def track_price(message: MarketDataMessage) -> None:
     """Remember the pair's last price, fill the resting limit orders it crosses, and publish every fill
@@ -84,6 +96,10 @@ def track_price(message: MarketDataMessage) -> None:
     candle = message.payload
     paper.record_price(candle.exchange, candle.symbol, candle.close)
     paper.fill_resting(candle.exchange, candle.symbol, candle.close)
+    _publish_unannounced()
+
+
+def _publish_unannounced() -> None:
     for order_id, result in paper.unannounced().items():
         _announce(result, order_id)
         paper.announced(order_id)

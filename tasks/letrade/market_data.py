@@ -9,6 +9,7 @@ from routing.letrade import MARKET_DATA_SERVICE
 from tradebus.errors import MessageTooLarge
 from tradebus.letrade import candles
 from tradebus.letrade.messages import (
+    CandleBatchMessage,
     MarketDataMessage,
     MarketDataRequestMessage,
     MarketDataResponseMessage,
@@ -22,8 +23,16 @@ from tradebus.letrade.stage import letrade_stage, publish
 SOURCE = "market_data_service"
 
 
+def store_candles(batch: CandleBatchMessage) -> None:
+    """Keep a batch's candles, in one round trip."""
+    candles.add_many(batch.payload.symbol, batch.payload.candles)
+
+
 @letrade_stage(
-    "tradebus.letrade_market_data.store", queue=MARKET_DATA_SERVICE.name, accepts=MarketDataMessage
+    "tradebus.letrade_market_data.store",
+    queue=MARKET_DATA_SERVICE.name,
+    accepts=MarketDataMessage,
+    batch=store_candles,
 )
 def store_candle(message: MarketDataMessage) -> None:
     """Keep a candle for later requests."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 
 from routing.letrade import STRATEGY
+from tradebus.letrade import feed
 from tradebus.letrade import strategy as state
 from tradebus.letrade.messages import (
+    CandleBatchMessage,
     CapitalAllocationRequestMessage,
     CapitalAllocationResponseMessage,
     ErrorMessage,
@@ -29,16 +31,45 @@ logger = get_task_logger(__name__)
 SOURCE = f"strategy_{state.STRATEGY_ID}"
 
 
-@letrade_stage("tradebus.letrade_strategy.on_market_data", queue=STRATEGY.name, accepts=MarketDataMessage)
+def on_candles(batch: CandleBatchMessage) -> None:
+    """A batch of one pair's candles: its closes kept in one round trip, then each candle's crossover, in
+    order, as ``on_market_data`` would have seen them one by one."""
+    pair = batch.payload
+    points = [(candle.timestamp.timestamp(), candle.close) for candle in pair.candles]
+    windows = state.add_closes(pair.symbol, points)
+    for index, window in enumerate(windows):
+        # One trade per pair in flight: once a crossover of this batch took the pair's lock or found it
+        # taken, the later ones would find it taken too (no Redis round trip each to learn it).
+        if (side := state.crossover(window)) is not None and _crossed(feed.candle(batch, index), side):
+            return
+
+
+@letrade_stage(
+    "tradebus.letrade_strategy.on_market_data",
+    queue=STRATEGY.name,
+    accepts=MarketDataMessage,
+    batch=on_candles,
+)
 def on_market_data(message: MarketDataMessage) -> None:
     """Ask the capital manager for capital when the averages cross."""
     candle = message.payload
     side = state.crossover(state.add_close(candle.symbol, candle.timestamp.timestamp(), candle.close))
-    if side is None or (side == "sell" and state.holding(candle.symbol) <= 0):
-        return
+    if side is not None:
+        _crossed(message, side)
+
+
+def _crossed(message: MarketDataMessage, side: str) -> bool:
+    """The averages crossed on ``message``'s candle: ask for capital, one trade per pair at a time.
+    Whether the pair's lock was tried (taken by this request, or found taken)."""
+    candle = message.payload
+    if side == "sell" and state.holding(candle.symbol) <= 0:
+        return False
     if not state.lock(candle.symbol):
-        return
+        return True
     held = state.holding(candle.symbol)
+    if side == "sell" and held <= 0:  # sold meanwhile, by the trade whose event freed the lock
+        state.unlock(candle.symbol)
+        return True
     quantity = state.ORDER_NOTIONAL / candle.close if side == "buy" else held
     request = build(
         CapitalAllocationRequestMessage,
@@ -67,6 +98,7 @@ def on_market_data(message: MarketDataMessage) -> None:
         state.unlock(candle.symbol)
         raise
     state.counted("requests")
+    return True
 
 
 @letrade_stage(

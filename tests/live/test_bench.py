@@ -49,3 +49,7 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     assert all(ratio > 0 for ratio in traces["traced / untraced"].values())
     # Every traced message's span reached the OTLP sink: the warm-up's, the paced half and the burst.
     assert traces["spans_exported"] == 10 + 20 + 200
+    # The batched feed end to end (connector, strategy, market-data service), and command -> event.
+    assert figures["letrade"]["candles_per_second"] > 0 and figures["letrade"]["feed"]["complete"]
+    assert figures["letrade"]["command_to_event_ms"]["p50"] > 0
+    assert figures["letrade"]["command_to_event_ms"]["n"] == 5

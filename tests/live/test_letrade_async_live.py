@@ -5,6 +5,8 @@ reconnection after the broker closed the connection."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import threading
 import time
 import urllib.parse
@@ -23,6 +25,7 @@ from tests.support.wait import wait_until
 from tradebus.errors import RequestTimeout
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade import MessageBus
+from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.messages import ErrorMessage, build
 from tradebus.retries import RetryPolicy
 
@@ -228,6 +231,38 @@ def test_a_failing_handler_is_retried_by_the_policy_then_dead_lettered_with_its_
     assert calls == {"broken": 4, "flaky": 3}
 
 
+def test_the_sync_client_retries_a_failing_handler_by_the_same_policy_then_dead_letters_it(
+    letrade_vhost: Vhost,
+) -> None:
+    calls: dict[str, int] = {"broken": 0, "flaky": 0}
+    broken, flaky = f"sync-broken-{uuid.uuid4().hex[:6]}", f"sync-flaky-{uuid.uuid4().hex[:6]}"
+
+    def handler(topic: str, message: dict[str, Any]) -> None:
+        name = "broken" if message["error_message"] == broken else "flaky"
+        calls[name] += 1
+        if name == "broken" or calls[name] <= 2:
+            raise RuntimeError(f"{name} handler")
+
+    queue = letrade.ROUTES["error"].dead_letter_queue
+
+    def letters() -> list[Any]:
+        return [m for m in take_all(letrade_vhost, queue, keep=True) if broken in text(m.body)]
+
+    with LetradeBus(letrade_vhost.url, source="tests", retry_policy=QUICK) as bus:
+        bus.subscribe("events.error", handler)
+        bus.publish("letrade.events", "events.error", error_event(flaky))
+        bus.publish("letrade.events", "events.error", error_event(broken))
+        deadline = time.monotonic() + 20
+        while not (calls["broken"] == 4 and calls["flaky"] == 3) and time.monotonic() < deadline:
+            bus.drain(0.1)
+        assert calls == {"broken": 4, "flaky": 3}  # the first try and three retries; two failures, then done
+        assert wait_until(letters, 10)
+    (dead,) = letters()
+    assert dead.headers[REASON] == "handler_error" and dead.headers[RETRIES] == 3
+    assert "RuntimeError: broken handler" in dead.headers["x-tradebus-error"]
+    assert dead.delivery_info["routing_key"] == "events.error.dead"
+
+
 def test_a_slow_handler_sync_or_async_does_not_hold_up_another_subscription(letrade_vhost: Vhost) -> None:
     release_thread = threading.Event()
     seen: list[str] = []
@@ -392,3 +427,76 @@ def test_a_subscription_without_a_handler_as_in_the_seeds_wildcard_examples_is_i
     topic, message = run(scenario())
     assert topic == "market_data.binance.btcusdt"
     assert (message["symbol"], message["close"]) == ("BTC/USDT", 50500.0)
+
+
+def test_a_batched_feed_reaches_every_market_data_service_and_an_invalid_candle_is_dead_lettered_alone(
+    letrade_pools: LetradePools,
+) -> None:
+    """Batches from both clients and from a plain JSON publisher (as pika sends them) reach the connector,
+    the strategy and the market-data service candle by candle; the one invalid candle is dead-lettered
+    alone, by each of the three, and its batch's other candles are handled."""
+    import aio_pika
+
+    from tradebus import recorder
+    from tradebus.headers import QUEUE
+    from tradebus.letrade import candles, feed, paper, simulator
+
+    pair = f"F{uuid.uuid4().hex[:6].upper()}/USDT"
+    word = pair.replace("/", "").lower()
+    key = f"market_data.binance.{word}"
+    bars = [
+        c.payload.model_copy(update={"symbol": pair})
+        for c in itertools.islice(simulator.candles(seed=3), 60)
+        if c.payload.symbol == "BTC/USDT"
+    ]
+    vhost = letrade_pools.vhost
+    plain_id = str(uuid.uuid4())
+    plain = feed.batches(bars[15:], "exchange_connector")[0].model_dump(mode="json")
+    plain["message_id"] = plain_id
+    bad = plain["payload"]["candles"][2]
+    bad["low"] = bad["high"] * 2  # candle 17: low above high
+
+    async def scenario() -> None:
+        async with MessageBus(vhost.url, source="exchange_connector") as bus:
+            ids = await bus.publish_candles(bars[:10], batch_size=5)
+            assert len(ids) == 2
+            channel = await bus.connection.channel()
+            events = await channel.get_exchange(letrade.EVENTS.name, ensure=False)
+            await events.publish(
+                aio_pika.Message(json.dumps(plain).encode(), content_type="application/json"), key
+            )
+            await channel.close()
+
+    run(scenario())
+    with LetradeBus(vhost.url, source="exchange_connector") as sync_bus:
+        assert len(sync_bus.publish_candles(bars[10:15])) == 1
+
+    valid = [bar for i, bar in enumerate(bars) if i != 17]
+
+    def handled(queue: str) -> int:
+        return sum(r.get("candles", 1) for r in recorder.received(queue) if r["routing_key"] == key)
+
+    inboxes = (letrade.EXCHANGE_CONNECTOR.name, letrade.STRATEGY.name, letrade.MARKET_DATA_SERVICE.name)
+    assert wait_until(lambda: all(handled(q) == len(valid) for q in inboxes)), (
+        {q: handled(q) for q in inboxes},
+        letrade_pools.logs(),
+    )
+    assert [c.close for c in candles.history(pair, "1m", 100)] == [bar.close for bar in valid]
+    # The connector's price is the last close of the batch it handled last (two processes: any batch).
+    assert paper.last_price("binance", pair) in {bars[i].close for i in (4, 9, 14, 19)}
+
+    def letters() -> list[Any]:
+        return [
+            m
+            for m in take_all(vhost, letrade.ROUTES["market_data"].dead_letter_queue, keep=True)
+            if plain_id in text(m.body)
+        ]
+
+    assert wait_until(lambda: len(letters()) == 3, 20), letrade_pools.logs()
+    assert {m.headers[QUEUE] for m in letters()} == set(inboxes)
+    for dead in letters():
+        assert dead.headers[REASON] == "schema_violation"
+        assert "candle 2 of its batch" in dead.headers["x-tradebus-error"]
+        assert dead.delivery_info["routing_key"] == f"{key}.dead"
+        alone = json.loads(dead.body)
+        assert alone["message_id"] == f"{plain_id}:2" and alone["payload"]["symbol"] == pair

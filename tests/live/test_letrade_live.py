@@ -30,7 +30,7 @@ from tradebus.errors import MessageTooLarge, RequestTimeout
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.messages import MarketDataResponseMessage, build
-from tradebus.retries import SEED_POLICY
+from tradebus.retries import SEED_POLICY, RetryPolicy
 
 pytestmark = pytest.mark.broker
 #: A strategy id of the tests' own: the demo strategy (123) ignores its events.
@@ -727,7 +727,9 @@ def test_a_subscriber_whose_handler_raises_dead_letters_like_a_stage_with_its_ti
 
     marker = f"handler-{uuid.uuid4().hex[:8]}"
     queue = letrade.ROUTES["error"].dead_letter_queue
-    with LetradeBus(letrade_vhost.url, source="tests") as bus:
+    # The seed's policy in shape (3 retries, x2), in a fraction of its 35 s.
+    quick = RetryPolicy(max_retries=3, first_delay=0.05, multiplier=2.0)
+    with LetradeBus(letrade_vhost.url, source="tests", retry_policy=quick) as bus:
         bus.subscribe("events.error", fail)
         error = {**PAYLOADS["error"][1], "error_message": marker}
         bus.publish("letrade.events", "events.error", error)
@@ -739,9 +741,26 @@ def test_a_subscriber_whose_handler_raises_dead_letters_like_a_stage_with_its_ti
         (letter,) = [m for m in letters if marker in text(m.body)]
         assert letter.headers[REASON] == "handler_error"
         assert "RuntimeError: the handler broke" in letter.headers["x-tradebus-error"]
-        assert letter.headers[DEAD_LETTERED_AT] and letter.headers[RETRIES] == 0
+        assert letter.headers[DEAD_LETTERED_AT] and letter.headers[RETRIES] == 3
         with letrade_vhost.connection() as conn:
             report = dead_letter_report(bus.app, conn, [queue], limit=100, show_empty=True)
     row = next(line for line in report.splitlines() if line.startswith("handler_error"))
     columns = row.split()
-    assert columns[4] == "0" and columns[5] != "?", report  # retries, then the age
+    assert columns[4] == "3" and columns[5] != "?", report  # retries, then the age
+
+
+def test_the_strategy_keeps_a_batch_of_closes_as_it_would_candle_by_candle() -> None:
+    """``add_closes`` (one round trip per batch) gives each candle the window ``add_close`` gives it."""
+    import random
+
+    from tradebus.letrade import strategy
+
+    rng = random.Random(3)
+    points = [(60.0 * i, rng.uniform(1, 2)) for i in range(40)] + [(600.0, 5.0), (2400.0, 1.5)]  # late, again
+    one, many = (f"T{uuid.uuid4().hex[:6].upper()}/USDT" for _ in range(2))
+    windows = [strategy.add_close(one, at, close) for at, close in points]
+    batched = [
+        w for start in range(0, len(points), 7) for w in strategy.add_closes(many, points[start : start + 7])
+    ]
+    assert batched == windows
+    assert strategy.add_close(one, 9e9, 1.0) == strategy.add_close(many, 9e9, 1.0)  # the same set kept

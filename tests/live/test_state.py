@@ -188,6 +188,24 @@ def test_a_point_put_again_replaces_itself_a_late_one_slots_in_and_only_the_newe
     ]
 
 
+def test_many_points_put_in_one_script_end_as_put_one_by_one(client: redis.Redis, k: Any) -> None:
+    points = [(1.0, "close-1"), (2.0, "close-2"), (4.0, "close-4"), (2.0, "close-2-again"), (3.0, "late")]
+    for name, many in (("one-by-one", False), ("at-once", True)):
+        pipe = client.pipeline()
+        if many:
+            state.put_many_at(pipe, k(name), points, keep=3)
+        else:
+            for score, member in points:
+                state.put_at(pipe, k(name), member, score, keep=3)
+        pipe.execute()
+    assert client.zrange(k("at-once"), 0, -1, withscores=True) == [
+        ("close-2-again", 2.0),
+        ("late", 3.0),
+        ("close-4", 4.0),
+    ]
+    assert client.zrange(k("at-once"), 0, -1) == client.zrange(k("one-by-one"), 0, -1)
+
+
 def test_the_state_module_imports_no_profile() -> None:
     import ast
     from pathlib import Path

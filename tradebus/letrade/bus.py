@@ -2,6 +2,7 @@
 
     with LetradeBus(source="strategy_123") as bus:
         bus.publish("letrade.commands", "execute_trade", {...})        # the seed's short key works too
+        bus.publish_candles(candles)                                    # market data, 500 per message
         bus.subscribe("events.trade_*", handle)                         # handle(topic, payload_dict)
         bus.drain(5.0)                                                  # deliver for up to 5 s
         answer = bus.request("request.capital.allocation", {...}, timeout=5.0)
@@ -11,10 +12,12 @@ Every publish is validated (envelope, payload, 128 KB), carries its route's prio
 returns only once RabbitMQ confirmed it: it goes through the core's publisher (tradebus/publisher.py), as a
 stage's would, on an app of Letrade's topology, reconnecting when the connection drops. Subscriptions use
 a queue of their own that lives as long as the connection (tradebus/letrade/subscriptions.py says what
-each pattern binds). A handler that raises gets
-its message dead-lettered to ``letrade.dlq`` with the reason, as a stage's would; with
-``TRADEBUS_JWT_REQUIRED=1`` so is a delivery whose JWT fails (tradebus/letrade/tokens.py), before any
-handler sees it.
+each pattern binds). A handler that raises is retried with the seed's policy, as the asyncio client's
+subscriber does (3 retries after 5, 10 and 20 s; ``retry_policy=``): the delivery stays unacknowledged
+and is tried again by ``drain`` when its delay is over; then it is dead-lettered to ``letrade.dlq`` with
+the reason (``client.give_up_reason``) and ``x-tradebus-retries``. An invalid delivery, or with
+``TRADEBUS_JWT_REQUIRED=1`` one whose JWT fails (tradebus/letrade/tokens.py), is dead-lettered at once,
+before any handler sees it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -42,23 +46,43 @@ from tradebus.errors import (
     SignatureCheckUnavailable,
 )
 from tradebus.health import bus_health
-from tradebus.letrade import client
+from tradebus.letrade import client, feed
 from tradebus.letrade.client import DEFAULT_TIMEOUT, qualify
 from tradebus.letrade.messages import Envelope, build, class_for_key
-from tradebus.letrade.payloads import Payload
+from tradebus.letrade.payloads import MarketData, Payload
 from tradebus.letrade.stage import publish
 from tradebus.letrade.subscriptions import compile_pattern
+from tradebus.retries import SEED_POLICY, RetryPolicy
 
 Handler = Callable[[str, dict[str, Any]], None]
 __all__ = ["DEFAULT_TIMEOUT", "Handler", "LetradeBus", "qualify"]
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    """A delivery whose handler failed, unacknowledged until its retry (at ``due``) or its dead letter."""
+
+    due: float
+    queue: str
+    routing_key: str
+    message: Message
+    handler: Handler
+    #: None when what failed is its admission (a JWT replay check Redis could not answer).
+    parsed: Envelope | None
+    retries: int
+
+
 class LetradeBus:
     """A connection to the Letrade bus: publish, subscribe, request and health check."""
 
     def __init__(
-        self, url: str | None = None, *, source: str = "client", app: TradebusCelery | None = None
+        self,
+        url: str | None = None,
+        *,
+        source: str = "client",
+        app: TradebusCelery | None = None,
+        retry_policy: RetryPolicy = SEED_POLICY,
     ) -> None:
         #: Whether this client built its app, and so closes its connections with it.
         self._owns_app = app is None
@@ -71,6 +95,9 @@ class LetradeBus:
         self.source = source
         self._connection: Connection | None = None
         self._consumers: list[Consumer] = []
+        self.retry_policy = retry_policy
+        #: Deliveries whose handler failed, waiting (unacknowledged) for their retry, soonest first.
+        self._waiting: list[_Waiting] = []
 
     # --- connection ---------------------------------------------------------------------------------
     def connect(self) -> LetradeBus:
@@ -123,6 +150,17 @@ class LetradeBus:
         self.send(message, strategy_id=strategy_id)
         return message.message_id
 
+    def publish_candles(
+        self, candles: Iterable[MarketData | dict[str, Any]], *, batch_size: int = feed.DEFAULT_BATCH
+    ) -> list[str]:
+        """Publish market data batched: up to ``batch_size`` candles of one pair per message
+        (tradebus/letrade/feed.py), every batch validated before any is sent, each confirmed. Returns the
+        batches' message ids."""
+        messages = feed.batches(candles, self.source, batch_size)
+        for message in messages:
+            self.send(message)
+        return [m.message_id for m in messages]
+
     def send(self, message: Envelope, *, strategy_id: int | None = None) -> None:
         """Publish a validated message on its own route, with its priority, confirmed."""
         publish(message, strategy_id=strategy_id, app=self.app)
@@ -156,10 +194,13 @@ class LetradeBus:
         self._consumers.append(consumer)
         return name
 
-    def _admit(self, queue: str, routing_key: str, message: Message) -> Envelope | None:
+    def _admit(
+        self, queue: str, routing_key: str, message: Message, *, may_retry: bool = False
+    ) -> Envelope | None:
         """The delivery as the message its key names, its JWT checked when required; or None, once it is
-        dead-lettered with the reason (a subscriber has no retry schedule: a replay check Redis cannot
-        answer is dead-lettered as ``max_retries``, replayable once Redis is back)."""
+        dead-lettered with the reason. A replay check Redis cannot answer is SignatureCheckUnavailable
+        with ``may_retry`` (a subscription retries it), else dead-lettered as ``max_retries`` (a request's
+        answer: replayable once Redis is back)."""
         properties = message.properties or {}
         try:
             return client.admit(
@@ -175,43 +216,73 @@ class LetradeBus:
         except InvalidMessage as exc:
             self._dead_letter(queue, routing_key, message, exc.reason, str(exc))
         except SignatureCheckUnavailable as exc:
+            if may_retry:
+                raise
             self._dead_letter(queue, routing_key, message, Reason.MAX_RETRIES, f"no retries here: {exc}")
         return None
 
-    def _handle(self, queue: str, routing_key: str, message: Message, handler: Handler) -> None:
-        if (parsed := self._admit(queue, routing_key, message)) is None:
-            return
-        # An event its publisher sent again after a crash repeats the first copy's id (tradebus/outcomes.py):
-        # this subscription hands it to its handler once (tradebus/seen.py, as a stage does).
+    def _handle(
+        self,
+        queue: str,
+        routing_key: str,
+        message: Message,
+        handler: Handler,
+        parsed: Envelope | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Admit (once), drop a repeat, hand to the handler and acknowledge; a failure waits for its retry
+        (``_waiting``, run by ``drain``) or, the policy spent, is dead-lettered."""
         properties = message.properties or {}
         repeat_id = client.repeat_id(properties.get("delivery_mode"), properties.get("message_id"))
-        if repeat_id is not None and seen.handled(queue, repeat_id):
-            logger.warning("%s: dropping %s, a repeat of a message already handled", queue, repeat_id)
-            message.ack()
-            return
-        payload = parsed.payload
-        trace = tracing.consuming(
-            self.app.settings.tracing,
-            self.app.topology,
-            message.headers or {},
-            queue=queue,
-            exchange=message.delivery_info.get("exchange", ""),
-            routing_key=routing_key,
-            message_id=properties.get("message_id") or "",
-        )
         try:
+            if parsed is None:
+                if (parsed := self._admit(queue, routing_key, message, may_retry=True)) is None:
+                    return
+                # An event its publisher sent again after a crash repeats the first copy's id
+                # (tradebus/outcomes.py): this subscription hands it to its handler once (tradebus/seen.py).
+                if repeat_id is not None and seen.handled(queue, repeat_id):
+                    logger.warning("%s: dropping %s, a repeat of a message already handled", queue, repeat_id)
+                    message.ack()
+                    return
+            payload = parsed.payload
+            trace = tracing.consuming(
+                self.app.settings.tracing,
+                self.app.topology,
+                message.headers or {},
+                queue=queue,
+                exchange=message.delivery_info.get("exchange", ""),
+                routing_key=routing_key,
+                message_id=properties.get("message_id") or "",
+            )
             with trace:  # the subscriber joins the trace its event carries (tradebus/tracing.py)
                 handler(routing_key, revealed(payload, type(payload).sensitive))
-        except Exception as exc:  # noqa: BLE001 - the handler's failure is the dead letter's reason
-            self._dead_letter(
-                queue, routing_key, message, Reason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
-            )
+        except Exception as exc:  # noqa: BLE001 - retried by the policy, then the dead letter's reason
+            if retries < self.retry_policy.max_retries:
+                logger.warning(
+                    "%s: handler failed on %s (retries done: %d): %r", queue, routing_key, retries, exc
+                )
+                due = time.monotonic() + self.retry_policy.delay(retries)
+                waiting = _Waiting(due, queue, routing_key, message, handler, parsed, retries + 1)
+                self._waiting = sorted([*self._waiting, waiting], key=lambda w: w.due)
+                return
+            error = f"{type(exc).__name__}: {exc}"
+            self._dead_letter(queue, routing_key, message, client.give_up_reason(exc), error, retries)
             return
         if repeat_id is not None:
             seen.note(queue, repeat_id)
         message.ack()
 
-    def _dead_letter(self, queue: str, routing_key: str, message: Message, reason: str, error: str) -> None:
+    def _retry_due(self) -> None:
+        """Try again every waiting delivery whose delay is over."""
+        now = time.monotonic()
+        due = [w for w in self._waiting if w.due <= now]
+        self._waiting = [w for w in self._waiting if w.due > now]
+        for w in due:
+            self._handle(w.queue, w.routing_key, w.message, w.handler, w.parsed, w.retries)
+
+    def _dead_letter(
+        self, queue: str, routing_key: str, message: Message, reason: str, error: str, retries: int = 0
+    ) -> None:
         """Dead-letter ``message`` to ``letrade.dlq`` with why, as a stage would (tradebus/deadletter.py);
         if even that fails, the queue's dead-letter exchange keeps it."""
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
@@ -227,6 +298,7 @@ class LetradeBus:
                     "routing_key": routing_key,
                 },
                 message_id=(message.properties or {}).get("message_id", ""),
+                retries=retries,
             )
         except PublishFailed:
             message.reject(requeue=False)
@@ -234,14 +306,19 @@ class LetradeBus:
         message.ack()
 
     def drain(self, timeout: float) -> int:
-        """Deliver what arrives to the handlers for up to ``timeout`` seconds; returns how many arrived."""
+        """Deliver what arrives to the handlers for up to ``timeout`` seconds, and run the retries that
+        fall due meanwhile; returns how many deliveries arrived."""
         delivered, deadline = 0, time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
+            self._retry_due()
+            if self._waiting:
+                left = min(left, max(self._waiting[0].due - time.monotonic(), 0.001))
             try:
                 self.connection.drain_events(timeout=left)
             except TimeoutError:
-                break
+                continue
             delivered += 1
+        self._retry_due()
         return delivered
 
     # --- request / response -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ last, high and low over all, volumes summed), bucketed on the timeframe's bounda
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from tradebus import state, store
@@ -22,8 +23,6 @@ def _k(symbol: str) -> str:
 
 def add(candle: MarketData) -> None:
     """Keep ``candle`` (by its timestamp: a repeat replaces the same minute)."""
-    key = _k(candle.symbol)
-    at = candle.timestamp.timestamp()
     bar = Candle(
         timestamp=candle.timestamp,
         open=candle.open,
@@ -32,8 +31,14 @@ def add(candle: MarketData) -> None:
         close=candle.close,
         volume=candle.volume,
     )
-    pipe = store.client().pipeline()
-    state.put_at(pipe, key, bar.model_dump_json(), at, KEPT)
+    add_many(candle.symbol, [bar])
+
+
+def add_many(symbol: str, bars: Sequence[Candle]) -> None:
+    """Keep candles of ``symbol`` (a batch's), in one round trip."""
+    pipe = store.client().pipeline(transaction=False)
+    points = [(bar.timestamp.timestamp(), bar.model_dump_json()) for bar in bars]
+    state.put_many_at(pipe, _k(symbol), points, KEPT)
     pipe.execute()
 
 

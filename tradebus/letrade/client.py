@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing import letrade
-from tradebus.errors import Misrouted, UnknownMessageType
+from tradebus.errors import Misrouted, Reason, SignatureCheckUnavailable, UnknownMessageType
 from tradebus.letrade import tokens
-from tradebus.letrade.messages import Envelope, build, class_for_key, parse
-from tradebus.letrade.payloads import Payload
+from tradebus.letrade.messages import (
+    CandleBatchMessage,
+    Envelope,
+    MarketDataMessage,
+    build,
+    class_for_key,
+    parse,
+)
+from tradebus.letrade.payloads import CandleBatch, Payload
 from tradebus.publisher import PERSISTENT
 from tradebus.settings import Settings
 
@@ -48,13 +55,24 @@ def outgoing(
     """The validated message a ``publish(exchange, routing_key, payload)`` sends: InvalidMessage when the
     payload is not what the key carries, Misrouted when the message belongs elsewhere."""
     key = qualify(exchange, routing_key)
-    message = payload if isinstance(payload, Envelope) else build(class_for_key(key), payload, source)
+    message = payload if isinstance(payload, Envelope) else build(class_for(key, payload), payload, source)
     if (message.exchange, message.routing_key) != (exchange, key):
         raise Misrouted(
             f"a {message.type} message goes to {message.routing_key!r} on {message.exchange}, "
             f"not {key!r} on {exchange}"
         )
     return message
+
+
+def class_for(routing_key: str, payload: Payload | dict[str, Any]) -> type[Envelope]:
+    """The message class ``payload`` makes on ``routing_key``: a market-data key takes a single candle or a
+    batch of them (``candles``, docs/letrade.md: "Batched market data")."""
+    cls = class_for_key(routing_key)
+    if cls is MarketDataMessage and (
+        isinstance(payload, CandleBatch) or (isinstance(payload, dict) and "candles" in payload)
+    ):
+        return CandleBatchMessage
+    return cls
 
 
 @dataclass(frozen=True)
@@ -108,3 +126,10 @@ def repeat_id(delivery_mode: int | None, message_id: str | None) -> str | None:
     if delivery_mode != PERSISTENT or not message_id:
         return None
     return str(message_id)
+
+
+def give_up_reason(failure: BaseException) -> Reason:
+    """Why a subscriber's delivery is dead-lettered once the retry policy is spent: ``max_retries`` for a
+    JWT replay check Redis could not answer (a transient failure outlasted every retry), else
+    ``handler_error`` (the handler failed). Both clients' subscribers follow it."""
+    return Reason.MAX_RETRIES if isinstance(failure, SignatureCheckUnavailable) else Reason.HANDLER_ERROR

@@ -22,6 +22,7 @@ from tradebus.encryption import Keyring, revealed, seal, unseal
 from tradebus.errors import InvalidJSON, Misrouted, SchemaViolation, UnknownMessageType
 from tradebus.letrade.payloads import (
     CancelOrder,
+    CandleBatch,
     CapitalAllocationRequest,
     CapitalAllocationResponse,
     ErrorReport,
@@ -112,6 +113,30 @@ class ErrorMessage(Envelope):
 class MarketDataMessage(Envelope):
     route_name = "market_data"
     payload: MarketData
+
+
+class CandleBatchMessage(Envelope):
+    """Many candles of one pair in one message, on the market-data route and key (docs/letrade.md,
+    "Batched market data"): not a route of its own, so it reaches every queue a single candle reaches."""
+
+    route_name = "market_data"
+    payload: CandleBatch
+
+    @property
+    def type(self) -> str:
+        """``market_data_batch``: what errors and the type header call it."""
+        return BATCH_TYPE
+
+
+#: The type a batched market-data message goes by (its route is ``market_data``).
+BATCH_TYPE = "market_data_batch"
+
+
+def is_batch(body: str | bytes) -> bool:
+    """Whether a market-data body is a batch (its payload has ``candles``; a single candle never does)."""
+    if isinstance(body, bytes):
+        return b'"candles"' in body
+    return '"candles"' in body
 
 
 class CapitalAllocationRequestMessage(Envelope):
@@ -210,6 +235,8 @@ def parse(
     ``keyring``, or raise the InvalidMessage saying why (Undecryptable for a field that does not open)."""
     check_incoming(body, content_type)
     cls = class_for_key(routing_key)
+    if cls is MarketDataMessage and is_batch(body):
+        cls = CandleBatchMessage
     if paths := sensitive_paths(cls):
         body = _opened(body, paths, cls.route_name, keyring)
     try:

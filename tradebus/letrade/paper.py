@@ -100,12 +100,20 @@ def _error(error_type: str, message: str, context: dict[str, Any]) -> dict[str, 
 
 
 def _fill(pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float) -> dict[str, Any]:
-    """Book ``command`` filled at ``price`` (in ``pipe``'s transaction), or say why it cannot be."""
+    """Book ``command`` filled at ``price`` (in ``pipe``'s transaction, reading through it), or say why it
+    cannot be."""
+    cash_raw = pipe.get(_k("cash"))
+    raw = pipe.hget(_k("positions"), command.symbol)
+    return _book(pipe, command, order_id, price, cash_raw, raw)
+
+
+def _book(
+    pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float, cash_raw: Any, raw: Any
+) -> dict[str, Any]:
+    """Book ``command`` filled at ``price`` against the cash and position read, or say why it cannot be."""
     cost = round(command.amount * price, 8)
     fee = round(cost * FEE_RATE, 8)
-    cash_raw = pipe.get(_k("cash"))
     cash = INITIAL_CASH if cash_raw is None else float(cash_raw)
-    raw = pipe.hget(_k("positions"), command.symbol)
     held = Position(**json.loads(raw)) if raw else Position(0.0, 0.0)
     context = {
         "strategy_id": command.strategy_id,
@@ -126,7 +134,8 @@ def _fill(pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float) ->
         quantity = held.quantity - command.amount
         average = held.average_price
         cash += cost - fee
-    pipe.multi()
+    if not pipe.explicit_transaction:
+        pipe.multi()
     pipe.set(_k("cash"), cash)
     if quantity > 1e-12:
         pipe.hset(
@@ -180,12 +189,20 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
     record_key = _k("orders", order_id)
     open_key = _k("open", command.exchange, command.symbol)
 
-    def body(pipe: Pipeline) -> dict[str, Any]:
-        done = pipe.get(record_key)
+    # Everything the order needs is read in one round trip after the WATCH (state.transaction's reads):
+    # three round trips per command instead of six, on the path of execute_trade -> trade_executed.
+    reads = [
+        ("get", record_key),
+        ("hget", _k("prices"), f"{command.exchange}:{command.symbol}"),
+        ("get", _k("cash")),
+        ("hget", _k("positions"), command.symbol),
+    ]
+
+    def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
+        done, market, cash_raw, position_raw = values
         if done is not None:
             previous: dict[str, Any] = json.loads(done)
             return previous | {"again": True}
-        market = pipe.hget(_k("prices"), f"{command.exchange}:{command.symbol}")
         price = float(market) if market is not None else command.price
         if price is None:
             result = _error(
@@ -199,17 +216,14 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
             and not _crosses(command, command.price, price)
         ):
             result = _unfilled(command, order_id, "open")
-            pipe.multi()
             pipe.hset(open_key, order_id, command.model_dump_json())
         else:
-            result = _fill(pipe, command, order_id, price)
-        if not pipe.explicit_transaction:
-            pipe.multi()
+            result = _book(pipe, command, order_id, price, cash_raw, position_raw)
         pipe.set(record_key, json.dumps(result))
         return result | {"again": False}
 
     watched = [record_key, _k("cash"), _k("positions"), _k("prices"), open_key]
-    return state.transaction(store.text_client(), watched, body, max_attempts=MAX_ATTEMPTS)
+    return state.transaction(store.text_client(), watched, body, reads=reads, max_attempts=MAX_ATTEMPTS)
 
 
 def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
@@ -219,14 +233,24 @@ def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
 def fill_resting(exchange: str, symbol: str, price: float) -> None:
     """Fill the resting limit orders ``price`` crosses. Each fill is booked with its event in the outbox
     (``unannounced``), in one transaction: the event is published even if this delivery dies."""
+    fill_resting_many(exchange, symbol, [price])
+
+
+def fill_resting_many(exchange: str, symbol: str, prices: list[float]) -> None:
+    """``fill_resting`` for each of ``prices`` in turn (a batch of candles): the resting orders are read
+    once, and an order fills at the first price that crosses it."""
     open_key = _k("open", exchange, symbol)
     resting: dict[str, str] = store.text_client().hgetall(open_key)  # type: ignore[assignment]
     for oid, raw in resting.items():
         command = ExecuteTrade.model_validate_json(raw)
-        if command.price is None or not _crosses(command, command.price, price):
+        limit = command.price
+        price = next((p for p in prices if limit is not None and _crosses(command, limit, p)), None)
+        if price is None:
             continue
 
-        def body(pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid) -> dict[str, Any]:
+        def body(
+            pipe: Pipeline, command: ExecuteTrade = command, oid: str = oid, price: float = price
+        ) -> dict[str, Any]:
             if not pipe.hexists(open_key, oid):
                 return {}  # filled or cancelled meanwhile
             result = _fill(pipe, command, oid, price)

@@ -34,6 +34,8 @@ Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
 DEFAULT_EXCHANGE = "binance"
 #: Candles one market-data response may carry (about 110 bytes each: the 128 KB limit holds ~1,100).
 MAX_CANDLES = 1_000
+#: Candles one batched market-data message may carry (the 128 KB limit still applies to the whole body).
+MAX_BATCH_CANDLES = 1_000
 
 
 def _iso_ms(value: datetime) -> str:
@@ -141,6 +143,25 @@ class MarketData(Payload):
         if self.low > min(self.open, self.close) or self.high < max(self.open, self.close):
             raise ValueError("candle must satisfy low <= open, close <= high")
         return self
+
+
+class FeedCandle(Candle):
+    """One candle of a batched market-data message: a ``Candle`` held to ``MarketData``'s rule."""
+
+    @model_validator(mode="after")
+    def _candle_is_consistent(self) -> FeedCandle:
+        if self.low > min(self.open, self.close) or self.high < max(self.open, self.close):
+            raise ValueError("candle must satisfy low <= open, close <= high")
+        return self
+
+
+class CandleBatch(Payload):
+    """Batched ``market_data.{exchange}.{symbol}``: many candles of one pair on one exchange, oldest first,
+    each as a ``response.market_data`` candle (docs/letrade.md, "Batched market data")."""
+
+    symbol: Pair
+    exchange: ExchangeName
+    candles: Annotated[list[FeedCandle], Field(min_length=1, max_length=MAX_BATCH_CANDLES)]
 
 
 class ErrorReport(Payload):

@@ -60,6 +60,26 @@ def add_close(pair: str, at: float, close: float) -> list[float]:
     return [float(m.split(":", 1)[1]) for m in members]
 
 
+def add_closes(pair: str, points: list[tuple[float, float]]) -> list[list[float]]:
+    """``add_close`` for many candles of one pair (``(at, close)``, in order) in one round trip: the closes
+    window after each of them, as ``add_close`` would have returned it candle by candle."""
+    key = _k("closes", pair)
+    pipe = store.text_client().pipeline()
+    pipe.zrange(key, 0, -1, withscores=True)
+    # Only the batch's newest LONG_WINDOW + 1 points can be among the kept ones.
+    newest = sorted(dict(points).items())[-(LONG_WINDOW + 1) :]
+    state.put_many_at(pipe, key, [(at, f"{at}:{close}") for at, close in newest], LONG_WINDOW + 1)
+    before: list[tuple[str, float]] = pipe.execute()[0]
+    window = {score: float(member.split(":", 1)[1]) for member, score in before}
+    windows = []
+    for at, close in points:
+        window[at] = close
+        kept = sorted(window)[-(LONG_WINDOW + 1) :]
+        window = {score: window[score] for score in kept}
+        windows.append([window[score] for score in kept])
+    return windows
+
+
 def lock(pair: str) -> bool:
     """Take the pair's in-flight lock; False when a trade of it is already under way."""
     return bool(store.client().set(_k("in_flight", pair), 1, nx=True, ex=IN_FLIGHT_SECONDS))

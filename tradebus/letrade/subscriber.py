@@ -29,12 +29,13 @@ from typing import Any, Protocol
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from redis.asyncio import Redis as AsyncRedis
 
 from routing import Topology, letrade
 from tradebus import seen
 from tradebus.deadletter import DeadLetter, letter
 from tradebus.encryption import revealed
-from tradebus.errors import InvalidMessage, PublishFailed, Reason, SignatureCheckUnavailable
+from tradebus.errors import InvalidMessage, PublishFailed, SignatureCheckUnavailable
 from tradebus.letrade import client
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.subscriptions import compile_pattern
@@ -57,6 +58,9 @@ class Bus(Protocol):
 
     @property
     def connection(self) -> AbstractRobustConnection: ...
+
+    @property
+    def redis(self) -> AsyncRedis: ...
 
     async def admit(self, queue: str, routing_key: str, delivery: AbstractIncomingMessage) -> Envelope: ...
 
@@ -153,7 +157,7 @@ class Subscription:
             except SignatureCheckUnavailable as exc:
                 return None, exc
             repeat = client.repeat_id(delivery.delivery_mode, delivery.message_id)
-            if repeat is not None and await asyncio.to_thread(seen.handled, self.name, repeat):
+            if repeat is not None and await seen.handled_async(self.bus.redis, self.name, repeat):
                 logger.warning("%s: dropping %s, a repeat of a message already handled", self.name, repeat)
                 await self._ack(delivery)
                 return message, None
@@ -165,7 +169,7 @@ class Subscription:
             return message, exc
         repeat = client.repeat_id(delivery.delivery_mode, delivery.message_id)
         if repeat is not None:
-            await asyncio.to_thread(seen.note, self.name, repeat)
+            await seen.note_async(self.bus.redis, self.name, repeat)
         await self._ack(delivery)
         return message, None
 
@@ -188,9 +192,7 @@ class Subscription:
             if failure_or_none is None:
                 return
             failure = failure_or_none
-        reason = (
-            Reason.MAX_RETRIES if isinstance(failure, SignatureCheckUnavailable) else Reason.HANDLER_ERROR
-        )
+        reason = client.give_up_reason(failure)
         error = f"{type(failure).__name__}: {failure}"
         await self._dead_letter(delivery, reason, error, self.policy.max_retries)
 

@@ -310,10 +310,9 @@ class Bench:
 
     # --- Letrade's asyncio client -------------------------------------------------------------------
     def letrade_async(self) -> None:
-        """MessageBus against bare aio-pika, and its request round trip (tradebus/ops/bench_letrade.py)."""
-        self.results["letrade_async"] = bench_letrade.letrade_async(
-            self.app, self.plan, self.echo, self.log_dir
-        )
+        """MessageBus against bare aio-pika, its request round trip, and the batched feed end to end
+        (tradebus/ops/bench_letrade.py)."""
+        self.results.update(bench_letrade.letrade_async(self.app, self.plan, self.echo, self.log_dir))
 
     # --- traces --------------------------------------------------------------------------------------
     def traces(self) -> None:
