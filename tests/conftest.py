@@ -13,5 +13,6 @@ pytest_plugins = [
     "tests.fixtures.flower",
     "tests.fixtures.browser",
     "tests.fixtures.letrade",
+    "tests.fixtures.cluster",
     "tests.fixtures.sentinel",
 ]

@@ -39,13 +39,17 @@ def declare_topology(app: Celery, connection: Connection) -> None:
         )
         return
     try:
-        declare(topology, connection)
+        down = declare(topology, connection)
     except AccessRefused:
         logger.error(
             "this worker's RabbitMQ user may not declare the topology; a least-privilege worker runs "
             "with TRADEBUS_DECLARE_TOPOLOGY=0 after the admin user ran `tradebus topology declare`"
         )
         raise
+    if down:
+        logger.warning(
+            "the node of these queues is down, they are unavailable until it is back: %s", ", ".join(down)
+        )
     if connection.transport.driver_type != "amqp" or not topology.policies:
         return  # the in-memory transport has no policies (docs/topology.md)
     try:

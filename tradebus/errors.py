@@ -168,6 +168,10 @@ class BrokerUnreachable(TradebusError):
     """The broker (or its management API) could not be reached."""
 
 
+class ManagementNotConnected(BrokerUnreachable):
+    """A node's management API took no connection: nothing was sent, so another node may be asked."""
+
+
 class ManagementAPIError(TradebusError):
     """The RabbitMQ management API answered with an error."""
 

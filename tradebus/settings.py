@@ -1,8 +1,10 @@
 """Typed settings, read from the environment once, at the edge (pydantic-settings), then passed.
 
-``TRADEBUS_BROKER_URL``      AMQP URL of RabbitMQ (default ``amqp://guest:guest@localhost:5672//``).
+``TRADEBUS_BROKER_URL``      AMQP URL of RabbitMQ (default ``amqp://guest:guest@localhost:5672//``); a
+                             cluster's nodes as a ``;``-separated list, tried in turn (tradebus/nodes.py).
 ``TRADEBUS_REDIS_URL``       Redis URL for results and stage state (default ``redis://localhost:6379/0``).
-``TRADEBUS_MANAGEMENT_URL``  RabbitMQ management API (default: the broker's host, port 15672, same login).
+``TRADEBUS_MANAGEMENT_URL``  RabbitMQ management API (default: the broker's host, port 15672, same login);
+                             a cluster's, one per node, ``;``-separated.
 ``TRADEBUS_REDIS_PREFIX``    Prefix of every Redis key tradebus writes (default ``tradebus``).
 ``TRADEBUS_DECLARE_TOPOLOGY`` ``0`` for least-privilege workers: they declare nothing (default ``1``).
 ``TRADEBUS_QUEUE_TYPE``      ``classic`` (one node, the default) or ``quorum``: the critical queues as quorum
@@ -43,7 +45,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from routing.model import MAX_SHARDS
-from tradebus import tlsonly
+from tradebus import nodes, tlsonly
 from tradebus.credentials import EncryptionSettings as EncryptionSettings
 from tradebus.credentials import JWTSettings as JWTSettings
 from tradebus.credentials import SigningSettings as SigningSettings
@@ -152,37 +154,50 @@ class TracingSettings(BaseModel):
 
 @dataclass(frozen=True)
 class ManagementSettings:
-    """Where the RabbitMQ management API is, and the vhost tradebus lives in."""
+    """Where the RabbitMQ management API is (one per node of a cluster), and the vhost tradebus lives in."""
 
     base_url: str
     username: str
     password: str
     vhost: str
+    #: The other nodes' APIs, tried in turn when ``base_url`` does not answer (tradebus/management.py).
+    others: tuple[str, ...] = ()
 
     @classmethod
     def from_broker_url(cls, broker_url: str, management_url: str | None = None) -> ManagementSettings:
-        """Derive the API address and login from the AMQP URL, unless ``management_url`` names one.
+        """Derive the API addresses and login from the AMQP URL(s), unless ``management_url`` names them.
 
-        An explicit ``management_url`` is used as written (scheme, host, port, path prefix); its login, when
-        it has one, replaces the broker's. Otherwise the API is on the broker's host, port 15672 (15671
-        with TLS when the broker URL is ``amqps``).
+        An explicit ``management_url`` (``;``-separated: one per node) is used as written (scheme, host,
+        port, path prefix); the login of its first URL, when it has one, replaces the broker's. Otherwise
+        each broker node's API is on its host, port 15672 (15671 with TLS when the broker URL is ``amqps``).
+        The vhost and login come from the first broker URL (tradebus/nodes.py: the nodes share them).
         """
-        amqp = urlsplit(broker_url)
-        vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+        amqp = urlsplit(nodes.first(broker_url))
+        vhost = nodes.vhost(nodes.first(broker_url))
         username, password = amqp.username or "guest", amqp.password or "guest"
+        bases: list[str] = []
         if management_url:
-            api = urlsplit(management_url)
-            if api.username:
-                username, password = api.username, api.password or ""
-            netloc = api.netloc.rpartition("@")[2]
-            base = urlunsplit((api.scheme or "http", netloc, api.path.rstrip("/"), "", ""))
+            for number, url in enumerate(nodes.split(management_url)):
+                api = urlsplit(url)
+                if number == 0 and api.username:
+                    username, password = api.username, api.password or ""
+                netloc = api.netloc.rpartition("@")[2]
+                bases.append(urlunsplit((api.scheme or "http", netloc, api.path.rstrip("/"), "", "")))
         else:
-            host = amqp.hostname or "localhost"
-            if ":" in host:
-                host = f"[{host}]"
-            tls = amqp.scheme == "amqps"
-            base = f"{'https' if tls else 'http'}://{host}:{MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT}"
-        return cls(base, unquote(username), unquote(password), vhost)
+            for node in map(urlsplit, nodes.split(broker_url) or (broker_url,)):
+                host = node.hostname or "localhost"
+                if ":" in host:
+                    host = f"[{host}]"
+                tls = node.scheme == "amqps"
+                port = MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT
+                bases.append(f"{'https' if tls else 'http'}://{host}:{port}")
+        bases = list(dict.fromkeys(bases))  # one per host, in the order given
+        return cls(bases[0], unquote(username), unquote(password), vhost, tuple(bases[1:]))
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """Every node's API, the first one first."""
+        return (self.base_url, *self.others)
 
     @property
     def quoted_vhost(self) -> str:
@@ -233,7 +248,7 @@ class Settings(BaseModel):
         if env.flower_user is not None and ":" in env.flower_user:
             raise SettingsError("TRADEBUS_FLOWER_USER cannot contain ':'")
         names = os.environ if environ is None else environ
-        return cls(
+        settings = cls(
             broker_url=env.broker_url,
             redis_url=env.redis_url,
             management_url=env.management_url,
@@ -261,6 +276,9 @@ class Settings(BaseModel):
                 if name.startswith(USER_PASSWORD_PREFIX) and value
             },
         )
+        # A cluster's nodes (tradebus/nodes.py) share one vhost, and TLS or not.
+        nodes.check_brokers("TRADEBUS_BROKER_URL", settings.broker_url)
+        return settings
 
     @model_validator(mode="after")
     def _tls_only(self) -> Settings:

@@ -50,15 +50,15 @@ def redis_problems(name: str, url: str) -> list[str]:
 
 
 def management_problems(name: str, url: str | None) -> list[str]:
-    """What is insecure in a management API URL (None: derived from the broker's, checked there)."""
+    """What is insecure in a management API URL, or a cluster's ``;``-separated list of them (None: derived
+    from the broker's, checked there)."""
     if url is None:
         return []
-    scheme = _scheme(url)
-    return (
-        []
-        if scheme in MANAGEMENT_TLS
-        else [f"{name} is {scheme or 'a URL without a scheme'}:// (use https://)"]
-    )
+    schemes = {_scheme(part) for part in url.split(";") if part.strip()} or {""}
+    return [
+        f"{name} is {scheme or 'a URL without a scheme'}:// (use https://)"
+        for scheme in sorted(schemes - MANAGEMENT_TLS)
+    ]
 
 
 def sentinel_problems(name: str, sentinels: tuple[tuple[str, int], ...]) -> list[str]:

@@ -10,13 +10,16 @@ import contextlib
 import re
 from typing import Any
 
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import NotFound, PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
 from routing import Policy, Topology
 from routing.match import ALTERNATE_EXCHANGE
 from tradebus.errors import ManagementAPIError, TopologyConflict
 from tradebus.management import Management
+
+#: How RabbitMQ refuses to declare a durable classic queue whose node is down (a cluster's other nodes).
+HOME_NODE_DOWN = "is down or inaccessible"
 
 #: One difference: (object, attribute, live value, wanted value).
 Difference = tuple[str, str, object, object]
@@ -241,8 +244,14 @@ def conflict_from_error(exc: PreconditionFailed) -> TopologyConflict:
     return TopologyConflict([row])
 
 
-def declare(topology: Topology, connection: Connection) -> None:
-    """Declare every exchange, queue and binding; idempotent. Raises TopologyConflict on a mismatch."""
+def declare(topology: Topology, connection: Connection) -> list[str]:
+    """Declare every exchange, queue and binding; idempotent. Raises TopologyConflict on a mismatch.
+
+    Returns the queues that could not be declared because their node is down: on a cluster, a classic
+    queue lives on one node and cannot be declared (nor used) while that node is away (docs/scaling.md);
+    the rest of the topology still is, so a worker of another queue reconnects and goes on.
+    """
+    down: list[str] = []
     channel = connection.channel()
     try:
         for exchange in topology.exchanges:
@@ -253,12 +262,19 @@ def declare(topology: Topology, connection: Connection) -> None:
             )
         # In order: a consistent-hash exchange hands out its buckets in the order its queues are bound.
         for queue in topology.queues:
-            queue(channel).declare()
+            try:
+                queue(channel).declare()
+            except NotFound as exc:
+                if HOME_NODE_DOWN not in str(exc):
+                    raise
+                down.append(queue.name)
+                channel = connection.channel()  # the broker closed the channel with the error
     except PreconditionFailed as exc:
         raise conflict_from_error(exc) from exc
     finally:
         with contextlib.suppress(Exception):  # the broker may already have closed it
             channel.close()
+    return down
 
 
 def apply_policies(topology: Topology, management: Management) -> None:

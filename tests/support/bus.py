@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, urlsplit, urlunsplit
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -18,10 +18,12 @@ SESSION_VHOST = f"tradebus-test-{RUN_ID}"
 _BASE_URL = os.environ.get("TRADEBUS_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def vhost_url(vhost: str) -> str:
-    """The broker URL of the base broker, on ``vhost``."""
-    parts = urlsplit(_BASE_URL)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+def vhost_url(vhost: str, base: str = _BASE_URL) -> str:
+    """The broker URL of the base broker (each node of a ``;``-separated list), on ``vhost``."""
+    return ";".join(
+        urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+        for parts in (urlsplit(url.strip()) for url in base.split(";") if url.strip())
+    )
 
 
 os.environ["TRADEBUS_BROKER_URL"] = vhost_url(SESSION_VHOST)
@@ -56,7 +58,7 @@ def port_open(host: str, port: int) -> bool:
 
 def missing_services() -> list[str]:
     settings = SETTINGS
-    amqp = urlsplit(settings.broker_url)
+    amqp = urlsplit(settings.broker_url.split(";")[0])
     redis = urlsplit(settings.redis_url)
     api = urlsplit(settings.management.base_url)
     checks = {
@@ -84,8 +86,7 @@ class Vhost:
 
 
 def admin() -> Management:
-    settings = SETTINGS.management
-    return Management(ManagementSettings(settings.base_url, settings.username, settings.password, "/"))
+    return Management(replace(SETTINGS.management, vhost="/"))
 
 
 def make_vhost(name: str) -> Vhost:

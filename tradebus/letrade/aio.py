@@ -13,7 +13,8 @@ The contract is the synchronous ``LetradeBus``'s (tradebus/letrade/bus.py), made
 (tradebus/letrade/client.py, stage.py's ``wire``, publisher.py's ``outgoing``, deadletter.py's ``letter``):
 validated envelope and payload, 128 KB, priority and persistence of the route, sealed sensitive fields, HMAC
 signature and JWT when this service has keys; every publish returns once RabbitMQ confirmed it, and is
-published again after a lost connection (``connect_robust`` reconnects; a repeat keeps its message id).
+published again after a lost connection (``connect_robust`` reconnects, to another node of a cluster's
+URL list, tradebus/letrade/failover.py; a repeat keeps its message id).
 Subscriptions are tradebus/letrade/subscriber.py: each its own queue, consumer and task, handlers retried
 with the seed's policy before their message is dead-lettered to ``letrade.dlq``.
 """
@@ -39,7 +40,7 @@ from tradebus import store, tls
 from tradebus.deadletter import DeadLetter
 from tradebus.errors import InvalidMessage, PublishFailed, RequestTimeout
 from tradebus.health import QueueStats, summary
-from tradebus.letrade import client, feed
+from tradebus.letrade import client, failover, feed
 from tradebus.letrade.client import DEFAULT_TIMEOUT
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.payloads import MarketData, Payload
@@ -103,7 +104,8 @@ class MessageBus:
             ssl_context = None
             if ssl_options is not None:
                 ssl_context = tls.client_context(self.settings.tls)
-            self._connection = await aio_pika.connect_robust(
+            # aio-pika's connect_robust, over every node of a cluster's URL list (failover.py).
+            self._connection = await failover.connect_robust(
                 self.url,
                 timeout=5,
                 reconnect_interval=RECONNECT_INTERVAL,

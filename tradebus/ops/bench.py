@@ -37,7 +37,7 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_fanout, bench_letrade, bench_traces, benchapp
+from tradebus.ops import bench_cluster, bench_fanout, bench_letrade, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
@@ -89,6 +89,9 @@ class Bench:
             "TRADEBUS_BROKER_URL": settings.broker_url,
             "TRADEBUS_REDIS_URL": settings.redis_url,
             "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+            # A cluster's pools: its management APIs and quorum queues (tradebus/ops/bench_cluster.py).
+            "TRADEBUS_MANAGEMENT_URL": settings.management_url or "",
+            "TRADEBUS_QUEUE_TYPE": settings.queue_type,
         }
 
     def spawn(self, argv: list[str], name: str) -> None:
@@ -387,9 +390,17 @@ class Bench:
 
 
 def run_bench(
-    app: TradebusCelery, quick: bool, echo: Callable[[str], None] = print, only: Sequence[str] = ()
+    app: TradebusCelery,
+    quick: bool,
+    echo: Callable[[str], None] = print,
+    only: Sequence[str] = (),
+    cluster: str | None = None,
+    cluster_management: str | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures."""
+    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures. With
+    ``cluster`` (its broker URLs), the order path there against ``app``'s (tradebus/ops/bench_cluster.py)."""
+    if cluster:
+        return bench_cluster.compare(app, cluster, cluster_management, quick, echo, order_path_figures)
     plan = Plan.quick() if quick else Plan()
     with bench_vhost(app, echo) as bench_app:
         bench = Bench(bench_app, plan, echo)
@@ -403,3 +414,16 @@ def run_bench(
             bench.stop()
         bench.results["finished_at"] = datetime.now(UTC).isoformat()
         return bench.results
+
+
+def order_path_figures(app: TradebusCelery, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The order path alone (per load: p50, p95, p99 in ms, and the count) on ``app``'s broker, in a vhost
+    of its own: what ``tradebus bench --cluster`` compares (tradebus/ops/bench_cluster.py)."""
+    with bench_vhost(app, echo) as bench_app:
+        bench = Bench(bench_app, plan, echo)
+        try:
+            bench.order_path()
+        finally:
+            bench.stop()
+    figures: dict[str, Any] = bench.results["order_path"]["signal_to_fill_ms"]
+    return figures

@@ -9,22 +9,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import celery
 import kombu
 from kombu import Connection
 
-from tradebus import recorder, store
+from tradebus import nodes, recorder, store
 from tradebus.application import TradebusCelery, create_app, using
 from tradebus.management import Management
 from tradebus.mastertrade.messages import Ticker
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.settings import ManagementSettings
 from tradebus.topology import check_and_declare
 
 
@@ -152,14 +150,9 @@ def bench_vhost(app: TradebusCelery, echo: Callable[[str], None]) -> Iterator[Tr
     Celery's current and default app meanwhile, so the publishing threads use it too."""
     settings = app.settings
     name = f"tradebus-bench-{uuid.uuid4().hex[:8]}"
-    admin = Management(
-        ManagementSettings(
-            settings.management.base_url, settings.management.username, settings.management.password, "/"
-        )
-    )
+    admin = Management(replace(settings.management, vhost="/"))
     admin.create_vhost(name)
-    parts = urlsplit(settings.broker_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
+    url = nodes.on_vhost(settings.broker_url, name)  # every node of a cluster, on the run's vhost
     bench = create_app(app.topology, settings.with_(broker_url=url, redis_prefix=name))
     with using(bench):  # the run's prefix is what store.clear() removes at the end, nothing else
         try:

@@ -34,7 +34,10 @@ def _app() -> TradebusCelery:
 
 
 def _connection() -> Connection:
-    return tls.broker_connection(_app().settings, connect_timeout=5)
+    """The broker, connected: one more try for one node, each node of a cluster's list once."""
+    connection = tls.broker_connection(_app().settings, connect_timeout=5)
+    connection.ensure_connection(max_retries=max(1, len(connection.alt)))
+    return connection
 
 
 @click.group(cls=TradebusGroup)
@@ -84,7 +87,6 @@ def topology_declare() -> None:
     app = _app()
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
             extra = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
         title = "The broker holds objects that differ from the topology; nothing was changed:"
@@ -204,7 +206,6 @@ def queues_cmd() -> None:
 
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
             rows = queue_depths(_app().topology, conn)
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -242,7 +243,6 @@ def dlq_list(queue: str | None, limit: int) -> None:
     names = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
             click.echo(dead_letter_report(_app(), conn, names, limit, show_empty=queue is not None))
     except (OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
@@ -261,7 +261,6 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     (name,) = _dead_letter_queues(queue)
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
             results = dead.replay(_app(), conn, name, limit, dry_run=dry_run)
     except (OperationalError, OSError, PublishFailed) as exc:
         click.echo(f"cannot replay: {exc}", err=True)
@@ -281,13 +280,16 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
     type=click.Choice(["hop", "fanout", "order_path", "letrade_async", "traces"]),
     help="Run only this scenario (repeatable; default: all).",
 )
-def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...]) -> None:
-    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md)."""
+@click.option("--cluster", help="A cluster's broker URLs (a;b;c): its order path against this broker's.")
+@click.option("--cluster-management", help="The cluster's management API URLs (a;b;c).")
+def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...], **cluster: str | None) -> None:
+    """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md),
+    or with --cluster the order path on a cluster against it (docs/scaling.md)."""
     from tradebus.ops.bench import run_bench
 
     _mastertrade_only("tradebus bench")
     try:
-        results = run_bench(_app(), quick, click.echo, scenarios)
+        results = run_bench(_app(), quick, click.echo, scenarios, **cluster)
     except (BrokerUnreachable, ManagementAPIError, OperationalError, OSError) as exc:
         click.echo(f"cannot run the benchmark: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)
@@ -370,7 +372,6 @@ def health_cmd(as_json: bool) -> None:
 
     try:
         with _connection() as conn:
-            conn.ensure_connection(max_retries=1)
             topology = _app().topology
             report = bus_health(
                 conn,

@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from tradebus import tlsonly
 from tradebus.errors import FlowerRefused, InsecureConnection, TradebusError
+from tradebus.management import Management
 from tradebus.settings import Settings
 
 logger = logging.getLogger("tradebus.ops.flower")
@@ -65,7 +66,10 @@ def broker_api(settings: Settings) -> str | None:
     if urlsplit(settings.broker_url).scheme not in {"amqp", "amqps", "pyamqp", "pyamqps"}:
         return None
     management = settings.management
-    base = urlsplit(management.base_url)
+    base_url = management.base_url
+    if management.others:  # a cluster (one API per node): Flower takes one, the first that answers now
+        base_url = Management(management, timeout=2, tls=settings.tls).answering()
+    base = urlsplit(base_url)
     login = f"{quote(management.username, safe='')}:{quote(management.password, safe='')}"
     return urlunsplit((base.scheme, f"{login}@{base.netloc}", f"{base.path}/api/", "", ""))
 
@@ -100,7 +104,9 @@ def plan(options: Mapping[str, Any], settings: Settings, environ: Mapping[str, s
         )
     if not options.get("broker_api") and (api := broker_api(settings)) is not None:
         result.changes["broker_api"] = api
-        result.notes.append(f"broker view from the management API at {settings.management.base_url}")
+        where = urlsplit(api)  # without its login
+        base = f"{where.scheme}://{where.netloc.rpartition('@')[2]}{where.path.removesuffix('/api/')}"
+        result.notes.append(f"broker view from the management API at {base}")
     return result
 
 

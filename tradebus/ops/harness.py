@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from kombu import Connection
 
-from tradebus import store, tls
+from tradebus import nodes, store, tls
 from tradebus.application import TradebusCelery, create_app, using
 from tradebus.errors import BrokerUnreachable, ManagementAPIError
 from tradebus.health import queue_stats
@@ -42,13 +42,15 @@ MEMORY_LIMITS = (
 
 
 def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    try:
-        with socket.create_connection((parts.hostname or "localhost", port), timeout=2):
-            return True
-    except OSError:
-        return False
+    """Whether a broker (any node of a ``;``-separated list) accepts TCP connections."""
+    for parts in map(urlsplit, nodes.split(url)):
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        try:
+            with socket.create_connection((parts.hostname or "localhost", port), timeout=2):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def choose_broker(asked: str | None, configured: str) -> str:
@@ -89,7 +91,7 @@ def _rabbitmq_pools(app: TradebusCelery, echo: Callable[[str], None]) -> Iterato
             check_and_declare(topology, connection, Management(settings.management))
         except ManagementAPIError as exc:
             echo(f"warning: {exc}")
-        echo(f"topology declared on {urlsplit(url).hostname} vhost {settings.management.vhost}")
+        echo(f"topology declared on {urlsplit(nodes.first(url)).hostname} vhost {settings.management.vhost}")
         log_dir = Path(tempfile.mkdtemp(prefix="tradebus-demo-"))
         echo(f"starting {len(pool_names)} pools, one worker process each (logs in {log_dir}) ...")
         env = {
@@ -169,7 +171,8 @@ def environment(
     demo = create_app(app.topology, settings)
     demo.conf.broker_url = url
     if not memory and not _reachable(url):
-        raise BrokerUnreachable(f"no broker at {urlsplit(url).hostname}:{urlsplit(url).port or 5672}")
+        where = ", ".join(f"{p.hostname}:{p.port or 5672}" for p in map(urlsplit, nodes.split(url)))
+        raise BrokerUnreachable(f"no broker at {where}")
     pools = _embedded(demo, echo) if memory else _rabbitmq_pools(demo, echo)
     with using(demo):  # the demo's prefix is what store.clear() removes at the end, nothing else
         try:
