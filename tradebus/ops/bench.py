@@ -37,11 +37,10 @@ from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_cluster, bench_fanout, bench_letrade, bench_traces, benchapp
+from tradebus.ops import bench_fanout, bench_letrade, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     background_ticks,
-    bench_vhost,
     latencies,
     machine,
     recorded_count,
@@ -387,43 +386,3 @@ class Bench:
         if request_id not in fills:
             raise RuntimeError(f"no fill for {action} {symbol} (round trip {trip}); logs in {self.log_dir}")
         return (fills[request_id] - begun) * 1000
-
-
-def run_bench(
-    app: TradebusCelery,
-    quick: bool,
-    echo: Callable[[str], None] = print,
-    only: Sequence[str] = (),
-    cluster: str | None = None,
-    cluster_management: str | None = None,
-) -> dict[str, Any]:
-    """Run every scenario (or those named in ``only``) on ``app``'s bus; returns the figures. With
-    ``cluster`` (its broker URLs), the order path there against ``app``'s (tradebus/ops/bench_cluster.py)."""
-    if cluster:
-        return bench_cluster.compare(app, cluster, cluster_management, quick, echo, order_path_figures)
-    plan = Plan.quick() if quick else Plan()
-    with bench_vhost(app, echo) as bench_app:
-        bench = Bench(bench_app, plan, echo)
-        try:
-            for scenario in (bench.hop, bench.fanout, bench.order_path, bench.letrade_async, bench.traces):
-                if only and scenario.__name__ not in only:
-                    continue
-                echo(f"{scenario.__name__.replace('_', ' ')} ...")
-                scenario()
-        finally:
-            bench.stop()
-        bench.results["finished_at"] = datetime.now(UTC).isoformat()
-        return bench.results
-
-
-def order_path_figures(app: TradebusCelery, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
-    """The order path alone (per load: p50, p95, p99 in ms, and the count) on ``app``'s broker, in a vhost
-    of its own: what ``tradebus bench --cluster`` compares (tradebus/ops/bench_cluster.py)."""
-    with bench_vhost(app, echo) as bench_app:
-        bench = Bench(bench_app, plan, echo)
-        try:
-            bench.order_path()
-        finally:
-            bench.stop()
-    figures: dict[str, Any] = bench.results["order_path"]["signal_to_fill_ms"]
-    return figures

@@ -285,7 +285,7 @@ def dlq_replay(queue: str, limit: int, dry_run: bool) -> None:
 def bench_cmd(quick: bool, as_json: bool, scenarios: tuple[str, ...], **cluster: str | None) -> None:
     """Measure tradebus against raw Kombu and bare Celery on this machine's broker (docs/performance.md),
     or with --cluster the order path on a cluster against it (docs/scaling.md)."""
-    from tradebus.ops.bench import run_bench
+    from tradebus.ops.benchrun import run_bench
 
     _mastertrade_only("tradebus bench")
     try:
