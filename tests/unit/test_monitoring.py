@@ -176,7 +176,10 @@ def test_prometheus_scrapes_every_worker_pool_on_the_port_its_service_serves() -
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     (discovery,) = jobs["tradebus-workers"]["dns_sd_configs"]
-    assert set(discovery["names"]) == set(workers)
+    # docker-compose.shards.yml's shard pools are scraped too, with the same settings.
+    shards = yaml.safe_load((ROOT / "docker-compose.shards.yml").read_text())["services"]
+    shard_workers = {name for name, service in shards.items() if "command" in service}
+    assert shard_workers and set(discovery["names"]) == set(workers) | shard_workers
     for name, service in workers.items():
         env = service["environment"]
         assert int(env["TRADEBUS_METRICS_PORT"]) == discovery["port"], name
@@ -190,7 +193,13 @@ def test_prometheus_reads_per_queue_figures_from_rabbitmq_prometheus_which_compo
     queues = next(job for job in config["scrape_configs"] if job["job_name"] == "rabbitmq-queues")
     assert queues["metrics_path"] == "/metrics/detailed"
     assert queues["params"]["family"] == ["queue_coarse_metrics", "queue_consumer_count"]
-    assert queues["static_configs"] == [{"targets": ["rabbitmq:15692"]}]
+    # Every node of docker-compose.cluster.yml (each reports the queues it leads); one node: rabbitmq.
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
+    nodes = {"rabbitmq"} | {name for name in cluster if re.fullmatch(r"rabbitmq-\d", name)}
+    node = next(job for job in config["scrape_configs"] if job["job_name"] == "rabbitmq")
+    for job in (queues, node):
+        (discovery,) = job["dns_sd_configs"]
+        assert (set(discovery["names"]), discovery["port"]) == (nodes, 15692), job["job_name"]
     plugins = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text().strip()
     assert re.fullmatch(r"\[[a-z_,]+\]\.", plugins)
     assert {"rabbitmq_management", "rabbitmq_prometheus"} <= set(plugins[1:-2].split(","))
