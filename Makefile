@@ -32,8 +32,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The suite on two processes (tests of one xdist_group share a process), then the tests that need the
+# machine to themselves (the demo, the benchmark, the broker restart) one by one. `.venv/bin/pytest` alone
+# runs everything in one process.
 test: install services browser promtool lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not serial"
+	$(BIN)/pytest -m serial
 
 demo: install services
 	$(BIN)/tradebus demo

@@ -17,6 +17,7 @@ TRADEBUS = str(Path(sys.executable).with_name("tradebus"))
 
 @pytest.mark.broker
 @pytest.mark.slow
+@pytest.mark.serial
 def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broker: Vhost) -> None:
     result = subprocess.run(
         [TRADEBUS, "bench", "--quick", "--json"],

@@ -41,7 +41,8 @@ from tradebus.mastertrade import account
 from tradebus.publisher import send
 from tradebus.topology import check_and_declare
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# One pytest-xdist worker runs every test of the local cluster (fixed ports, started once).
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 #: MasterTrade's topology with its critical queues as quorum queues (TRADEBUS_QUEUE_TYPE=quorum).
 QUORUM_MASTERTRADE = routing.build("mastertrade", queue_type="quorum")
 

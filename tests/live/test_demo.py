@@ -56,6 +56,7 @@ def assert_traded(figures: dict[str, Any]) -> None:
 
 @pytest.mark.broker
 @pytest.mark.slow
+@pytest.mark.serial
 def test_demo_on_rabbitmq_runs_every_pool_and_fills_orders(fresh_vhost: Vhost) -> None:
     figures, output = run_demo(env={"TRADEBUS_BROKER_URL": fresh_vhost.url})
     assert figures["broker"] == "rabbitmq"
@@ -64,6 +65,7 @@ def test_demo_on_rabbitmq_runs_every_pool_and_fills_orders(fresh_vhost: Vhost) -
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_demo_on_memory_runs_in_one_process_and_fills_orders() -> None:
     figures, output = run_demo("--broker", "memory://", env={})
     assert figures["broker"] == "memory"

@@ -187,6 +187,7 @@ def _restart_rabbitmq() -> float:
 
 
 @pytest.mark.broker_restart
+@pytest.mark.serial
 def test_confirmed_persistent_orders_queued_across_a_broker_restart_are_all_filled(
     pool: Pool, declared_vhost: Vhost
 ) -> None:

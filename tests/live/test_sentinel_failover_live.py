@@ -25,7 +25,8 @@ from tradebus import app
 from tradebus.mastertrade import account
 from tradebus.settings import Settings
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# One pytest-xdist worker runs the Sentinel tests, so the session starts Redis with Sentinel once.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("sentinel")]
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from tradebus.errors import NotReplicated
 from tradebus.mastertrade import account, samples
 from tradebus.settings import Settings
 
-pytestmark = [pytest.mark.broker]
+# One pytest-xdist worker runs the Sentinel tests, so the session starts Redis with Sentinel once.
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("sentinel")]
 
 
 def _node(address: str) -> redis.Redis:
