@@ -32,11 +32,11 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The suite on two processes (tests of one xdist_group share a process), then the tests that need the
-# machine to themselves (the demo, the benchmark, the broker restart) one by one. `.venv/bin/pytest` alone
-# runs everything in one process.
+# The suite on two processes (a test file's tests share one, so a module's fixtures, the local cluster's
+# included, start once), then the tests that need the machine to themselves (the demo, the benchmark, the
+# broker restart) one by one. `.venv/bin/pytest` alone runs everything in one process.
 test: install services browser promtool lint
-	$(BIN)/pytest -n 2 --dist loadgroup -m "not serial"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
 	$(BIN)/pytest -m serial
 
 demo: install services

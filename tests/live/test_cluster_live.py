@@ -41,8 +41,9 @@ from tradebus.mastertrade import account
 from tradebus.publisher import send
 from tradebus.topology import check_and_declare
 
-# One pytest-xdist worker runs every test of the local cluster (fixed ports, started once).
-pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+# make test distributes by file (pytest-xdist --dist loadfile): one process runs every test of the local
+# cluster (fixed ports, started once per module). No other module may start it.
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 #: MasterTrade's topology with its critical queues as quorum queues (TRADEBUS_QUEUE_TYPE=quorum).
 QUORUM_MASTERTRADE = routing.build("mastertrade", queue_type="quorum")
 

@@ -25,8 +25,7 @@ from tradebus import app
 from tradebus.mastertrade import account
 from tradebus.settings import Settings
 
-# One pytest-xdist worker runs the Sentinel tests, so the session starts Redis with Sentinel once.
-pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("sentinel")]
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from tradebus.errors import NotReplicated
 from tradebus.mastertrade import account, samples
 from tradebus.settings import Settings
 
-# One pytest-xdist worker runs the Sentinel tests, so the session starts Redis with Sentinel once.
-pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("sentinel")]
+pytestmark = [pytest.mark.broker]
 
 
 def _node(address: str) -> redis.Redis:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kombu import Connection, Producer
 
-from tests.support.bus import Vhost
+from tests.support.bus import MASTERTRADE, Vhost
 from tests.support.contract import CONTRACT
 from tests.support.wait import dead_letters, entry, on, raw_publish, wait_until
 from tradebus import app, publish, recorder, store
@@ -128,6 +128,9 @@ def test_celery_task_message_on_a_fanout_key_runs_each_queues_own_stage(broker: 
 def test_invalid_order_request_is_dead_lettered_with_its_reason_and_the_next_one_runs(
     broker: Vhost, body: str, reason: str
 ) -> None:
+    # The session's DLQ may hold an earlier test's dead order (tests share a vhost per process): start empty.
+    with broker.connection() as conn:
+        conn.default_channel.queue_purge(MASTERTRADE.dead_letter_prefix + "order_requests")
     raw_publish(broker, body, "mastertrade.orders", "order.request.BTCUSDT", content_type="application/json")
     good = publish(order_request(f"req-{uuid.uuid4().hex[:8]}"))
     assert wait_until(lambda: entry("order_requests", good)), "worker stopped after a bad message"
