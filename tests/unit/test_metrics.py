@@ -298,3 +298,60 @@ def test_a_taken_port_stops_the_worker_with_the_setting_named(tmp_path: Any) -> 
         )
     assert out.returncode != 0
     assert "MetricsUnavailable" in out.stderr and "TRADEBUS_METRICS_PORT" in out.stderr
+
+
+@pytest.fixture
+def letrade_app() -> Iterator[Any]:
+    """Letrade's bus on the in-memory transport and an in-process Redis."""
+    import fakeredis
+
+    from tests.support.bus import SETTINGS
+    from tradebus import store
+    from tradebus.application import create_app, topology_for
+
+    settings = SETTINGS.with_(broker_url="memory://")
+    app = create_app(topology_for("letrade", settings), settings, main="metrics-letrade")
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    before = list(store._override)
+    store.use(fakeredis.FakeRedis())
+    yield app
+    store._override[:] = before
+    app.close()
+
+
+def test_an_invalid_candle_of_a_batch_counts_a_dead_letter_and_its_message_stays_a_success(
+    registry: CollectorRegistry, letrade_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+    import json
+
+    from tradebus.letrade import feed, simulator
+    from tradebus.letrade.messages import encode
+
+    stage = letrade_app.tasks["tradebus.letrade_market_data.store"]
+    handled: list[Any] = []
+    monkeypatch.setattr(stage, "candle_batch_handler", handled.append)  # the store needs Redis's Lua
+    (batch,) = feed.batches(
+        [c.payload for c in itertools.islice(simulator.candles(seed=5), 12)][::3], "exchange_connector"
+    )
+    data = json.loads(encode(batch))
+    data["payload"]["candles"][3] = "not a candle"
+    stage.push_request(
+        id=batch.message_id,
+        args=[json.dumps(data)],
+        headers={"content_type": "application/json"},
+        delivery_info={"exchange": batch.exchange, "routing_key": batch.routing_key},
+        retries=0,
+    )
+    try:
+        metrics.delivery_started(stage)  # as Celery's task_prerun
+        stage.run_stage(json.dumps(data))
+        metrics.delivery_finished(stage, states.SUCCESS)  # as task_postrun
+    finally:
+        stage.pop_request()
+    assert [len(b.payload.candles) for b in handled] == [3]
+    q = {"queue": stage.queue_name, "stage": stage.name}
+    assert registry.get_sample_value("tradebus_dead_letters_total", {**q, "reason": "schema_violation"}) == 1
+    processed = "tradebus_messages_processed_total"
+    assert registry.get_sample_value(processed, {**q, "outcome": "success"}) == 1
+    assert (registry.get_sample_value(processed, {**q, "outcome": "dead_lettered"}) or 0) == 0
