@@ -10,8 +10,9 @@ counted until :func:`enable` connects the receivers: a worker with ``TRADEBUS_ME
 (workers/exporter.py, which also serves ``/metrics`` and sets up prometheus_client's multiprocess mode for
 the prefork pool).
 
-Labels are ``queue`` (the stage's queue), ``stage`` (its task name), ``outcome`` (:class:`Outcome`) and
-``reason`` (:class:`tradebus.errors.Reason`): fixed sets, so the series stay few.
+Labels are ``queue`` (the stage's queue), ``stage`` (its task name), ``outcome`` (:class:`Outcome`),
+``reason`` (:class:`tradebus.errors.Reason`, a dead letter's) and ``kind`` (a shard delivery's,
+tradebus/sharding.py): fixed sets, so the series stay few.
 prometheus_client is imported only by :func:`enable`, after the exporter has chosen its mode.
 """
 
@@ -104,7 +105,7 @@ REDELIVERIES = Metric(
 SHARD_DELIVERIES = Metric(
     "tradebus_shard_deliveries_total",
     "counter",
-    (*_STAGE, "reason"),
+    (*_STAGE, "kind"),
     "Deliveries on a shard without the symbol header (no_symbol) or that hash to another shard "
     "(misplaced: the consistent-hash ring is out of order); tradebus/sharding.py.",
 )

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import routing
-from tradebus import metrics
+from tradebus import metrics, sharding
 from tradebus.errors import Reason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,9 @@ def test_the_metric_names_follow_prometheus_conventions() -> None:
         assert metric.name.endswith("_total") == (metric.kind == "counter"), metric.name
         if metric.kind == "histogram":
             assert metric.name.endswith("_seconds"), f"{metric.name}: a duration in seconds, the base unit"
-        assert set(metric.labels) <= {"queue", "stage", "outcome", "reason"}, metric.name
+        assert set(metric.labels) <= {"queue", "stage", "outcome", "reason", "kind"}, metric.name
+        # ``reason`` is a dead letter's (errors.Reason) and nothing else's.
+        assert ("reason" in metric.labels) == (metric is metrics.DEAD_LETTERS), metric.name
 
 
 def test_the_name_check_sees_a_misspelt_metric() -> None:
@@ -131,6 +133,7 @@ def test_the_label_values_rules_and_panels_compare_with_are_ones_tradebus_writes
     for expr in [rule["expr"] for rule in rules()] + dashboard_exprs():
         assert label_values(expr, "outcome") <= {o.value for o in metrics.Outcome}, expr
         assert label_values(expr, "reason") <= {r.value for r in Reason}, expr
+        assert label_values(expr, "kind") <= {sharding.NO_SYMBOL, sharding.MISPLACED}, expr
         plain = {v for v in label_values(expr, "queue") if re.fullmatch(r"[\w.]+", v) and "\\" not in v}
         assert plain <= queues, expr
 
@@ -244,6 +247,7 @@ def test_the_dashboard_shows_rates_latencies_depths_dead_letters_and_the_order_p
         "rabbitmq_detailed_queue_messages_unacked",
         "rabbitmq_detailed_queue_consumers",
         "tradebus:order_path_p99_seconds",
+        "tradebus_shard_deliveries_total",
     } <= read
 
 
