@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from celery import Task, current_task
@@ -359,9 +360,8 @@ def _record(task: StageTask, message: Any) -> None:
         # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted, in
         # Prometheus first (the Redis count raises when Redis is down).
         arrived = str(delivery.get("exchange") or "")
-        sharding.check_delivery(
-            task.app.topology, task.queue_name, arrived, task.headers, lambda kind, name: _shard_count(task, kind, name)
-        )
+        count = partial(_shard_count, task)
+        sharding.check_delivery(task.app.topology, task.queue_name, arrived, task.headers, count)
         recorder.record(
             task.queue_name,
             task.name,
