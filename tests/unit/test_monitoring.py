@@ -168,6 +168,21 @@ def test_the_order_path_alert_adds_up_the_order_paths_hops_against_its_target() 
     assert alert["expr"] == f"tradebus:order_path_p99_seconds > {ORDER_PATH_P99_TARGET}"
 
 
+def test_a_critical_queues_pool_whose_every_replica_is_gone_alerts_by_its_compose_service() -> None:
+    """DNS discovery drops a stopped container's target, so ``up == 0`` cannot see it: ``absent`` does."""
+    (rule,) = [r for r in rules() if r.get("alert") == "TradebusCriticalWorkerAbsent"]
+    parts = [p.strip() for p in rule["expr"].split(" or ")]
+    assert all(re.fullmatch(r'absent\(up\{job="tradebus-workers", service="[\w-]+"\}\)', p) for p in parts)
+    critical = {
+        name
+        for name, service in compose()["services"].items()
+        if (service.get("command") or [])[:2] == ["tradebus", "worker"]
+        and service["command"][2] in TOPOLOGIES[0].critical_queues
+    }
+    assert len(critical) == len(TOPOLOGIES[0].critical_queues)
+    assert label_values(rule["expr"], "service") == critical
+
+
 def test_prometheus_scrapes_every_worker_pool_on_the_port_its_service_serves() -> None:
     services = compose()["services"]
     workers = {
