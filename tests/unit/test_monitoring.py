@@ -203,6 +203,11 @@ def test_prometheus_scrapes_every_worker_pool_on_the_port_its_service_serves() -
         assert int(env["TRADEBUS_METRICS_PORT"]) == discovery["port"], name
         assert env["TRADEBUS_METRICS_ADDRESS"] == "0.0.0.0", name  # reachable from the prometheus service
         assert "ports" not in service, f"{name}: metrics stay inside the compose network"
+    # The pool processes' sample files live on a tmpfs of the container's own, named by the environment, so
+    # a restarted worker starts from an empty directory (the exporter also clears it at start).
+    for name, service in [*workers.items(), *((n, shards[n]) for n in shard_workers)]:
+        directory = service["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert any(t.split(":", 1)[0] == directory for t in service["tmpfs"]), name
 
 
 def test_prometheus_reads_per_queue_figures_from_rabbitmq_prometheus_which_compose_enables() -> None:
