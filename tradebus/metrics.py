@@ -188,6 +188,7 @@ def disable() -> None:
     global _families
     task_prerun.disconnect(dispatch_uid="tradebus.metrics.prerun")
     task_postrun.disconnect(dispatch_uid="tradebus.metrics.postrun")
+    _batch.held = {}
     _families = None
 
 
