@@ -34,7 +34,7 @@ from celery.exceptions import Ignore, Retry
 from celery.utils.log import get_task_logger
 from kombu.message import Message
 
-from tradebus import store
+from tradebus import metrics, store
 
 logger = get_task_logger(__name__)
 #: The Celery task that runs one batch of a stage's deliveries in a pool process.
@@ -257,7 +257,8 @@ def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
         is_eager=False,
     )
     try:
-        runner.run_stage(entry["body"])
+        with metrics.batched_delivery(runner, entry):  # no Celery signals here: counted as a task would be
+            runner.run_stage(entry["body"])
     except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
         return None
     except Exception as exc:  # the rest of the batch runs first

@@ -2,25 +2,32 @@
 
 Every stage delivery is counted by Celery's own task signals (``task_prerun`` and ``task_postrun``, sent
 by the worker around each task whether or not tradebus listens), plus one call where a stage dead-letters
-(tradebus/stage.py), so nothing is added inside the stage's own code path. Nothing is counted until
-:func:`enable` connects the receivers: a worker with ``TRADEBUS_METRICS_PORT`` does it at start
+(tradebus/stage.py), so nothing is added inside the stage's own code path. A batched pool's deliveries
+(tradebus/batching.py) run inside one ``tradebus.batch`` task, without signals of their own: each is
+counted by :func:`batched_delivery` as the signals would count a task of its own, and one its stage only
+collected for a ``batch_handler`` when that has returned (the batch task's ``task_postrun``). Nothing is
+counted until :func:`enable` connects the receivers: a worker with ``TRADEBUS_METRICS_PORT`` does it at start
 (workers/exporter.py, which also serves ``/metrics`` and sets up prometheus_client's multiprocess mode for
 the prefork pool).
 
-Labels are ``queue`` (the stage's queue), ``stage`` (its task name), ``outcome`` (:class:`Outcome`) and
-``reason`` (:class:`tradebus.errors.Reason`): fixed sets, so the series stay few.
+Labels are ``queue`` (the stage's queue), ``stage`` (its task name), ``outcome`` (:class:`Outcome`),
+``reason`` (:class:`tradebus.errors.Reason`, a dead letter's) and ``kind`` (a shard delivery's,
+tradebus/sharding.py): fixed sets, so the series stay few.
 prometheus_client is imported only by :func:`enable`, after the exporter has chosen its mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from celery import states
+from celery.exceptions import Ignore, Retry
 from celery.signals import task_postrun, task_prerun
 
 from tradebus.headers import PUBLISHED_AT
@@ -98,7 +105,7 @@ REDELIVERIES = Metric(
 SHARD_DELIVERIES = Metric(
     "tradebus_shard_deliveries_total",
     "counter",
-    (*_STAGE, "reason"),
+    (*_STAGE, "kind"),
     "Deliveries on a shard without the symbol header (no_symbol) or that hash to another shard "
     "(misplaced: the consistent-hash ring is out of order); tradebus/sharding.py.",
 )
@@ -116,6 +123,8 @@ _STATE_OUTCOME = {
 #: Attributes kept on the running delivery's Celery request between the two signals.
 _STARTED = "tradebus_metrics_started"
 _OUTCOME = "tradebus_metrics_outcome"
+_ENTRY = "tradebus_metrics_batch_entry"
+_ALONE = "tradebus_metrics_alone"
 
 
 class _Stage:
@@ -179,6 +188,7 @@ def disable() -> None:
     global _families
     task_prerun.disconnect(dispatch_uid="tradebus.metrics.prerun")
     task_postrun.disconnect(dispatch_uid="tradebus.metrics.postrun")
+    _batch.held = {}
     _families = None
 
 
@@ -204,14 +214,22 @@ def shard_delivery(queue: str, stage: str, kind: str) -> None:
         _families.shard_deliveries.labels(queue, stage, kind).inc()
 
 
-def _on_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+def delivery_started(task: Any) -> None:
+    """The current delivery of stage ``task`` (its ``request``) starts: Celery's ``task_prerun`` for a task
+    of its own, tradebus/batching.py for each delivery of a batch. A task that is no stage (no
+    ``queue_name``: a periodic task, the batch task itself) is not counted."""
     families = _families
     queue = getattr(task, "queue_name", None)
-    if families is None or queue is None:  # not a stage (a periodic task, Celery's own)
+    if families is None or queue is None:
         return
     request = task.request
-    setattr(request, _STARTED, time.perf_counter())
     setattr(request, _OUTCOME, None)
+    held = _held_for(request)
+    setattr(request, _ALONE, held is not None)
+    if held is not None:  # run again alone after its batch's handler failed: one delivery, counted once
+        setattr(request, _STARTED, held.started)
+        return
+    setattr(request, _STARTED, time.perf_counter())
     children = families.stage(queue, task.name)
     if (request.delivery_info or {}).get("redelivered"):
         children.redeliveries.inc()
@@ -223,16 +241,119 @@ def _on_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
                 children.publish_to_start.observe(max(0.0, time.time() - float(published)))
 
 
-def _on_postrun(sender: Any = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+def delivery_finished(task: Any, state: str | None) -> None:
+    """The current delivery of stage ``task`` ended in Celery ``state`` (SUCCESS, RETRY, IGNORED, anything
+    else: failed) unless the stage dead-lettered it (:func:`dead_lettered`): count it."""
     families = _families
     request = getattr(task, "request", None)
     started = getattr(request, _STARTED, None)
     if families is None or started is None:
         return
+    setattr(request, _STARTED, None)
     children = families.stage(task.queue_name, task.name)
-    children.processing.observe(time.perf_counter() - started)
     outcome = getattr(request, _OUTCOME, None) or _STATE_OUTCOME.get(state or "", Outcome.FAILED)
+    _count(children, outcome, time.perf_counter() - started)
+
+
+def _count(children: _Stage, outcome: Outcome, seconds: float) -> None:
+    children.processing.observe(seconds)
     children.processed[outcome].inc()
     if outcome is Outcome.RETRIED:
         children.retries.inc()
-    setattr(request, _STARTED, None)
+
+
+class _Held:
+    """A batched delivery its stage validated and handed to the stage's ``batch_handler``: counted when
+    that returns (the batch task ends), or run again alone if it failed."""
+
+    __slots__ = ("children", "entry", "started")
+
+    def __init__(self, entry: Any, children: _Stage, started: float) -> None:
+        self.entry, self.children, self.started = entry, children, started
+
+
+#: The held deliveries of the batch this thread runs (a threads pool runs one task per thread at a time),
+#: by the identity of the batch's item (the same object when it runs again alone).
+_batch = threading.local()
+
+
+def _held() -> dict[int, _Held]:
+    held: dict[int, _Held] | None = getattr(_batch, "held", None)
+    if held is None:
+        held = _batch.held = {}
+    return held
+
+
+def _held_for(request: Any) -> _Held | None:
+    entry = getattr(request, _ENTRY, None)
+    if entry is None:
+        return None
+    return _held().pop(id(entry), None)
+
+
+class _BatchedDelivery:
+    """Counts one delivery of a batch (tradebus/batching.py ``_run_one``), which runs without Celery's
+    signals: Retry is retried, Ignore a duplicate, another exception failed, else success; a delivery a
+    stage with a ``batch_handler`` only collected is held until the batch task ends (``task_postrun``)."""
+
+    __slots__ = ("entry", "task")
+
+    def __init__(self, task: Any, entry: Any) -> None:
+        self.task, self.entry = task, entry
+
+    def __enter__(self) -> None:
+        setattr(self.task.request, _ENTRY, self.entry)
+        delivery_started(self.task)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        task, request = self.task, self.task.request
+        if exc is None:
+            state = states.SUCCESS
+        elif isinstance(exc, Retry):
+            state = states.RETRY
+        elif isinstance(exc, Ignore):
+            state = states.IGNORED
+        else:
+            state = states.FAILURE
+        started, families = getattr(request, _STARTED, None), _families
+        if (
+            state == states.SUCCESS
+            and task.batch_handler is not None
+            and getattr(request, _OUTCOME, None) is None
+            and started is not None
+            and families is not None
+            and not getattr(request, _ALONE, False)
+        ):
+            # Collected for the batch's handler: its outcome is known once that has returned.
+            setattr(request, _STARTED, None)
+            children = families.stage(task.queue_name, task.name)
+            _held()[id(self.entry)] = _Held(self.entry, children, started)
+            return
+        delivery_finished(task, state)
+
+
+_OFF = contextlib.nullcontext()
+
+
+def batched_delivery(task: Any, entry: Any) -> contextlib.AbstractContextManager[None]:
+    """Count the delivery of a batch, ``entry`` (the batch's item), that stage ``task`` runs in the block
+    (with the delivery's request pushed); nothing when metrics are off."""
+    if _families is None:
+        return _OFF
+    return _BatchedDelivery(task, entry)
+
+
+def _on_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+    delivery_started(task)
+
+
+def _on_postrun(sender: Any = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+    held = getattr(_batch, "held", None)
+    if held:  # the batch task ended: its handler took every delivery still held
+        _batch.held = {}
+        now = time.perf_counter()
+        for one in held.values():
+            _count(one.children, Outcome.SUCCESS, now - one.started)
+    delivery_finished(task, state)

@@ -5,8 +5,9 @@ symbol still reaches one shard): a publisher that sets no ``x-tradebus-symbol`` 
 such message hashes as "no header" and lands on one shard), and a consistent-hash ring that is no longer in
 the shards' order (rebuilt on a node restart, or a shard re-created: tradebus/ops/ring.py). Both are made
 visible here: a counter per queue in the recorder (``shard_no_symbol:<queue>``,
-``shard_misplaced:<queue>``), ``tradebus_shard_deliveries_total{reason=no_symbol|misplaced}`` in the
-worker's Prometheus metrics (tradebus/metrics.py, counted by the stage), and a warning on the first such
+``shard_misplaced:<queue>``), ``tradebus_shard_deliveries_total{kind=no_symbol|misplaced}`` in the
+worker's Prometheus metrics (tradebus/metrics.py; the stage counts it there first, so Redis down does not
+lose it), and a warning on the first such
 delivery of a process and every ``LOG_EVERY`` after it, so a log does not grow with the traffic. Retries
 and replays come back by name through ``mastertrade.retry`` and are not checked: they go to the shard they
 left.
@@ -37,10 +38,12 @@ def check_delivery(
     queue: str,
     exchange: str,
     headers: Mapping[str, Any],
-    count: Callable[[str], None],
+    count: Callable[[str, str], None],
 ) -> str | None:
-    """``NO_SYMBOL`` or ``MISPLACED`` (counted with ``count`` and logged) for a delivery on shard
-    ``queue`` that arrived through ``exchange`` with ``headers``; None when it is where it should be."""
+    """``NO_SYMBOL`` or ``MISPLACED`` (logged, then ``count(kind, "shard_<kind>:<queue>")``, which may
+    raise: Redis down)
+    for a delivery on shard ``queue`` that arrived through ``exchange`` with ``headers``; None when it is
+    where it should be."""
     shards = topology.shard_of_queue.get(queue)
     if shards is None or exchange == topology.retry.name:
         return None
@@ -60,8 +63,8 @@ def check_delivery(
     else:
         return None
     name = f"shard_{kind}:{queue}"
-    count(name)
     _seen[name] += 1
     if _seen[name] % LOG_EVERY == 1:
         logger.warning("%s: %s (%d in this process)", queue, why, _seen[name])
+    count(kind, name)
     return kind

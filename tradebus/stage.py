@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from celery import Task, current_task
@@ -356,13 +357,11 @@ def _record(task: StageTask, message: Any) -> None:
     latency = (time.time() - float(published)) * 1000 if first_try and published else None
     logger.info("%s: %s %s", task.queue_name, message.type, routing_key)
     try:
-        # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted.
+        # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted, in
+        # Prometheus first (the Redis count raises when Redis is down).
         arrived = str(delivery.get("exchange") or "")
-        kind = sharding.check_delivery(
-            task.app.topology, task.queue_name, arrived, task.headers, recorder.bump
-        )
-        if kind is not None:
-            metrics.shard_delivery(task.queue_name, task.name, kind)
+        count = partial(_shard_count, task)
+        sharding.check_delivery(task.app.topology, task.queue_name, arrived, task.headers, count)
         recorder.record(
             task.queue_name,
             task.name,
@@ -378,6 +377,12 @@ def _record(task: StageTask, message: Any) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - Redis down must not stop the stage
         logger.warning("%s: could not record %s: %s", task.queue_name, request.id, exc)
+
+
+def _shard_count(task: StageTask, kind: str, name: str) -> None:
+    """Count a delivery on a shard that is not where tradebus computes it: in Prometheus, then in Redis."""
+    metrics.shard_delivery(task.queue_name, task.name, kind)
+    recorder.bump(name)
 
 
 def _as_body(payload: Any) -> bytes:

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Producer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.bus import MASTERTRADE, SETTINGS, Vhost, free_port
 from tests.support.letrade_samples import PAYLOADS
 from tests.support.wait import raw_publish, wait_until
+from tradebus import recorder
 from tradebus.application import TradebusCelery, create_app
 from tradebus.mastertrade import account
-from tradebus.mastertrade.messages import OrderRequest, TradingSignal
+from tradebus.mastertrade.messages import OrderRequest, Ticker, TradingSignal
 from tradebus.mastertrade.wire import publish
 from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
 
@@ -38,6 +39,7 @@ BROKER_METRICS = (
 RISK, EXECUTOR = "tradebus.risk.evaluate_signal", "tradebus.execution.execute_order"
 SIGNALS = 4
 LETRADE_TRADE = "tradebus.letrade_exchange_connector.execute_trade"
+TICKERS, TICKER_STAGE, TICKS = "ticker_updates", "tradebus.monitoring.on_ticker", 30
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -90,8 +92,9 @@ def bus(declared_vhost: Vhost, fresh_state: str) -> Iterator[TradebusCelery]:
 
 @pytest.fixture
 def pools(declared_vhost: Vhost, tmp_path: Path) -> Iterator[dict[str, int]]:
-    """trading_signals and order_requests as worker processes; pool -> its metrics port."""
-    ports = {"trading_signals": free_port(), "order_requests": free_port()}
+    """trading_signals, order_requests and ticker_updates (a batched pool, at its profile's prefetch) as
+    worker processes; pool -> its metrics port."""
+    ports = {"trading_signals": free_port(), "order_requests": free_port(), TICKERS: free_port()}
     started: list[PoolProcess] = []
 
     def start() -> dict[str, int]:
@@ -119,6 +122,15 @@ def test_the_pools_and_the_broker_report_what_went_through_the_order_path(
         channel = conn.channel()
         held = wait_until(lambda: channel.basic_get("trading_signals", no_ack=False), timeout=10)
         channel.basic_reject(held.delivery_tag, requeue=True)
+    # Ticks as a plain service sends them, queued before the pools start: the batched pool finds a backlog.
+    ticks = [Ticker(symbol=f"M{tag}TUSDT", price=100.0 + i).model_dump_json() for i in range(TICKS)]
+    with Connection(declared_vhost.url, transport_options={"confirm_publish": True}) as conn:
+        producer = Producer(conn.channel())
+        for body in [*ticks, "not json"]:
+            key = f"ticker.M{tag}TUSDT"
+            producer.publish(
+                body, exchange="mastertrade.market", routing_key=key, content_type="application/json"
+            )
     ports = pools()
     for symbol in symbols[1:]:
         publish(signal(symbol), app=bus)
@@ -184,6 +196,18 @@ def test_the_pools_and_the_broker_report_what_went_through_the_order_path(
     }  # fmt: skip
     assert reasons(executor) == {"order_refused": 1}
     assert sample(executor, "tradebus_publish_to_start_seconds_count", **e) == SIGNALS + 1
+
+    # The batched pool: every tick counted as its stage, though they ran in a few batch tasks.
+    t = {"queue": TICKERS, "stage": TICKER_STAGE}
+    ticker_url = f"http://127.0.0.1:{ports[TICKERS]}/metrics"
+    tickers = wait_until(lambda: finished(ticker_url, TICKER_STAGE, TICKERS, TICKS + 1), timeout=60)
+    assert tickers, "the batched pool did not count every tick"
+    assert outcomes(tickers, **t) == {
+        "success": TICKS, "dead_lettered": 1, "retried": 0, "duplicate": 0, "failed": 0,
+    }  # fmt: skip
+    assert reasons(tickers) == {"invalid_json": 1}
+    assert sample(tickers, "tradebus_processing_seconds_count", **t) == TICKS + 1
+    assert recorder.metrics()[f"batches:{TICKERS}"] < TICKS  # it did run them in batches
 
     # The broker's view: each DLQ holds its dead letters, the update queue (no consumer here) one fill per
     # order, unrouted.trading the unroutable message; the two stage queues have their pool's consumer.

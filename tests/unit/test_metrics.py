@@ -97,13 +97,106 @@ def test_a_revocation_counts_a_dead_letter_and_no_delivery(registry: CollectorRe
     assert value(registry, "tradebus_processing_seconds_count") == 0
 
 
-def test_tasks_that_are_no_stage_are_not_counted(registry: CollectorRegistry) -> None:
-    task = SimpleNamespace(name="tradebus.monitoring.health_report", request=SimpleNamespace())
-    metrics._on_prerun(sender=task, task=task)
-    metrics._on_postrun(sender=task, task=task, state=states.SUCCESS)
+def test_tasks_that_are_no_stage_are_not_counted_themselves(registry: CollectorRegistry) -> None:
+    """A periodic task, or the batch task (whose deliveries count as their stage: the tests below)."""
+    for name in ("tradebus.monitoring.health_report", "tradebus.batch"):
+        task = SimpleNamespace(name=name, request=SimpleNamespace())
+        metrics._on_prerun(sender=task, task=task)
+        metrics._on_postrun(sender=task, task=task, state=states.SUCCESS)
     deliver(stage_task())  # positive control
     counted = [s for m in registry.collect() for s in m.samples if s.name.endswith("seconds_count")]
     assert {s.labels["stage"] for s in counted} == {STAGE}
+
+
+TICKERS, TICKER_STAGE = "ticker_updates", "tradebus.monitoring.on_ticker"
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Any]:
+    """The bus on Kombu's in-memory transport and an in-process Redis, as the embedded demo runs."""
+    import fakeredis
+
+    from tests.support.bus import MASTERTRADE, SETTINGS
+    from tradebus import store
+    from tradebus.application import create_app
+
+    app = create_app(MASTERTRADE, SETTINGS.with_(broker_url="memory://"), main="metrics-batch")
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    before = list(store._override)
+    store.use(fakeredis.FakeRedis())
+    yield app
+    store._override[:] = before
+    app.close()
+
+
+def batch_items(count: int, invalid: int = 0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+    """The items of one ticker_updates batch (tradebus/batching.py ``item``), as a plain service sends."""
+    bodies = [f'{{"type": "ticker", "symbol": "{symbol}", "price": {100 + i}}}' for i in range(count)]
+    bodies += ["not json"] * invalid
+    return [
+        {
+            "body": body,
+            "id": f"tick-{i}",
+            "headers": {"content_type": "application/json", PUBLISHED_AT: time.time()},
+            "properties": {},
+            "delivery_info": {"exchange": "mastertrade.market", "routing_key": f"ticker.{symbol}"},
+        }
+        for i, body in enumerate(bodies)
+    ]
+
+
+def run_batch(app: Any, items: list[dict[str, Any]]) -> None:
+    from tradebus.batching import BATCH_TASK
+
+    result = app.tasks[BATCH_TASK].apply(args=[TICKER_STAGE, items])  # Celery's signals around it
+    assert result.successful(), result.traceback
+
+
+def ticker_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, {"queue": TICKERS, "stage": TICKER_STAGE, **labels}) or 0.0
+
+
+def test_each_delivery_of_a_batch_counts_as_its_stage_once_its_batch_handler_took_it(
+    registry: CollectorRegistry, memory_app: Any
+) -> None:
+    run_batch(memory_app, batch_items(5, invalid=1))
+    processed = "tradebus_messages_processed_total"
+    assert ticker_value(registry, processed, outcome="success") == 5
+    assert ticker_value(registry, processed, outcome="dead_lettered") == 1
+    assert ticker_value(registry, "tradebus_dead_letters_total", reason="invalid_json") == 1
+    assert ticker_value(registry, "tradebus_processing_seconds_count") == 6
+    assert ticker_value(registry, "tradebus_publish_to_start_seconds_count") == 6
+    assert ticker_value(registry, processed, outcome="failed") == 0
+
+
+def test_a_batch_whose_handler_failed_counts_each_delivery_once_as_it_ran_alone(
+    registry: CollectorRegistry, memory_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import Ignore
+
+    stage = memory_app.tasks[TICKER_STAGE]
+    ran: list[Any] = []
+
+    def fail(messages: list[Any]) -> None:
+        raise ValueError("the batch's write failed")
+
+    def alone(message: Any) -> None:  # one runs, one is a repeat, one fails for good
+        ran.append(message)
+        if len(ran) == 2:
+            raise Ignore
+        if len(ran) == 3:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stage, "batch_handler", fail)
+    monkeypatch.setattr(stage, "handler", alone)
+    run_batch(memory_app, batch_items(3))
+    processed = "tradebus_messages_processed_total"
+    assert len(ran) == 3
+    outcomes = ("success", "duplicate", "dead_lettered")
+    assert {o: ticker_value(registry, processed, outcome=o) for o in outcomes} == dict.fromkeys(outcomes, 1)
+    assert ticker_value(registry, "tradebus_dead_letters_total", reason="stage_error") == 1
+    assert ticker_value(registry, "tradebus_processing_seconds_count") == 3
+    assert ticker_value(registry, "tradebus_publish_to_start_seconds_count") == 3  # not once more alone
 
 
 def test_nothing_is_counted_until_enabled() -> None:
@@ -205,3 +298,60 @@ def test_a_taken_port_stops_the_worker_with_the_setting_named(tmp_path: Any) -> 
         )
     assert out.returncode != 0
     assert "MetricsUnavailable" in out.stderr and "TRADEBUS_METRICS_PORT" in out.stderr
+
+
+@pytest.fixture
+def letrade_app() -> Iterator[Any]:
+    """Letrade's bus on the in-memory transport and an in-process Redis."""
+    import fakeredis
+
+    from tests.support.bus import SETTINGS
+    from tradebus import store
+    from tradebus.application import create_app, topology_for
+
+    settings = SETTINGS.with_(broker_url="memory://")
+    app = create_app(topology_for("letrade", settings), settings, main="metrics-letrade")
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    before = list(store._override)
+    store.use(fakeredis.FakeRedis())
+    yield app
+    store._override[:] = before
+    app.close()
+
+
+def test_an_invalid_candle_of_a_batch_counts_a_dead_letter_and_its_message_stays_a_success(
+    registry: CollectorRegistry, letrade_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+    import json
+
+    from tradebus.letrade import feed, simulator
+    from tradebus.letrade.messages import encode
+
+    stage = letrade_app.tasks["tradebus.letrade_market_data.store"]
+    handled: list[Any] = []
+    monkeypatch.setattr(stage, "candle_batch_handler", handled.append)  # the store needs Redis's Lua
+    (batch,) = feed.batches(
+        [c.payload for c in itertools.islice(simulator.candles(seed=5), 12)][::3], "exchange_connector"
+    )
+    data = json.loads(encode(batch))
+    data["payload"]["candles"][3] = "not a candle"
+    stage.push_request(
+        id=batch.message_id,
+        args=[json.dumps(data)],
+        headers={"content_type": "application/json"},
+        delivery_info={"exchange": batch.exchange, "routing_key": batch.routing_key},
+        retries=0,
+    )
+    try:
+        metrics.delivery_started(stage)  # as Celery's task_prerun
+        stage.run_stage(json.dumps(data))
+        metrics.delivery_finished(stage, states.SUCCESS)  # as task_postrun
+    finally:
+        stage.pop_request()
+    assert [len(b.payload.candles) for b in handled] == [3]
+    q = {"queue": stage.queue_name, "stage": stage.name}
+    assert registry.get_sample_value("tradebus_dead_letters_total", {**q, "reason": "schema_violation"}) == 1
+    processed = "tradebus_messages_processed_total"
+    assert registry.get_sample_value(processed, {**q, "outcome": "success"}) == 1
+    assert (registry.get_sample_value(processed, {**q, "outcome": "dead_lettered"}) or 0) == 0

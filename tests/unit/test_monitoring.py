@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import routing
-from tradebus import metrics
+from tradebus import metrics, sharding
 from tradebus.errors import Reason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,9 @@ def test_the_metric_names_follow_prometheus_conventions() -> None:
         assert metric.name.endswith("_total") == (metric.kind == "counter"), metric.name
         if metric.kind == "histogram":
             assert metric.name.endswith("_seconds"), f"{metric.name}: a duration in seconds, the base unit"
-        assert set(metric.labels) <= {"queue", "stage", "outcome", "reason"}, metric.name
+        assert set(metric.labels) <= {"queue", "stage", "outcome", "reason", "kind"}, metric.name
+        # ``reason`` is a dead letter's (errors.Reason) and nothing else's.
+        assert ("reason" in metric.labels) == (metric is metrics.DEAD_LETTERS), metric.name
 
 
 def test_the_name_check_sees_a_misspelt_metric() -> None:
@@ -131,6 +133,7 @@ def test_the_label_values_rules_and_panels_compare_with_are_ones_tradebus_writes
     for expr in [rule["expr"] for rule in rules()] + dashboard_exprs():
         assert label_values(expr, "outcome") <= {o.value for o in metrics.Outcome}, expr
         assert label_values(expr, "reason") <= {r.value for r in Reason}, expr
+        assert label_values(expr, "kind") <= {sharding.NO_SYMBOL, sharding.MISPLACED}, expr
         plain = {v for v in label_values(expr, "queue") if re.fullmatch(r"[\w.]+", v) and "\\" not in v}
         assert plain <= queues, expr
 
@@ -165,6 +168,21 @@ def test_the_order_path_alert_adds_up_the_order_paths_hops_against_its_target() 
     assert alert["expr"] == f"tradebus:order_path_p99_seconds > {ORDER_PATH_P99_TARGET}"
 
 
+def test_a_critical_queues_pool_whose_every_replica_is_gone_alerts_by_its_compose_service() -> None:
+    """DNS discovery drops a stopped container's target, so ``up == 0`` cannot see it: ``absent`` does."""
+    (rule,) = [r for r in rules() if r.get("alert") == "TradebusCriticalWorkerAbsent"]
+    parts = [p.strip() for p in rule["expr"].split(" or ")]
+    assert all(re.fullmatch(r'absent\(up\{job="tradebus-workers", service="[\w-]+"\}\)', p) for p in parts)
+    critical = {
+        name
+        for name, service in compose()["services"].items()
+        if (service.get("command") or [])[:2] == ["tradebus", "worker"]
+        and service["command"][2] in TOPOLOGIES[0].critical_queues
+    }
+    assert len(critical) == len(TOPOLOGIES[0].critical_queues)
+    assert label_values(rule["expr"], "service") == critical
+
+
 def test_prometheus_scrapes_every_worker_pool_on_the_port_its_service_serves() -> None:
     services = compose()["services"]
     workers = {
@@ -185,6 +203,11 @@ def test_prometheus_scrapes_every_worker_pool_on_the_port_its_service_serves() -
         assert int(env["TRADEBUS_METRICS_PORT"]) == discovery["port"], name
         assert env["TRADEBUS_METRICS_ADDRESS"] == "0.0.0.0", name  # reachable from the prometheus service
         assert "ports" not in service, f"{name}: metrics stay inside the compose network"
+    # The pool processes' sample files live on a tmpfs of the container's own, named by the environment, so
+    # a restarted worker starts from an empty directory (the exporter also clears it at start).
+    for name, service in [*workers.items(), *((n, shards[n]) for n in shard_workers)]:
+        directory = service["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert any(t.split(":", 1)[0] == directory for t in service["tmpfs"]), name
 
 
 def test_prometheus_reads_per_queue_figures_from_rabbitmq_prometheus_which_compose_enables() -> None:
@@ -244,6 +267,7 @@ def test_the_dashboard_shows_rates_latencies_depths_dead_letters_and_the_order_p
         "rabbitmq_detailed_queue_messages_unacked",
         "rabbitmq_detailed_queue_consumers",
         "tradebus:order_path_p99_seconds",
+        "tradebus_shard_deliveries_total",
     } <= read
 
 

@@ -270,7 +270,7 @@ def test_a_shard_counts_deliveries_without_the_symbol_and_those_its_hash_puts_el
     counted: list[str] = []
 
     def check(queue: str, exchange: str, hdrs: dict[str, str]) -> str | None:
-        return sharding.check_delivery(SHARDED, queue, exchange, hdrs, counted.append)
+        return sharding.check_delivery(SHARDED, queue, exchange, hdrs, lambda _, name: counted.append(name))
 
     eth = {SYMBOL_HEADER: "ETHUSDT"}  # shard 2
     assert check(SHARDS[2], "mastertrade.market", eth) is None  # where it belongs
@@ -290,16 +290,41 @@ def test_a_shard_counts_deliveries_without_the_symbol_and_those_its_hash_puts_el
     assert len(warnings) == 2 and "misplaced delivery" in warnings[0] and "without" in warnings[1]
 
 
-def test_the_stage_counts_a_misplaced_delivery_in_prometheus() -> None:
+def test_the_stage_counts_a_misplaced_delivery_in_prometheus_even_with_redis_down() -> None:
+    """Through the stage's own bookkeeping (tradebus/stage.py ``_record``), Redis unreachable: the Redis
+    count raises, the Prometheus one is taken first."""
+    import redis
     from prometheus_client import CollectorRegistry
 
-    from tradebus import metrics
+    from tests.support.bus import SETTINGS, free_port
+    from tradebus import metrics, stage, store
+    from tradebus.mastertrade.samples import candle
 
-    assert not metrics.enabled()
+    settings = SETTINGS.with_(broker_url="memory://")
+    app = create_app(SHARDED, settings, main="shard-metrics")
+    (task,) = stages_of_queues(app)[SHARDS[0]]
+    before = list(store._override)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    down = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), retry_on_error=[])
+    store.use(down)  # nothing listens there
     registry = metrics.enable(CollectorRegistry())
     try:
-        metrics.shard_delivery(SHARDS[0], "tradebus.strategy.on_market_data", "misplaced")
-        labels = {"queue": SHARDS[0], "stage": "tradebus.strategy.on_market_data", "reason": "misplaced"}
+        for symbol, exchange in (("ETHUSDT", "mastertrade.market"), ("ETHUSDT", "mastertrade.retry")):
+            task.push_request(
+                id="tick", headers={SYMBOL_HEADER: symbol}, delivery_info={"exchange": exchange}, retries=0
+            )
+            try:
+                stage._record(task, candle("ETHUSDT"))  # ETHUSDT hashes to shard 2
+            finally:
+                task.pop_request()
+        labels = {"queue": SHARDS[0], "stage": task.name, "kind": "misplaced"}
+        # Once: the retry (back by name through mastertrade.retry) is not checked.
         assert registry.get_sample_value("tradebus_shard_deliveries_total", labels) == 1
+        with pytest.raises(redis.ConnectionError):
+            store.client().ping()  # positive control: Redis was down all along
     finally:
         metrics.disable()
+        store._override[:] = before
+        app.close()

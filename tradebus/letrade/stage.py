@@ -20,7 +20,7 @@ from celery.utils.log import get_task_logger
 
 from routing.letrade import ROUTES
 from tradebus import headers as h
-from tradebus import recorder, registry
+from tradebus import metrics, recorder, registry
 from tradebus.application import current, running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import InvalidMessage, Reason, SignatureCheckUnavailable
@@ -186,6 +186,8 @@ class LetradeStageTask(StageTask):
             delivery_info={"exchange": exchange, "routing_key": routing_key},
             message_id=rejected.message_id,
         )
+        # A dead letter of its own; the message it came in stays a success (its other candles ran).
+        metrics.dead_lettered(self.queue_name, self.name, rejected.error.reason)
 
     def _record_batch(self, batch: CandleBatchMessage) -> None:
         """Note the delivery, counted as its candles (Redis down must not stop the stage)."""
