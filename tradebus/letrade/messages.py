@@ -138,7 +138,7 @@ def is_batch(body: str | bytes) -> bool:
     Decided on the structure, not the text, so a single candle whose ``source`` or ``message_id`` reads
     "candles" stays a single candle; a body without the word at all skips the parse.
     """
-    if (b'"candles"' if isinstance(body, bytes) else '"candles"') not in body:
+    if b'"candles"' not in body if isinstance(body, bytes) else '"candles"' not in body:
         return False
     try:
         data = json.loads(body)
