@@ -9,7 +9,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
-from tradebus import health, store
+from tradebus import health, state, store
 from tradebus.application import current
 from tradebus.mastertrade.health import dlq_alerts, service_health
 from tradebus.mastertrade.messages import (
@@ -31,14 +31,20 @@ BLOTTER_LENGTH = 1_000
 ALERT_COOLDOWN_SECONDS = 300
 
 
-def _last_price(message: Ticker | TickerBatch) -> float:
-    return message.last_price if isinstance(message, TickerBatch) else message.price
+def _last_price(message: Ticker | TickerBatch) -> tuple[str, float, str]:
+    """``(symbol, market time, price)`` of a ticker's newest price."""
+    if isinstance(message, TickerBatch):
+        return message.symbol, message.ticks[-1].timestamp.timestamp(), repr(message.last_price)
+    return message.symbol, message.timestamp.timestamp(), repr(message.price)
 
 
 def on_tickers(messages: list[Ticker | TickerBatch]) -> None:
-    """A batch of tickers (tradebus/batching.py): the last price of each symbol in it, in one write."""
-    latest = {message.symbol: repr(_last_price(message)) for message in messages}
-    store.client().hset(store.key("monitor", "prices"), mapping=latest)  # type: ignore[arg-type]
+    """A batch of tickers (tradebus/batching.py): the newest price of each symbol by market time, in one
+    write; an older batch delivered again after newer tickers does not overwrite them."""
+    pipe = store.client().pipeline(transaction=False)
+    entries = [_last_price(message) for message in messages]
+    state.put_newest(pipe, store.key("monitor", "prices"), store.key("monitor", "prices_at"), entries)
+    pipe.execute()
 
 
 @stage(
@@ -48,8 +54,8 @@ def on_tickers(messages: list[Ticker | TickerBatch]) -> None:
     batch_handler=on_tickers,
 )
 def on_ticker(message: Ticker | TickerBatch) -> None:
-    """The latest price per symbol, for the price board."""
-    store.client().hset(store.key("monitor", "prices"), message.symbol, repr(_last_price(message)))
+    """The latest price per symbol by market time, for the price board."""
+    on_tickers([message])
 
 
 @stage("tradebus.monitoring.on_order_update", queue="monitoring_order_updates", accepts=OrderUpdate)

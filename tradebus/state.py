@@ -13,7 +13,10 @@ that state whole, for any profile (this module knows no message type):
   its holder dies; a later delivery of the same message takes it over at once (:func:`hold`);
 * :func:`put_at` keeps a bounded time series in a sorted set, where a point arriving again or late
   replaces itself or slots into place; :func:`put_many_at` does it for many points in one command (a
-  batch of candles: one server-side script instead of three commands per point).
+  batch of candles: one server-side script instead of three commands per point);
+* :func:`put_newest` keeps the latest value per field by the time it carries (market time, not arrival),
+  and :func:`count_once` counts an event once however often it is delivered: market-data stages stay
+  idempotent when a batch is redelivered after newer deliveries were handled.
 
 Clients are passed in, so callers choose one that decodes responses (``store.text_client()``) or not.
 """
@@ -202,3 +205,42 @@ def put_many_at(pipe: Pipeline, key: str, points: Iterable[tuple[float, str]], k
         args += [repr(float(score)), member]
     if len(args) > 1:
         pipe.eval(_PUT_MANY, 1, key, *args)
+
+
+#: put_newest, server side: KEYS[1] the values hash, KEYS[2] the times hash, then field, time, value triples.
+_PUT_NEWEST = """
+for i = 1, #ARGV, 3 do
+  local known = redis.call('HGET', KEYS[2], ARGV[i])
+  if not known or tonumber(known) <= tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+
+def put_newest(pipe: Pipeline, key: str, times: str, entries: Iterable[tuple[str, float, str]]) -> None:
+    """Queue on ``pipe``: each ``(field, time, value)`` into the hash ``key`` unless the hash ``times``
+    holds a later time for that field, as one script call. A late or redelivered older value never
+    overwrites a newer one, whichever process wrote it; entries for one field apply in order."""
+    args: list[Any] = []
+    for field, at, value in entries:
+        args += [field, repr(float(at)), value]
+    if args:
+        pipe.eval(_PUT_NEWEST, 2, key, times, *args)
+
+
+#: count_once, server side: KEYS[1] the marker, KEYS[2] the counter hash; ARGV the TTL and the field.
+_COUNT_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return false
+"""
+
+
+def count_once(pipe: Pipeline, marker: str, ttl_seconds: int, counter: str, field: str) -> None:
+    """Queue on ``pipe``: add one to ``field`` of the hash ``counter`` unless ``marker`` was set in the
+    last ``ttl_seconds`` (the same event delivered again), setting it, as one script call."""
+    pipe.eval(_COUNT_ONCE, 2, marker, counter, ttl_seconds, field)

@@ -28,20 +28,20 @@ import os
 import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery.signals import worker_process_shutdown
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import SpanKind, Tracer
 
 from routing import Topology
 from tradebus.headers import TRACEPARENT, TYPE
 from tradebus.settings import TracingSettings
+
+if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): most processes never need it
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 INSTRUMENTATION = "tradebus"
 logger = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ class _Provider:
     """
 
     def __init__(self, settings: TracingSettings) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         self.settings = settings
         self.provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
         self.tracer: Tracer | None = None
@@ -85,6 +89,8 @@ class _Provider:
 
 def _exporter(settings: TracingSettings) -> SpanExporter:
     if settings.exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
         return ConsoleSpanExporter()
     # Imported only when used: the OTLP exporter pulls in protobuf and requests.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -3,10 +3,12 @@ event, exported over OTLP/HTTP to a receiver this process runs (tests/support/ot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ from tests.support.wait import new_symbol, wait_until
 from tradebus import publish, tracing
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
-from tradebus.settings import TracingSettings
+from tradebus.settings import Settings, TracingSettings
 
 pytestmark = pytest.mark.broker
 
@@ -191,3 +193,52 @@ def test_a_letrade_commands_trace_reaches_its_event_and_a_plain_publisher_can_jo
     assert len({s.trace_id for s in spans}) == 1
     assert [s.service for s in spans] == ["tests", "exchange_connector", "tests"]
     assert joined and {s.trace_id for s in joined} == {trace_id}
+
+
+def ancestry(receiver: Receiver, name: str) -> list[Span] | None:
+    """The span called ``name`` and its ancestors, root first; None until a root ends the line."""
+    tracing.flush()
+    with receiver._lock:
+        by_id = {s.span_id: s for s in receiver.spans}
+    line = [s for s in by_id.values() if s.name == name][:1]
+    while line and line[0].parent_id:
+        if (parent := by_id.get(line[0].parent_id)) is None:
+            return None
+        line.insert(0, parent)
+    return line or None
+
+
+def test_an_event_handled_by_the_asyncio_message_bus_is_a_child_of_the_commands_trace(
+    traced_letrade: tuple[Vhost, Receiver], fresh_state: str
+) -> None:
+    from tradebus.letrade import MessageBus
+
+    vhost, receiver = traced_letrade
+    tracing_on = TracingSettings(exporter="otlp", endpoint=receiver.url, service_name="tests")
+    settings = Settings.from_env().with_(tracing=tracing_on)
+    ours = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[str, list[str]]:
+        orders: list[str] = []
+
+        async def handle(topic: str, message: dict[str, Any]) -> None:
+            orders.append(message.get("client_order_id", ""))
+
+        async with MessageBus(vhost.url, source="tests", settings=settings) as bus:
+            subscription = await bus.subscribe("events.trade_executed", handle)
+            await bus.publish("letrade.commands", "execute_trade", command(ours))
+            deadline = time.monotonic() + 30
+            while ours not in orders and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        return subscription.name, orders
+
+    try:
+        inbox, orders = asyncio.run(scenario())
+        assert ours in orders, orders
+        path = ["create execute_trade", f"process {EXCHANGE_CONNECTOR.name}", f"process {inbox}"]
+        spans = wait_until(lambda: ancestry(receiver, path[-1]))
+    finally:
+        tracing.shutdown()
+    assert spans and [s.name for s in spans] == path, f"got {[(s.name, s.parent_id) for s in receiver.spans]}"
+    assert len({s.trace_id for s in spans}) == 1
+    assert [s.service for s in spans] == ["tests", "exchange_connector", "tests"]

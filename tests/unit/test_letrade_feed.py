@@ -17,6 +17,7 @@ from tradebus.letrade.messages import (
     CandleBatchMessage,
     MarketDataMessage,
     encode,
+    is_batch,
     parse,
 )
 from tradebus.letrade.payloads import MarketData
@@ -114,3 +115,15 @@ def test_a_batch_whose_envelope_or_pair_is_wrong_is_refused_whole() -> None:
     data["payload"]["candles"] = []
     with pytest.raises(SchemaViolation, match=r"payload\.candles"):
         feed.receive(json.dumps(data), batch.routing_key, JSON)
+
+
+def test_a_single_candle_whose_source_or_id_reads_candles_is_not_a_batch() -> None:
+    single = MarketDataMessage(source="candles", message_id="candles", payload=candles(1)[0])
+    body = encode(single)
+    assert b'"candles"' in body  # the old substring test took this for a batch
+    assert not is_batch(body)
+    assert isinstance(parse(body, single.routing_key, JSON), MarketDataMessage)
+    (batch,) = feed.batches(candles(1), "exchange_connector")
+    assert is_batch(encode(batch)) and is_batch(encode(batch).decode())
+    for other in ('["candles"]', '{"payload": "candles"}', "{bad candles"):
+        assert not is_batch(other)

@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -256,6 +256,8 @@ class LetradeBus:
             )
             with trace:  # the subscriber joins the trace its event carries (tradebus/tracing.py)
                 handler(routing_key, revealed(payload, type(payload).sensitive))
+            if repeat_id is not None:  # Redis down: retried like a failed handler, never left un-acked
+                seen.note(queue, repeat_id)
         except Exception as exc:  # noqa: BLE001 - retried by the policy, then the dead letter's reason
             if retries < self.retry_policy.max_retries:
                 logger.warning(
@@ -268,17 +270,23 @@ class LetradeBus:
             error = f"{type(exc).__name__}: {exc}"
             self._dead_letter(queue, routing_key, message, client.give_up_reason(exc), error, retries)
             return
-        if repeat_id is not None:
-            seen.note(queue, repeat_id)
         message.ack()
 
     def _retry_due(self) -> None:
-        """Try again every waiting delivery whose delay is over."""
+        """Try again every waiting delivery whose delay is over, each on its own: one that fails outside
+        its handler (an ack on a dead channel) waits again, or, its channel closed, is left to the broker's
+        redelivery, and the others still run."""
         now = time.monotonic()
         due = [w for w in self._waiting if w.due <= now]
         self._waiting = [w for w in self._waiting if w.due > now]
         for w in due:
-            self._handle(w.queue, w.routing_key, w.message, w.handler, w.parsed, w.retries)
+            try:
+                self._handle(w.queue, w.routing_key, w.message, w.handler, w.parsed, w.retries)
+            except Exception as exc:  # noqa: BLE001 - one delivery's fault must not strand the others
+                if getattr(getattr(w.message, "channel", None), "is_open", False):
+                    later = replace(w, due=time.monotonic() + self.retry_policy.delay(max(w.retries - 1, 0)))
+                    self._waiting = sorted([*self._waiting, later], key=lambda x: x.due)
+                logger.warning("%s: retry of %s failed: %r", w.queue, w.routing_key, exc)
 
     def _dead_letter(
         self, queue: str, routing_key: str, message: Message, reason: str, error: str, retries: int = 0

@@ -133,10 +133,19 @@ BATCH_TYPE = "market_data_batch"
 
 
 def is_batch(body: str | bytes) -> bool:
-    """Whether a market-data body is a batch (its payload has ``candles``; a single candle never does)."""
-    if isinstance(body, bytes):
-        return b'"candles"' in body
-    return '"candles"' in body
+    """Whether a market-data body is a batch: a JSON object whose ``payload`` has a ``candles`` key.
+
+    Decided on the structure, not the text, so a single candle whose ``source`` or ``message_id`` reads
+    "candles" stays a single candle; a body without the word at all skips the parse.
+    """
+    if b'"candles"' not in body if isinstance(body, bytes) else '"candles"' not in body:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    payload = data.get("payload") if isinstance(data, dict) else None
+    return isinstance(payload, dict) and "candles" in payload
 
 
 class CapitalAllocationRequestMessage(Envelope):

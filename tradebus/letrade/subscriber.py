@@ -8,7 +8,8 @@ consumer, one task, so a slow handler holds up only its own subscription.
 * A delivery is admitted as the sync client admits it (client.py: JWT, envelope, payload; what is invalid
   is dead-lettered at once, with its reason), dropped when it repeats a message this queue already
   handled (tradebus/seen.py), then handed to the handler: awaited when it is a coroutine function, else
-  run in a thread (``asyncio.to_thread``), so neither kind blocks the event loop.
+  run in a thread (``asyncio.to_thread``), so neither kind blocks the event loop; the handler runs in a
+  ``process <queue>`` span, a child of the trace the delivery's headers carry (tradebus/tracing.py).
 * A handler that raises is retried with the seed's policy (3 retries after 5, 10 and 20 s): the delivery
   stays unacknowledged while it waits (in a task of its own: the subscription goes on with the next
   messages), so a process that dies mid-delay loses nothing: RabbitMQ delivers it again. After the last
@@ -32,7 +33,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from redis.asyncio import Redis as AsyncRedis
 
 from routing import Topology, letrade
-from tradebus import seen
+from tradebus import seen, tracing
 from tradebus.deadletter import DeadLetter, letter
 from tradebus.encryption import revealed
 from tradebus.errors import InvalidMessage, PublishFailed, SignatureCheckUnavailable
@@ -40,6 +41,7 @@ from tradebus.letrade import client
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.subscriptions import compile_pattern
 from tradebus.retries import RetryPolicy
+from tradebus.settings import Settings
 
 #: ``handler(topic, message)``: a coroutine function, or a plain function (run in a thread).
 Handler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
@@ -55,6 +57,7 @@ class Bus(Protocol):
 
     source: str
     topology: Topology
+    settings: Settings
 
     @property
     def connection(self) -> AbstractRobustConnection: ...
@@ -162,8 +165,18 @@ class Subscription:
                 await self._ack(delivery)
                 return message, None
         payload = message.payload
+        trace = tracing.consuming(
+            self.bus.settings.tracing,
+            self.bus.topology,
+            delivery.headers or {},
+            queue=self.name,
+            exchange=delivery.exchange or "",
+            routing_key=topic,
+            message_id=delivery.message_id or "",
+        )
         try:
-            await self._call(topic, revealed(payload, type(payload).sensitive))
+            with trace:  # the handler joins the trace its event carries, as in the sync client
+                await self._call(topic, revealed(payload, type(payload).sensitive))
         except Exception as exc:  # noqa: BLE001 - the handler's failure is retried, then dead-lettered
             logger.warning("%s: handler failed on %s (retries done: %d): %r", self.name, topic, retries, exc)
             return message, exc

@@ -57,35 +57,28 @@ def _k(name: str) -> str:
     return store.key("account", name)
 
 
-#: The market time of the newest price this process wrote, per account and symbol.
-_newest: dict[tuple[str, str], float] = {}
-
-
 def record_price(symbol: str, price: float, at: float | None = None) -> None:
-    """Remember the last price the executor saw for ``symbol`` at market time ``at`` (default: now).
+    """Remember the last price the executor saw for ``symbol`` at market time ``at``.
 
-    A price older than one this process already wrote (a late or replayed tick) does not overwrite it.
+    A price older than the one stored (a late, replayed or redelivered tick, from any process) does not
+    overwrite it: the comparison runs in Redis. Without ``at`` (an operator or a test setting a price), the
+    price is written as is and the next market price, whatever its time, replaces it.
     """
-    at = time.time() if at is None else at
-    seen = (store.key(), symbol)
-    if at < _newest.get(seen, float("-inf")):
+    if at is None:
+        pipe = store.client().pipeline(transaction=False)
+        pipe.hset(_k("prices"), symbol, repr(price))
+        pipe.hdel(_k("prices_at"), symbol)
+        pipe.execute()
         return
-    _newest[seen] = at
-    store.client().hset(_k("prices"), symbol, repr(price))
+    record_prices([(symbol, price, at)])
 
 
-def record_prices(prices: list[tuple[str, float, datetime]]) -> None:
+def record_prices(prices: list[tuple[str, float, datetime | float]]) -> None:
     """``record_price`` for many (symbol, price, market time) in one write: each symbol's newest."""
-    prefix, newest = store.key(), dict[str, tuple[float, float]]()
-    for symbol, price, at in prices:
-        stamp, known = at.timestamp(), newest.get(symbol)
-        if stamp >= max(_newest.get((prefix, symbol), float("-inf")), known[1] if known else float("-inf")):
-            newest[symbol] = (price, stamp)
-    if not newest:
-        return
-    for symbol, (_, stamp) in newest.items():
-        _newest[prefix, symbol] = stamp
-    store.client().hset(_k("prices"), mapping={s: repr(p) for s, (p, _) in newest.items()})
+    entries = [(s, at if isinstance(at, float | int) else at.timestamp(), repr(p)) for s, p, at in prices]
+    pipe = store.client().pipeline(transaction=False)
+    state.put_newest(pipe, _k("prices"), _k("prices_at"), entries)
+    pipe.execute()
 
 
 def last_price(symbol: str) -> float | None:
