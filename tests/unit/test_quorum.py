@@ -119,17 +119,52 @@ def test_letrade_keeps_its_priority_inboxes_classic_and_replicates_its_dead_lett
 
 
 @pytest.mark.parametrize(("count", "over"), [(None, False), (5, False), (6, True)])
-def test_a_stage_counts_redeliveries_from_the_quorum_queues_header(count: int | None, over: bool) -> None:
+def test_a_stage_counts_redeliveries_from_the_quorum_queues_header(
+    count: int | None, over: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a quorum queue the broker's ``x-delivery-count`` is the count (no Redis round trip); without it
     the Redis count applies (here unreachable: not over)."""
     from tasks.execution import execute_order
 
+    monkeypatch.setattr(execute_order.app, "topology", QUORUM)
     headers = {} if count is None else {"x-delivery-count": count}
     execute_order.push_request(id="m-1", retries=0, delivery_info={"redelivered": True}, headers=headers)
     try:
         assert execute_order.over_redelivery_limit() is over
     finally:
         execute_order.pop_request()
+
+
+def test_on_a_classic_queue_the_delivery_count_header_is_the_publishers_and_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing but the publisher sets ``x-delivery-count`` on a classic queue: a huge one does not dead-letter
+    (and a 0 could not turn the Redis count off); the Redis count is used (here unreachable: not over)."""
+    from tasks.execution import execute_order
+    from tradebus import redeliveries
+
+    monkeypatch.setattr(execute_order.app, "topology", CLASSIC)
+    counted: list[bool] = []
+    real = redeliveries.over_limit
+    monkeypatch.setattr(redeliveries, "over_limit", lambda *a, **k: counted.append(a[-1]) or real(*a, **k))
+    execute_order.push_request(
+        id="m-1", retries=0, delivery_info={"redelivered": True}, headers={"x-delivery-count": 99}
+    )
+    try:
+        assert execute_order.over_redelivery_limit() is False
+    finally:
+        execute_order.pop_request()
+    assert counted == [False]
+    assert redeliveries.over_limit("q", "m-1:0", True, {"x-delivery-count": 99}, quorum=True)
+
+
+def test_moving_messages_leaves_the_source_queues_delivery_count_behind() -> None:
+    from tradebus.ops.migrate import _without_delivery_count
+
+    properties = {"message_id": "m", "application_headers": {"x-delivery-count": 3, "task": "t"}}
+    assert _without_delivery_count(properties) == {"message_id": "m", "application_headers": {"task": "t"}}
+    assert properties["application_headers"] == {"x-delivery-count": 3, "task": "t"}  # not changed in place
+    assert _without_delivery_count({"message_id": "m"}) == {"message_id": "m"}
 
 
 def test_the_committed_quorum_definitions_are_what_the_export_produces(
