@@ -18,6 +18,7 @@ from tradebus.topology import definitions, queue_kind
 
 CLASSIC = routing.build("mastertrade")
 QUORUM = routing.build("mastertrade", queue_type="quorum")
+SHARDED_QUORUM = routing.build("mastertrade", market_data_shards=4, queue_type="quorum")
 
 
 def test_classic_stays_the_default_and_builds_no_quorum_queue() -> None:
@@ -70,20 +71,26 @@ def test_the_brokers_delivery_limit_is_one_above_the_stages_so_the_stage_says_wh
     assert BROKER_DELIVERY_LIMIT == MAX_REDELIVERIES + 1
 
 
-def test_retries_wait_in_one_delay_queue_per_seed_delay_and_come_back_to_their_queue() -> None:
+@pytest.mark.parametrize("topology", [QUORUM, SHARDED_QUORUM], ids=["unsharded", "4-shards"])
+def test_retries_wait_in_one_delay_queue_per_seed_delay_and_come_back_to_their_queue(
+    topology: routing.Topology,
+) -> None:
+    """Every worker queue, market-data shards (``strategy_market_data.0``: a name with a dot) included."""
     assert SEED_POLICY.delays == RETRY_DELAYS_SECONDS
-    for queue in QUORUM.worker_queues:
+    names = {q.name for q in topology.worker_queues}
+    assert topology is QUORUM or {"strategy_market_data.0", "strategy_market_data.3"} <= names
+    for queue in topology.worker_queues:
         for delay in SEED_POLICY.delays:
-            route = QUORUM.retry_delay_route(queue.name, delay)
-            assert route is not None
+            route = topology.retry_delay_route(queue.name, delay)
+            assert route is not None, f"{queue.name}: no delay queue holds its {delay}s retry"
             exchange, key = route
-            (held,) = QUORUM.route(exchange, key)
-            assert queue_kind(QUORUM, held) == "delay"
-            ttl = QUORUM.queues_by_name[held].queue_arguments["x-message-ttl"]
+            (held,) = topology.route(exchange, key)
+            assert queue_kind(topology, held) == "delay"
+            ttl = topology.queues_by_name[held].queue_arguments["x-message-ttl"]
             assert ttl == delay * 1000
             # Dead-lettered with its own key to mastertrade.retry: its queue and nothing else.
-            assert QUORUM.route(
-                QUORUM.queues_by_name[held].queue_arguments["x-dead-letter-exchange"], key
+            assert topology.route(
+                topology.queues_by_name[held].queue_arguments["x-dead-letter-exchange"], key
             ) == {queue.name}
     assert QUORUM.retry_delay_route("order_requests", 7.0) is None  # no such delay queue: Celery's countdown
     assert CLASSIC.retry_delay_route("order_requests", 5.0) is None
