@@ -9,7 +9,7 @@ import pytest
 
 import routing
 from routing.mastertrade.quorum import REPLICATED, RETRY_DELAYS_SECONDS
-from routing.quorum import BROKER_DELIVERY_LIMIT
+from routing.quorum import BROKER_DELIVERY_LIMIT, DEAD_LETTER_DELIVERY_LIMIT
 from tradebus.ops.migrate import plan
 from tradebus.redeliveries import MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY
@@ -60,11 +60,13 @@ def test_each_quorum_queue_has_one_policy_pushing_back_with_at_least_once_dead_l
         declared = "x-dead-letter-exchange" in QUORUM.queues_by_name[name].queue_arguments
         assert declared != ("dead-letter-exchange" in policy.definition), name
     archive = by_target["dlq.trading_signals"].definition
-    assert archive["dead-letter-routing-key"] == "dlq.archive" and "delivery-limit" not in archive
-    # A DLQ is read by taking and giving back (tradebus dlq list): no delivery limit on any.
-    assert not [
-        p for p in QUORUM.policies if p.target.startswith("dlq.") and "delivery-limit" in p.definition
-    ]
+    assert archive["dead-letter-routing-key"] == "dlq.archive"
+    # A DLQ is read by taking and giving back (tradebus dlq list): in effect no delivery limit on any (an
+    # explicit one: RabbitMQ 4 would give each 20).
+    dead_letters = [p for p in QUORUM.policies if p.target.startswith("dlq.") and p.apply_to == "queues"]
+    quorum_dead_letters = QUORUM.quorum_queues & {q.name for q in QUORUM.dead_letter_queues}
+    assert {p.target for p in dead_letters} == quorum_dead_letters
+    assert {p.definition["delivery-limit"] for p in dead_letters} == {DEAD_LETTER_DELIVERY_LIMIT}
 
 
 def test_the_brokers_delivery_limit_is_one_above_the_stages_so_the_stage_says_why_first() -> None:
@@ -123,6 +125,10 @@ def test_letrade_keeps_its_priority_inboxes_classic_and_replicates_its_dead_lett
     assert not inboxes & letrade.quorum_queues
     assert {q.name for q in letrade.dead_letter_queues} == letrade.quorum_queues
     assert all("x-max-priority" in q.queue_arguments for q in letrade.stage_queues)
+    # Each quorum DLQ with an explicit, in effect unlimited, delivery limit (RabbitMQ 4's default is 20).
+    limits = {p.target: p.definition for p in letrade.policies if p.apply_to == "queues"}
+    assert limits == {q: {"delivery-limit": DEAD_LETTER_DELIVERY_LIMIT} for q in letrade.quorum_queues}
+    assert not [p for p in routing.build("letrade").policies if p.apply_to == "queues"]
 
 
 @pytest.mark.parametrize(("count", "over"), [(None, False), (5, False), (6, True)])
