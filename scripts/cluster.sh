@@ -124,7 +124,12 @@ write_files() {
 
 start_node() {
   local n=$1 base="$DIR/rabbit$1"
-  if alive "$n"; then return 0; fi
+  # One start of node N at a time (two test sessions may run `start` at once): the check and the launch
+  # under a lock on $DIR, and a node whose start is under way (its wrapper runs, the pid file is not
+  # written yet) is not started twice, which would fail on the taken ports and remove its pid file.
+  exec 8<"$DIR"
+  flock 8
+  if alive "$n" || [ -n "$(wrapper_pid "$n")" ]; then flock -u 8; return 0; fi
   if port_open "$(amqp_port "$n")" || port_open "$(dist_port "$n")"; then
     die "port $(amqp_port "$n") or $(dist_port "$n") is taken by something else than $(node "$n")"
   fi
@@ -135,6 +140,7 @@ start_node() {
   env $(node_env "$n") RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
     setsid nohup "$RABBIT_BIN/rabbitmq-server" >"$base/log/console.log" 2>&1 </dev/null &
   echo $! >"$base/wrapper.pid"
+  flock -u 8
 }
 
 wait_node() {  # wait until node N runs its apps, answers on AMQP and on the management API
@@ -227,6 +233,9 @@ cmd_kill() {
   alive "$n" || die "$(node "$n") is not running"
   say "SIGKILL $(node "$n") (pid $(beam_pid "$n"))"
   kill -KILL "$(beam_pid "$n")"
+  # Its wrapper follows it at once; gone, it no longer stands for a start under way (start_node).
+  local deadline=$((SECONDS + 10))
+  while [ -n "$(wrapper_pid "$n")" ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
 }
 
 cmd_restart() {

@@ -97,3 +97,30 @@ def test_a_cluster_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(theirs, 65534, 65534)
     done = _bash(theirs, "write_files")
     assert done.returncode != 0 and "is not a directory of" in done.stderr
+
+
+def test_a_node_whose_start_is_under_way_is_not_started_again(cluster_dir: Path, tmp_path: Path) -> None:
+    """Two `start`s at once: the second finds node 1's wrapper running (its pid file not written yet) and
+    launches nothing, which would fail on the taken ports and remove the first one's pid file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launched = tmp_path / "launched"
+    (bin_dir / "rabbitmq-server").write_text(f"#!/bin/sh\ntouch {launched}\n")
+    (bin_dir / "rabbitmq-server").chmod(0o755)
+    wrapper = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, "RABBITMQ_PID_FILE": str(cluster_dir / "rabbit1" / "pid")}
+    )
+    try:
+        (cluster_dir / "rabbit1" / "wrapper.pid").write_text(f"{wrapper.pid}\n")
+        (cluster_dir / "rabbit1" / "log").mkdir()
+        code = f'RABBIT_BIN="{bin_dir}"; port_open() {{ return 1; }}; start_node 1; echo "rc=$?"; wait'
+        done = _bash(cluster_dir, code)
+        assert "rc=0" in done.stdout, done.stderr
+        assert not launched.exists(), "started node 1 a second time"
+        # Positive control: with no start under way, it launches.
+        wrapper.kill()
+        wrapper.wait()
+        done = _bash(cluster_dir, code)
+        assert "rc=0" in done.stdout and launched.exists(), done.stderr
+    finally:
+        wrapper.kill()
