@@ -23,8 +23,8 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from routing.build import alternate_exchange_policy, durable_queue, exchange, fanout_exchange
-from routing.model import QUORUM, PoolProfile, Route, Topology, TopologyOptions
-from routing.quorum import as_quorum
+from routing.model import QUORUM, Policy, PoolProfile, Route, Topology, TopologyOptions
+from routing.quorum import DEAD_LETTER_DELIVERY_LIMIT, as_quorum
 
 NAME = "letrade"
 DEAD_SUFFIX = ".dead"
@@ -202,15 +202,21 @@ STAGE_MODULES: tuple[str, ...] = (
 def build(options: TopologyOptions | None = None) -> Topology:
     """Letrade_v1's bus: its three exchanges, the ``letrade.dlq`` exchange, inboxes, DLQs and pools.
 
-    ``queue_type="quorum"`` makes the dead-letter queues quorum queues; the inboxes stay classic priority
-    queues (quorum queues refuse ``x-max-priority``, and the seed's "trade messages: priority HIGH" needs
-    it; docs/topology.md, "Quorum queues").
+    ``queue_type="quorum"`` makes the dead-letter queues quorum queues, each with a policy giving it an
+    explicit, in effect unlimited, delivery limit (routing/quorum.py ``DEAD_LETTER_DELIVERY_LIMIT``); the
+    inboxes stay classic priority queues (quorum queues refuse ``x-max-priority``, and the seed's "trade
+    messages: priority HIGH" needs it; docs/topology.md, "Quorum queues").
 
     Sharding by symbol is MasterTrade's: a shard count is ignored here (one environment, e.g. a shared
     ``.env``, may set ``TRADEBUS_MARKET_DATA_SHARDS`` for both buses) and the topology records 0.
     """
     options = replace(options or TopologyOptions(), market_data_shards=0)
     quorum = options.queue_type == QUORUM
+    dead_letter_policies = tuple(
+        Policy(f"tradebus-quorum.{q.name}", q.name, {"delivery-limit": DEAD_LETTER_DELIVERY_LIMIT})
+        for q in DEAD_LETTER_QUEUES
+        if quorum
+    )
     return Topology(
         name=NAME,
         options=options,
@@ -226,7 +232,7 @@ def build(options: TopologyOptions | None = None) -> Topology:
         market_data_queues=MARKET_DATA_QUEUES,
         critical_queues=CRITICAL_QUEUES,
         pools=POOLS,
-        policies=POLICIES,
+        policies=(*POLICIES, *dead_letter_policies),
         dead_letter_route=dead_letter_route,
         dead_letter_prefix=DLQ_PREFIX,
         stage_modules=STAGE_MODULES,

@@ -29,6 +29,12 @@ QUORUM_INITIAL_GROUP_SIZE = 3
 #: 7th delivery first and dead-letters it with ``redelivery_limit`` and its headers; the broker's limit is
 #: the backstop for a delivery that dies before the stage can look at it.
 BROKER_DELIVERY_LIMIT = 6
+#: A dead-letter queue's delivery limit: in effect none. RabbitMQ 4 gives a quorum queue without one a
+#: limit of 20, and ``tradebus dlq list`` reads a DLQ by taking and giving back (a delivery each time), so
+#: its dead letters would be dropped after ~20 listings. RabbitMQ 4 takes ``-1`` for "no limit", but 3.x
+#: takes integers >= 0 only ("-1 is not a valid delivery limit", checked live on 3.10.8); a million is
+#: valid everywhere (docs/topology.md, "Quorum queues").
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
 REJECT_PUBLISH = "reject-publish"
 AT_LEAST_ONCE = "at-least-once"
 
@@ -51,12 +57,13 @@ def as_quorum(queue: Queue, extra_bindings: Iterable[tuple[Exchange, str]] = ())
 def policy_keys(*, consumed: bool) -> dict[str, Any]:
     """What a quorum queue's policy adds to its dead-lettering: push back on the publisher when full
     (``reject-publish``, which at-least-once dead-lettering needs), dead letters that cannot vanish between
-    nodes, and, on a queue a worker consumes, the broker's delivery limit.
+    nodes, and the broker's delivery limit: on a queue a worker consumes, BROKER_DELIVERY_LIMIT.
 
-    A dead-letter queue gets no delivery limit: ``tradebus dlq list`` reads it by taking messages and
-    giving them back, which counts as a delivery on a quorum queue.
+    A dead-letter queue gets DEAD_LETTER_DELIVERY_LIMIT, in effect none: ``tradebus dlq list`` reads it by
+    taking messages and giving them back, which counts as a delivery on a quorum queue.
     """
-    keys: dict[str, Any] = {"overflow": REJECT_PUBLISH, "dead-letter-strategy": AT_LEAST_ONCE}
-    if consumed:
-        keys["delivery-limit"] = BROKER_DELIVERY_LIMIT
-    return keys
+    return {
+        "overflow": REJECT_PUBLISH,
+        "dead-letter-strategy": AT_LEAST_ONCE,
+        "delivery-limit": BROKER_DELIVERY_LIMIT if consumed else DEAD_LETTER_DELIVERY_LIMIT,
+    }

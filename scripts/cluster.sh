@@ -34,8 +34,28 @@ api_port() { echo $((15680 + $1)); }
 dist_port() { echo $((25680 + $1)); }
 node() { echo "rabbit$1@localhost"; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-beam_pid() { [ -s "$DIR/rabbit$1/pid" ] && cat "$DIR/rabbit$1/pid" 2>/dev/null || true; }
-alive() { local pid; pid=$(beam_pid "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# owned PID N: PID runs, and is a process this script started for node N (its environment names node N's
+# pid file under $DIR). A pid file outlives its process, and the pid may be reused by anything: never
+# trust, nor signal, a pid without this check.
+owned() {
+  [[ "$1" =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null || return 1
+  grep -qxF "RABBITMQ_PID_FILE=$DIR/rabbit$2/pid" < <(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
+}
+# Node N's Erlang VM (beam, owned by us), or nothing.
+beam_pid() {
+  local pid cmd
+  pid=$(cat "$DIR/rabbit$1/pid" 2>/dev/null) || return 0
+  owned "$pid" "$1" || return 0
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+  [[ "$cmd" == *beam* ]] && echo "$pid" || true
+}
+# Node N's start wrapper (rabbitmq-server, owned by us), or nothing.
+wrapper_pid() {
+  local pid
+  pid=$(cat "$DIR/rabbit$1/wrapper.pid" 2>/dev/null) || return 0
+  owned "$pid" "$1" && echo "$pid" || true
+}
+alive() { [ -n "$(beam_pid "$1")" ]; }
 
 # The environment every rabbitmq-* command of node N runs with: this cluster's files only.
 node_env() {
@@ -65,6 +85,13 @@ ctl() {  # ctl N args...: rabbitmqctl against node N
 
 write_files() {
   mkdir -p "$DIR"
+  # $DIR is in /tmp by default: one that another user made (or a symlink) could hand us their cookie.
+  [ ! -L "$DIR" ] && [ "$(stat -c %u "$DIR")" = "$(id -u)" ] || die "$DIR is not a directory of $(id -un)'s"
+  chmod 700 "$DIR"
+  if [ -e "$DIR/.erlang.cookie" ] && { [ -L "$DIR/.erlang.cookie" ] \
+    || [ "$(stat -c %u "$DIR/.erlang.cookie")" != "$(id -u)" ]; }; then
+    die "$DIR/.erlang.cookie is not $(id -un)'s: remove it"
+  fi
   if [ ! -s "$DIR/.erlang.cookie" ]; then
     (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/.erlang.cookie")
   fi
@@ -97,7 +124,12 @@ write_files() {
 
 start_node() {
   local n=$1 base="$DIR/rabbit$1"
-  if alive "$n"; then return 0; fi
+  # One start of node N at a time (two test sessions may run `start` at once): the check and the launch
+  # under a lock on $DIR, and a node whose start is under way (its wrapper runs, the pid file is not
+  # written yet) is not started twice, which would fail on the taken ports and remove its pid file.
+  exec 8<"$DIR"
+  flock 8
+  if alive "$n" || [ -n "$(wrapper_pid "$n")" ]; then flock -u 8; return 0; fi
   if port_open "$(amqp_port "$n")" || port_open "$(dist_port "$n")"; then
     die "port $(amqp_port "$n") or $(dist_port "$n") is taken by something else than $(node "$n")"
   fi
@@ -108,6 +140,7 @@ start_node() {
   env $(node_env "$n") RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
     setsid nohup "$RABBIT_BIN/rabbitmq-server" >"$base/log/console.log" 2>&1 </dev/null &
   echo $! >"$base/wrapper.pid"
+  flock -u 8
 }
 
 wait_node() {  # wait until node N runs its apps, answers on AMQP and on the management API
@@ -117,7 +150,7 @@ wait_node() {  # wait until node N runs its apps, answers on AMQP and on the man
     if [ $SECONDS -ge $deadline ]; then
       die "$(node "$n") did not start in ${START_TIMEOUT}s (see $DIR/rabbit$n/log)"
     fi
-    if [ -s "$DIR/rabbit$n/wrapper.pid" ] && ! kill -0 "$(cat "$DIR/rabbit$n/wrapper.pid")" 2>/dev/null; then
+    if [ -s "$DIR/rabbit$n/wrapper.pid" ] && [ -z "$(wrapper_pid "$n")" ] && ! alive "$n"; then
       die "$(node "$n") exited while starting (see $DIR/rabbit$n/log/console.log)"
     fi
     sleep 0.5
@@ -160,8 +193,9 @@ exports() {
 
 redis() {  # redis ACTION: scripts/cluster-redis.sh ACTION when it exists, passing its export lines on
   if [ -x "$REDIS_SCRIPT" ] || [ -f "$REDIS_SCRIPT" ]; then
-    bash "$REDIS_SCRIPT" "$1" | grep '^export ' || true
-    return "${PIPESTATUS[0]}"
+    local out
+    out=$(bash "$REDIS_SCRIPT" "$1") || return  # its failure is ours (a pipe's status would be grep's)
+    grep '^export ' <<<"$out" || true
   fi
 }
 
@@ -199,6 +233,9 @@ cmd_kill() {
   alive "$n" || die "$(node "$n") is not running"
   say "SIGKILL $(node "$n") (pid $(beam_pid "$n"))"
   kill -KILL "$(beam_pid "$n")"
+  # Its wrapper follows it at once; gone, it no longer stands for a start under way (start_node).
+  local deadline=$((SECONDS + 10))
+  while [ -n "$(wrapper_pid "$n")" ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
 }
 
 cmd_restart() {
@@ -212,20 +249,25 @@ cmd_restart() {
 }
 
 cmd_stop() {
-  local n pid
+  local n pid deadline=$((SECONDS + 30))
   for n in "${NODES[@]}"; do
-    for pid in $(beam_pid "$n") $(cat "$DIR/rabbit$n/wrapper.pid" 2>/dev/null || true); do
+    for pid in $(beam_pid "$n") $(wrapper_pid "$n"); do
       kill -KILL "$pid" 2>/dev/null || true
     done
   done
   for n in "${NODES[@]}"; do
-    pid=$(beam_pid "$n")
-    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while alive "$n"; do
+      [ $SECONDS -ge $deadline ] && die "$(node "$n") (pid $(beam_pid "$n")) did not die in 30s; $DIR kept"
+      sleep 0.1
+    done
   done
   redis stop >/dev/null || true
   rm -rf "$DIR"
   say "stopped; $DIR removed"
 }
+
+# Sourced (tests/unit/test_cluster_script.py), it only defines its functions.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   start) cmd_start ;;

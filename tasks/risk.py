@@ -8,7 +8,6 @@ published on ``risk.breach.drawdown`` and a loss streak trips ``risk.circuit_bre
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -16,7 +15,6 @@ from celery.utils.log import get_task_logger
 
 from tradebus.errors import RequestRefused, RequestTimeout
 from tradebus.mastertrade import account
-from tradebus.mastertrade.errors import StaleMessage
 from tradebus.mastertrade.messages import (
     BusMessage,
     CircuitBreaker,
@@ -39,12 +37,8 @@ CHECK_TIMEOUT = 5.0
 def evaluate_signal(signal: TradingSignal) -> None:
     """Approve (and size) or refuse a live trading signal; the same signal is decided once, and what the
     decision produces (the order, a breach, a breaker change) is published once."""
-    age = (datetime.now(UTC) - signal.timestamp).total_seconds()
-    if age > account.SIGNAL_MAX_AGE_SECONDS:
-        raise StaleMessage(
-            f"signal of {signal.timestamp.isoformat()} is {age / 3600:.0f}h old; the risk manager decides on "
-            f"signals up to {account.SIGNAL_MAX_AGE_SECONDS // 3600}h old"
-        )
+    # Refused as stale (over SIGNAL_MAX_AGE_SECONDS old) only when not decided yet: a replay of a decided
+    # signal (a short WAIT dead-lettered it) still publishes what its decision produced.
     record = account.decide(signal)
     decision = record["decision"]
     if not record["again"]:

@@ -1,7 +1,8 @@
 """How many times a message came back to a stage: poison messages are dead-lettered before they loop.
 
 A quorum queue counts for itself (``x-delivery-count``, the deliveries that came back before this one); a
-classic queue does not, so the count is kept in Redis for a day.
+classic queue does not, so the count is kept in Redis for a day. On a classic queue the header is read
+never: nothing there sets it but the publisher, who could disable the protection with ``0``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ DELIVERY_COUNT = "x-delivery-count"
 REDELIVERY_WINDOW_SECONDS = 24 * 3600
 
 
-def over_limit(queue: str, delivery: str, redelivered: bool, headers: Mapping[str, Any]) -> bool:
+def over_limit(
+    queue: str, delivery: str, redelivered: bool, headers: Mapping[str, Any], quorum: bool = False
+) -> bool:
     """Whether ``delivery`` (a message id and attempt) came back more than MAX_REDELIVERIES times to
-    ``queue`` (Redis down: no, rather than stall)."""
+    ``queue``, a quorum queue when ``quorum`` (its count in the headers) or not (Redis counts; Redis down:
+    no, rather than stall)."""
     if not redelivered:
         return False
-    counted = headers.get(DELIVERY_COUNT)
+    counted = headers.get(DELIVERY_COUNT) if quorum else None
     if counted is not None:
         return int(counted) > MAX_REDELIVERIES
     key = store.key("redeliveries", queue, delivery)

@@ -19,7 +19,9 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+import redis.asyncio
 from pydantic import BaseModel, ConfigDict, SecretStr
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.client import Pipeline
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
@@ -141,6 +143,33 @@ def master_client(
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         decode_responses=decode,
+        db=int(login.get("db", 0)),
+        username=login.get("username"),
+        password=login.get("password"),
+    )
+    return client
+
+
+def async_client(
+    redis_url: str, settings: RedisSettings, *, connect_timeout: float, socket_timeout: float
+) -> redis.asyncio.Redis:
+    """An asyncio client (Letrade's ``MessageBus``) of the master the sentinels name now, as
+    :func:`master_client`; of ``redis_url`` itself without sentinels."""
+    if not settings.sentinels:
+        return redis.asyncio.Redis.from_url(
+            redis_url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
+        )
+    login = _login(redis_url)
+    sentinel = AsyncSentinel(
+        list(settings.sentinels),
+        sentinel_kwargs=settings.sentinel_kwargs(
+            socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
+        ),
+    )
+    client: redis.asyncio.Redis = sentinel.master_for(
+        settings.master,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
         db=int(login.get("db", 0)),
         username=login.get("username"),
         password=login.get("password"),

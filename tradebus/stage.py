@@ -234,6 +234,7 @@ class StageTask(Task):  # type: ignore[misc]
             f"{self.request.id}:{self.request.retries or 0}",
             bool((self.request.delivery_info or {}).get("redelivered")),
             self.headers,
+            self.queue_name in self.app.topology.quorum_queues,
         )
 
     def apply_async(

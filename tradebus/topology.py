@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from amqp.exceptions import NotFound, PreconditionFailed
@@ -287,16 +288,23 @@ def apply_policies(topology: Topology, management: Management) -> None:
             management.put_policy(policy.name, wanted)
 
 
-def check_and_declare(
-    topology: Topology, connection: Connection, management: Management | None
-) -> list[tuple[str, str, str]]:
+@dataclass(frozen=True)
+class Declared:
+    """What ``check_and_declare`` found: the live bindings the topology does not declare (to warn about),
+    and the queues it could not declare because their node is down (``declare``)."""
+
+    extra: list[tuple[str, str, str]]
+    skipped: list[str]
+
+
+def check_and_declare(topology: Topology, connection: Connection, management: Management | None) -> Declared:
     """Compare with the live broker first (when its API answers), then declare, then apply the policies.
 
     With the management API, every conflicting argument (and a reshard: ``reshard_conflicts``) is
     reported at once and nothing is touched;
     without it, RabbitMQ's first PRECONDITION_FAILED is translated into a diff, and the policies (alternate
     exchanges, dead-lettering) cannot be applied (ManagementAPIError, after everything else is declared).
-    Returns the live bindings the topology does not declare, for the caller to warn about.
+    Returns the live bindings the topology does not declare and the queues skipped (their node is down).
     """
     reachable = management is not None and management.reachable()
     extra: list[tuple[str, str, str]] = []
@@ -307,9 +315,9 @@ def check_and_declare(
         if rows:
             raise TopologyConflict(rows)
         extra = extra_bindings(topology, bindings)
-    declare(topology, connection)
+    declared = Declared(extra, declare(topology, connection))
     if not topology.policies:
-        return extra
+        return declared
     if management is None or not reachable:
         where = management.settings.base_url if management is not None else "(none configured)"
         raise ManagementAPIError(
@@ -318,7 +326,7 @@ def check_and_declare(
             "message is dropped, and without the dead-letter policies so is what a queue expires"
         )
     apply_policies(topology, management)
-    return extra
+    return declared
 
 
 def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:

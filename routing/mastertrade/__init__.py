@@ -64,9 +64,11 @@ def build(options: TopologyOptions | None = None) -> Topology:
         pools |= sh.pools(count)
     variant: dict[str, Any] = {}
     if options.queue_type == QUORUM:
-        stage_queues = tuple(quorum.replicated(q) for q in stage_queues)
-        task_queues = tuple(quorum.replicated(q) for q in task_queues)
-        dead_letter_queues = tuple(quorum.replicated(q) for q in dead_letter_queues)
+        # The worker queues as built (shards included) get their retries back from the delay queues.
+        workers = frozenset(q.name for q in (*stage_queues, *task_queues))
+        stage_queues = tuple(quorum.replicated(q, workers) for q in stage_queues)
+        task_queues = tuple(quorum.replicated(q, workers) for q in task_queues)
+        dead_letter_queues = tuple(quorum.replicated(q, workers) for q in dead_letter_queues)
         exchanges = (*exchanges, quorum.RETRY_DELAY)
         stage_policies = policies(
             stage_queues,

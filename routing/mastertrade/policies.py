@@ -58,7 +58,8 @@ def policies(
     alternates: tuple[tuple[Exchange, Exchange], ...] = ALTERNATES,
 ) -> tuple[Policy, ...]:
     """Each exchange's alternate exchange, a dead-letter policy for each stage queue that declares none, and
-    the archive for expiring DLQs; the queues named in ``quorum`` get their quorum policy instead."""
+    the archive for expiring DLQs; the queues named in ``quorum`` (DLQs too) get their quorum policy
+    instead."""
     expiring = {
         q.name
         for q in dead_letter_queues
@@ -78,6 +79,7 @@ def policies(
             if q.name in quorum
             else _dead_letter_to(q.name, ARCHIVE_QUEUE.name)
             for q in dead_letter_queues
-            if q.name in expiring
+            # A quorum DLQ gets its policy even when nothing expires there: its explicit delivery limit.
+            if q.name in expiring or q.name in quorum
         ),
     )

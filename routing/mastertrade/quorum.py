@@ -13,7 +13,7 @@ from kombu import Queue
 
 from routing.build import durable_queue, exchange
 from routing.mastertrade import exchanges as ex
-from routing.mastertrade.queues import ARCHIVE_QUEUE, WORKER_QUEUES, dead_letter_queue_name
+from routing.mastertrade.queues import ARCHIVE_QUEUE, dead_letter_queue_name
 from routing.model import delay_word
 from routing.quorum import AT_LEAST_ONCE, REJECT_PUBLISH, as_quorum, quorum_arguments
 
@@ -34,10 +34,9 @@ REPLICATED_DEAD_LETTERS: frozenset[str] = frozenset(
     {*(dead_letter_queue_name(q) for q in REPLICATED), ARCHIVE_QUEUE.name}
 )
 
-WORKER_QUEUE_NAMES = frozenset(q.name for q in WORKER_QUEUES)
-
 #: A retry waits here for its delay, then is dead-lettered (with its routing key ``<queue>.<delay>``) to
-#: ``mastertrade.retry``, where its queue is bound by ``<queue>.*``.
+#: ``mastertrade.retry``, where its queue is bound by ``<queue>.*``. A delay queue is bound by
+#: ``#.<delay>``: a queue name may have dots of its own (a market-data shard, ``strategy_market_data.0``).
 RETRY_DELAY = exchange("mastertrade.retry.delay")
 #: The seed's retry delays (tradebus/retries.py SEED_POLICY: 5, 10 and 20 seconds); one queue each.
 RETRY_DELAYS_SECONDS: tuple[float, ...] = (5.0, 10.0, 20.0)
@@ -50,7 +49,7 @@ def delay_queue(seconds: float) -> Queue:
     word = delay_word(seconds)
     return durable_queue(
         f"{DELAY_QUEUE_PREFIX}{word}",
-        [(RETRY_DELAY, f"*.{word}")],
+        [(RETRY_DELAY, f"#.{word}")],
         quorum_arguments(
             {
                 "x-message-ttl": round(seconds * 1000),
@@ -65,12 +64,13 @@ def delay_queue(seconds: float) -> Queue:
 DELAY_QUEUES: tuple[Queue, ...] = tuple(delay_queue(s) for s in RETRY_DELAYS_SECONDS)
 
 
-def replicated(queue: Queue) -> Queue:
+def replicated(queue: Queue, worker_queues: frozenset[str]) -> Queue:
     """``queue`` as the quorum topology declares it: a quorum queue when it is one of the replicated ones,
-    and, when it is a worker queue, also bound on ``mastertrade.retry`` by ``<queue>.*``, where its delayed
-    retries come back (every worker queue: Celery turns global QoS off for a whole app that has one quorum
-    queue, so no worker of it can hold a countdown without holding a prefetch slot)."""
-    extra = [(ex.RETRY, f"{queue.name}.*")] if queue.name in WORKER_QUEUE_NAMES else []
+    and, when it is one of ``worker_queues`` (the topology's, after sharding), also bound on
+    ``mastertrade.retry`` by ``<queue>.*``, where its delayed retries come back (every worker queue: Celery
+    turns global QoS off for a whole app that has one quorum queue, so no worker of it can hold a countdown
+    without holding a prefetch slot)."""
+    extra = [(ex.RETRY, f"{queue.name}.*")] if queue.name in worker_queues else []
     if queue.name in REPLICATED or queue.name in REPLICATED_DEAD_LETTERS:
         return as_quorum(queue, extra)
     if extra:

@@ -130,7 +130,8 @@ def test_the_quorum_topology_replicates_the_critical_queues_and_leaves_market_da
         policy = live[name]["effective_policy_definition"]
         assert policy["overflow"] == "reject-publish" and policy["dead-letter-strategy"] == "at-least-once"
         assert policy["delivery-limit"] == 6
-    assert "delivery-limit" not in live["dlq.trading_signals"]["effective_policy_definition"]
+    # RabbitMQ takes the DLQs' explicit, in effect unlimited, delivery limit (4.x would default to 20).
+    assert live["dlq.trading_signals"]["effective_policy_definition"]["delivery-limit"] == 1_000_000
     assert live["dlq.trading_signals"]["effective_policy_definition"]["dead-letter-routing-key"] == (
         "dlq.archive"
     )

@@ -9,7 +9,7 @@ import pytest
 
 import routing
 from routing.mastertrade.quorum import REPLICATED, RETRY_DELAYS_SECONDS
-from routing.quorum import BROKER_DELIVERY_LIMIT
+from routing.quorum import BROKER_DELIVERY_LIMIT, DEAD_LETTER_DELIVERY_LIMIT
 from tradebus.ops.migrate import plan
 from tradebus.redeliveries import MAX_REDELIVERIES
 from tradebus.retries import SEED_POLICY
@@ -18,6 +18,7 @@ from tradebus.topology import definitions, queue_kind
 
 CLASSIC = routing.build("mastertrade")
 QUORUM = routing.build("mastertrade", queue_type="quorum")
+SHARDED_QUORUM = routing.build("mastertrade", market_data_shards=4, queue_type="quorum")
 
 
 def test_classic_stays_the_default_and_builds_no_quorum_queue() -> None:
@@ -59,31 +60,39 @@ def test_each_quorum_queue_has_one_policy_pushing_back_with_at_least_once_dead_l
         declared = "x-dead-letter-exchange" in QUORUM.queues_by_name[name].queue_arguments
         assert declared != ("dead-letter-exchange" in policy.definition), name
     archive = by_target["dlq.trading_signals"].definition
-    assert archive["dead-letter-routing-key"] == "dlq.archive" and "delivery-limit" not in archive
-    # A DLQ is read by taking and giving back (tradebus dlq list): no delivery limit on any.
-    assert not [
-        p for p in QUORUM.policies if p.target.startswith("dlq.") and "delivery-limit" in p.definition
-    ]
+    assert archive["dead-letter-routing-key"] == "dlq.archive"
+    # A DLQ is read by taking and giving back (tradebus dlq list): in effect no delivery limit on any (an
+    # explicit one: RabbitMQ 4 would give each 20).
+    dead_letters = [p for p in QUORUM.policies if p.target.startswith("dlq.") and p.apply_to == "queues"]
+    quorum_dead_letters = QUORUM.quorum_queues & {q.name for q in QUORUM.dead_letter_queues}
+    assert {p.target for p in dead_letters} == quorum_dead_letters
+    assert {p.definition["delivery-limit"] for p in dead_letters} == {DEAD_LETTER_DELIVERY_LIMIT}
 
 
 def test_the_brokers_delivery_limit_is_one_above_the_stages_so_the_stage_says_why_first() -> None:
     assert BROKER_DELIVERY_LIMIT == MAX_REDELIVERIES + 1
 
 
-def test_retries_wait_in_one_delay_queue_per_seed_delay_and_come_back_to_their_queue() -> None:
+@pytest.mark.parametrize("topology", [QUORUM, SHARDED_QUORUM], ids=["unsharded", "4-shards"])
+def test_retries_wait_in_one_delay_queue_per_seed_delay_and_come_back_to_their_queue(
+    topology: routing.Topology,
+) -> None:
+    """Every worker queue, market-data shards (``strategy_market_data.0``: a name with a dot) included."""
     assert SEED_POLICY.delays == RETRY_DELAYS_SECONDS
-    for queue in QUORUM.worker_queues:
+    names = {q.name for q in topology.worker_queues}
+    assert topology is QUORUM or {"strategy_market_data.0", "strategy_market_data.3"} <= names
+    for queue in topology.worker_queues:
         for delay in SEED_POLICY.delays:
-            route = QUORUM.retry_delay_route(queue.name, delay)
-            assert route is not None
+            route = topology.retry_delay_route(queue.name, delay)
+            assert route is not None, f"{queue.name}: no delay queue holds its {delay}s retry"
             exchange, key = route
-            (held,) = QUORUM.route(exchange, key)
-            assert queue_kind(QUORUM, held) == "delay"
-            ttl = QUORUM.queues_by_name[held].queue_arguments["x-message-ttl"]
+            (held,) = topology.route(exchange, key)
+            assert queue_kind(topology, held) == "delay"
+            ttl = topology.queues_by_name[held].queue_arguments["x-message-ttl"]
             assert ttl == delay * 1000
             # Dead-lettered with its own key to mastertrade.retry: its queue and nothing else.
-            assert QUORUM.route(
-                QUORUM.queues_by_name[held].queue_arguments["x-dead-letter-exchange"], key
+            assert topology.route(
+                topology.queues_by_name[held].queue_arguments["x-dead-letter-exchange"], key
             ) == {queue.name}
     assert QUORUM.retry_delay_route("order_requests", 7.0) is None  # no such delay queue: Celery's countdown
     assert CLASSIC.retry_delay_route("order_requests", 5.0) is None
@@ -116,20 +125,59 @@ def test_letrade_keeps_its_priority_inboxes_classic_and_replicates_its_dead_lett
     assert not inboxes & letrade.quorum_queues
     assert {q.name for q in letrade.dead_letter_queues} == letrade.quorum_queues
     assert all("x-max-priority" in q.queue_arguments for q in letrade.stage_queues)
+    # Each quorum DLQ with an explicit, in effect unlimited, delivery limit (RabbitMQ 4's default is 20).
+    limits = {p.target: p.definition for p in letrade.policies if p.apply_to == "queues"}
+    assert limits == {q: {"delivery-limit": DEAD_LETTER_DELIVERY_LIMIT} for q in letrade.quorum_queues}
+    assert not [p for p in routing.build("letrade").policies if p.apply_to == "queues"]
 
 
 @pytest.mark.parametrize(("count", "over"), [(None, False), (5, False), (6, True)])
-def test_a_stage_counts_redeliveries_from_the_quorum_queues_header(count: int | None, over: bool) -> None:
+def test_a_stage_counts_redeliveries_from_the_quorum_queues_header(
+    count: int | None, over: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a quorum queue the broker's ``x-delivery-count`` is the count (no Redis round trip); without it
     the Redis count applies (here unreachable: not over)."""
     from tasks.execution import execute_order
 
+    monkeypatch.setattr(execute_order.app, "topology", QUORUM)
     headers = {} if count is None else {"x-delivery-count": count}
     execute_order.push_request(id="m-1", retries=0, delivery_info={"redelivered": True}, headers=headers)
     try:
         assert execute_order.over_redelivery_limit() is over
     finally:
         execute_order.pop_request()
+
+
+def test_on_a_classic_queue_the_delivery_count_header_is_the_publishers_and_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing but the publisher sets ``x-delivery-count`` on a classic queue: a huge one does not dead-letter
+    (and a 0 could not turn the Redis count off); the Redis count is used (here unreachable: not over)."""
+    from tasks.execution import execute_order
+    from tradebus import redeliveries
+
+    monkeypatch.setattr(execute_order.app, "topology", CLASSIC)
+    counted: list[bool] = []
+    real = redeliveries.over_limit
+    monkeypatch.setattr(redeliveries, "over_limit", lambda *a, **k: counted.append(a[-1]) or real(*a, **k))
+    execute_order.push_request(
+        id="m-1", retries=0, delivery_info={"redelivered": True}, headers={"x-delivery-count": 99}
+    )
+    try:
+        assert execute_order.over_redelivery_limit() is False
+    finally:
+        execute_order.pop_request()
+    assert counted == [False]
+    assert redeliveries.over_limit("q", "m-1:0", True, {"x-delivery-count": 99}, quorum=True)
+
+
+def test_moving_messages_leaves_the_source_queues_delivery_count_behind() -> None:
+    from tradebus.ops.migrate import _without_delivery_count
+
+    properties = {"message_id": "m", "application_headers": {"x-delivery-count": 3, "task": "t"}}
+    assert _without_delivery_count(properties) == {"message_id": "m", "application_headers": {"task": "t"}}
+    assert properties["application_headers"] == {"x-delivery-count": 3, "task": "t"}  # not changed in place
+    assert _without_delivery_count({"message_id": "m"}) == {"message_id": "m"}
 
 
 def test_the_committed_quorum_definitions_are_what_the_export_produces(

@@ -120,3 +120,30 @@ def test_the_state_store_client_asks_the_sentinels_for_the_master() -> None:
         for c in pool.sentinel_manager.sentinels
     ]
     assert sentinels == list(settings.redis.sentinels)
+
+
+def test_letrades_asyncio_client_finds_the_master_through_the_sentinels_too() -> None:
+    """``MessageBus.redis`` (subscriptions' record of handled ids) follows a failover like the state store;
+    without sentinels it is the URL's Redis (no connection is made here)."""
+    from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+
+    from tradebus.letrade import MessageBus
+
+    settings = Settings.from_env(
+        {**SENTINELS, "TRADEBUS_REDIS_URL": "redis://app:pw@ignored/2", "TRADEBUS_REDIS_MASTER": "orders"}
+    )
+    pool = MessageBus(settings=settings).redis.connection_pool
+    assert isinstance(pool, AsyncSentinelPool) and pool.service_name == "orders"
+    kwargs = pool.connection_kwargs
+    assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (2, "app", "pw")
+    assert kwargs["socket_timeout"] == 5.0 and kwargs["socket_connect_timeout"] == 2.0
+    sentinels = [
+        (c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
+        for c in pool.sentinel_manager.sentinels
+    ]
+    assert sentinels == list(settings.redis.sentinels)
+    # Positive control: without sentinels, the URL's host.
+    plain = MessageBus(settings=Settings.from_env({"TRADEBUS_REDIS_URL": "redis://cache:6390/1"})).redis
+    assert not isinstance(plain.connection_pool, AsyncSentinelPool)
+    plain_kwargs = plain.connection_pool.connection_kwargs
+    assert (plain_kwargs["host"], plain_kwargs["port"], plain_kwargs["db"]) == ("cache", 6390, 1)

@@ -47,6 +47,7 @@ from tradebus.letrade.payloads import MarketData, Payload
 from tradebus.letrade.stage import wire
 from tradebus.letrade.subscriber import Handler, Subscription
 from tradebus.publisher import outgoing
+from tradebus.replication import async_client
 from tradebus.retries import SEED_POLICY, RetryPolicy
 from tradebus.settings import Settings
 
@@ -128,9 +129,10 @@ class MessageBus:
         a delivery's repeat check is awaited on the loop, not run in a thread (a thread's wake-up cost a
         subscriber milliseconds per delivery on a busy machine)."""
         if self._redis is None:
-            self._redis = AsyncRedis.from_url(
+            self._redis = async_client(  # through the sentinels when TRADEBUS_REDIS_SENTINELS names them
                 self.settings.redis_url,
-                socket_connect_timeout=store.CONNECT_TIMEOUT,
+                self.settings.redis,
+                connect_timeout=store.CONNECT_TIMEOUT,
                 socket_timeout=store.SOCKET_TIMEOUT,
             )
         return self._redis

@@ -27,6 +27,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from tradebus import state, store
+from tradebus.mastertrade.errors import StaleMessage
 from tradebus.mastertrade.messages import BusMessage, OrderRequest, OrderUpdate, TradingSignal
 from tradebus.mastertrade.trading.execution import Execution, book, execute, order_updates
 from tradebus.mastertrade.trading.risk import Decision, Holding, Limits, Portfolio, Reservation
@@ -167,7 +168,8 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
     Returns ``{"decision": Decision as a dict, "order": OrderRequest JSON or None, "breach_new": bool,
     "breaker_reset": bool, "again": bool}``: ``breach_new`` when a breach starts (not at every refusal
     while it lasts), ``breaker_reset`` when this decision found the breaker's cooldown over, ``again`` when
-    the decision was taken at an earlier delivery of the same signal.
+    the decision was taken at an earlier delivery of the same signal. A signal older than
+    SIGNAL_MAX_AGE_SECONDS raises StaleMessage unless it was decided already (:func:`_refuse_if_stale`).
     """
     now = time.time() if now is None else now
     key = store.key("decisions", signal_key(signal))
@@ -179,6 +181,9 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
             pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
             return record | {"again": True}
+        _refuse_if_stale(
+            f"signal of {signal.timestamp.isoformat()}", signal.timestamp, SIGNAL_MAX_AGE_SECONDS, now
+        )
         current, closed = _portfolio(portfolio_values, limits, now)
         decision = risk_decide(signal, current, limits, now)
         order = _order_for(signal, decision) if decision.approved else None
@@ -237,12 +242,27 @@ def order_id_for(request_id: str) -> str:
     return f"order-{uuid.uuid5(_ORDER_NAMESPACE, request_id).hex[:20]}"
 
 
-def fill(order: OrderRequest) -> dict[str, Any]:
+def _refuse_if_stale(what: str, timestamp: datetime, max_age: int, now: float) -> None:
+    """Raise StaleMessage when ``what`` (stamped ``timestamp``) is over ``max_age`` seconds old at ``now``.
+
+    Checked only where no record of the message is stored yet: staleness refuses a NEW fill or decision,
+    never the replay of one already booked (a WAIT that came up short, NotReplicated, retries and
+    dead-letters a message whose fill is on the master; replayed after the window, it must still publish
+    what that fill produced rather than leave a position booked and never announced).
+    """
+    age = now - timestamp.timestamp()
+    if age > max_age:
+        raise StaleMessage(f"{what} is {age:.0f}s old; only those up to {max_age}s old are acted on")
+
+
+def fill(order: OrderRequest, now: float | None = None) -> dict[str, Any]:
     """Execute ``order`` once against the last price and book it.
 
     Returns ``{"status": ..., "updates": [OrderUpdate JSON], "published": bool, "again": bool}``; ``again``
-    is true when an earlier delivery of the same ``request_id`` already executed it.
+    is true when an earlier delivery of the same ``request_id`` already executed it. An order older than
+    ORDER_MAX_AGE_SECONDS raises StaleMessage unless it was executed already (:func:`_refuse_if_stale`).
     """
+    now = time.time() if now is None else now
     key = store.key("fills", order.request_id)
     order_id = order_id_for(order.request_id)
     exchange_order_id = str(int(hashlib.sha256(order_id.encode()).hexdigest()[:12], 16))
@@ -253,6 +273,7 @@ def fill(order: OrderRequest) -> dict[str, Any]:
             pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
             return record | {"again": True}
+        _refuse_if_stale(f"order {order.request_id}", order.timestamp, ORDER_MAX_AGE_SECONDS, now)
         holding = Holding(**json.loads(raw_holding)) if raw_holding else None
         execution = execute(order, float(price) if price else None, holding.quantity if holding else 0.0)
         updates = order_updates(order, execution, order_id, exchange_order_id, datetime.now(UTC))

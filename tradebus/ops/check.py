@@ -17,6 +17,7 @@ from tradebus.management import Management
 from tradebus.ops.exits import ExitCode
 from tradebus.ops.ring import RING_HINT, ring_differences, ring_state
 from tradebus.topology import (
+    Declared,
     Difference,
     conflict_hints,
     diff,
@@ -68,6 +69,20 @@ def print_differences(title: str, differences: list[Difference], hints: list[str
     click.echo(table(["object", "argument", "live", "wanted"], differences), err=True)
     for hint in hints:
         click.echo(hint, err=True)
+
+
+def report_declared(declared: Declared) -> None:
+    """What ``topology declare`` did: warnings, the queues skipped (exit QUEUES_SKIPPED), or success."""
+    for exchange, key, queue in declared.extra:
+        click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
+    if declared.skipped:
+        click.echo(
+            f"not declared, their node is down: {', '.join(declared.skipped)}; declared everything else: "
+            "run it again once the node is back (docs/scaling.md)",
+            err=True,
+        )
+        sys.exit(ExitCode.QUEUES_SKIPPED)
+    click.echo("topology declared")
 
 
 @click.command("check")

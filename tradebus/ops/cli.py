@@ -22,7 +22,7 @@ from tradebus.errors import (
     TopologyConflict,
     UnknownPool,
 )
-from tradebus.ops.check import check_command, print_differences
+from tradebus.ops.check import check_command, print_differences, report_declared
 from tradebus.ops.exits import ExitCode, TradebusGroup
 from tradebus.settings import Settings
 
@@ -87,7 +87,7 @@ def topology_declare() -> None:
     app = _app()
     try:
         with _connection() as conn:
-            extra = check_and_declare(app.topology, conn, Management(app.settings.management))
+            declared = check_and_declare(app.topology, conn, Management(app.settings.management))
     except TopologyConflict as exc:
         title = "The broker holds objects that differ from the topology; nothing was changed:"
         print_differences(title, exc.differences, conflict_hints(exc.differences))
@@ -98,9 +98,7 @@ def topology_declare() -> None:
     except ManagementAPIError as exc:
         click.echo(f"management API: {exc}", err=True)
         sys.exit(ExitCode.MANAGEMENT_API_ERROR)
-    for exchange, key, queue in extra:
-        click.echo(f"warning: binding {exchange} {key!r} -> {queue} is not part of the topology", err=True)
-    click.echo("topology declared")
+    report_declared(declared)
 
 
 @topology.command("migrate")

@@ -23,6 +23,9 @@ class ExitCode(IntEnum):
     UNHEALTHY = 6
     #: TRADEBUS_REQUIRE_TLS=1 and a setting (or --broker) names a connection without TLS; nothing connected.
     INSECURE = 7
+    #: ``topology declare`` declared all it could, but not the queues whose node is down (a cluster): run it
+    #: again once the node is back.
+    QUEUES_SKIPPED = 8
 
 
 class TradebusGroup(click.Group):

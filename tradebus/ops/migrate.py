@@ -33,6 +33,7 @@ from tradebus.application import TradebusCelery
 from tradebus.errors import BrokerUnreachable, ManagementAPIError, MigrationBlocked
 from tradebus.management import Management
 from tradebus.ops.exits import ExitCode
+from tradebus.redeliveries import DELIVERY_COUNT
 from tradebus.topology import apply_policies, declare
 
 TEMPORARY_SUFFIX = ".migrating"
@@ -63,18 +64,31 @@ def plan(topology: Topology, live_queues: list[dict[str, object]]) -> list[tuple
 
 def move_messages(connection: Connection, source: str, target: str) -> int:
     """Move every message of ``source`` to ``target``: each copy is confirmed before its original is
-    acknowledged. Returns how many moved."""
+    acknowledged. Returns how many moved.
+
+    A copy leaves ``source``'s delivery count (``x-delivery-count``, a quorum queue's) behind: it counts
+    deliveries from ``source``, and on a classic ``target`` it would pose as a count the broker keeps.
+    """
     channel = connection.channel()
     moved = 0
     try:
         while (message := channel.basic_get(source, no_ack=False)) is not None:
-            copy = Message(message.body, **message.properties)
+            copy = Message(message.body, **_without_delivery_count(message.properties))
             channel.basic_publish_confirm(copy, exchange="", routing_key=target)
             channel.basic_ack(message.delivery_tag)
             moved += 1
     finally:
         channel.close()
     return moved
+
+
+def _without_delivery_count(properties: dict[str, Any]) -> dict[str, Any]:
+    """``properties`` with ``x-delivery-count`` left out of their headers."""
+    headers = properties.get("application_headers")
+    if not headers or DELIVERY_COUNT not in headers:
+        return properties
+    kept = {name: value for name, value in headers.items() if name != DELIVERY_COUNT}
+    return {**properties, "application_headers": kept}
 
 
 def _delete_drained(channel: Any, name: str) -> None:
