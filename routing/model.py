@@ -154,6 +154,12 @@ class PoolProfile:
         return self.batch_size > 1
 
     @property
+    def batches_every_key(self) -> bool:
+        """Whether every message of the pool's queue is consumed in batches (no unbatched keys: a queue
+        whose ``batch_keys`` leave some keys out also serves messages one by one, a request say)."""
+        return self.batched and not self.batch_keys
+
+    @property
     def name(self) -> str:
         """The pool's name, which is its queue's name."""
         return self.queue
