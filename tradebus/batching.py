@@ -10,16 +10,19 @@ stage one Celery task, ``tradebus.batch``, carrying every buffered delivery:
   tick waits for nothing; a stream of them is gathered a few milliseconds at a time, which is what frees
   the CPU: the cost of a Celery task is paid once per batch), shared among the free processes when the
   pool has several (a burst keeps all of them busy);
-* at once when ``batch_size`` deliveries are waiting (never more than the prefetch window lets RabbitMQ
-  hand out: a batch is at most ``concurrency x prefetch_multiplier`` deliveries);
+* at once when ``batch_size`` deliveries are waiting (at most half the prefetch window, so the next batch
+  gathers while one runs: tradebus/consumer.py ``batch_limit``);
 * at the latest ``batch_ms`` after the oldest of them arrived, whatever the pool is doing.
 
 The pool process validates and runs each delivery on its own (``run_batch``): an invalid one is
 dead-lettered alone with its reason, a transient failure retried alone, and the rest of the batch runs.
-Every delivery of a batch is acknowledged when the batch task returns (:class:`BatchMessage`), and
-rejected back to its queue when the pool process dies running it, so the whole batch is redelivered (the
-batch task has ``reject_on_worker_lost``; the market-data stages are idempotent: the latest price per
-symbol, candles by their open time). Why not celery-batches: docs/performance.md.
+Each runs as Celery's current task (``delivery_id()`` is its own id, not the batch's). Every delivery of
+a batch is acknowledged when the batch task returns (:class:`BatchMessage`), but one the stage could not
+even dead-letter, requeued alone (:class:`BatchRequest`); all are rejected back to their queue when the
+pool process dies running it, so the whole batch is redelivered (the batch task has
+``reject_on_worker_lost``; the market-data stages are idempotent: the latest price per symbol, candles by
+their open time), and a redelivery is never batched again (tradebus/consumer.py). Why not celery-batches:
+docs/performance.md.
 """
 
 from __future__ import annotations
