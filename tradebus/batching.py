@@ -253,9 +253,9 @@ def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
     own = runner.__dict__.get("handler")  # the stage's handler is a class attribute unless patched
     if runner.batch_handler is not None:  # valid messages are collected, then handled at once
 
-        def collect(message: Any) -> None:
+        def collect(message: Any) -> object:
             collected.append((position[0], message, runner.publisher_id()))
-            raise Collected  # not handled yet: nothing noted as handled
+            return handling.COLLECTED  # not handled yet: nothing noted as handled
 
         runner.handler = collect
     failed: list[int] = []
@@ -274,10 +274,6 @@ def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
     if failed:
         raise DeliveriesFailed(sorted(failed))
     return len(items)
-
-
-class Collected(Ignore):  # type: ignore[misc]
-    """A valid delivery of a batch kept for the stage's ``batch_handler``."""
 
 
 def _handle_collected(
@@ -344,7 +340,7 @@ def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
     with _delivery(runner, entry):
         try:
             runner.run_stage(entry["body"])
-        except (Retry, Ignore):  # a retry already sent, a repeat dropped, kept for the batch: acknowledged
+        except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
             return None
         except Exception as exc:  # the rest of the batch runs first
             logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])

@@ -20,14 +20,18 @@ from tradebus.retries import is_transient
 logger = get_task_logger(__name__)
 #: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
 CELERY_CONTROL = (Retry, Reject, Ignore)
+#: What a batch's collecting handler returns (tradebus/batching.py): kept for the stage's batch handler,
+#: not handled yet, so not noted as handled.
+COLLECTED = object()
 
 
 def handle(task: Any, payload: Any, message: Any) -> tuple[bool, Any]:
-    """Run ``task``'s handler on ``message``: (True, its result), or (False, None) once a failure ended in
-    a retry or the DLQ with its reason."""
+    """Run ``task``'s handler on ``message``: (True, its result) once handled, (False, None) once a failure
+    ended in a retry or the DLQ with its reason, (False, COLLECTED) when a batch kept it for later."""
     try:
         with tracing.processing(task):  # a span only when tracing is on and the message is in a trace
-            return True, task.handler(message)
+            result = task.handler(message)
+        return result is not COLLECTED, result
     except CELERY_CONTROL:
         raise
     except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
