@@ -142,11 +142,12 @@ def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered_each_d
         return recorder.metrics().get(f"batched:{QUEUE}", 0)
 
     # The poison's batch-mates ran again: the whole batch came back, not the poison alone.
-    assert wait_until(lambda: len(redelivered()) > 1), recorder.received(QUEUE)
-    assert {e["routing_key"] for e in redelivered()} >= {f"ticker.{poison}"}
+    assert wait_until(
+        lambda: len(redelivered()) > 1 and f"ticker.{poison}" in {e["routing_key"] for e in redelivered()}
+    ), recorder.received(QUEUE)
     # Every tick ran once in a batch that completed (the killed batch is not counted: it came back) or, come
     # back, alone: a redelivery is never batched, so a poison cannot take batch-mates to the DLQ with it.
-    assert wait_until(lambda: settled(declared_vhost) and batched() + len(redelivered()) == 31), (
+    assert wait_until(lambda: batched() + len(redelivered()) == 31), (
         recorder.metrics(),
         recorder.received(QUEUE),
     )
