@@ -18,6 +18,7 @@ import pytest
 from kombu import Connection, Producer
 
 from tests.support.bus import Vhost
+from tests.support.dead_letter_fails_once import BAD_MARKER, BAD_SYMBOL
 from tests.support.die_mid_batch import DIE_MARKER, DIE_SYMBOL
 from tests.support.wait import dead_letters, new_symbol, wait_until
 from tradebus import recorder, store
@@ -152,5 +153,28 @@ def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered_each_d
         recorder.received(QUEUE),
     )
     # Nothing lost (a record the killed process had not written yet may be), none dead-lettered.
+    with declared_vhost.connection() as conn:
+        assert conn.default_channel.queue_declare(f"dlq.{QUEUE}", passive=True)[1] == 0
+
+
+def test_a_delivery_that_cannot_be_dead_lettered_comes_back_alone_its_batch_mates_acknowledged(
+    declared_vhost: Vhost, worker: Any, tmp_path: Path
+) -> None:
+    symbol, bad = new_symbol(), new_symbol()
+    fill(declared_vhost, symbol, [Ticker(symbol=symbol, price=1.0 + i).model_dump_json() for i in range(10)])
+    fill(declared_vhost, bad, [Ticker(symbol=bad, price=1.0).model_dump_json()])
+    marker = tmp_path / "refused"
+    running = worker("tests.support.dead_letter_fails_once", **{BAD_SYMBOL: bad, BAD_MARKER: str(marker)})
+
+    # The refused dead letter failed its batch; the delivery came back and was dead-lettered with its reason.
+    letters = dead_letters(declared_vhost, QUEUE, 1, timeout=60)
+    assert marker.exists(), running.log.read_text()[-3000:]
+    assert [h.get(REASON) for _, h in letters] == [Reason.SCHEMA_VIOLATION], letters
+    assert bad in letters[0][0]
+    # Its batch-mates were acknowledged once, not rejected with it to the DLQ without a reason.
+    assert wait_until(lambda: recorder.counts().get(QUEUE, 0) >= 11), running.log.read_text()[-3000:]
+    assert store.client().hget(store.key("monitor", "prices"), symbol) == b"10.0"
+    redelivered = [e["routing_key"] for e in recorder.received(QUEUE) if e["redelivered"]]
+    assert redelivered == [f"ticker.{bad}"], recorder.received(QUEUE)
     with declared_vhost.connection() as conn:
         assert conn.default_channel.queue_declare(f"dlq.{QUEUE}", passive=True)[1] == 0
