@@ -175,7 +175,7 @@ POOLS: dict[str, PoolProfile] = {
         PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1),
         PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1),
         # The market-data service takes candles in batches (the seed recommends batching; its requests go
-        # one by one): at most its prefetch window of 10 at once.
+        # one by one): at most half its prefetch window of 10 at once.
         PoolProfile(
             "letrade.market_data",
             concurrency=1,

@@ -136,7 +136,7 @@ class PoolProfile:
     """A pool of worker processes consuming one worker queue.
 
     ``batch_size`` > 1 makes the pool consume in batches (tradebus/batching.py): its worker hands a pool
-    process up to ``batch_size`` deliveries at once (never more than its prefetch window holds), as soon as
+    process up to ``batch_size`` deliveries at once (at most half its prefetch window), as soon as
     a process is free, and at the latest ``batch_ms`` after the first of them arrived. ``batch_keys``
     limits batching to those routing keys on a queue shared with other messages (empty: every key).
     """
@@ -152,6 +152,12 @@ class PoolProfile:
     def batched(self) -> bool:
         """Whether the pool's worker consumes in batches."""
         return self.batch_size > 1
+
+    @property
+    def batches_every_key(self) -> bool:
+        """Whether every message of the pool's queue is consumed in batches (no unbatched keys: a queue
+        whose ``batch_keys`` leave some keys out also serves messages one by one, a request say)."""
+        return self.batched and not self.batch_keys
 
     @property
     def name(self) -> str:

@@ -10,16 +10,19 @@ stage one Celery task, ``tradebus.batch``, carrying every buffered delivery:
   tick waits for nothing; a stream of them is gathered a few milliseconds at a time, which is what frees
   the CPU: the cost of a Celery task is paid once per batch), shared among the free processes when the
   pool has several (a burst keeps all of them busy);
-* at once when ``batch_size`` deliveries are waiting (never more than the prefetch window lets RabbitMQ
-  hand out: a batch is at most ``concurrency x prefetch_multiplier`` deliveries);
+* at once when ``batch_size`` deliveries are waiting (at most half the prefetch window, so the next batch
+  gathers while one runs: tradebus/consumer.py ``batch_limit``);
 * at the latest ``batch_ms`` after the oldest of them arrived, whatever the pool is doing.
 
 The pool process validates and runs each delivery on its own (``run_batch``): an invalid one is
 dead-lettered alone with its reason, a transient failure retried alone, and the rest of the batch runs.
-Every delivery of a batch is acknowledged when the batch task returns (:class:`BatchMessage`), and
-rejected back to its queue when the pool process dies running it, so the whole batch is redelivered (the
-batch task has ``reject_on_worker_lost``; the market-data stages are idempotent: the latest price per
-symbol, candles by their open time). Why not celery-batches: docs/performance.md.
+Each runs as Celery's current task (``delivery_id()`` is its own id, not the batch's). Every delivery of
+a batch is acknowledged when the batch task returns (:class:`BatchMessage`), but one the stage could not
+even dead-letter, requeued alone (:class:`BatchRequest`); all are rejected back to their queue when the
+pool process dies running it, so the whole batch is redelivered (the batch task has
+``reject_on_worker_lost``; the market-data stages are idempotent: the latest price per symbol, candles by
+their open time), and a redelivery is never batched again (tradebus/consumer.py). Why not celery-batches:
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,14 +30,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
+from celery._state import pop_current_task, push_current_task
 from celery.exceptions import Ignore, Retry
 from celery.utils.log import get_task_logger
+from celery.worker.request import Request
 from kombu.message import Message
 
-from tradebus import metrics, store
+from tradebus import handling, metrics, store
+from tradebus.errors import DeliveriesFailed
 
 logger = get_task_logger(__name__)
 #: The Celery task that runs one batch of a stage's deliveries in a pool process.
@@ -127,6 +135,33 @@ class BatchMessage(Message):  # type: ignore[misc]
         """Every delivery of the batch back to its queue."""
         self.reject(requeue=True)
 
+    def settle(self, failed: list[int]) -> None:
+        """Acknowledge the batch's deliveries but those at positions ``failed``: back to their queue."""
+        if self.acknowledged:
+            return
+        self._state = "ACK"
+        try:
+            for position, delivery in enumerate(self.deliveries):
+                if position in failed:
+                    delivery.reject(requeue=True)
+                else:
+                    delivery.ack()
+        finally:
+            self._done()
+
+
+class BatchRequest(Request):  # type: ignore[misc]
+    """Celery's request of a ``tradebus.batch`` task: a batch failed by some of its deliveries
+    (DeliveriesFailed) acknowledges the others and requeues only those; any other failure is Celery's."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = exc_info.exception
+        exc = exc.exc if isinstance(exc, ExceptionWithTraceback) else exc
+        if isinstance(exc, DeliveriesFailed) and isinstance(self.message, BatchMessage):
+            self.message.settle(exc.positions)
+            self.acknowledged = True  # Celery's own acknowledgement or rejection of it does nothing more
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
 
 class Batcher:
     """The deliveries of one stage waiting for a pool process, and when they go (see the module's doc)."""
@@ -206,41 +241,62 @@ def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
     """The ``tradebus.batch`` task, in a pool process: ``stage`` runs each delivery as if it came alone.
 
     Each gets its own request (id, headers, route, properties), its own validation, dead letter or retry.
-    A stage with a ``batch_handler`` (the latest price per symbol) then handles the valid ones at once; if
-    that fails, each runs alone through the stage's own handler. Returns how many ran. A delivery the stage
-    could not even dead-letter fails the batch once every other delivery has run: the batch is rejected,
-    and the queue's dead-letter exchange keeps its deliveries.
+    A stage with a ``batch_handler`` (the latest price per symbol) then handles the valid ones at once, and
+    only then are they noted as handled (tradebus/seen.py); if it fails, each runs alone through the stage's
+    own handler (validated and recorded once, in the first pass). Returns how many ran. Deliveries the stage
+    could not even dead-letter fail the batch once every other delivery has run (DeliveriesFailed): only they
+    are rejected back to their queue (:class:`BatchRequest`), the others are acknowledged.
     """
     runner = task.app.tasks[stage]
-    collected: list[tuple[int, Any]] = []
+    collected: list[tuple[int, Any, str | None]] = []
     position = [0]
     own = runner.__dict__.get("handler")  # the stage's handler is a class attribute unless patched
     if runner.batch_handler is not None:  # valid messages are collected, then handled at once
-        runner.handler = lambda message: collected.append((position[0], message))
-    failure: BaseException | None = None
+
+        def collect(message: Any) -> object:
+            collected.append((position[0], message, runner.publisher_id()))
+            return handling.COLLECTED  # not handled yet: nothing noted as handled
+
+        runner.handler = collect
+    failed: list[int] = []
     try:
         for index, entry in enumerate(items):
             position[0] = index
-            failure = _run_one(runner, entry) or failure
+            if _run_one(runner, entry) is not None:
+                failed.append(index)
     finally:
         runner.__dict__.pop("handler", None)
         if own is not None:
             runner.handler = own
     if collected:
-        try:
-            runner.batch_handler([message for _, message in collected])
-        except Exception as exc:  # noqa: BLE001 - each message then runs alone, to retry or dead-letter alone
-            logger.warning("%s: a batch's handler failed (%s); running its messages one by one", stage, exc)
-            for index, _ in collected:
-                failure = _run_one(runner, items[index]) or failure
+        _handle_collected(runner, items, collected, failed)
     _count(runner.queue_name, len(items))
-    if failure is not None:
-        raise failure
+    if failed:
+        raise DeliveriesFailed(sorted(failed))
     return len(items)
 
 
-def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
-    """Run one delivery of a batch under its own request; the exception it failed the stage with, if any."""
+def _handle_collected(
+    runner: Any, items: list[dict[str, Any]], collected: list[tuple[int, Any, str | None]], failed: list[int]
+) -> None:
+    """The stage's batch handler on the collected messages; if it fails, its own handler on each."""
+    try:
+        runner.batch_handler([message for _, message, _ in collected])
+    except Exception as exc:  # noqa: BLE001 - each message then runs alone, to retry or dead-letter alone
+        logger.warning("%s: a batch's handler failed (%s); running its messages one by one", runner.name, exc)
+        for index, message, message_id in collected:
+            if _handle_alone(runner, items[index], message, message_id) is not None:
+                failed.append(index)
+        return
+    for index, _, message_id in collected:
+        with _delivery(runner, items[index]):
+            handling.note(runner, message_id)
+
+
+@contextmanager
+def _delivery(runner: Any, entry: dict[str, Any]) -> Iterator[None]:
+    """``runner`` running ``entry`` under its own request, as Celery's current task (what
+    ``tradebus.stage.delivery_id`` and every ``current_task`` reader see, not the batch task)."""
     properties = entry["properties"]
     runner.push_request(
         id=entry["id"],
@@ -256,16 +312,44 @@ def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
         called_directly=False,
         is_eager=False,
     )
+    push_current_task(runner)
     try:
-        with metrics.batched_delivery(runner, entry):  # no Celery signals here: counted as a task would be
-            runner.run_stage(entry["body"])
-    except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
-        return None
-    except Exception as exc:  # the rest of the batch runs first
-        logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
-        return exc
+        yield
     finally:
+        pop_current_task()
         runner.pop_request()
+
+
+def _handle_alone(runner: Any, entry: dict[str, Any], message: Any, message_id: str | None) -> Any:
+    """The stage's own handler on one collected message (validated and recorded already); the exception
+    it failed with, if any."""
+    with _delivery(runner, entry):
+        try:
+            # Counted once, as it ran alone (metrics held it while its batch's handler had it).
+            with metrics.batched_delivery(runner, entry):
+                if handling.handle(runner, entry["body"], message)[0]:
+                    handling.note(runner, message_id)
+        except (Retry, Ignore):  # a retry already sent: acknowledged with the batch
+            return None
+        except Exception as exc:  # a dead letter not confirmed: back to its queue alone
+            logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
+            return exc
+    return None
+
+
+def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
+    """Run one delivery of a batch under its own request; the exception it failed the stage with, if any."""
+    with _delivery(runner, entry):
+        try:
+            with metrics.batched_delivery(
+                runner, entry
+            ):  # no Celery signals here: counted as a task would be
+                runner.run_stage(entry["body"])
+        except (Retry, Ignore):  # a retry already sent, a repeat dropped: acknowledged with the batch
+            return None
+        except Exception as exc:  # the rest of the batch runs first
+            logger.exception("%s: delivery %s of a batch failed", runner.queue_name, entry["id"])
+            return exc
     return None
 
 

@@ -134,6 +134,11 @@ def original_routing_key(message: Message, retry_exchange: str) -> str:
     return str(delivery.get("routing_key") or "")
 
 
+def batch_limit(batch_size: int, window: int) -> int:
+    """How many deliveries a batch takes at most: ``batch_size``, but at most half the prefetch ``window``."""
+    return max(1, min(batch_size, window // 2))
+
+
 def stage_for_key(candidates: list[tuple[tuple[str, ...], str]], routing_key: str) -> str:
     """The stage of a queue that takes ``routing_key``: the first whose patterns match it.
 
@@ -186,9 +191,12 @@ class StageConsumer(Consumer):  # type: ignore[misc]
             if profile.batch_keys and not any(topic_matches(p, routing_key) for p in profile.batch_keys):
                 return None
             if stage not in batchers:
-                # A batch is at most what the prefetch window lets RabbitMQ hand out (a window of one: none).
-                window = self.qos.value if self.qos is not None and self.qos.value else profile.batch_size
-                limit = min(profile.batch_size, window)
+                # At most half the pool's prefetch window (docs/performance.md): the next batch gathers
+                # while one runs, and a shared queue's unbatched keys keep slots (a window of 2: none).
+                window = profile.prefetch_count
+                if self.qos is not None and self.qos.value:  # an explicit -c or prefetch may shrink it
+                    window = min(window, self.qos.value)
+                limit = batch_limit(profile.batch_size, window)
                 processes = int(getattr(self.pool, "num_processes", None) or 1)
                 batchers[stage] = (
                     Batcher(stage, limit, profile.batch_ms / 1000, processes, self.hub, handle)
@@ -214,7 +222,10 @@ class StageConsumer(Consumer):  # type: ignore[misc]
                 routing_key = original_routing_key(message, retry_exchange)
                 stage = stage_for_key(candidates, routing_key)
                 gather = batcher(queue, stage, routing_key)
-                if gather is not None and (plain := raw_delivery(message)) is not None:
+                # A redelivery runs alone: if it is the poison that killed its batch's process, it must not
+                # take healthy batch-mates with it towards MAX_REDELIVERIES and the DLQ.
+                redelivered = bool(message.delivery_info.get("redelivered"))
+                if gather is not None and not redelivered and (plain := raw_delivery(message)) is not None:
                     gather.add(message, batching.item(message, *plain))
                     return None
                 message = to_task_message(message, stage)

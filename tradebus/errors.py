@@ -222,3 +222,11 @@ class MetricsUnavailable(TradebusError):
 
 class MigrationBlocked(TradebusError):
     """A queue cannot change type now: something still consumes it (stop its workers first)."""
+
+
+class DeliveriesFailed(TradebusError):
+    """Deliveries of a batch (their positions) failed even to dead-letter: only they go back to the queue."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(positions)
+        self.positions = positions

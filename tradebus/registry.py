@@ -15,7 +15,7 @@ from celery._state import _get_active_apps, connect_on_app_finalize
 from celery.local import Proxy
 
 from tradebus.application import current
-from tradebus.batching import BATCH_TASK, run_batch
+from tradebus.batching import BATCH_TASK, BatchRequest, run_batch
 from tradebus.stage import StageTask
 
 R = TypeVar("R")
@@ -45,7 +45,13 @@ def _batch_task(app: Celery) -> None:
     whole when the process running it dies."""
     if getattr(app, "topology", None) is not None and BATCH_TASK not in app.tasks:
         app._task_from_fun(
-            run_batch, name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False
+            run_batch,
+            name=BATCH_TASK,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            typing=False,
+            Request=BatchRequest,
         )
 
 

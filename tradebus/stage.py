@@ -29,14 +29,14 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from celery import Task, current_task
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
 from pydantic import BaseModel
 
 from routing import topic_matches
-from tradebus import metrics, recorder, redeliveries, seen, sharding, signing, tracing
+from tradebus import handling, metrics, recorder, redeliveries, seen, sharding, signing
 from tradebus.application import running
 from tradebus.deadletter import dead_letter
 from tradebus.errors import (
@@ -50,15 +50,13 @@ from tradebus.errors import (
 from tradebus.headers import CONTENT_TYPE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, PUBLISHED_AT
 from tradebus.publisher import PERSISTENT
 from tradebus.redeliveries import DELIVERY_COUNT, MAX_REDELIVERIES
-from tradebus.retries import SEED_POLICY, RetryPolicy, is_transient
+from tradebus.retries import SEED_POLICY, RetryPolicy
 
 logger = get_task_logger(__name__)
 R = TypeVar("R")
 #: Headers the broker sets on a delivery (dead-lettering, a quorum queue's count): a retry is a new
 #: message and starts without them.
 _BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT)
-#: Celery's own control-flow exceptions: they must reach Celery, not the dead-letter queue.
-_CELERY_CONTROL = (Retry, Reject, Ignore)
 
 
 class StageTask(Task):  # type: ignore[misc]
@@ -296,27 +294,9 @@ class StageTask(Task):  # type: ignore[misc]
             )
             return None
         _record(self, message)
-        try:
-            with tracing.processing(self):  # a span only when tracing is on and the message is in a trace
-                result = self.handler(message)
-        except _CELERY_CONTROL:
-            raise
-        except InvalidMessage as exc:  # the stage found the message breaks a rule a retry cannot fix
-            self.dead_letter(payload, exc.reason, str(exc))
-            return None
-        except Exception as exc:  # every failure ends in a retry or the DLQ with its reason
-            if is_transient(exc):
-                self.retry_or_give_up(payload, exc)
-                return None
-            logger.exception("%s: stage %s failed on %s", self.queue_name, self.name, self.request.id)
-            self.dead_letter(payload, Reason.STAGE_ERROR, f"{type(exc).__name__}: {exc}")
-            return None
-        # A retry is not checked (it is the same delivery going on) but is noted once it succeeds, under the
-        # id Celery keeps across retries (the original's), so a copy published after it is still a repeat.
-        retried = str(self.request.id) if self.request.retries and self.request.id else None
-        handled_id = message_id or retried
-        if handled_id is not None:
-            seen.note(self.queue_name, handled_id)
+        done, result = handling.handle(self, payload, message)
+        if done:
+            handling.note(self, message_id)
         return result
 
 

@@ -5,9 +5,10 @@ multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matchin
 built from Python) still wins, except that a worker consuming a shard queue refuses more than one process
 (ShardConcurrency: a symbol's ticks are processed in order).
 
-A worker of batched market-data pools only (with a prefetch window above 1, so it batches) runs at a lower
-CPU priority (``nice`` 5), so signals, orders
-and fills run first when the machine is short of CPU.
+A worker of batched market-data pools only (every key of each queue batched, and a prefetch window of at
+least 4, so it batches) runs at a lower CPU priority (``nice`` 5), so signals, orders and fills run first
+when the machine is short of CPU. ``letrade.market_data`` is not niced: its ``market_data_request`` key is
+not batched, and a caller waits for each answer.
 
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
@@ -29,7 +30,7 @@ from celery.apps.worker import Worker
 from click.core import ParameterSource
 
 from workers import exporter
-from workers.profiles import check_shard_concurrency, combined, shares_a_critical_queue
+from workers.profiles import check_shard_concurrency, combined, shares_a_critical_queue, yields_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,8 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
         # No -Q: Celery consumes every queue, the shards too; no -c: one process per CPU.
         consumed = names or [q.name for q in self.app.topology.worker_queues]
         check_shard_concurrency(self.app.topology, consumed, int(concurrency or os.cpu_count() or 1))
-        pools = self.app.topology.pools
         window = int(concurrency or 1) * int(prefetch_multiplier or 1)
-        if names and window > 1 and all(n in pools and pools[n].batched for n in names):
+        if yields_cpu(self.app.topology, names, window):
             # Batched market data yields the CPU to the order path when the machine is short of it; the
             # pool processes inherit the niceness (docs/performance.md).
             os.nice(MARKET_DATA_NICENESS)

@@ -51,3 +51,13 @@ def check_shard_concurrency(topology: Topology, queues: Iterable[str], concurren
             f"not {concurrency}; run one worker per shard with concurrency 1 "
             f"(tradebus worker {shards[0]}); the shards are the parallelism"
         )
+
+
+def yields_cpu(topology: Topology, queues: Iterable[str], window: int) -> bool:
+    """Whether a worker consuming ``queues`` with a prefetch ``window`` runs at a lower CPU priority: only
+    batched market data, every key of every queue batched (``PoolProfile.batches_every_key``; not
+    letrade.market_data, whose requests are answered one by one while a caller waits), with a window that
+    batches (a batch is at most half of it: tradebus/consumer.py ``batch_limit``)."""
+    names = list(queues)
+    pools = topology.pools
+    return bool(names) and window >= 4 and all(n in pools and pools[n].batches_every_key for n in names)

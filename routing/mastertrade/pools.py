@@ -7,7 +7,7 @@ A worker's prefetch window is ``concurrency * prefetch_multiplier``: ``order_req
 prefetch 1) lets RabbitMQ hand out at most 3 unacknowledged orders.
 
 The market-data pools consume in batches, as the seed's scaling section says (up to 100 messages or 1 s;
-docs/performance.md): a batch is at most what the pool's prefetch window lets RabbitMQ hand out.
+docs/performance.md): a batch is at most half the pool's prefetch window.
 """
 
 from __future__ import annotations

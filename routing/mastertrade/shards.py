@@ -19,6 +19,7 @@ from routing.build import alternate_exchange_policy, bind, durable_queue
 from routing.mastertrade import exchanges as ex
 from routing.mastertrade import queues as qs
 from routing.mastertrade.keys import SYMBOL_HEADER
+from routing.mastertrade.pools import SEED_BATCH_MS, SEED_BATCH_SIZE
 from routing.match import CONSISTENT_HASH, HASH_HEADER, ExchangeBinding
 from routing.model import SHARD_WEIGHT, Policy, PoolProfile, Shards
 
@@ -83,8 +84,11 @@ def alternate_policy() -> Policy:
 
 
 def pools(count: int) -> dict[str, PoolProfile]:
-    """One pool per shard."""
+    """One pool per shard, batched like the queue it replaces (one process runs a batch in order, so a
+    symbol's ticks stay in order inside a batch and from one batch to the next)."""
     return {
-        shard_name(i): PoolProfile(shard_name(i), SHARD_CONCURRENCY, SHARD_PREFETCH_MULTIPLIER)
+        shard_name(i): PoolProfile(
+            shard_name(i), SHARD_CONCURRENCY, SHARD_PREFETCH_MULTIPLIER, SEED_BATCH_SIZE, SEED_BATCH_MS
+        )
         for i in range(count)
     }

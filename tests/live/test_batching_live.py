@@ -18,6 +18,7 @@ import pytest
 from kombu import Connection, Producer
 
 from tests.support.bus import Vhost
+from tests.support.dead_letter_fails_once import BAD_MARKER, BAD_SYMBOL
 from tests.support.die_mid_batch import DIE_MARKER, DIE_SYMBOL
 from tests.support.wait import dead_letters, new_symbol, wait_until
 from tradebus import recorder, store
@@ -117,7 +118,7 @@ def niceness(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[16])
 
 
-def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered(
+def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered_each_delivery_alone(
     declared_vhost: Vhost, worker: Any, tmp_path: Path
 ) -> None:
     symbol, poison = new_symbol(), new_symbol()
@@ -134,15 +135,46 @@ def test_a_pool_process_killed_mid_batch_gets_the_whole_batch_redelivered(
     assert wait_until(lambda: store.client().hget(prices, poison) == b"1.0", 60), running.log.read_text()[
         -3000:
     ]
-    # Every tick is in exactly one batch that completed (the killed batch is not counted: it came back).
-    assert wait_until(lambda: recorder.metrics().get(f"batched:{QUEUE}") == 31), recorder.metrics()
 
     def redelivered() -> list[dict[str, Any]]:
         return [e for e in recorder.received(QUEUE) if e["redelivered"]]
 
+    def batched() -> int:
+        return recorder.metrics().get(f"batched:{QUEUE}", 0)
+
     # The poison's batch-mates ran again: the whole batch came back, not the poison alone.
-    assert wait_until(lambda: len(redelivered()) > 1), recorder.received(QUEUE)
-    assert {e["routing_key"] for e in redelivered()} >= {f"ticker.{poison}"}
+    assert wait_until(
+        lambda: len(redelivered()) > 1 and f"ticker.{poison}" in {e["routing_key"] for e in redelivered()}
+    ), recorder.received(QUEUE)
+    # Every tick ran once in a batch that completed (the killed batch is not counted: it came back) or, come
+    # back, alone: a redelivery is never batched, so a poison cannot take batch-mates to the DLQ with it.
+    assert wait_until(lambda: batched() + len(redelivered()) == 31), (
+        recorder.metrics(),
+        recorder.received(QUEUE),
+    )
     # Nothing lost (a record the killed process had not written yet may be), none dead-lettered.
+    with declared_vhost.connection() as conn:
+        assert conn.default_channel.queue_declare(f"dlq.{QUEUE}", passive=True)[1] == 0
+
+
+def test_a_delivery_that_cannot_be_dead_lettered_comes_back_alone_its_batch_mates_acknowledged(
+    declared_vhost: Vhost, worker: Any, tmp_path: Path
+) -> None:
+    symbol, bad = new_symbol(), new_symbol()
+    fill(declared_vhost, symbol, [Ticker(symbol=symbol, price=1.0 + i).model_dump_json() for i in range(10)])
+    fill(declared_vhost, bad, [Ticker(symbol=bad, price=1.0).model_dump_json()])
+    marker = tmp_path / "refused"
+    running = worker("tests.support.dead_letter_fails_once", **{BAD_SYMBOL: bad, BAD_MARKER: str(marker)})
+
+    # The refused dead letter failed its batch; the delivery came back and was dead-lettered with its reason.
+    letters = dead_letters(declared_vhost, QUEUE, 1, timeout=60)
+    assert marker.exists(), running.log.read_text()[-3000:]
+    assert [h.get(REASON) for _, h in letters] == [Reason.SCHEMA_VIOLATION], letters
+    assert bad in letters[0][0]
+    # Its batch-mates were acknowledged once, not rejected with it to the DLQ without a reason.
+    assert wait_until(lambda: recorder.counts().get(QUEUE, 0) >= 11), running.log.read_text()[-3000:]
+    assert store.client().hget(store.key("monitor", "prices"), symbol) == b"10.0"
+    redelivered = [e["routing_key"] for e in recorder.received(QUEUE) if e["redelivered"]]
+    assert redelivered == [f"ticker.{bad}"], recorder.received(QUEUE)
     with declared_vhost.connection() as conn:
         assert conn.default_channel.queue_declare(f"dlq.{QUEUE}", passive=True)[1] == 0

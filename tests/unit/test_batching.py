@@ -10,6 +10,8 @@ from kombu.message import Message
 
 from routing import build
 from tradebus.batching import LINGER_SECONDS, Batcher, BatchMessage
+from tradebus.consumer import batch_limit
+from workers.profiles import yields_cpu
 
 
 class Channel:
@@ -128,3 +130,41 @@ def test_what_waits_is_shared_among_the_free_processes_of_a_pool() -> None:
     time.sleep(LINGER_SECONDS)
     hub.fire()
     assert [len(b.deliveries) for b in handed] == [3, 3, 1] and gather.in_flight == 3
+
+
+def test_a_batch_settled_with_failed_deliveries_acks_the_others_and_requeues_only_those() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher()
+    for tag in range(1, 5):
+        gather.add(delivery(channel, tag), {})
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    handed[0].settle([1, 3])
+    assert channel.acks == [1, 3] and channel.rejects == [(2, True), (4, True)] and gather.in_flight == 0
+
+
+def test_a_batch_is_at_most_half_the_prefetch_window_so_the_next_gathers_while_one_runs() -> None:
+    assert [batch_limit(100, w) for w in (100, 20, 10, 3, 2, 1)] == [50, 10, 5, 1, 1, 1]
+    assert batch_limit(8, 100) == 8
+
+
+def test_shard_pools_batch_like_the_queue_they_replace_with_one_process_each() -> None:
+    topology = build("mastertrade", market_data_shards=4)
+    shards = [pool for name, pool in topology.pools.items() if name in topology.shard_of_queue]
+    assert len(shards) == 4
+    seed = build("mastertrade").pools["strategy_market_data"]
+    assert all(
+        (p.concurrency, p.batch_size, p.batch_ms) == (1, seed.batch_size, seed.batch_ms) for p in shards
+    )
+    assert all(batch_limit(p.batch_size, p.prefetch_count) > 1 for p in shards)
+
+
+def test_only_workers_of_pools_batching_every_key_yield_the_cpu() -> None:
+    mastertrade, letrade = build("mastertrade"), build("letrade")
+    assert yields_cpu(mastertrade, ["ticker_updates"], 100)
+    assert yields_cpu(mastertrade, ["ticker_updates", "market_data"], 20)
+    assert not yields_cpu(mastertrade, ["ticker_updates"], 2)  # a window that never batches
+    assert not yields_cpu(mastertrade, ["ticker_updates", "order_requests"], 100)
+    # letrade.market_data batches candles but answers market_data_request one by one: not niced.
+    assert letrade.pools["letrade.market_data"].batched
+    assert not yields_cpu(letrade, ["letrade.market_data"], 10)
