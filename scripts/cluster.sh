@@ -39,14 +39,14 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # trust, nor signal, a pid without this check.
 owned() {
   [[ "$1" =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null || return 1
-  grep -qxF "RABBITMQ_PID_FILE=$DIR/rabbit$2/pid" < <(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
+  grep -qxF "RABBITMQ_PID_FILE=$DIR/rabbit$2/pid" < <(tr '\0' '\n' 2>/dev/null <"/proc/$1/environ")
 }
 # Node N's Erlang VM (beam, owned by us), or nothing.
 beam_pid() {
   local pid cmd
   pid=$(cat "$DIR/rabbit$1/pid" 2>/dev/null) || return 0
   owned "$pid" "$1" || return 0
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+  cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 0
   [[ "$cmd" == *beam* ]] && echo "$pid" || true
 }
 # Node N's start wrapper (rabbitmq-server, owned by us), or nothing.
@@ -150,7 +150,10 @@ wait_node() {  # wait until node N runs its apps, answers on AMQP and on the man
     if [ $SECONDS -ge $deadline ]; then
       die "$(node "$n") did not start in ${START_TIMEOUT}s (see $DIR/rabbit$n/log)"
     fi
-    if [ -s "$DIR/rabbit$n/wrapper.pid" ] && [ -z "$(wrapper_pid "$n")" ] && ! alive "$n"; then
+    # The wrapper this start launched: its pid is ours even before it has exec'd into the node's
+    # environment (which wrapper_pid checks), so only its absence means it exited.
+    if [ -s "$DIR/rabbit$n/wrapper.pid" ] && ! kill -0 "$(cat "$DIR/rabbit$n/wrapper.pid")" 2>/dev/null \
+      && ! alive "$n"; then
       die "$(node "$n") exited while starting (see $DIR/rabbit$n/log/console.log)"
     fi
     sleep 0.5

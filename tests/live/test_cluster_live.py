@@ -332,8 +332,10 @@ def test_workers_whose_node_is_killed_reconnect_to_another_and_lose_nothing(
     cluster: Cluster, cluster_pool: Pool
 ) -> None:
     led_by = aim(cluster_pool, cluster)
-    vhost, tag, count = cluster_pool.vhost, uuid.uuid4().hex[:6], 300
-    confirmed = publish_confirmed(vhost, orders(count, tag))  # queued first: the pool is busy at the kill
+    # 1,000 queued first, so the pool is still busy at the kill: on a quiet machine it fills 300 faster than
+    # the test can see its first 20 fills and kill the node.
+    vhost, tag, count = cluster_pool.vhost, uuid.uuid4().hex[:6], 1000
+    confirmed = publish_confirmed(vhost, orders(count, tag))
     cluster_pool.start()
     node = workers_node(vhost, cluster)
     assert node != led_by  # the pool's list names the leader last
