@@ -112,3 +112,27 @@ def test_flower_is_given_the_first_management_api_that_answers(nodes: list[Threa
     first, second = (server.server_address[1] for server in nodes)
     assert flower_api(closed_port(), second) == f"http://u:p@127.0.0.1:{second}/api/"
     assert flower_api(first, second) == f"http://u:p@127.0.0.1:{first}/api/"  # both answer: the first
+
+
+def test_flowers_broker_view_moves_to_a_node_that_answers_when_its_own_dies(
+    nodes: list[ThreadingHTTPServer],
+) -> None:
+    from types import SimpleNamespace
+
+    from tradebus.ops.flower import recheck
+    from tradebus.settings import Settings
+
+    first, second = (server.server_address[1] for server in nodes)
+    dead = closed_port()
+    settings = Settings.from_env(
+        {
+            "TRADEBUS_BROKER_URL": "amqp://u:p@127.0.0.1:5681/v;amqp://u:p@127.0.0.1:5682/v",
+            "TRADEBUS_MANAGEMENT_URL": f"http://127.0.0.1:{dead};http://127.0.0.1:{second}",
+        }
+    )
+    options = SimpleNamespace(broker_api=f"http://u:p@127.0.0.1:{first}/api/")
+    assert recheck(options, settings) is None  # positive control: its node answers, it stays
+    assert options.broker_api == f"http://u:p@127.0.0.1:{first}/api/"
+    options.broker_api = f"http://u:p@127.0.0.1:{dead}/api/"  # its node died
+    assert recheck(options, settings) == f"http://u:p@127.0.0.1:{second}/api/"
+    assert options.broker_api == f"http://u:p@127.0.0.1:{second}/api/"

@@ -25,6 +25,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,11 +70,55 @@ def broker_api(settings: Settings) -> str | None:
         return None
     management = settings.management
     base_url = management.base_url
-    if management.others:  # a cluster (one API per node): Flower takes one, the first that answers now
+    if management.others:  # a cluster (one API per node): the first that answers now (``recheck`` moves on)
         base_url = Management(management, timeout=2, tls=settings.tls).answering()
     base = urlsplit(base_url)
     login = f"{quote(management.username, safe='')}:{quote(management.password, safe='')}"
     return urlunsplit((base.scheme, f"{login}@{base.netloc}", f"{base.path}/api/", "", ""))
+
+
+#: How often Flower's broker view checks, on a cluster, that its management API still answers.
+RECHECK_SECONDS = 5.0
+
+
+def _answers(url: str) -> bool:
+    """Whether something takes a TCP connection where ``url`` points."""
+    where = urlsplit(url)
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        with socket.create_connection((where.hostname or "localhost", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def recheck(options: Any, settings: Settings) -> str | None:
+    """Move Flower's ``broker_api`` option to a management API that answers when its own stopped (a
+    cluster's node died); the new URL, or None when nothing changed. Flower reads the option per request."""
+    if not options.broker_api or _answers(options.broker_api):
+        return None
+    api = broker_api(settings)  # the first node that answers now
+    if api is None or api == options.broker_api:
+        return None
+    options.broker_api = api
+    return api
+
+
+def _follow(settings: Settings, interval: float = RECHECK_SECONDS) -> None:
+    """Keep Flower's broker view on a live node of the cluster, from a daemon thread."""
+    from tornado.options import options
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                if (moved := recheck(options, settings)) is not None:
+                    base = urlsplit(moved)
+                    logger.warning("tradebus: broker view moved to %s", base.netloc.rpartition("@")[2])
+            except Exception as exc:  # noqa: BLE001 - the broker view waits for a node; Flower runs on
+                logger.warning("tradebus: no management API answers: %s", exc)
+
+    threading.Thread(target=run, name="tradebus-broker-api", daemon=True).start()
 
 
 def plan(options: Mapping[str, Any], settings: Settings, environ: Mapping[str, str]) -> Plan:
@@ -144,6 +191,8 @@ def configure(settings: Settings) -> None:
         raise SystemExit(2) from exc
     for name, value in decided.changes.items():
         setattr(options, name, value)
+    if "broker_api" in decided.changes and settings.management.others:
+        _follow(settings)  # a cluster: the view moves on when its node dies
     if (defaults := https_defaults(settings)) is not None:
         from tornado.httpclient import AsyncHTTPClient
 
