@@ -71,13 +71,16 @@ def test_two_replicas_fill_300_orders_each_exactly_once_and_both_work(
     def handled() -> list[int]:
         return [len(SUCCEEDED.findall(p.log.read_text(errors="replace"))) for p in replicas]
 
-    # The workers log each task as it succeeds; the last lines may reach the files a moment later.
-    assert wait_until(lambda: sum(handled()) >= COUNT, timeout=30), handled()
+    # The workers log each task as it succeeds; the last lines may reach the files a moment later. The
+    # killed replica may have filled orders it never logged nor acknowledged (at most its pool's prefetch
+    # window): each comes back to the other replica, which finds its fill and logs it, or drops it as a
+    # repeat of a message already handled and does not. Fills and updates above are exact either way.
+    held = 3
+    assert wait_until(lambda: sum(handled()) >= COUNT - held, timeout=30), handled()
     per_replica = handled()
     figures = measure("two replicas on order_requests, one killed", declared_vhost, tag, COUNT, confirmed)
     print(f"\norders handled per replica: {per_replica}; redelivered: {figures.redelivered}")
-    # The killed replica may have finished an order it could not acknowledge: it runs again, filled once.
-    assert COUNT <= sum(per_replica) <= COUNT + 1, per_replica
+    assert COUNT - held <= sum(per_replica) <= COUNT + held, per_replica
     assert all(n > 0 for n in per_replica), f"one replica did nothing: {per_replica}"
     # The broker redelivered what the killed replica held (the stage records it; the management API's
     # counter, refreshed every few seconds, when the stage dropped it as a repeat).
