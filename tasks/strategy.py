@@ -52,8 +52,8 @@ def on_market_data(message: MarketData | OrderBook | Trade) -> None:
         # indicators computed over a hole would be wrong, so this candle is not evaluated.
         logger.info("%s: candles missing before %s; not evaluated", message.symbol, message.timestamp)
         return
-    position = strategy_state.position(STRATEGY_ID, message.symbol)
-    context = Context(strategy_state.sentiment(message.symbol), strategy_state.whale_flow(message.symbol))
+    position, sentiment, whale_flow = strategy_state.evaluation_context(STRATEGY_ID, message.symbol)
+    context = Context(sentiment, whale_flow)
     idea = evaluate(series, position, context)
     if idea is None or not strategy_state.claim_symbol(STRATEGY_ID, message.symbol, delivery_id()):
         return

@@ -120,8 +120,22 @@ def transaction(
     raise StateContention(f"{', '.join(watched)} still contended after {max_attempts} attempts")
 
 
-def _text(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
+#: hold, server side: KEYS[1] the hold, ARGV[1] the holder, ARGV[2] seconds, ARGV[3] "1" to renew.
+#: With KEYS[2] (claim), nobody holds anything once KEYS[2] (``{outcome}:published``) exists.
+_HOLD = """
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+def _hold(client: redis.Redis, keys: list[str], holder: str, seconds: int, renew: bool) -> bool:
+    # One round trip (EVALSHA, loaded once per client: redis-py's Script), atomic where the commands it
+    # replaces (SET NX, GET, EXPIRE, and EXISTS for a claim) were two to four and could interleave.
+    script = client.register_script(_HOLD)
+    return bool(script(keys=keys, args=[holder, seconds, "1" if renew else "0"], client=client))
 
 
 def hold(client: redis.Redis, key: str, holder: str, seconds: int, *, renew: bool = True) -> bool:
@@ -129,13 +143,7 @@ def hold(client: redis.Redis, key: str, holder: str, seconds: int, *, renew: boo
 
     The hold lapses after ``seconds``; ``renew`` restarts that time when the holder asks again.
     """
-    if client.set(key, holder, nx=True, ex=seconds):
-        return True
-    if _text(client.get(key)) != holder:
-        return False
-    if renew:
-        client.expire(key, seconds)
-    return True
+    return _hold(client, [key], holder, seconds, renew)
 
 
 def claim(client: redis.Redis, outcome: str, claimant: str, seconds: int) -> bool:
@@ -144,11 +152,9 @@ def claim(client: redis.Redis, outcome: str, claimant: str, seconds: int) -> boo
     Not when it is published already, nor while another message is publishing it (its claim lapses after
     ``seconds``). An earlier attempt of the same message (a worker killed while publishing, a retry after
     a failed publish) hands its claim on: RabbitMQ never has one message in two deliveries at once, so the
-    holder with the same id is a dead attempt, and waiting for it would publish nothing.
+    holder with the same id is a dead attempt, and waiting for it would publish nothing. One round trip.
     """
-    if client.exists(f"{outcome}:published"):
-        return False
-    return hold(client, f"{outcome}:publishing", claimant, seconds)
+    return _hold(client, [f"{outcome}:publishing", f"{outcome}:published"], claimant, seconds, True)
 
 
 def mark_published(client: redis.Redis, outcome: str, keep_seconds: int) -> None:

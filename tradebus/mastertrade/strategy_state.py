@@ -78,14 +78,35 @@ def record_whale(alert: WhaleAlert) -> float:
     return flow
 
 
-def whale_flow(symbol: str) -> float:
-    """The recent whale flow of ``symbol``'s base asset (``BTCUSDT`` -> ``BTC``), in [-1, 1]."""
-    client = store.client()
-    for token in (symbol, symbol.removesuffix("USDT"), symbol.removesuffix("USDC")):
-        flow = _recent(client.hget(_k("whales"), token), "flow")
+def _tokens(symbol: str) -> tuple[str, ...]:
+    """Where a whale flow of ``symbol`` may be kept: itself, then its base asset (``BTCUSDT`` -> ``BTC``)."""
+    return (symbol, symbol.removesuffix("USDT"), symbol.removesuffix("USDC"))
+
+
+def _flow(raws: list[Any]) -> float:
+    for raw in raws:
+        flow = _recent(raw, "flow")
         if flow is not None:
             return flow
     return 0.0
+
+
+def whale_flow(symbol: str) -> float:
+    """The recent whale flow of ``symbol``'s base asset (``BTCUSDT`` -> ``BTC``), in [-1, 1]."""
+    values: list[Any] = store.client().hmget(_k("whales"), list(_tokens(symbol)))
+    return _flow(values)
+
+
+def evaluation_context(strategy_id: str, symbol: str) -> tuple[Position | None, float | None, float]:
+    """What a signal on ``symbol`` is decided with: the strategy's position, the symbol's sentiment and its
+    whale flow, read in one round trip (a candle evaluated on a busy machine waits for each)."""
+    pipe = store.client().pipeline(transaction=False)
+    pipe.hget(_k("positions", strategy_id), symbol)
+    pipe.hget(_k("sentiment"), symbol)
+    pipe.hmget(_k("whales"), list(_tokens(symbol)))
+    raw_position, raw_sentiment, raw_flows = pipe.execute()
+    held = Position(**json.loads(raw_position)) if raw_position else None
+    return held, _recent(raw_sentiment, "score"), _flow(raw_flows)
 
 
 def claim_symbol(strategy_id: str, symbol: str, claimant: str) -> bool:

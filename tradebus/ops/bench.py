@@ -40,7 +40,6 @@ from tradebus.mastertrade.wire import publish
 from tradebus.ops import bench_fanout, bench_letrade, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
-    background_ticks,
     latencies,
     machine,
     recorded_count,
@@ -320,17 +319,16 @@ class Bench:
         trip = 0
         with Connection(self.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
             for load, (rate, batch) in loads.items():
-                stop = threading.Event()
-                background = threading.Thread(target=background_ticks, args=(rate, batch, stop), daemon=True)
-                background.start()
+                load_process = self._background(rate, batch)
                 latencies, self.lags = [], []
                 try:
                     for _ in range(self.plan.round_trips):
                         latencies.append(self._round_trip(conn, fills, trip))
                         trip += 1
                 finally:
-                    stop.set()
-                    background.join()
+                    if load_process is not None:
+                        load_process.terminate()
+                        load_process.wait(20)
                 results[load] = percentiles(latencies)
                 lags[load] = percentiles(self.lags) | {
                     "not_seen_in_time": sum(lag >= PRICE_WAIT_SECONDS * 1000 for lag in self.lags)
@@ -355,6 +353,23 @@ class Bench:
     def traces(self) -> None:
         """One hop with a span per message against the same hop without (tradebus/ops/bench_traces.py)."""
         self.results["traces"] = bench_traces.traces(self.app, self.plan, self.echo, self.log_dir)
+
+    def _background(self, rate: float, batch: int) -> subprocess.Popen[bytes] | None:
+        """The market data of one load, published by a process of its own (tradebus/ops/benchload.py)."""
+        if rate <= 0:
+            return None
+        log = (self.log_dir / f"background-{rate:g}-{batch}.log").open("wb")
+        before = stage_count("ticker_updates")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tradebus.ops.benchload", f"{rate:g}", str(batch)],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        # The round trips begin once the load is flowing (half a second of it has been handled).
+        wait(lambda: stage_count("ticker_updates") - before >= rate / 2, 30.0, "the background ticks")
+        return process
 
     def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
         """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
