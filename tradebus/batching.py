@@ -48,7 +48,9 @@ logger = get_task_logger(__name__)
 #: The Celery task that runs one batch of a stage's deliveries in a pool process.
 BATCH_TASK = "tradebus.batch"
 #: How long a stream of deliveries is gathered, at least, before the next batch goes to a free process.
-LINGER_SECONDS = 0.010
+LINGER_SECONDS = 0.025
+#: The fewest deliveries a batch is split to when several pool processes are free.
+MIN_PART = 10
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: Delivery properties a stage reads (JSON-safe: py-amqp gives ``timestamp`` as a datetime).
@@ -228,8 +230,10 @@ class Batcher:
         deliveries, items = self.deliveries, self.items
         self.deliveries, self.items = [], []
         self.last_flush = time.monotonic()
-        # Shared among the free processes: a burst keeps every process of the pool busy.
-        parts = max(1, min(self.processes - self.in_flight, len(deliveries)))
+        # Shared among the free processes, a part each of at least MIN_PART deliveries: a burst keeps the
+        # pool's processes busy, but a few deliveries are not split into batches of one, each paying a
+        # task's cost (on a machine with fewer cores than processes, that cost is all a split buys).
+        parts = max(1, min(self.processes - self.in_flight, len(deliveries) // MIN_PART))
         size = -(-len(deliveries) // parts)
         for start in range(0, len(deliveries), size):
             self.in_flight += 1

@@ -9,7 +9,7 @@ from typing import Any
 from kombu.message import Message
 
 from routing import build
-from tradebus.batching import LINGER_SECONDS, Batcher, BatchMessage
+from tradebus.batching import LINGER_SECONDS, MIN_PART, Batcher, BatchMessage
 from tradebus.consumer import batch_limit
 from workers.profiles import yields_cpu
 
@@ -125,11 +125,21 @@ def test_the_seed_batches_the_market_data_pools_within_their_prefetch_windows() 
 def test_what_waits_is_shared_among_the_free_processes_of_a_pool() -> None:
     channel = Channel()
     gather, hub, handed = batcher(processes=3)
-    for tag in range(7):
+    for tag in range(2 * MIN_PART + 1):
         gather.add(delivery(channel, tag), {})
     time.sleep(LINGER_SECONDS)
     hub.fire()
-    assert [len(b.deliveries) for b in handed] == [3, 3, 1] and gather.in_flight == 3
+    assert [len(b.deliveries) for b in handed] == [MIN_PART + 1, MIN_PART] and gather.in_flight == 2
+
+
+def test_a_few_deliveries_are_not_split_into_batches_of_one() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher(processes=3)
+    for tag in range(MIN_PART - 1):
+        gather.add(delivery(channel, tag), {})
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    assert [len(b.deliveries) for b in handed] == [MIN_PART - 1] and gather.in_flight == 1
 
 
 def test_a_batch_settled_with_failed_deliveries_acks_the_others_and_requeues_only_those() -> None:

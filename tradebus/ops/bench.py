@@ -14,30 +14,25 @@ here, on this machine (docs/performance.md).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import kombu
 from kombu import Connection, Queue
 
 from tradebus import recorder
 from tradebus.application import TradebusCelery
-from tradebus.mastertrade import account
-from tradebus.mastertrade.messages import Ticker, TradingSignal
+from tradebus.mastertrade.messages import Ticker
 from tradebus.mastertrade.samples import ticker_batch
 from tradebus.mastertrade.wire import publish
-from tradebus.ops import bench_fanout, bench_letrade, bench_traces, benchapp
+from tradebus.ops import bench_fanout, bench_letrade, bench_order, bench_traces, benchapp
 from tradebus.ops.benchkit import (
     Plan,
     latencies,
@@ -54,10 +49,6 @@ from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
 
 #: Seconds of publishing before the fan-out's rates are sampled.
 WARM_UP_SECONDS = 2.0
-#: How long a round trip waits for the executor to see its ticker's price before it goes on regardless.
-PRICE_WAIT_SECONDS = 5.0
-#: Ticks per message of the batched background load of the order-path scenario.
-BACKGROUND_BATCH = 50
 
 
 class Bench:
@@ -72,8 +63,6 @@ class Bench:
         #: signals over two days old).
         self.signals_from = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
         self.pools: list[PoolProcess] = []
-        #: The current load's times from a ticker's publication to the executor's price (order_path).
-        self.lags: list[float] = []
 
     @property
     def url(self) -> str:
@@ -289,58 +278,8 @@ class Bench:
 
     # --- order path ------------------------------------------------------------------------------
     def order_path(self) -> None:
-        """Signal -> risk -> order -> fill, one round trip at a time: idle, then under background ticks sent
-        one per message, then the same ticks per second in batches of BACKGROUND_BATCH."""
-        for name in ("trading_signals", "order_requests", "executor_market_data", "ticker_updates"):
-            self.pool(name)
-        self.wait_consumers("trading_signals", "order_requests", "executor_market_data", "ticker_updates")
-        account.reset()
-        fills: dict[str, float] = {}
-        orders = kombu.Exchange("mastertrade.orders", type="topic", no_declare=True)
-        tap = Queue(
-            f"bench.fills.{uuid.uuid4().hex[:6]}", orders, routing_key="order.update.filled.#", exclusive=True
-        )
-
-        def on_fill(body: Any, message: Any) -> None:
-            update = body if isinstance(body, dict) else json.loads(body)
-            fills[update["request_id"]] = time.time()
-            message.ack()
-
-        loads = {
-            "idle": (0.0, 1),
-            f"{self.plan.background_ticks:g} ticks/s, one per message": (self.plan.background_ticks, 1),
-            f"{self.plan.background_ticks:g} ticks/s, {BACKGROUND_BATCH} per message": (
-                self.plan.background_ticks,
-                BACKGROUND_BATCH,
-            ),
-        }
-        results: dict[str, Any] = {}
-        lags: dict[str, Any] = {}
-        trip = 0
-        with Connection(self.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
-            for load, (rate, batch) in loads.items():
-                load_process = self._background(rate, batch)
-                latencies, self.lags = [], []
-                try:
-                    for _ in range(self.plan.round_trips):
-                        latencies.append(self._round_trip(conn, fills, trip))
-                        trip += 1
-                finally:
-                    if load_process is not None:
-                        load_process.terminate()
-                        load_process.wait(20)
-                results[load] = percentiles(latencies)
-                lags[load] = percentiles(self.lags) | {
-                    "not_seen_in_time": sum(lag >= PRICE_WAIT_SECONDS * 1000 for lag in self.lags)
-                }
-                self.echo(f"  signal -> fill, {load}: {results[load]}")
-                self.echo(f"  ticker -> executor's price, {load}: {lags[load]}")
-        idle, loaded = results["idle"], results[f"{self.plan.background_ticks:g} ticks/s, one per message"]
-        self.results["order_path"] = {
-            "signal_to_fill_ms": results,
-            "price_lag_ms": lags,
-            "single ticks / idle": {p: round(loaded[p] / idle[p], 2) for p in ("p50", "p99")},
-        }
+        """Signal -> risk -> order -> fill, idle and under background ticks (tradebus/ops/bench_order.py)."""
+        self.results["order_path"] = bench_order.order_path(self)
         self.stop()
 
     # --- Letrade's asyncio client -------------------------------------------------------------------
@@ -353,51 +292,3 @@ class Bench:
     def traces(self) -> None:
         """One hop with a span per message against the same hop without (tradebus/ops/bench_traces.py)."""
         self.results["traces"] = bench_traces.traces(self.app, self.plan, self.echo, self.log_dir)
-
-    def _background(self, rate: float, batch: int) -> subprocess.Popen[bytes] | None:
-        """The market data of one load, published by a process of its own (tradebus/ops/benchload.py)."""
-        if rate <= 0:
-            return None
-        log = (self.log_dir / f"background-{rate:g}-{batch}.log").open("wb")
-        before = stage_count("ticker_updates")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tradebus.ops.benchload", f"{rate:g}", str(batch)],
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        # The round trips begin once the load is flowing (half a second of it has been handled).
-        wait(lambda: stage_count("ticker_updates") - before >= rate / 2, 30.0, "the background ticks")
-        return process
-
-    def _round_trip(self, conn: Connection, fills: dict[str, float], trip: int) -> float:
-        """One signal on a symbol of the bench's own; buying, then selling 1% higher (so no loss streak)."""
-        symbol = f"BENCH{trip % 4}USDT"
-        action = "BUY" if trip % 8 < 4 else "SELL"
-        price = 100.0 * (1.01 ** (trip // 4))
-        published = time.monotonic()
-        publish(Ticker(symbol=symbol, price=price))
-        # How long the executor takes to see the new price: reported, never a reason to abort.
-        while account.last_price(symbol) != price and time.monotonic() - published < PRICE_WAIT_SECONDS:
-            time.sleep(0.001)
-        self.lags.append((time.monotonic() - published) * 1000)
-        signal = TradingSignal(
-            strategy_id="bench",
-            symbol=symbol,
-            action=action,
-            confidence=0.9,
-            entry_price=price,
-            position_size_pct=0.02,
-            timestamp=self.signals_from + timedelta(minutes=trip),
-        )
-        request_id = account.request_id_for(signal)
-        begun = time.time()
-        publish(signal)
-        deadline = time.monotonic() + 30
-        while request_id not in fills and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=1)
-        if request_id not in fills:
-            raise RuntimeError(f"no fill for {action} {symbol} (round trip {trip}); logs in {self.log_dir}")
-        return (fills[request_id] - begun) * 1000
