@@ -46,8 +46,9 @@ from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
-#: Rounds of one burst of each kind (the quick plan runs one); the medians are kept.
-ROUNDS = 5
+#: Rounds of one burst of each kind, untraced first in every other round (the quick plan runs one); the
+#: medians are kept.
+ROUNDS = 6
 QUEUE = "ticker_updates"
 #: Messages of a burst: what the slower kind drains well within the queue's 10 s TTL.
 BURST = 500
@@ -56,7 +57,7 @@ WARM_UP = 50
 #: The order path hop: its queue, its rounds and signals per burst (two fifths in the quick plan), and how
 #: much slower than ``Plan.hop_rate`` its paced signals go (a decision costs a few ms of CPU).
 SIGNALS = "trading_signals"
-SIGNAL_ROUNDS = 7
+SIGNAL_ROUNDS = 6
 SIGNAL_BURST = 100
 SIGNAL_PACE = 4
 #: How often the pools export (``OTEL_BSP_SCHEDULE_DELAY``, ms; the SDK's default is 5000): a burst's last
@@ -254,10 +255,10 @@ def _cpu_seconds(pid: int) -> float:
 def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
     """Latency: one paced series, untraced and traced messages alternating one by one (both see the same
     moments of a busy machine); the one pool process takes them in order, so the recorded latencies
-    alternate too. Throughput and CPU per message: a burst of each kind, one after the other, ``ROUNDS``
-    times; each kind's medians are kept, and the ratios are the medians of each round's (a round's two
-    bursts see much the same machine). A traced burst's CPU counts until its last span reached the sink
-    (the export runs on the pool's own background thread)."""
+    alternate too. Throughput and CPU per message: a burst of each kind, one after the other (each kind
+    first in half the rounds), ``hop.rounds`` times; each kind's medians are kept, and the ratios are the
+    medians of each round's (a round's two bursts see much the same machine). A traced burst's CPU counts
+    until its last span reached the sink (the export runs on the pool's own background thread)."""
     queue = hop.queue
 
     def drained(before: int, count: int, what: str) -> None:
@@ -287,8 +288,9 @@ def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
     _exported(sink, spans)
 
     rounds: dict[str, list[tuple[float, float]]] = {"untraced": [], "traced": []}  # (CPU ms, per s)
-    for _ in range(1 if plan.hop_messages < 100 else hop.rounds):  # the quick plan: one of each
-        for name, sender in (("untraced", hop.untraced), ("traced", hop.traced)):
+    kinds = [("untraced", hop.untraced), ("traced", hop.traced)]
+    for round_ in range(1 if plan.hop_messages < 100 else hop.rounds):  # the quick plan: one of each
+        for name, sender in kinds[:: -1 if round_ % 2 else 1]:
             hop.reset()
             cpu, begun, before = _cpu_seconds(pid), time.monotonic(), stage_count(queue)
             for _ in range(hop.burst):
