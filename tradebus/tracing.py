@@ -17,8 +17,9 @@ cost no span.
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
 fork), with a batching processor: the export runs on its background thread, off the message path, and
-a recorded span costs its process about 0.1 ms of CPU (docs/operations.md and docs/performance.md,
-"Traces"; measured by ``tradebus bench --scenario traces``).
+a recorded span costs its process 55-60 us of CPU, about half the SDK's span and half its OTLP encoding
+(scripts/span_cost.py; in a pool, ``tradebus bench --scenario traces``: within 5% of the risk stage's
+hop, not of ``ticker_updates``'; docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
