@@ -17,8 +17,9 @@ cost no span.
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
 fork), with a batching processor: the export runs on its background thread, off the message path, and
-a recorded span costs its process about 0.1 ms of CPU (docs/operations.md and docs/performance.md,
-"Traces"; measured by ``tradebus bench --scenario traces``).
+a recorded span costs its process 55-60 us of CPU, about half the SDK's span and half its OTLP encoding
+(scripts/span_cost.py; in a pool, ``tradebus bench --scenario traces``: within 5% of the risk stage's
+hop, not of ``ticker_updates``'; docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery.signals import worker_process_shutdown
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from routing import Topology
 from tradebus.headers import TRACEPARENT, TYPE
 from tradebus.settings import TracingSettings
 
 if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): most processes never need it
+    from types import TracebackType
+
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
 
 INSTRUMENTATION = "tradebus"
@@ -62,6 +69,28 @@ class _HeaderGetter(Getter[Mapping[str, Any]]):
 
 
 _GETTER = _HeaderGetter()
+_W3C = TraceContextTextMapPropagator()
+#: The global propagator last seen, and what it is: "w3c" (``OTEL_PROPAGATORS=tracecontext``), "default"
+#: (``tracecontext,baggage``, OpenTelemetry's default) or "other".
+_seen: tuple[TextMapPropagator | None, str] = (None, "other")
+
+
+def _propagator(baggage_to_carry: bool) -> TextMapPropagator:
+    """What reads or writes one message's trace headers: the configured propagators (``OTEL_PROPAGATORS``)
+    or, when those are W3C trace context (and baggage, with none to carry), W3C trace context's own. Same
+    headers either way; the composite's rounds cost every span (each propagator reads the carrier)."""
+    global _seen
+    configured = propagate.get_global_textmap()
+    known, kind = _seen
+    if known is not configured:
+        parts = configured._propagators if isinstance(configured, CompositePropagator) else [configured]
+        kinds = [type(p) for p in parts]
+        w3c: list[type[TextMapPropagator]] = [TraceContextTextMapPropagator]
+        kind = "w3c" if kinds == w3c else "default" if kinds == [*w3c, W3CBaggagePropagator] else "other"
+        _seen = configured, kind
+    if kind == "w3c" or (kind == "default" and not baggage_to_carry):
+        return _W3C
+    return configured
 
 
 class _Provider:
@@ -72,12 +101,11 @@ class _Provider:
     """
 
     def __init__(self, settings: TracingSettings) -> None:
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         self.settings = settings
-        self.provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        self.provider = TracerProvider(resource=_resource(settings.service_name))
         self.tracer: Tracer | None = None
         try:
             self.provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
@@ -85,6 +113,23 @@ class _Provider:
             logger.error("traces are off: TRADEBUS_TRACES=%s needs %s", settings.exporter, exc)
             return
         self.tracer = self.provider.get_tracer(INSTRUMENTATION)
+
+
+def _resource(service_name: str) -> Resource:
+    """This process's resource (``service.name`` and the SDK's own attributes), hashed once: the OTLP encoder
+    groups every span by its resource, and ``Resource.__hash__`` writes its attributes as JSON each time."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedOnce(Resource):
+        hashed: int | None = None
+
+        def __hash__(self) -> int:  # the attributes are immutable
+            if self.hashed is None:
+                self.hashed = super().__hash__()
+            return self.hashed
+
+    created = Resource.create({"service.name": service_name})
+    return HashedOnce(created.attributes, created.schema_url)
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter:
@@ -153,7 +198,7 @@ def parent_of(headers: Mapping[str, Any]) -> otel_context.Context | None:
     """The span context ``headers`` name (W3C ``traceparent``), or None when they name none validly."""
     if TRACEPARENT not in headers:
         return None
-    extracted = propagate.extract(headers, getter=_GETTER)
+    extracted = _propagator("baggage" in headers).extract(headers, getter=_GETTER)
     return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
 
 
@@ -180,9 +225,10 @@ def outgoing(
             attributes=_attributes(exchange, routing_key, message_id),
         )
         span.end()
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        context = trace.set_span_in_context(span)
+        _propagator(bool(baggage.get_all(context))).inject(carrier, context=context)
     elif trace.get_current_span().get_span_context().is_valid:
-        propagate.inject(carrier)
+        _propagator(bool(baggage.get_all())).inject(carrier)
     return carrier
 
 
@@ -209,13 +255,37 @@ def consuming(
     attributes = _attributes(exchange, routing_key, message_id)
     if stage:
         attributes["tradebus.stage"] = stage
-    span: AbstractContextManager[Any] = found.start_as_current_span(
-        f"process {queue}",
-        context=parent or otel_context.Context(),
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-    )
-    return span
+    return _Processing(found, f"process {queue}", parent or otel_context.Context(), attributes)
+
+
+class _Processing(AbstractContextManager[Span]):
+    """What ``Tracer.start_as_current_span`` does for a delivery, in one object instead of its two generator
+    context managers: the span starts on entry and is current until exit, an exception that ends it is
+    recorded on it (with an ERROR status) and goes on, and the span ends."""
+
+    __slots__ = ("attributes", "name", "parent", "span", "token", "tracer")
+
+    def __init__(
+        self, tracer: Tracer, name: str, parent: otel_context.Context, attributes: dict[str, Any]
+    ) -> None:
+        self.tracer, self.name, self.parent, self.attributes = tracer, name, parent, attributes
+
+    def __enter__(self) -> Span:
+        self.span = span = self.tracer.start_span(
+            self.name, context=self.parent, kind=SpanKind.CONSUMER, attributes=self.attributes
+        )
+        self.token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        span = self.span
+        otel_context.detach(self.token)
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
 
 class _Stage(Protocol):

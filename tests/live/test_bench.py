@@ -56,6 +56,11 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     assert all(ratio > 0 for ratio in traces["traced / untraced"].values())
     # Every traced message's span reached the OTLP sink: the warm-up's, the paced half and the burst.
     assert traces["spans_exported"] == 10 + 20 + 200
+    # The risk stage, a hop of every signal's trace: one span per traced signal, its order carrying it.
+    order_hop = traces["order path hop"]
+    assert set(order_hop["traced / untraced"]) == {"cpu", "p50", "p99", "throughput"}
+    assert all(ratio > 0 for ratio in order_hop["traced / untraced"].values())
+    assert order_hop["spans_exported"] == 5 + 4 + 40
     # The batched feed end to end (connector, strategy, market-data service), and command -> event.
     assert figures["letrade"]["candles_per_second"] > 0 and figures["letrade"]["feed"]["complete"]
     assert figures["letrade"]["command_to_event_ms"]["p50"] > 0

@@ -188,3 +188,25 @@ def test_a_letrade_command_begins_a_trace_and_its_event_carries_it(spans: InMemo
     assert create.name == "create execute_trade" and processed.parent is not None
     assert processed.parent.span_id == create.context.span_id
     assert ids(event["traceparent"])[1] == format(processed.context.span_id, "016x")
+
+
+def test_a_message_with_baggage_joins_its_trace_as_one_without(spans: InMemorySpanExporter) -> None:
+    """Baggage makes the configured propagators read the headers (OpenTelemetry's default: trace context,
+    then baggage); without any, W3C trace context's own reads them: the same span either way."""
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    parent = f"00-{trace_id}-{span_id}-01"
+    for headers in ({"traceparent": parent, "baggage": "tenant=blue"}, {"traceparent": parent}):
+        with process(headers, ORDER, "order_requests"):
+            assert ids(publish(FILL)["traceparent"])[0] == trace_id
+    for span in finished(spans):
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert span.parent is not None and format(span.parent.span_id, "016x") == span_id
+
+
+def test_a_handler_failure_is_recorded_on_its_span_and_goes_on(spans: InMemorySpanExporter) -> None:
+    with pytest.raises(ValueError, match="bad price"), process({}, SIGNAL, "trading_signals"):
+        raise ValueError("bad price")
+    (span,) = finished(spans)
+    assert span.status.status_code.name == "ERROR" and span.status.description == "ValueError: bad price"
+    assert [event.name for event in span.events] == ["exception"]
+    assert span.end_time is not None

@@ -1,45 +1,69 @@
 """``tradebus bench``'s traces scenario: what a span costs one hop (tradebus/tracing.py).
 
-One tradebus stage (``ticker_updates``, one process, prefetch 1) runs with traces on, exporting over
-OTLP/HTTP to a sink in this process that accepts and counts them. Ticks reach it without trace context
-(the path of ``TRADEBUS_TRACES=off``: no span, no header written; on top of it only a settings lookup and
-a header check) and with a ``traceparent`` (a ``process`` span per message, batched and exported): paced
-and interleaved one by one (latency), then in bursts of each kind, alternately (throughput, and the
-pool's CPU time per message, what a busy machine disturbs least). The ratios traced / untraced are the
-cost; target at most 1.05 (docs/performance.md). A burst is at most ``BURST`` messages, so that neither
-kind's outlives ``ticker_updates``'s TTL on a busy machine.
+Two tradebus stages, each one process with prefetch 1, run with traces on, exporting over OTLP/HTTP to a
+sink in this process that accepts and counts them:
+
+* ``ticker_updates``, the cheapest hop there is (market data is never traced in production: the floor);
+* the risk stage on ``trading_signals`` ("order path hop"), a hop every signal's trace takes: it decides
+  each signal in Redis and publishes its order request, which carries the span on.
+
+Messages reach each stage on the default exchange without trace context (the path of
+``TRADEBUS_TRACES=off``: no span, no header written; on top of it only a settings lookup and a header
+check) and with a ``traceparent`` (a ``process`` span per message, batched and exported): paced and
+interleaved one by one (latency), then in bursts of each kind, alternately (throughput, and the pool's
+CPU time per message, what a busy machine disturbs least). The ratios traced / untraced are the cost;
+target at most 1.05 (docs/performance.md). A ticker burst is at most ``BURST`` messages, so that neither
+kind's outlives ``ticker_updates``'s TTL on a busy machine; before each signal burst the paper account
+is reset, so every signal is approved against the same small book (each open reservation costs the
+decisions after it its reading).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from kombu import Connection
 
 from tradebus import recorder
 from tradebus.application import TradebusCelery
-from tradebus.mastertrade.messages import Ticker
+from tradebus.mastertrade import account
+from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.ops.benchkit import Plan, stage_count, wait
 from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
-from workers.launch import start_pool, wait_for_consumers
+from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
-#: Alternate runs of each kind (the quick plan runs one); the best of each is kept.
-ROUNDS = 3
+#: Rounds of one burst of each kind, untraced first in every other round (the quick plan runs one); the
+#: medians are kept.
+ROUNDS = 6
 QUEUE = "ticker_updates"
-#: Messages of the flat-out part: what the slower kind drains well within the queue's 10 s TTL.
-BURST = 1000
+#: Messages of a burst: what the slower kind drains well within the queue's 10 s TTL.
+BURST = 500
 #: Messages of each kind sent first, unmeasured: the pool process's first messages warm it up.
 WARM_UP = 50
+#: The order path hop: its queue, its rounds and signals per burst (two fifths in the quick plan), and how
+#: much slower than ``Plan.hop_rate`` its paced signals go (a decision costs a few ms of CPU).
+SIGNALS = "trading_signals"
+SIGNAL_ROUNDS = 6
+SIGNAL_BURST = 100
+SIGNAL_PACE = 4
+#: How often the pools export (``OTEL_BSP_SCHEDULE_DELAY``, ms; the SDK's default is 5000): a burst's last
+#: spans are not waited for 5 s. Under these loads a batch holds 300-512 spans either way (512 is the
+#: most), so an export's fixed cost (about 1 ms of CPU a POST) stays 2-4 us a span.
+EXPORT_EVERY_MS = "1000"
 
 
 class _Sink:
@@ -48,6 +72,7 @@ class _Sink:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.counted, self.total = 0, 0
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,13 +92,15 @@ class _Sink:
 
     @property
     def spans(self) -> int:
-        """How many spans were exported to it."""
+        """How many spans were exported to it (the bodies not counted yet are parsed now)."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        requests = [ExportTraceServiceRequest.FromString(body) for body in self.bodies]
-        return sum(
+        bodies, self.counted = self.bodies[self.counted :], len(self.bodies)
+        requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
+        self.total += sum(
             len(s.spans) for request in requests for r in request.resource_spans for s in r.scope_spans
         )
+        return self.total
 
     def close(self) -> None:
         self.server.shutdown()
@@ -89,6 +116,23 @@ def _sink() -> Iterator[_Sink]:
         sink.close()
 
 
+@dataclass(frozen=True)
+class _Hop:
+    """One stage to measure: how to send it a message without and with trace context."""
+
+    queue: str
+    untraced: Callable[[], object]
+    traced: Callable[[], object]
+    warm_up: int
+    pairs: int
+    burst: int
+    rounds: int
+    #: Paced messages per second.
+    rate: float
+    #: Before the warm-up, the paced series and each burst.
+    reset: Callable[[], object] = lambda: None
+
+
 def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir: Path) -> dict[str, Any]:
     """Run the scenario on ``app``'s bench vhost (tradebus/ops/bench.py); returns the figures."""
     try:
@@ -96,7 +140,7 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
     except ImportError:
         return {"skipped": "the OTLP exporter is not installed: pip install 'tradebus[otlp]'"}
     settings = app.settings
-    body = Ticker(symbol="BTCUSDT", price=45_000.0, bid=44_999.5, ask=45_000.5).model_dump_json().encode()
+    quick = plan.hop_messages < 100
     with _sink() as sink:
         env = {
             "TRADEBUS_TOPOLOGY": app.topology.name,
@@ -107,103 +151,166 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url,
             "OTEL_SERVICE_NAME": "bench",
             "TRADEBUS_DECLARE_TOPOLOGY": "0",  # the bench declared it: the pool starts sooner
+            # A smoke test waits for its spans 200 ms at a time.
+            "OTEL_BSP_SCHEDULE_DELAY": "200" if quick else EXPORT_EVERY_MS,
         }
-        if plan.hop_messages < 100:
-            # A smoke test waits for its spans 200 ms at a time, not the SDK's 5 s (the figures use 5 s).
-            env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
         argv = ["--loglevel", "WARNING", "-c", "1", "--prefetch-multiplier", "1"]
-        pool = start_pool(QUEUE, log_dir, argv, env)
+        pools = [start_pool(queue, log_dir, argv, env) for queue in (QUEUE, SIGNALS)]
         try:
             with Connection(settings.broker_url) as conn:
-                if wait_for_consumers(conn, [QUEUE], 90.0, [pool]):
-                    raise RuntimeError(f"no consumer on {QUEUE}; logs in {log_dir}")
-            figures = _alternate(app, plan, body, sink, pool.process.pid)
+                if wait_for_consumers(conn, [QUEUE, SIGNALS], 90.0, pools):
+                    raise RuntimeError(f"no consumer on {QUEUE} or {SIGNALS}; logs in {log_dir}")
+            figures = _measure(_ticker_hop(app, plan), plan, sink, pools[0])
+            figures["order path hop"] = _measure(_signal_hop(app, plan), plan, sink, pools[1])
         finally:
-            # The figures and spans are in: the pool (its own process group) goes at once, not through a
-            # shutdown of seconds.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pool.process.pid, signal.SIGKILL)
-            pool.process.wait()
-        figures["spans_exported"] = sink.spans
-    untraced, traced = figures["untraced"], figures["traced"]
-    figures["traced / untraced"] = {
-        "cpu": round(traced["cpu_ms_per_message"] / untraced["cpu_ms_per_message"], 3),
-        "p50": round(traced["latency_ms"]["p50"] / untraced["latency_ms"]["p50"], 3),
-        "p99": round(traced["latency_ms"]["p99"] / untraced["latency_ms"]["p99"], 3),
-        "throughput": round(traced["per_second"] / untraced["per_second"], 3),
-    }
+            # The figures and spans are in: the pools (each its own process group) go at once, not
+            # through a shutdown of seconds.
+            for pool in pools:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pool.process.pid, signal.SIGKILL)
+                pool.process.wait()
     echo(f"  traces: {figures}")
     return figures
 
 
+def _parent() -> dict[str, str]:
+    """A traced upstream's context: the stage makes a child span of it for every message."""
+    return {"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"}
+
+
+def _ticker_hop(app: TradebusCelery, plan: Plan) -> _Hop:
+    body = Ticker(symbol="BTCUSDT", price=45_000.0, bid=44_999.5, ask=45_000.5).model_dump_json().encode()
+    quick = plan.hop_messages < 100
+    return _Hop(
+        QUEUE,
+        untraced=lambda: send(app, body, exchange="", routing_key=QUEUE),
+        traced=lambda: send(app, body, exchange="", routing_key=QUEUE, headers=_parent()),
+        warm_up=WARM_UP // 5 if quick else WARM_UP,
+        pairs=plan.hop_messages // 2,
+        burst=min(plan.burst_messages, BURST),
+        rounds=ROUNDS,
+        rate=plan.hop_rate,
+    )
+
+
+def _signal_hop(app: TradebusCelery, plan: Plan) -> _Hop:
+    """Signals straight to the risk stage's queue (a signal published on its route would begin a trace
+    whatever its headers): each a new BUY of $100 (0.1% of the book) on one of five symbols, so each is
+    approved and its order request published, and a burst stays within every limit."""
+    quick = plan.hop_messages < 100
+    count = itertools.count()
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    def body() -> bytes:
+        n = next(count)
+        return (
+            TradingSignal(
+                strategy_id="bench",
+                symbol=f"TRACE{n % 5}USDT",
+                action="BUY",
+                confidence=0.9,
+                entry_price=100.0,
+                position_size_pct=0.001,
+                timestamp=since + timedelta(milliseconds=n),  # a new signal, a new decision
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    return _Hop(
+        SIGNALS,
+        untraced=lambda: send(app, body(), exchange="", routing_key=SIGNALS),
+        traced=lambda: send(app, body(), exchange="", routing_key=SIGNALS, headers=_parent()),
+        warm_up=WARM_UP // 10 if quick else WARM_UP // 2,
+        pairs=plan.hop_messages // 10,
+        burst=SIGNAL_BURST * 2 // 5 if quick else SIGNAL_BURST,
+        rounds=SIGNAL_ROUNDS,
+        rate=plan.hop_rate / SIGNAL_PACE,
+        reset=account.reset,
+    )
+
+
+def _measure(hop: _Hop, plan: Plan, sink: _Sink, pool: PoolProcess) -> dict[str, Any]:
+    """One hop's figures (``_alternate``) and the spans its pool exported."""
+    exported_before = sink.spans
+    figures = _alternate(hop, plan, sink, pool.process.pid)
+    figures["spans_exported"] = sink.spans - exported_before
+    return figures
+
+
 def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of process ``pid`` and its descendants so far (a worker and its pool)."""
-    ticks, pids = 0, [pid]
+    """CPU time of process ``pid`` and its descendants so far (a worker and its pool), every thread's, to
+    the nanosecond (``/proc/.../schedstat``; ``stat``'s user and system times are in 10 ms ticks, a few
+    of which are tens of microseconds a message of a burst)."""
+    nanoseconds, pids = 0, [pid]
     while pids:
         current = pids.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
             for task in Path(f"/proc/{current}/task").iterdir():
+                nanoseconds += int((task / "schedstat").read_text().split()[0])
                 pids += [int(c) for c in (task / "children").read_text().split()]
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return nanoseconds / 1e9
 
 
-def _alternate(app: TradebusCelery, plan: Plan, body: bytes, sink: _Sink, pid: int) -> dict[str, Any]:
+def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
     """Latency: one paced series, untraced and traced messages alternating one by one (both see the same
     moments of a busy machine); the one pool process takes them in order, so the recorded latencies
-    alternate too. Throughput and CPU per message: bursts of each kind, alternately, ``ROUNDS`` times,
-    the best of each kind kept; a traced burst's CPU counts until its last span reached the sink (the
-    export runs on the pool's own background thread)."""
-
-    def untraced() -> None:
-        send(app, body, exchange="", routing_key=QUEUE)
-
-    def traced() -> None:
-        # A traced upstream's context: the stage makes a child span of it for every message.
-        parent = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
-        send(app, body, exchange="", routing_key=QUEUE, headers={"traceparent": parent})
+    alternate too. Throughput and CPU per message: a burst of each kind, one after the other (each kind
+    first in half the rounds), ``hop.rounds`` times; each kind's medians are kept, and the ratios are the
+    medians of each round's (a round's two bursts see much the same machine). A traced burst's CPU counts
+    until its last span reached the sink (the export runs on the pool's own background thread)."""
+    queue = hop.queue
 
     def drained(before: int, count: int, what: str) -> None:
-        wait(lambda: stage_count(QUEUE) >= before + count, 120, what)
+        wait(lambda: stage_count(queue) >= before + count, 120, what)
 
-    before, warm_up = stage_count(QUEUE), WARM_UP if plan.hop_messages >= 100 else WARM_UP // 5
-    for _ in range(warm_up):
-        untraced()
-        traced()
-    drained(before, 2 * warm_up, "the warm-up")
-    spans = warm_up
+    hop.reset()
+    spans, before = sink.spans, stage_count(queue)
+    for _ in range(hop.warm_up):
+        hop.untraced()
+        hop.traced()
+    drained(before, 2 * hop.warm_up, "the warm-up")
+    spans += hop.warm_up
     _exported(sink, spans)
 
-    pairs = plan.hop_messages // 2
-    before, paced_from = stage_count(QUEUE), time.monotonic()
-    for i in range(2 * pairs):
-        time.sleep(max(0.0, i / plan.hop_rate - (time.monotonic() - paced_from)))
-        (traced if i % 2 else untraced)()
-    drained(before, 2 * pairs, "the paced messages")
-    spans += pairs
-    oldest_first = recorder.latencies(QUEUE)[: 2 * pairs][::-1]
+    hop.reset()
+    before, paced_from = stage_count(queue), time.monotonic()
+    for i in range(2 * hop.pairs):
+        time.sleep(max(0.0, i / hop.rate - (time.monotonic() - paced_from)))
+        (hop.traced if i % 2 else hop.untraced)()
+    drained(before, 2 * hop.pairs, "the paced messages")
+    spans += hop.pairs
+    oldest_first = recorder.latencies(queue)[: 2 * hop.pairs][::-1]
     figures: dict[str, dict[str, Any]] = {
         "untraced": {"latency_ms": percentiles(oldest_first[0::2])},
         "traced": {"latency_ms": percentiles(oldest_first[1::2])},
     }
     _exported(sink, spans)
 
-    burst = min(plan.burst_messages, BURST)
-    for _ in range(1 if plan.hop_messages < 100 else ROUNDS):  # the quick plan: one of each
-        for name, sender in (("untraced", untraced), ("traced", traced)):
-            cpu, before, begun = _cpu_seconds(pid), stage_count(QUEUE), time.monotonic()
-            for _ in range(burst):
+    rounds: dict[str, list[tuple[float, float]]] = {"untraced": [], "traced": []}  # (CPU ms, per s)
+    kinds = [("untraced", hop.untraced), ("traced", hop.traced)]
+    for round_ in range(1 if plan.hop_messages < 100 else hop.rounds):  # the quick plan: one of each
+        for name, sender in kinds[:: -1 if round_ % 2 else 1]:
+            hop.reset()
+            cpu, begun, before = _cpu_seconds(pid), time.monotonic(), stage_count(queue)
+            for _ in range(hop.burst):
                 sender()
-            drained(before, burst, "the burst")
-            rate = burst / (time.monotonic() - begun)
-            if sender is traced:
-                spans += burst
+            drained(before, hop.burst, "the burst")
+            rate = hop.burst / (time.monotonic() - begun)
+            if sender is hop.traced:
+                spans += hop.burst
                 _exported(sink, spans)
-            cpu_ms = (_cpu_seconds(pid) - cpu) * 1000 / burst
-            kept = figures[name]
-            kept["per_second"] = round(max(kept.get("per_second", 0.0), rate), 1)
-            kept["cpu_ms_per_message"] = round(min(kept.get("cpu_ms_per_message", cpu_ms), cpu_ms), 4)
+            rounds[name].append(((_cpu_seconds(pid) - cpu) * 1000 / hop.burst, rate))
+    for name, kept in rounds.items():
+        figures[name]["per_second"] = round(median(rate for _, rate in kept), 1)
+        figures[name]["cpu_ms_per_message"] = round(median(cpu for cpu, _ in kept), 4)
+    pairs = list(zip(rounds["untraced"], rounds["traced"], strict=True))
+    figures["traced / untraced"] = {
+        "cpu": round(median(traced[0] / untraced[0] for untraced, traced in pairs), 3),
+        "p50": round(figures["traced"]["latency_ms"]["p50"] / figures["untraced"]["latency_ms"]["p50"], 3),
+        "p99": round(figures["traced"]["latency_ms"]["p99"] / figures["untraced"]["latency_ms"]["p99"], 3),
+        "throughput": round(median(traced[1] / untraced[1] for untraced, traced in pairs), 3),
+    }
     return figures
 
 
