@@ -41,7 +41,7 @@ from celery.utils.log import get_task_logger
 from celery.worker.request import Request
 from kombu.message import Message
 
-from tradebus import handling, metrics, recorder
+from tradebus import handling, metrics, store
 from tradebus.errors import DeliveriesFailed
 
 logger = get_task_logger(__name__)
@@ -234,11 +234,13 @@ class Batcher:
         # pool's processes busy, but a few deliveries are not split into batches of one, each paying a
         # task's cost (on a machine with fewer cores than processes, that cost is all a split buys).
         parts = max(1, min(self.processes - self.in_flight, len(deliveries) // MIN_PART))
-        size = -(-len(deliveries) // parts)
-        for start in range(0, len(deliveries), size):
+        size, longer = divmod(len(deliveries), parts)  # even parts: the first ``longer`` one more
+        start = 0
+        for index in range(parts):
+            end = start + size + (1 if index < longer else 0)
             self.in_flight += 1
-            part = slice(start, start + size)
-            self.handle(BatchMessage(deliveries[part], self.stage, items[part], self._finished))
+            self.handle(BatchMessage(deliveries[start:end], self.stage, items[start:end], self._finished))
+            start = end
 
 
 def run_batch(task: Any, stage: str, items: list[dict[str, Any]]) -> int:
@@ -358,7 +360,14 @@ def _run_one(runner: Any, entry: dict[str, Any]) -> BaseException | None:
 
 
 def _count(queue: str, deliveries: int) -> None:
-    """Count the batch and its deliveries (``tradebus`` metrics ``batches:<queue>``, ``batched:<queue>``),
-    with the recorder's next write: no Redis round trip on the batch's path."""
-    recorder.bump_later(f"batches:{queue}")
-    recorder.bump_later(f"batched:{queue}", deliveries)
+    """Count the batch and its deliveries (``tradebus`` metrics ``batches:<queue>``, ``batched:<queue>``).
+
+    Written at once, not with the recorder's buffer: a pool process killed mid-batch would lose the
+    buffered counts of the batches it finished, and the counts would no longer add up."""
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        pipe.hincrby(store.key("metrics"), f"batches:{queue}", 1)
+        pipe.hincrby(store.key("metrics"), f"batched:{queue}", deliveries)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - observability must never cost a message
+        logger.warning("%s: could not count a batch: %s", queue, exc)

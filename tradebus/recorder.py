@@ -34,26 +34,16 @@ class _Buffer:
         #: (prefix, queue, delivery, latency, messages): keys are made at flush time under the prefix of
         #: record time; a delivery of a batch counts its messages.
         self.items: list[tuple[str, str, str, float | None, int]] = []
-        #: Pipeline events counted later (``bump_later``): (metrics key, name) -> amount.
-        self.bumps: dict[tuple[str, str], int] = {}
         self.lock = threading.Lock()
         self.pid = 0
 
-    def _started(self) -> None:
-        if self.pid != os.getpid():  # first use in this process (a pool process forks without threads)
-            self.pid = os.getpid()
-            self.items, self.bumps = [], {}
-            threading.Thread(target=self._run, name="tradebus-recorder", daemon=True).start()
-
     def add(self, prefix: str, queue: str, item: str, latency_ms: float | None, count: int = 1) -> None:
         with self.lock:
-            self._started()
+            if self.pid != os.getpid():  # first use in this process (a pool process forks without threads)
+                self.pid = os.getpid()
+                self.items = []
+                threading.Thread(target=self._run, name="tradebus-recorder", daemon=True).start()
             self.items.append((prefix, queue, item, latency_ms, count))
-
-    def bump(self, key: str, name: str, amount: int) -> None:
-        with self.lock:
-            self._started()
-            self.bumps[key, name] = self.bumps.get((key, name), 0) + amount
 
     def _run(self) -> None:
         while True:
@@ -66,12 +56,9 @@ class _Buffer:
     def flush(self) -> None:
         with self.lock:
             items, self.items = self.items, []
-            bumps, self.bumps = self.bumps, {}
-        if not items and not bumps:
+        if not items:
             return
         pipe = store.client().pipeline(transaction=False)
-        for (key, name), amount in bumps.items():
-            pipe.hincrby(key, name, amount)
         counts: dict[tuple[str, str], int] = {}
         for prefix, queue, item, latency_ms, count in items:
             pipe.lpush(f"{prefix}:received:{queue}", item)
@@ -86,6 +73,17 @@ class _Buffer:
 
 
 _buffer = _Buffer()
+
+
+def _reset_after_fork() -> None:
+    """A forked child starts with an empty buffer and a free lock (the parent's writer thread may have held
+    it at the fork, and that thread does not exist in the child)."""
+    _buffer.lock = threading.Lock()
+    _buffer.items = []
+    _buffer.pid = 0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def record(
@@ -121,12 +119,6 @@ def clear() -> None:
 def bump(name: str, amount: int = 1) -> None:
     """Count a pipeline event (``signals``, ``orders``, ``fills``...)."""
     store.client().hincrby(store.key("metrics"), name, amount)
-
-
-def bump_later(name: str, amount: int = 1) -> None:
-    """Count a pipeline event with the next buffered write (within ``FLUSH_SECONDS``), not at once: for a
-    count taken on a message's path that nobody reads at once (``batches:<queue>``)."""
-    _buffer.bump(store.key("metrics"), name, amount)
 
 
 def metrics() -> dict[str, int]:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, overload
 
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 from redis.exceptions import WatchError
 
 from tradebus.errors import NotReplicated, StateContention
@@ -131,11 +132,15 @@ return 1
 """
 
 
+#: The script object (its SHA computed once); redis-py's Script sends EVALSHA, and the script itself
+#: again when a server does not know it yet (a new or failed-over master).
+_hold_script = Script(None, _HOLD.encode())  # type: ignore[arg-type]  # bytes: no client needed for the SHA
+
+
 def _hold(client: redis.Redis, keys: list[str], holder: str, seconds: int, renew: bool) -> bool:
-    # One round trip (EVALSHA, loaded once per client: redis-py's Script), atomic where the commands it
-    # replaces (SET NX, GET, EXPIRE, and EXISTS for a claim) were two to four and could interleave.
-    script = client.register_script(_HOLD)
-    return bool(script(keys=keys, args=[holder, seconds, "1" if renew else "0"], client=client))
+    # One round trip, atomic where the commands it replaces (SET NX, GET, EXPIRE, and EXISTS for a claim)
+    # were two to four and could interleave with another holder's.
+    return bool(_hold_script(keys=keys, args=[holder, seconds, "1" if renew else "0"], client=client))
 
 
 def hold(client: redis.Redis, key: str, holder: str, seconds: int, *, renew: bool = True) -> bool:

@@ -8,8 +8,9 @@ span in its headers. So a signal's trace is ``create trading_signal`` -> ``proce
 -> ``process order_requests`` (the order) -> ``process strategy_order_updates`` (its fill), each the parent
 of the next, whatever process runs each hop.
 
-The context travels as W3C Trace Context (``traceparent``, ``tracestate``; and ``baggage`` when there is
-any), written and read by OpenTelemetry's own propagators (``OTEL_PROPAGATORS`` chooses others). A plain
+The context travels as W3C Trace Context (``traceparent``, ``tracestate``; and ``baggage`` when the
+publishing code set any: baggage read from a delivery is not carried on to what its handler publishes),
+written and read by OpenTelemetry's own propagators (``OTEL_PROPAGATORS`` chooses others). A plain
 JSON service ignores those headers or sets ``traceparent`` to join; a message without them is processed
 exactly as before, in no span unless it begins a trace. Market data and everything else outside a trace
 cost no span.
@@ -17,9 +18,9 @@ cost no span.
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
 fork), with a batching processor: the export runs on its background thread, off the message path, and
-a recorded span costs its process 55-60 us of CPU, about half the SDK's span and half its OTLP encoding
-(scripts/span_cost.py; in a pool, ``tradebus bench --scenario traces``: within 5% of the risk stage's
-hop, not of ``ticker_updates``'; docs/performance.md, "Traces").
+a recorded span costs its process 55-60 us of CPU in one process, about half the SDK's span and half
+its OTLP encoding (scripts/span_cost.py), 65-135 us in a pool process (scripts/span_cost_pool.py);
+what that is of a hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def _propagator(baggage_to_carry: bool) -> TextMapPropagator:
     configured = propagate.get_global_textmap()
     known, kind = _seen
     if known is not configured:
-        parts = configured._propagators if isinstance(configured, CompositePropagator) else [configured]
-        kinds = [type(p) for p in parts]
+        # A private attribute of the SDK's composite: if a release renames it, the configured propagators
+        # are used as they are (the shortcut is lost, nothing else).
+        composite = isinstance(configured, CompositePropagator)
+        parts = getattr(configured, "_propagators", None) if composite else [configured]
+        kinds = [type(p) for p in parts or ()]
         w3c: list[type[TextMapPropagator]] = [TraceContextTextMapPropagator]
         kind = "w3c" if kinds == w3c else "default" if kinds == [*w3c, W3CBaggagePropagator] else "other"
         _seen = configured, kind

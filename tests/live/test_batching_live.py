@@ -102,10 +102,8 @@ def test_a_backlog_of_single_ticks_runs_in_batches_each_tick_validated_and_dead_
     letters = dead_letters(declared_vhost, QUEUE, 2)
     assert sorted(h[REASON] for _, h in letters) == [Reason.INVALID_JSON, Reason.SCHEMA_VIOLATION], letters
     assert wait_until(lambda: settled(declared_vhost)), "deliveries left unacknowledged"
-    # Fewer batches than messages: the stage ran on batches, and counted each message in them (the batch
-    # counts go with the recorder's next buffered write).
-    assert wait_until(lambda: recorder.metrics().get(f"batched:{QUEUE}", 0) >= len(bodies), timeout=10)
     metrics = recorder.metrics()
+    # Fewer batches than messages: the stage ran on batches, and counted each message in them.
     assert metrics[f"batched:{QUEUE}"] == len(bodies)
     assert metrics[f"batches:{QUEUE}"] < len(bodies) / 2, metrics
     assert recorder.counts()[QUEUE] == 41

@@ -207,9 +207,7 @@ def test_the_pools_and_the_broker_report_what_went_through_the_order_path(
     }  # fmt: skip
     assert reasons(tickers) == {"invalid_json": 1}
     assert sample(tickers, "tradebus_processing_seconds_count", **t) == TICKS + 1
-    # It did run them in batches (counted with the recorder's next buffered write).
-    assert wait_until(lambda: recorder.metrics().get(f"batches:{TICKERS}", 0) > 0, timeout=10)
-    assert recorder.metrics()[f"batches:{TICKERS}"] < TICKS
+    assert recorder.metrics()[f"batches:{TICKERS}"] < TICKS  # it did run them in batches
 
     # The broker's view: each DLQ holds its dead letters, the update queue (no consumer here) one fill per
     # order, unrouted.trading the unroutable message; the two stage queues have their pool's consumer.

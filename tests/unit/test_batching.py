@@ -132,6 +132,17 @@ def test_what_waits_is_shared_among_the_free_processes_of_a_pool() -> None:
     assert [len(b.deliveries) for b in handed] == [MIN_PART + 1, MIN_PART] and gather.in_flight == 2
 
 
+def test_the_parts_are_even_and_none_is_under_min_part() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher(processes=3)
+    for tag in range(3 * MIN_PART + 1):
+        gather.add(delivery(channel, tag), {})
+    time.sleep(LINGER_SECONDS)
+    hub.fire()
+    assert [len(b.deliveries) for b in handed] == [MIN_PART + 1, MIN_PART, MIN_PART]
+    assert [d.delivery_tag for b in handed for d in b.deliveries] == list(range(3 * MIN_PART + 1))
+
+
 def test_a_few_deliveries_are_not_split_into_batches_of_one() -> None:
     channel = Channel()
     gather, hub, handed = batcher(processes=3)

@@ -29,6 +29,7 @@ from typing import Any
 import kombu
 from kombu import Connection, Queue
 
+from tradebus import recorder
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
 from tradebus.mastertrade.wire import publish
@@ -58,9 +59,10 @@ def order_path(bench: Any) -> dict[str, Any]:
     }
     trips: dict[str, list[float]] = {load: [] for load in loads}
     lags: dict[str, list[float]] = {load: [] for load in loads}
+    offered: dict[str, list[float]] = {load: [] for load in loads}
     blocks = max(1, min(BLOCKS, bench.plan.round_trips // 10))
     per_block = -(-bench.plan.round_trips // blocks)
-    processes = {load: _background(bench, r, b) for load, (r, b) in loads.items() if r > 0}
+    processes: dict[str, _Load] = {}
     fills: dict[str, float] = {}
     orders = kombu.Exchange("mastertrade.orders", type="topic", no_declare=True)
     tap = Queue(
@@ -74,23 +76,29 @@ def order_path(bench: Any) -> dict[str, Any]:
 
     trip = 0
     try:
+        for load, (load_rate, batch) in loads.items():
+            if load_rate > 0:
+                processes[load] = _Load(bench, load_rate, batch)
         with Connection(bench.url) as conn, kombu.Consumer(conn, [tap], callbacks=[on_fill], accept=["json"]):
             for _ in range(blocks):
-                for load, (load_rate, _batch) in loads.items():
+                for load in loads:
                     process = processes.get(load)
                     if process is not None:
-                        _resume(process, load_rate)
+                        process.resume()
+                    begun, ticks_before = time.monotonic(), _ticks()
                     try:
                         for _ in range(per_block):
                             trips[load].append(_round_trip(bench, conn, fills, trip, lags[load]))
                             trip += 1
                     finally:
                         if process is not None:
-                            _pause(process)
+                            process.pause()
+                    if process is not None:  # what the ticker stage was offered while the block ran
+                        ticks = (_ticks() - ticks_before) * process.batch
+                        offered[load].append(ticks / (time.monotonic() - begun))
     finally:
         for process in processes.values():
-            process.kill()
-            process.wait(20)
+            process.close()
     results = {load: percentiles(values) for load, values in trips.items()}
     price_lags = {
         load: percentiles(values)
@@ -100,52 +108,78 @@ def order_path(bench: Any) -> dict[str, Any]:
     for load in loads:
         bench.echo(f"  signal -> fill, {load}: {results[load]}")
         bench.echo(f"  ticker -> executor's price, {load}: {price_lags[load]}")
+    handled = {load: round(sum(v) / len(v)) for load, v in offered.items() if v}
+    bench.echo(f"  ticks/s the ticker stage handled during each load's blocks: {handled}")
     idle, loaded = results["idle"], results[f"{rate:g} ticks/s, one per message"]
     return {
         "signal_to_fill_ms": results,
         "price_lag_ms": price_lags,
         "single ticks / idle": {p: round(loaded[p] / idle[p], 2) for p in ("p50", "p99")},
         "blocks": blocks,
+        "ticks_per_second_handled": handled,
     }
 
 
-def _background(bench: Any, rate: float, batch: int) -> subprocess.Popen[bytes]:
-    """A load's publisher (tradebus/ops/benchload.py), started and paused until its first block."""
-    log = (bench.log_dir / f"background-{rate:g}-{batch}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tradebus.ops.benchload", f"{rate:g}", str(batch)],
-        env={**os.environ, **bench.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    _flowing(rate)
-    _pause(process)
-    return process
+def _ticks() -> int:
+    """Deliveries the ticker stage has recorded (a TickerBatch is one)."""
+    return stage_count("ticker_updates")
 
 
-def _flowing(rate: float) -> None:
-    """Wait until a fifth of a second of the load has been handled by the ticker stage."""
-    before = stage_count("ticker_updates")
-    wait(lambda: stage_count("ticker_updates") - before >= rate / 5, 30.0, "the background ticks")
+class _Load:
+    """A load's publisher (tradebus/ops/benchload.py), paused (SIGSTOP) outside its blocks."""
+
+    def __init__(self, bench: Any, rate: float, batch: int) -> None:
+        self.rate, self.batch = rate, batch
+        self.log = (bench.log_dir / f"background-{rate:g}-{batch}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tradebus.ops.benchload", f"{rate:g}", str(batch)],
+            env={**os.environ, **bench.env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            self._flowing(30.0)  # its start: imports, a connection
+            self.pause()
+        except BaseException:
+            self.close()
+            raise
+
+    def _flowing(self, timeout: float) -> None:
+        """Wait until a fifth of a second of the load has reached the ticker stage."""
+        before = _ticks()
+        wanted = max(1.0, self.rate / self.batch / 5)
+        wait(lambda: _ticks() - before >= wanted, timeout, "the background ticks")
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self._flowing(10.0)
+
+    def pause(self) -> None:
+        """Stop the load, then wait until both market-data stages have drained what it sent: their counts
+        stand still over a recorder flush (the next block must not run on the load's tail)."""
+        self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10.0
+        last = _market_data_counts()
+        while time.monotonic() < deadline:
+            time.sleep(0.06)  # a little over the recorder's 50 ms flush: a count that moves is seen moving
+            now = _market_data_counts()
+            if now == last:
+                return
+            last = now
+        raise RuntimeError("the market-data stages were still busy 10 s after the load stopped")
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)  # a stopped process would hold a SIGKILL's reaping
+            self.process.kill()
+        self.process.wait(20)
+        self.log.close()
 
 
-def _resume(process: subprocess.Popen[bytes], rate: float) -> None:
-    process.send_signal(signal.SIGCONT)
-    _flowing(rate)
-
-
-def _pause(process: subprocess.Popen[bytes]) -> None:
-    """Stop the load and wait until the ticker stage has drained what it sent (its count stands still)."""
-    process.send_signal(signal.SIGSTOP)
-    deadline = time.monotonic() + 5.0
-    last = stage_count("ticker_updates")
-    while time.monotonic() < deadline:
-        time.sleep(0.06)  # a little over the recorder's 50 ms flush: a count that moves is seen moving
-        now = stage_count("ticker_updates")
-        if now == last:
-            return
-        last = now
+def _market_data_counts() -> tuple[int, int]:
+    counts = recorder.counts()
+    return counts.get("ticker_updates", 0), counts.get("executor_market_data", 0)
 
 
 def _round_trip(bench: Any, conn: Connection, fills: dict[str, float], trip: int, lags: list[float]) -> float:

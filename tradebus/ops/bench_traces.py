@@ -95,7 +95,8 @@ class _Sink:
         """How many spans were exported to it (the bodies not counted yet are parsed now)."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        bodies, self.counted = self.bodies[self.counted :], len(self.bodies)
+        bodies = self.bodies[self.counted :]  # a body appended meanwhile is counted next time
+        self.counted += len(bodies)
         requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
         self.total += sum(
             len(s.spans) for request in requests for r in request.resource_spans for s in r.scope_spans
@@ -155,8 +156,10 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
             "OTEL_BSP_SCHEDULE_DELAY": "200" if quick else EXPORT_EVERY_MS,
         }
         argv = ["--loglevel", "WARNING", "-c", "1", "--prefetch-multiplier", "1"]
-        pools = [start_pool(queue, log_dir, argv, env) for queue in (QUEUE, SIGNALS)]
+        pools: list[PoolProcess] = []
         try:
+            for queue in (QUEUE, SIGNALS):
+                pools.append(start_pool(queue, log_dir, argv, env))
             with Connection(settings.broker_url) as conn:
                 if wait_for_consumers(conn, [QUEUE, SIGNALS], 90.0, pools):
                     raise RuntimeError(f"no consumer on {QUEUE} or {SIGNALS}; logs in {log_dir}")
@@ -258,8 +261,10 @@ def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
     alternate too. Throughput and CPU per message: a burst of each kind, one after the other (each kind
     first in half the rounds), ``hop.rounds`` times; each kind's medians are kept, and the ratios are the
     medians of each round's (a round's two bursts see much the same machine). A traced burst's CPU counts
-    until its last span reached the sink (the export runs on the pool's own background thread)."""
+    until its last span reached the sink (the export runs on the pool's own background thread), and both
+    kinds' windows last the same export interval past the burst."""
     queue = hop.queue
+    export_seconds = (200 if plan.hop_messages < 100 else int(EXPORT_EVERY_MS)) / 1000 + 0.2
 
     def drained(before: int, count: int, what: str) -> None:
         wait(lambda: stage_count(queue) >= before + count, 120, what)
@@ -297,9 +302,13 @@ def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
                 sender()
             drained(before, hop.burst, "the burst")
             rate = hop.burst / (time.monotonic() - begun)
+            # Both kinds' CPU windows last the same export interval past the drain (what an idle worker
+            # spends meanwhile counts against both, not only the traced burst that waits for its export).
+            settled = time.monotonic() + export_seconds
             if sender is hop.traced:
                 spans += hop.burst
                 _exported(sink, spans)
+            time.sleep(max(0.0, settled - time.monotonic()))
             rounds[name].append(((_cpu_seconds(pid) - cpu) * 1000 / hop.burst, rate))
     for name, kept in rounds.items():
         figures[name]["per_second"] = round(median(rate for _, rate in kept), 1)
