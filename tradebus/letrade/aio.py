@@ -168,7 +168,7 @@ class MessageBus:
         """Validate and publish, confirmed; returns the message id. InvalidMessage (nothing sent) or
         PublishFailed."""
         message = client.outgoing(exchange, routing_key, payload, self.source)
-        await self.send(message, strategy_id=strategy_id)
+        await self.send(message, strategy_id=strategy_id, routing_key=client.qualify(exchange, routing_key))
         return message.message_id
 
     async def publish_many(
@@ -191,9 +191,15 @@ class MessageBus:
         return [m.message_id for m in messages]
 
     async def send(
-        self, message: Envelope, *, strategy_id: int | None = None, headers: Mapping[str, Any] | None = None
+        self,
+        message: Envelope,
+        *,
+        strategy_id: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        routing_key: str | None = None,
     ) -> None:
-        """Publish a validated message on its own route, with its priority, confirmed."""
+        """Publish a validated message on its own route (``routing_key``: its key, already computed),
+        with its priority, confirmed."""
         body, extra = wire(message, self.settings, strategy_id=strategy_id, headers=headers)
         await self.publish_raw(
             body,
@@ -202,7 +208,7 @@ class MessageBus:
                 self.settings.signing,
                 body,
                 exchange=message.exchange,
-                routing_key=message.routing_key,
+                routing_key=routing_key or message.routing_key,
                 message_id=message.message_id,
                 headers=extra,
                 persistent=message.route.persistent,

@@ -82,6 +82,15 @@ def account() -> Account:
     return _account(client.get(_k("cash")), client.hgetall(_k("positions")))
 
 
+def snapshot(also: Read | None = None) -> tuple[Account, dict[str, float], Any]:
+    """The account and the last prices (``prices``) read in one round trip, with ``also``'s value (the
+    stage's repeat check, or None): what a capital allocation decides on."""
+    reads = [("get", _k("cash")), ("hgetall", _k("positions")), ("hgetall", _k("prices"))]
+    cash, positions, raw, *extra = state.read(store.text_client(), [*reads, *([also] if also else [])])
+    prices = {k.split(":", 1)[1]: float(v) for k, v in raw.items()}
+    return _account(cash, positions), prices, extra[0] if extra else None
+
+
 def record_price(exchange: str, symbol: str, price: float) -> None:
     """Remember the last price of ``symbol`` on ``exchange``: market orders fill at it."""
     store.client().hset(_k("prices"), f"{exchange}:{symbol}", price)
