@@ -243,7 +243,8 @@ class MessageBus:
         # Straight to the robust channel's aiormq channel, as aio-pika's Exchange.publish does, without an
         # aio_pika.Message per publish: a market-data feed publishes thousands a second.
         amqp_properties = aiormq.spec.Basic.Properties(
-            headers=properties["headers"],
+            # pamqp writes a float as a 32-bit one (a publication time to within 128 s): as text instead.
+            headers={k: repr(v) if isinstance(v, float) else v for k, v in properties["headers"].items()},
             content_type=properties["content_type"],
             content_encoding=properties["content_encoding"],
             delivery_mode=properties["delivery_mode"],

@@ -137,7 +137,7 @@ async def _measure(settings: Settings, plan: Plan, echo: Callable[[str], None]) 
                 json.dumps(envelope).encode(),
                 content_type=CONTENT_TYPE,
                 content_encoding="utf-8",
-                headers={h.PUBLISHED_AT: time.time(), h.TYPE: route.name},  # what the client's carry
+                headers={h.PUBLISHED_AT: repr(time.time()), h.TYPE: route.name},  # what the client's carry
                 delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                 priority=route.priority,
                 message_id=envelope["message_id"],
