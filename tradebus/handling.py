@@ -8,12 +8,13 @@ repeat check, which would drop the message as a repeat of itself).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
+from celery import current_task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 
-from tradebus import seen, tracing
+from tradebus import recorder, seen, tracing
 from tradebus.errors import InvalidMessage, Reason
 from tradebus.retries import is_transient
 
@@ -58,3 +59,25 @@ def note(task: Any, message_id: str | None) -> None:
     handled = handled_id(task, message_id)
     if handled is not None:
         seen.note(task.queue_name, handled)
+
+
+def drop_repeat(task: Any, message_id: str) -> NoReturn:
+    """Drop the current delivery, a repeat of ``message_id`` already handled: acknowledged (Ignore), and no
+    result stored over the first copy's (a risk check's answer)."""
+    logger.warning("%s: dropping %s, a repeat of a message already handled", task.queue_name, message_id)
+    recorder.bump(f"repeats_dropped:{task.queue_name}")
+    raise Ignore
+
+
+def repeat_read() -> tuple[str, ...] | None:
+    """For a stage whose handler checks repeats itself (``handler_checks_repeats``): the Redis read that tells
+    whether the running delivery is a repeat, to send with reads the handler makes anyway; None when it
+    cannot be one. Hand its value to ``drop_if_repeat`` before acting."""
+    message_id = current_task.publisher_id()
+    return None if message_id is None else seen.read(current_task.queue_name, message_id)
+
+
+def drop_if_repeat(value: Any) -> None:
+    """Drop the running delivery (``drop_repeat``) if ``repeat_read``'s value says it is a repeat."""
+    if seen.recent(value):
+        drop_repeat(current_task, str(current_task.publisher_id()))

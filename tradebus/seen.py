@@ -33,8 +33,15 @@ def _key(queue: str) -> str:
     return store.key("seen", queue)
 
 
-def _recent(score: float | None) -> bool:
+def recent(score: float | str | None) -> bool:
+    """Whether a handled id's score (its ``read``) is within the window: the delivery is a repeat."""
     return score is not None and float(score) >= time.time() - WINDOW_SECONDS
+
+
+def read(queue: str, message_id: str) -> tuple[str, ...]:
+    """The Redis read (a client method and its arguments) whose value ``recent`` judges: ``handled`` in a
+    round trip of the caller's (a stage whose handler reads its state anyway)."""
+    return ("zscore", _key(queue), message_id)
 
 
 def _noting(pipe: Any, key: str, message_id: str) -> None:
@@ -52,7 +59,7 @@ def handled(queue: str, message_id: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - without the record, handle it rather than lose it
         logger.warning("%s: cannot tell whether %s was handled: %s", queue, message_id, exc)
         return False
-    return _recent(score)
+    return recent(score)
 
 
 def note(queue: str, message_id: str) -> None:
@@ -72,7 +79,7 @@ async def handled_async(client: AsyncRedis, queue: str, message_id: str) -> bool
     except Exception as exc:  # noqa: BLE001 - without the record, handle it rather than lose it
         logger.warning("%s: cannot tell whether %s was handled: %s", queue, message_id, exc)
         return False
-    return _recent(score)
+    return recent(score)
 
 
 async def note_async(client: AsyncRedis, queue: str, message_id: str) -> None:

@@ -29,7 +29,6 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from celery import Task, current_task
-from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
@@ -75,6 +74,8 @@ class StageTask(Task):  # type: ignore[misc]
     #: Takes a whole batch's valid messages at once (tradebus/batching.py); None: ``handler`` for each.
     batch_handler: Callable[[list[Any]], Any] | None = None
     retry_policy: RetryPolicy = SEED_POLICY
+    #: The handler tells a repeat by ``handling.repeat_read`` itself: no round trip of the stage's before it.
+    handler_checks_repeats = False
     #: The base class of the profile's messages (what ``delay`` takes).
     message_base: type[Any] = BaseModel
     typing = False
@@ -280,12 +281,9 @@ class StageTask(Task):  # type: ignore[misc]
             self.retry_or_give_up(payload, exc)
             return None
         message_id = self.publisher_id()
-        if message_id is not None and seen.handled(self.queue_name, message_id):
-            logger.warning(
-                "%s: dropping %s, a repeat of a message already handled", self.queue_name, message_id
-            )
-            recorder.bump(f"repeats_dropped:{self.queue_name}")
-            raise Ignore  # acknowledged, and no result stored over the first copy's (a risk check's answer)
+        # A handler that checks repeats itself does so in a Redis round trip it makes anyway (handling.py).
+        if message_id and not self.handler_checks_repeats and seen.handled(self.queue_name, message_id):
+            handling.drop_repeat(self, message_id)
         if self.over_redelivery_limit():
             self.dead_letter(
                 payload,

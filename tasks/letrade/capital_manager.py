@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 
 from routing.letrade import CAPITAL_MANAGER
+from tradebus import handling
 from tradebus.letrade import capital, paper
 from tradebus.letrade.messages import (
     CapitalAllocationRequestMessage,
@@ -26,10 +27,14 @@ SOURCE = "capital_manager"
     "tradebus.letrade_capital_manager.allocate",
     queue=CAPITAL_MANAGER.name,
     accepts=CapitalAllocationRequestMessage,
+    handler_checks_repeats=True,
 )
 def allocate(message: CapitalAllocationRequestMessage) -> None:
-    """Approve, reduce or reject a strategy's request for capital."""
-    answer = capital.allocate(message.payload, message.message_id, paper.account(), paper.prices())
+    """Approve, reduce or reject a strategy's request for capital. The account, the prices and the stage's
+    check for a repeat of the request are read in one Redis round trip (four before)."""
+    account, prices, repeat = paper.snapshot(handling.repeat_read())
+    handling.drop_if_repeat(repeat)
+    answer = capital.allocate(message.payload, message.message_id, account, prices)
     logger.info(
         "allocation %s for strategy %s: %s %s",
         message.message_id,

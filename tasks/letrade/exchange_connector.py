@@ -13,7 +13,7 @@ from typing import Any
 from celery.utils.log import get_task_logger
 
 from routing.letrade import EXCHANGE_CONNECTOR
-from tradebus import recorder
+from tradebus import handling, recorder
 from tradebus.letrade import paper
 from tradebus.letrade.messages import (
     CancelOrderMessage,
@@ -53,11 +53,20 @@ def _announce(result: dict[str, Any], answering: str) -> None:
     "tradebus.letrade_exchange_connector.execute_trade",
     queue=EXCHANGE_CONNECTOR.name,
     accepts=ExecuteTradeMessage,
+    handler_checks_repeats=True,
 )
 def execute_trade(message: ExecuteTradeMessage) -> None:
-    """Fill (or rest, or refuse) a trade command exactly once per client order id (else message id)."""
+    """Fill (or rest, or refuse) a trade command exactly once per client order id (else message id).
+
+    The stage's check for a repeat of the command rides in the round trip that reads the account
+    (``handler_checks_repeats``): one Redis round trip fewer on the way to ``trade_executed``."""
     command = message.payload
-    result = paper.execute(command, command.client_order_id or message.message_id)
+    result = paper.execute(
+        command,
+        command.client_order_id or message.message_id,
+        also=handling.repeat_read(),
+        first=handling.drop_if_repeat,
+    )
     if result.pop("again"):
         recorder.bump("duplicate_deliveries")
     logger.info("%s %s %s: %s", command.side, command.amount, command.symbol, result["payload"].get("status"))

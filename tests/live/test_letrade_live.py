@@ -25,7 +25,7 @@ from tests.fixtures.letrade import LetradePools, start_letrade_pools
 from tests.support.bus import LETRADE, SETTINGS, Vhost, admin, declare_letrade, make_vhost
 from tests.support.letrade_samples import CONSUMERS, PAYLOADS
 from tests.support.wait import wait_until
-from tradebus import recorder
+from tradebus import recorder, seen
 from tradebus.errors import MessageTooLarge, RequestTimeout
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade.bus import LetradeBus
@@ -445,6 +445,50 @@ def test_a_trade_event_delivered_twice_moves_the_strategys_position_once(letrade
     finally:
         bus.close()
     assert state.holding(symbol) == pytest.approx(0.01)
+
+
+def test_a_command_and_a_request_sent_again_under_their_ids_are_handled_once(
+    letrade_pools: LetradePools,
+) -> None:
+    """The connector and the capital manager check for a repeat in the Redis round trip that reads their
+    state (``handler_checks_repeats``): a copy of a handled message is still dropped, and a copy that
+    overtook the first's note is answered from the order's record, never filled twice."""
+    metric = recorder.metrics
+    events: list[dict[str, Any]] = []
+    symbol, order = pair(), f"t{uuid.uuid4().hex[:8]}"
+    bus = letrade_pools.bus("strategy_900")
+    try:
+        bus.subscribe("events.trade_executed", lambda topic, payload: events.append(payload))
+        before = metric()
+        command = bus.message("commands.execute_trade", trade(symbol, order, amount=0.002, price=50_000.0))
+        bus.send(command)
+        collect(bus, events, lambda: any(e.get("client_order_id") == order for e in events))
+        assert wait_until(lambda: seen.handled("letrade.exchange_connector", command.message_id))
+        bus.send(command)  # the same message again, once the connector noted the first as handled
+
+        def repeats(name: str) -> int:
+            return metric().get(name, 0) - before.get(name, 0)
+
+        assert wait_until(lambda: repeats("repeats_dropped:letrade.exchange_connector") == 1)
+        assert repeats("duplicate_deliveries") == 0, letrade_pools.logs()
+        request = bus.message(
+            "request.capital.allocation",
+            {**PAYLOADS["capital_allocation_request"][1], "strategy_id": TEST_STRATEGY},
+        )
+        answered_before = metric().get("repeats_dropped:letrade.capital_manager", 0)
+        bus.send(request)
+        assert wait_until(
+            lambda: any(e["id"] == request.message_id for e in recorder.received("letrade.capital_manager"))
+        )
+        assert wait_until(lambda: seen.handled("letrade.capital_manager", request.message_id))
+        bus.send(request)
+        assert wait_until(
+            lambda: metric().get("repeats_dropped:letrade.capital_manager", 0) == answered_before + 1
+        ), letrade_pools.logs()
+    finally:
+        bus.close()
+    fills = [e for e in events if e.get("client_order_id") == order]
+    assert {e["order_id"] for e in fills} == {f"paper-{order}"} and fills[0]["filled"] == 0.002
 
 
 def test_flower_shows_the_letrade_pools_and_their_tasks(

@@ -168,7 +168,7 @@ class MessageBus:
         """Validate and publish, confirmed; returns the message id. InvalidMessage (nothing sent) or
         PublishFailed."""
         message = client.outgoing(exchange, routing_key, payload, self.source)
-        await self.send(message, strategy_id=strategy_id)
+        await self.send(message, strategy_id=strategy_id, routing_key=client.qualify(exchange, routing_key))
         return message.message_id
 
     async def publish_many(
@@ -191,9 +191,15 @@ class MessageBus:
         return [m.message_id for m in messages]
 
     async def send(
-        self, message: Envelope, *, strategy_id: int | None = None, headers: Mapping[str, Any] | None = None
+        self,
+        message: Envelope,
+        *,
+        strategy_id: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        routing_key: str | None = None,
     ) -> None:
-        """Publish a validated message on its own route, with its priority, confirmed."""
+        """Publish a validated message on its own route (``routing_key``: its key, already computed),
+        with its priority, confirmed."""
         body, extra = wire(message, self.settings, strategy_id=strategy_id, headers=headers)
         await self.publish_raw(
             body,
@@ -202,7 +208,7 @@ class MessageBus:
                 self.settings.signing,
                 body,
                 exchange=message.exchange,
-                routing_key=message.routing_key,
+                routing_key=routing_key or message.routing_key,
                 message_id=message.message_id,
                 headers=extra,
                 persistent=message.route.persistent,
@@ -237,7 +243,8 @@ class MessageBus:
         # Straight to the robust channel's aiormq channel, as aio-pika's Exchange.publish does, without an
         # aio_pika.Message per publish: a market-data feed publishes thousands a second.
         amqp_properties = aiormq.spec.Basic.Properties(
-            headers=properties["headers"],
+            # pamqp writes a float as a 32-bit one (a publication time to within 128 s): as text instead.
+            headers={k: repr(v) if isinstance(v, float) else v for k, v in properties["headers"].items()},
             content_type=properties["content_type"],
             content_encoding=properties["content_encoding"],
             delivery_mode=properties["delivery_mode"],

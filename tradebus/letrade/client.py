@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from routing import letrade
@@ -33,6 +34,7 @@ from tradebus.settings import Settings
 DEFAULT_TIMEOUT = 5.0
 
 
+@lru_cache(maxsize=4096)
 def qualify(exchange: str, routing_key: str) -> str:
     """The full key for a short one: ``("letrade.commands", "execute_trade")`` -> ``commands.execute_trade``.
 

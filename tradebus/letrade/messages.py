@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,7 +86,9 @@ class Envelope(BaseModel):
     @property
     def strategy_id(self) -> int | None:
         """The strategy the payload belongs to, if it names one."""
-        value = getattr(self.payload, "strategy_id", None)
+        # From the fields, not getattr: a payload without one would raise (and catch) an AttributeError
+        # inside Pydantic on every publish of it (3 us of a candle's).
+        value = self.payload.__dict__.get("strategy_id")
         return value if isinstance(value, int) else None
 
 
@@ -201,8 +203,10 @@ def class_for_key(routing_key: str) -> type[Envelope]:
 BUS = "letrade"
 
 
+@cache
 def sensitive_paths(cls: type[Envelope]) -> tuple[str, ...]:
-    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>``."""
+    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>`` (asked by every encode
+    and parse: remembered per class)."""
     payload = cls.model_fields["payload"].annotation
     fields = getattr(payload, "sensitive", ())
     return tuple(f"payload.{name}" for name in fields)

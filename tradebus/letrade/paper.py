@@ -2,21 +2,24 @@
 connector fills against.
 
 Every order is executed once per ``client_order_id`` (the command's own, else its message id): the fill
-and the order's record are written in one WATCH/MULTI transaction, and a redelivered command finds the
-record and gets the same answer back. A market order fills at the last market price the connector saw;
-a limit order fills at once when it is marketable and otherwise rests until a price crosses it or it is
-cancelled. Fees are the seed's example rate, 0.1% of the cost.
+and the order's record are written together, only if nothing the decision read has moved meanwhile
+(tradebus/checked.py), and a redelivered command finds the record and gets the same answer back. A
+market order fills at the last market price the connector saw; a limit order fills at once when it is
+marketable and otherwise rests until a price crosses it or it is cancelled. Fees are the seed's example
+rate, 0.1% of the cost.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.client import Pipeline
 
-from tradebus import state, store
+from tradebus import checked, state, store
+from tradebus.checked import Read
 from tradebus.letrade.messages import derived_id
 from tradebus.letrade.payloads import CancelOrder, ErrorReport, ExecuteTrade, TradeExecuted
 
@@ -27,6 +30,8 @@ MAX_ATTEMPTS = state.MAX_ATTEMPTS
 TRADE_EVENT, ERROR_EVENT = "trade_executed", "error"
 #: Longest client order id kept in the order id as it is (ids are at most 128 characters).
 MAX_READABLE_ID = 100
+#: Where a booking queues its writes: a pipeline in MULTI, or a compare-and-write's (tradebus/checked.py).
+Writer = Pipeline | checked.Writes
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,15 @@ def account() -> Account:
     return _account(client.get(_k("cash")), client.hgetall(_k("positions")))
 
 
+def snapshot(also: Read | None = None) -> tuple[Account, dict[str, float], Any]:
+    """The account and the last prices (``prices``) read in one round trip, with ``also``'s value (the
+    stage's repeat check, or None): what a capital allocation decides on."""
+    reads = [("get", _k("cash")), ("hgetall", _k("positions")), ("hgetall", _k("prices"))]
+    cash, positions, raw, *extra = state.read(store.text_client(), [*reads, *([also] if also else [])])
+    prices = {k.split(":", 1)[1]: float(v) for k, v in raw.items()}
+    return _account(cash, positions), prices, extra[0] if extra else None
+
+
 def record_price(exchange: str, symbol: str, price: float) -> None:
     """Remember the last price of ``symbol`` on ``exchange``: market orders fill at it."""
     store.client().hset(_k("prices"), f"{exchange}:{symbol}", price)
@@ -108,7 +122,7 @@ def _fill(pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float) ->
 
 
 def _book(
-    pipe: Pipeline, command: ExecuteTrade, order_id: str, price: float, cash_raw: Any, raw: Any
+    pipe: Writer, command: ExecuteTrade, order_id: str, price: float, cash_raw: Any, raw: Any
 ) -> dict[str, Any]:
     """Book ``command`` filled at ``price`` against the cash and position read, or say why it cannot be."""
     cost = round(command.amount * price, 8)
@@ -178,9 +192,16 @@ def _unfilled(command: ExecuteTrade, order_id: str, status: Literal["open", "can
     return {"event": TRADE_EVENT, "payload": event.model_dump(mode="json")}
 
 
-def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
+def execute(
+    command: ExecuteTrade,
+    client_order_id: str,
+    *,
+    also: Read | None = None,
+    first: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """Execute ``command`` once per ``client_order_id``; returns ``{"event", "payload", "again"}``
-    (``again``: a redelivery, answered from the record of the first)."""
+    (``again``: a redelivery, answered from the record of the first). ``also``: one more read in the same
+    round trip (the stage's repeat check), whose value ``first`` gets before anything is decided."""
     command = command.model_copy(update={"client_order_id": client_order_id})
     # Readable when it can be (``paper-strategy_123_001``), always a valid id.
     order_id = (
@@ -189,8 +210,10 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
     record_key = _k("orders", order_id)
     open_key = _k("open", command.exchange, command.symbol)
 
-    # Everything the order needs is read in one round trip after the WATCH (state.transaction's reads):
-    # three round trips per command instead of six, on the path of execute_trade -> trade_executed.
+    # Everything the order needs is read in one round trip, and the writes are applied in one more by a
+    # script, only if none of those values moved meanwhile (tradebus/checked.py): two round trips per
+    # command (six before the reads were pipelined, three with WATCH/MULTI), on the path of
+    # execute_trade -> trade_executed.
     reads = [
         ("get", record_key),
         ("hget", _k("prices"), f"{command.exchange}:{command.symbol}"),
@@ -198,8 +221,10 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
         ("hget", _k("positions"), command.symbol),
     ]
 
-    def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
-        done, market, cash_raw, position_raw = values
+    def body(values: list[Any], pipe: checked.Writes) -> dict[str, Any]:
+        done, market, cash_raw, position_raw, *extra = values
+        if first is not None:
+            first(extra[0] if extra else None)
         if done is not None:
             previous: dict[str, Any] = json.loads(done)
             return previous | {"again": True}
@@ -222,8 +247,9 @@ def execute(command: ExecuteTrade, client_order_id: str) -> dict[str, Any]:
         pipe.set(record_key, json.dumps(result))
         return result | {"again": False}
 
-    watched = [record_key, _k("cash"), _k("positions"), _k("prices"), open_key]
-    return state.transaction(store.text_client(), watched, body, reads=reads, max_attempts=MAX_ATTEMPTS)
+    return checked.transaction(
+        store.text_client(), reads, body, also=[also] if also else [], max_attempts=MAX_ATTEMPTS
+    )
 
 
 def _crosses(command: ExecuteTrade, limit: float, price: float) -> bool:
