@@ -13,7 +13,7 @@ from datetime import datetime
 
 from celery.utils.log import get_task_logger
 
-from tradebus import recorder
+from tradebus import handling, recorder
 from tradebus.mastertrade import account
 from tradebus.mastertrade.errors import OrderRefused
 from tradebus.mastertrade.messages import MarketData, OrderBook, OrderRequest, Ticker, TickerBatch, Trade
@@ -23,9 +23,17 @@ from tradebus.stage import delivery_id
 logger = get_task_logger(__name__)
 
 
-@stage("tradebus.execution.execute_order", queue="order_requests", accepts=OrderRequest)
+@stage(
+    "tradebus.execution.execute_order",
+    queue="order_requests",
+    accepts=OrderRequest,
+    handler_checks_repeats=True,
+)
 def execute_order(message: OrderRequest) -> None:
-    """Fill (or reject) a risk-approved paper order exactly once."""
+    """Fill (or reject) a risk-approved paper order exactly once.
+
+    The stage's check for a repeat of the order rides in the round trip that reads the fill's record, the
+    holding and the price (``handler_checks_repeats``): one Redis round trip fewer on the order path."""
     if not message.risk_approved:
         raise OrderRefused(f"order {message.request_id} is not risk-approved")
     if message.environment != "paper":
@@ -34,7 +42,7 @@ def execute_order(message: OrderRequest) -> None:
         )
     # Refused as stale (over ORDER_MAX_AGE_SECONDS old) only when not filled yet: a replay of an order whose
     # fill is booked (a short WAIT dead-lettered it) still publishes its updates.
-    record = account.fill(message)
+    record = account.fill(message, also=handling.repeat_read(), first=handling.drop_if_repeat)
     if record["again"]:
         recorder.bump("duplicate_deliveries")
     else:

@@ -13,6 +13,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.utils.log import get_task_logger
 
+from tradebus import handling
 from tradebus.errors import RequestRefused, RequestTimeout
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import (
@@ -33,13 +34,19 @@ logger = get_task_logger(__name__)
 CHECK_TIMEOUT = 5.0
 
 
-@stage("tradebus.risk.evaluate_signal", queue="trading_signals", accepts=TradingSignal)
+@stage(
+    "tradebus.risk.evaluate_signal",
+    queue="trading_signals",
+    accepts=TradingSignal,
+    handler_checks_repeats=True,
+)
 def evaluate_signal(signal: TradingSignal) -> None:
     """Approve (and size) or refuse a live trading signal; the same signal is decided once, and what the
-    decision produces (the order, a breach, a breaker change) is published once."""
+    decision produces (the order, a breach, a breaker change) is published once. The stage's check for a
+    repeat rides in the round trip that reads the portfolio (``handler_checks_repeats``)."""
     # Refused as stale (over SIGNAL_MAX_AGE_SECONDS old) only when not decided yet: a replay of a decided
     # signal (a short WAIT dead-lettered it) still publishes what its decision produced.
-    record = account.decide(signal)
+    record = account.decide(signal, also=handling.repeat_read(), first=handling.drop_if_repeat)
     decision = record["decision"]
     if not record["again"]:
         logger.info(

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
-from tradebus.errors import StateContention
+from tradebus.errors import NotReplicated, StateContention
+from tradebus.replication import ReplicaWait
 
 T = TypeVar("T")
 #: One read: a client method's name and its arguments, e.g. ``("hget", key, field)``.
@@ -49,7 +51,9 @@ for _ = 1, writes do
 end
 return 1
 """
-_script: Script | None = None
+#: The script object (its SHA computed once); redis-py's Script sends EVALSHA, and the script itself
+#: again when a server does not know it yet (a new or failed-over master).
+_SCRIPT = Script(None, _APPLY.encode())  # type: ignore[arg-type]  # bytes: no client needed for the SHA
 
 
 class Writes:
@@ -65,23 +69,44 @@ class Writes:
     def multi(self) -> None:
         """Already collecting writes."""
 
-    def set(self, key: str, value: Any) -> None:
-        """``SET key value``."""
-        self.commands.append(("SET", key, (value,)))
+    def set(self, key: str, value: Any, ex: int | None = None) -> None:
+        """``SET key value [EX ex]``."""
+        self.commands.append(("SET", key, (value,) if ex is None else (value, "EX", ex)))
+
+    def expire(self, key: str, seconds: int) -> None:
+        """``EXPIRE key seconds``."""
+        self.commands.append(("EXPIRE", key, (seconds,)))
 
     def hset(self, key: str, field: str, value: Any) -> None:
         """``HSET key field value``."""
         self.commands.append(("HSET", key, (field, value)))
 
+    def hsetnx(self, key: str, field: str, value: Any) -> None:
+        """``HSETNX key field value``."""
+        self.commands.append(("HSETNX", key, (field, value)))
+
     def hdel(self, key: str, field: str) -> None:
         """``HDEL key field``."""
         self.commands.append(("HDEL", key, (field,)))
 
+    def hincrby(self, key: str, field: str, amount: int = 1) -> None:
+        """``HINCRBY key field amount``."""
+        self.commands.append(("HINCRBY", key, (field, amount)))
 
-def _apply(client: redis.Redis, reads: Sequence[Read], values: Sequence[Any], writes: Writes) -> bool:
-    global _script
-    if _script is None:
-        _script = client.register_script(_APPLY)
+    def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+        """``HINCRBYFLOAT key field amount``."""
+        self.commands.append(("HINCRBYFLOAT", key, (field, repr(float(amount)))))
+
+    def rpush(self, key: str, value: Any) -> None:
+        """``RPUSH key value``."""
+        self.commands.append(("RPUSH", key, (value,)))
+
+    def ltrim(self, key: str, start: int, end: int) -> None:
+        """``LTRIM key start end``."""
+        self.commands.append(("LTRIM", key, (start, end)))
+
+
+def _arguments(reads: Sequence[Read], values: Sequence[Any], writes: Writes) -> tuple[list[str], list[Any]]:
     keys: list[str] = []
     args: list[Any] = [len(reads)]
     for (name, key, *rest), value in zip(reads, values, strict=True):
@@ -97,7 +122,40 @@ def _apply(client: redis.Redis, reads: Sequence[Read], values: Sequence[Any], wr
     for command, target, arguments in writes.commands:
         keys.append(target)
         args += [command, len(arguments), *arguments]
-    return bool(_script(keys=keys, args=args, client=client))
+    return keys, args
+
+
+def _apply(
+    client: redis.Redis,
+    reads: Sequence[Read],
+    values: Sequence[Any],
+    writes: Writes,
+    wait: ReplicaWait | None,
+) -> bool:
+    keys, args = _arguments(reads, values, writes)
+    if wait is None or wait.replicas <= 0:
+        return bool(_SCRIPT(keys=keys, args=args, client=client))
+    # WAIT counts the replicas that have this connection's writes: the script and the WAIT go down one
+    # connection, in one round trip (a pipeline outside MULTI; EVALSHA, and the script itself only when
+    # the server does not know it, as redis-py's Script does).
+    pipe = client.pipeline(transaction=False)
+    pipe.evalsha(_SCRIPT.sha, len(keys), *keys, *args)
+    pipe.execute_command("WAIT", wait.replicas, max(1, round(wait.timeout * 1000)))  # type: ignore[no-untyped-call]
+    applied, acked = pipe.execute(raise_on_error=False)
+    if isinstance(applied, NoScriptError):
+        client.script_load(_APPLY)
+        return _apply(client, reads, values, writes, wait)
+    if isinstance(applied, Exception):
+        raise applied
+    if not applied:
+        return False
+    if isinstance(acked, Exception) or int(acked) < wait.replicas:
+        got = f"{acked}" if isinstance(acked, Exception) else f"{acked} acknowledged"
+        raise NotReplicated(
+            f"{reads[0][1]} is written on the master, but of the {wait.replicas} replica(s) it needs, "
+            f"{got} within {wait.timeout:g}s"
+        )
+    return True
 
 
 def transaction(
@@ -107,11 +165,17 @@ def transaction(
     *,
     also: Sequence[Read] = (),
     max_attempts: int = MAX_ATTEMPTS,
+    wait: ReplicaWait | None = None,
 ) -> T:
     """Read ``reads`` (and ``also``) in one round trip, run ``body(values, writes)``, and apply its writes in
     one more, only if every value of ``reads`` is unchanged; else all again, up to ``max_attempts`` times
     (then StateContention). A body that queues no write costs the reads alone. ``client`` must decode
-    responses (``store.text_client()``): values are compared as the strings Redis holds."""
+    responses (``store.text_client()``): values are compared as the strings Redis holds.
+
+    With ``wait`` (``wait.replicas`` > 0), the writes are followed on their connection by ``WAIT``, in the
+    same round trip; fewer replicas than asked within ``wait.timeout`` raise NotReplicated, as
+    ``state.transaction`` does (a body that finds its record already written should queue a write all the
+    same, renewing its TTL, for the WAIT to cover it)."""
     if any(name not in COMPARABLE for name, *_ in reads):
         raise ValueError(f"compared reads are {', '.join(sorted(COMPARABLE))}: {reads!r}")
     for _ in range(max_attempts):
@@ -121,6 +185,6 @@ def transaction(
         values: list[Any] = reader.execute()
         writes = Writes()
         result = body(values, writes)
-        if not writes.commands or _apply(client, reads, values[: len(reads)], writes):
+        if not writes.commands or _apply(client, reads, values[: len(reads)], writes, wait):
             return result
     raise StateContention(f"{reads[0][1]} still contended after {max_attempts} attempts")

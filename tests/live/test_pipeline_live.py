@@ -143,6 +143,27 @@ def test_order_request_delivered_twice_is_filled_once() -> None:
     assert len(on("order_updates", keyed("order.update."))) == 1
 
 
+def test_a_copy_of_a_handled_order_or_signal_is_dropped_by_the_check_in_the_stages_own_read() -> None:
+    # The risk and order stages check for a repeat in the round trip that reads their state
+    # (handler_checks_repeats): a copy under the same message id, after the first was handled, is dropped.
+    symbol = new_symbol()
+    set_price(symbol, 50.0)
+    order, order_id = buy_order(symbol, 2.0), str(uuid.uuid4())
+    publish(order, message_id=order_id)
+    assert wait_until(lambda: recorder.metrics().get("fills") == 1)  # the first, handled (and noted)
+    publish(order, message_id=order_id)
+    assert wait_until(lambda: recorder.metrics().get("repeats_dropped:order_requests") == 1)
+    assert "duplicate_deliveries" not in recorder.metrics()  # dropped before the fill's record was read
+    assert recorder.metrics()["fills"] == 1 and account.portfolio().holdings[symbol].quantity == 2.0
+
+    signal, signal_id = trade_signal(symbol, "BUY", 5), str(uuid.uuid4())
+    publish(signal, message_id=signal_id)
+    assert wait_until(lambda: recorder.metrics().get("orders") == 1)
+    publish(signal, message_id=signal_id)
+    assert wait_until(lambda: recorder.metrics().get("repeats_dropped:trading_signals") == 1)
+    assert recorder.metrics()["orders"] == 1
+
+
 def test_order_whose_delivery_died_while_publishing_gets_its_update_from_the_redelivery() -> None:
     symbol = new_symbol()
     set_price(symbol, 50.0)

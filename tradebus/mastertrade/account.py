@@ -1,7 +1,7 @@
 """The paper trading account in Redis: cash, holdings, reservations, closed trades, last prices, breaker.
 
-Two writers, each in one Redis transaction (WATCH/MULTI), so concurrent pool processes and redelivered
-messages cannot corrupt it:
+Two writers, each in one Redis transaction (the decision WATCH/MULTI, the fill a compare-and-write
+script: tradebus/checked.py), so concurrent pool processes and redelivered messages cannot corrupt it:
 
 * the risk manager's :func:`decide` reads the portfolio, applies the rules of
   ``tradebus.mastertrade.trading.risk`` and stores its decision under the signal's key together with the
@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from tradebus import state, store
+from tradebus import checked, state, store
 from tradebus.mastertrade.errors import StaleMessage
 from tradebus.mastertrade.messages import BusMessage, OrderRequest, OrderUpdate, TradingSignal
 from tradebus.mastertrade.trading.execution import Execution, book, execute, order_updates
@@ -162,7 +162,14 @@ def request_id_for(signal: TradingSignal) -> str:
     return "req-" + signal_key(signal)[:24]
 
 
-def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = None) -> dict[str, Any]:
+def decide(
+    signal: TradingSignal,
+    limits: Limits = LIMITS,
+    now: float | None = None,
+    *,
+    also: state.Read | None = None,
+    first: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """Decide on ``signal`` once.
 
     Returns ``{"decision": Decision as a dict, "order": OrderRequest JSON or None, "breach_new": bool,
@@ -170,13 +177,18 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
     while it lasts), ``breaker_reset`` when this decision found the breaker's cooldown over, ``again`` when
     the decision was taken at an earlier delivery of the same signal. A signal older than
     SIGNAL_MAX_AGE_SECONDS raises StaleMessage unless it was decided already (:func:`_refuse_if_stale`).
+    ``also``: one more read with the portfolio's (the stage's repeat check), whose value ``first`` gets
+    before anything is decided.
     """
     now = time.time() if now is None else now
     key = store.key("decisions", signal_key(signal))
+    extra = [also] if also else []
     watched = [key, _k("account"), _k("holdings"), _k("reservations"), _k("results")]
 
     def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
-        stored, *portfolio_values = values
+        stored, *portfolio_values = values[: len(values) - len(extra)]
+        if first is not None:
+            first(values[-1] if extra else None)
         if stored is not None:
             pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
@@ -218,7 +230,7 @@ def decide(signal: TradingSignal, limits: Limits = LIMITS, now: float | None = N
             pipe.hset(_k("reservations"), order.request_id, json.dumps(asdict(reserved)))
         return record | {"again": False}
 
-    return _transaction(watched, [("get", key), *_portfolio_reads()], body)
+    return _transaction(watched, [("get", key), *_portfolio_reads(), *extra], body)
 
 
 def _order_for(signal: TradingSignal, decision: Decision) -> OrderRequest:
@@ -255,20 +267,33 @@ def _refuse_if_stale(what: str, timestamp: datetime, max_age: int, now: float) -
         raise StaleMessage(f"{what} is {age:.0f}s old; only those up to {max_age}s old are acted on")
 
 
-def fill(order: OrderRequest, now: float | None = None) -> dict[str, Any]:
+def fill(
+    order: OrderRequest,
+    now: float | None = None,
+    *,
+    also: checked.Read | None = None,
+    first: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """Execute ``order`` once against the last price and book it.
 
     Returns ``{"status": ..., "updates": [OrderUpdate JSON], "published": bool, "again": bool}``; ``again``
     is true when an earlier delivery of the same ``request_id`` already executed it. An order older than
     ORDER_MAX_AGE_SECONDS raises StaleMessage unless it was executed already (:func:`_refuse_if_stale`).
+
+    Two Redis round trips (tradebus/checked.py): the fill's record, the holding and the price in one, and
+    the writes in one more, applied only if none of the three moved meanwhile (then WAIT, with replicas to
+    wait for). ``also``: one more read in the first round trip (the stage's repeat check), whose value
+    ``first`` gets before anything is decided.
     """
     now = time.time() if now is None else now
     key = store.key("fills", order.request_id)
     order_id = order_id_for(order.request_id)
     exchange_order_id = str(int(hashlib.sha256(order_id.encode()).hexdigest()[:12], 16))
 
-    def body(values: list[Any], pipe: Pipeline) -> dict[str, Any]:
-        stored, raw_holding, price = values
+    def body(values: list[Any], pipe: checked.Writes) -> dict[str, Any]:
+        stored, raw_holding, price, *extra = values
+        if first is not None:
+            first(extra[0] if extra else None)
         if stored is not None:
             pipe.expire(key, RECORD_TTL_SECONDS)  # a write, so the WAIT after it covers the record
             record: dict[str, Any] = json.loads(stored)
@@ -288,10 +313,12 @@ def fill(order: OrderRequest, now: float | None = None) -> dict[str, Any]:
         return record | {"again": False}
 
     reads = [("get", key), ("hget", _k("holdings"), order.symbol), ("hget", _k("prices"), order.symbol)]
-    return _transaction([key, _k("holdings")], reads, body)
+    return checked.transaction(
+        store.text_client(), reads, body, also=[also] if also else [], wait=store.replica_wait()
+    )
 
 
-def _book(pipe: Pipeline, order: OrderRequest, holding: Holding | None, execution: Execution) -> None:
+def _book(pipe: checked.Writes, order: OrderRequest, holding: Holding | None, execution: Execution) -> None:
     booking = book(holding, order.side, execution)
     if booking.holding is None:
         pipe.hdel(_k("holdings"), order.symbol)
