@@ -91,11 +91,12 @@ def order_path(bench: Any) -> dict[str, Any]:
                             trips[load].append(_round_trip(bench, conn, fills, trip, lags[load]))
                             trip += 1
                     finally:
+                        ended = time.monotonic()
                         if process is not None:
-                            process.pause()
-                    if process is not None:  # what the ticker stage was offered while the block ran
-                        ticks = (_ticks() - ticks_before) * process.batch
-                        offered[load].append(ticks / (time.monotonic() - begun))
+                            process.pause()  # and what it sent is drained, so counted now
+                    if process is not None:  # the load's ticks the ticker stage had while the block ran
+                        ticks = (_ticks() - ticks_before - per_block) * process.batch  # not the trips' own
+                        offered[load].append(ticks / (ended - begun))
     finally:
         for process in processes.values():
             process.close()
