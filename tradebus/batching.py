@@ -6,10 +6,12 @@ routing/mastertrade/pools.py). The worker's main process (tradebus/consumer.py) 
 delivery of that queue in a :class:`Batcher` instead of making it a Celery task message, and hands the
 stage one Celery task, ``tradebus.batch``, carrying every buffered delivery:
 
-* as soon as a pool process is free and the last batch left at least ``LINGER_SECONDS`` ago (an isolated
-  tick waits for nothing; a stream of them is gathered a few milliseconds at a time, which is what frees
-  the CPU: the cost of a Celery task is paid once per batch), shared among the free processes when the
-  pool has several (a burst keeps all of them busy);
+* at once when a pool process is free and the delivery is not part of a stream (deliveries have been
+  arriving ``STREAM_GAP_SECONDS`` apart or more, on a moving average: an isolated tick waits for nothing);
+* in a stream, as soon as a pool process is free and the last batch left at least ``LINGER_SECONDS`` ago
+  (a stream is gathered 25 ms at a time, which is what frees the CPU: the cost of a Celery task is paid
+  once per batch), shared among the free processes, in parts of at least ``MIN_PART``, when the pool has
+  several (a burst keeps them busy);
 * at once when ``batch_size`` deliveries are waiting (at most half the prefetch window, so the next batch
   gathers while one runs: tradebus/consumer.py ``batch_limit``);
 * at the latest ``batch_ms`` after the oldest of them arrived, whatever the pool is doing.
@@ -51,6 +53,11 @@ BATCH_TASK = "tradebus.batch"
 LINGER_SECONDS = 0.025
 #: The fewest deliveries a batch is split to when several pool processes are free.
 MIN_PART = 10
+#: Deliveries arriving closer than this apart, on a moving average, are a stream (gathered, LINGER_SECONDS);
+#: further apart, each goes to a free pool process at once.
+STREAM_GAP_SECONDS = 0.005
+#: The weight of the newest gap in that moving average.
+GAP_WEIGHT = 0.2
 #: The embed part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: Delivery properties a stage reads (JSON-safe: py-amqp gives ``timestamp`` as a datetime).
@@ -183,28 +190,34 @@ class Batcher:
         self.items: list[dict[str, Any]] = []
         self.in_flight = 0
         # Created on the first delivery: what is already queued (a backlog at start) is gathered first.
-        self.last_flush = time.monotonic()
+        self.last_flush = self.last_arrival = time.monotonic()
+        #: The moving average of the gaps between deliveries: 0 at first, a stream (a backlog at start).
+        self.gap = 0.0
         self.first_at = 0.0
         self._soon: Any = None
         self._deadline: Any = None
 
     def add(self, message: Message, entry: dict[str, Any]) -> None:
         """Buffer one delivery; send the batch if it is full or a process is free."""
+        now = time.monotonic()
+        self.gap += GAP_WEIGHT * (now - self.last_arrival - self.gap)
+        self.last_arrival = now
         if not self.deliveries:
-            self.first_at = time.monotonic()
+            self.first_at = now
             self._deadline = self.hub.call_later(self.max_wait, self.flush)
         self.deliveries.append(message)
         self.items.append(entry)
         if len(self.deliveries) >= self.limit:
             self.flush()
         else:
-            self._maybe_flush()
+            self._maybe_flush(at_once=self.gap >= STREAM_GAP_SECONDS)
 
-    def _maybe_flush(self) -> None:
-        """Flush now if a process is free and the last batch is old enough; else when it will be."""
+    def _maybe_flush(self, at_once: bool = False) -> None:
+        """Flush now if a process is free and the delivery is alone (``at_once``) or the last batch is old
+        enough; else when it will be."""
         if not self.deliveries or self.in_flight >= self.processes or self._soon is not None:
             return
-        wait = self.last_flush + LINGER_SECONDS - time.monotonic()
+        wait = 0.0 if at_once else self.last_flush + LINGER_SECONDS - time.monotonic()
         if wait <= 0:
             self.flush()
         else:

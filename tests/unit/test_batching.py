@@ -9,7 +9,7 @@ from typing import Any
 from kombu.message import Message
 
 from routing import build
-from tradebus.batching import LINGER_SECONDS, MIN_PART, Batcher, BatchMessage
+from tradebus.batching import LINGER_SECONDS, MIN_PART, STREAM_GAP_SECONDS, Batcher, BatchMessage
 from tradebus.consumer import batch_limit
 from workers.profiles import yields_cpu
 
@@ -80,6 +80,23 @@ def test_a_lone_delivery_goes_at_once_and_a_stream_is_gathered_while_the_process
     assert [len(b.deliveries) for b in handed] == [1, 10]
     handed[1].ack()
     assert channel.acks == list(range(1, 12))
+
+
+def test_deliveries_further_apart_than_a_stream_go_at_once_however_recent_the_last_batch() -> None:
+    channel = Channel()
+    gather, hub, handed = batcher()
+    time.sleep(LINGER_SECONDS)
+    gather.add(delivery(channel, 1), {})
+    handed[0].ack()
+    for tag in (2, 3):  # a tick every 2.5 stream gaps: each goes at once, no linger timer
+        time.sleep(2.5 * STREAM_GAP_SECONDS)
+        gather.add(delivery(channel, tag), {})
+        handed[-1].ack()
+    assert [len(b.deliveries) for b in handed] == [1, 1, 1] and all(t.cancelled for t in hub.timers)
+    # Then a stream (back to back): gathered while the last batch is recent.
+    for tag in range(4, 30):
+        gather.add(delivery(channel, tag), {})
+    assert len(handed) < 6, [len(b.deliveries) for b in handed]
 
 
 def test_a_full_batch_goes_even_while_the_process_is_busy_and_the_oldest_waits_at_most_batch_ms() -> None:

@@ -134,18 +134,17 @@ def background_ticks(rate: float, batch: int, stop: threading.Event) -> None:
     """Publish ``rate`` ticks per second on three symbols, ``batch`` ticks per message, until ``stop``."""
     symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     i = 0
-    begun = last = time.monotonic()
+    begun = time.monotonic()
     while rate > 0 and not stop.is_set():
         symbol = symbols[i % 3]
         publish(
             Ticker(symbol=symbol, price=100.0 + i % 7) if batch == 1 else ticker_batch(symbol, batch, 100.0)
         )
         i += 1
-        now = time.monotonic()
-        if now - last > 1.0:  # it was paused (tradebus/ops/bench_order.py): on at the rate, no catch-up burst
-            begun, i = now, 1
-        last = now
-        stop.wait(max(0.0, i * batch / rate - (now - begun)))
+        delay = i * batch / rate - (time.monotonic() - begun)
+        if delay < -0.1:  # paused (tradebus/ops/bench_order.py) or starved: on at the rate, never a burst
+            begun, i, delay = time.monotonic(), 0, 0.0  # (the rate the stages had is reported, not assumed)
+        stop.wait(max(0.0, delay))
 
 
 @contextmanager
