@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from celery import Task, current_task
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.signals import task_revoked
 from celery.utils.log import get_task_logger
@@ -291,8 +292,19 @@ class StageTask(Task):  # type: ignore[misc]
                 f"redelivered more than {MAX_REDELIVERIES} times; it may crash",
             )
             return None
-        _record(self, message)
-        done, result = handling.handle(self, payload, message)
+        if not self.handler_checks_repeats:
+            _record(self, message)
+            done, result = handling.handle(self, payload, message)
+        else:  # recorded once the handler did not drop it as a repeat (handling.drop_repeat's Ignore)
+            started = time.time()
+            try:
+                done, result = handling.handle(self, payload, message)
+            except Ignore:
+                raise
+            except BaseException:
+                _record(self, message, started)
+                raise
+            _record(self, message, started)
         if done:
             handling.note(self, message_id)
         return result
@@ -326,14 +338,16 @@ def _dead_letter_revoked(sender: Any = None, request: Any = None, **_: Any) -> N
         logger.exception("%s: could not dead-letter revoked message %s", sender.queue_name, request.id)
 
 
-def _record(task: StageTask, message: Any) -> None:
-    """Note the delivery in Redis; observability must never cost a message, so failures only log."""
+def _record(task: StageTask, message: Any, started: float | None = None) -> None:
+    """Note the delivery in Redis (its latency from its publication to ``started``, by default now);
+    observability must never cost a message, so failures only log."""
     request = task.request
     delivery = request.delivery_info or {}
     exchange, routing_key = task.origin()
     published = task.headers.get(PUBLISHED_AT)
     first_try = not request.retries
-    latency = (time.time() - float(published)) * 1000 if first_try and published else None
+    at = time.time() if started is None else started
+    latency = (at - float(published)) * 1000 if first_try and published else None
     logger.info("%s: %s %s", task.queue_name, message.type, routing_key)
     try:
         # On a shard: a delivery without the symbol header, or one the ring put elsewhere, is counted, in

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -203,10 +203,9 @@ def class_for_key(routing_key: str) -> type[Envelope]:
 BUS = "letrade"
 
 
-@cache
 def sensitive_paths(cls: type[Envelope]) -> tuple[str, ...]:
-    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>`` (asked by every encode
-    and parse: remembered per class)."""
+    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>`` (read from the payload
+    class at every call, not remembered: what a payload declares sensitive may change, in a test at least)."""
     payload = cls.model_fields["payload"].annotation
     fields = getattr(payload, "sensitive", ())
     return tuple(f"payload.{name}" for name in fields)
