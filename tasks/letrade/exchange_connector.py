@@ -88,7 +88,7 @@ def track_prices(batch: CandleBatchMessage) -> None:
     orders it crosses; then the outbox, as for a single candle."""
     pair = batch.payload
     closes = [candle.close for candle in pair.candles]
-    paper.record_price(pair.exchange, pair.symbol, closes[-1])
+    paper.record_price(pair.exchange, pair.symbol, closes[-1], pair.candles[-1].timestamp.timestamp())
     paper.fill_resting_many(pair.exchange, pair.symbol, closes)
     _publish_unannounced()
 
@@ -103,7 +103,7 @@ def track_price(message: MarketDataMessage) -> None:
     """Remember the pair's last price, fill the resting limit orders it crosses, and publish every fill
     still in the outbox (this delivery's, or one whose delivery died before it had published)."""
     candle = message.payload
-    paper.record_price(candle.exchange, candle.symbol, candle.close)
+    paper.record_price(candle.exchange, candle.symbol, candle.close, candle.timestamp.timestamp())
     paper.fill_resting(candle.exchange, candle.symbol, candle.close)
     _publish_unannounced()
 

@@ -38,3 +38,15 @@ def test_orders_racing_for_the_account_all_book() -> None:
     account = paper.account()
     assert account.cash == pytest.approx(100_000.0 - 16 * 500.0 * 1.001)
     assert account.positions["BTC/USDT"].quantity == pytest.approx(0.16)
+
+
+def test_a_late_candle_does_not_replace_a_newer_price_and_a_price_set_by_hand_is_taken() -> None:
+    paper.record_price("kraken", "ETH/USDT", 3_000.0, at=1_000.0)
+    paper.record_price("kraken", "ETH/USDT", 2_900.0, at=999.0)  # redelivered after the newer candle
+    assert paper.last_price("kraken", "ETH/USDT") == 3_000.0
+    paper.record_price("kraken", "ETH/USDT", 3_100.0, at=1_001.0)
+    assert paper.last_price("kraken", "ETH/USDT") == 3_100.0
+    paper.record_price("kraken", "ETH/USDT", 10.0)  # by hand: taken, and the next market price replaces it
+    assert paper.last_price("kraken", "ETH/USDT") == 10.0
+    paper.record_price("kraken", "ETH/USDT", 3_050.0, at=500.0)
+    assert paper.last_price("kraken", "ETH/USDT") == 3_050.0

@@ -91,9 +91,21 @@ def snapshot(also: Read | None = None) -> tuple[Account, dict[str, float], Any]:
     return _account(cash, positions), prices, extra[0] if extra else None
 
 
-def record_price(exchange: str, symbol: str, price: float) -> None:
-    """Remember the last price of ``symbol`` on ``exchange``: market orders fill at it."""
-    store.client().hset(_k("prices"), f"{exchange}:{symbol}", price)
+def record_price(exchange: str, symbol: str, price: float, at: float | None = None) -> None:
+    """Remember the last price of ``symbol`` on ``exchange`` at market time ``at``: market orders fill at it.
+
+    A price older than the one stored (a late or redelivered candle, from any process) does not overwrite
+    it: the comparison runs in Redis (``state.put_newest``). Without ``at`` (an operator or a test setting
+    a price), the price is written as is and the next market price, whatever its time, replaces it.
+    """
+    field = f"{exchange}:{symbol}"
+    pipe = store.client().pipeline(transaction=False)
+    if at is None:
+        pipe.hset(_k("prices"), field, repr(float(price)))
+        pipe.hdel(_k("prices_at"), field)
+    else:
+        state.put_newest(pipe, _k("prices"), _k("prices_at"), [(field, at, repr(float(price)))])
+    pipe.execute()
 
 
 def last_price(exchange: str, symbol: str) -> float | None:
