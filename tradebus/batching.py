@@ -215,7 +215,11 @@ class Batcher:
     def _maybe_flush(self, at_once: bool = False) -> None:
         """Flush now if a process is free and the delivery is alone (``at_once``) or the last batch is old
         enough; else when it will be."""
-        if not self.deliveries or self.in_flight >= self.processes or self._soon is not None:
+        if (
+            not self.deliveries
+            or self.in_flight >= self.processes
+            or (self._soon is not None and not at_once)
+        ):
             return
         wait = 0.0 if at_once else self.last_flush + LINGER_SECONDS - time.monotonic()
         if wait <= 0:
@@ -228,9 +232,10 @@ class Batcher:
         self._maybe_flush()
 
     def _finished(self) -> None:
-        """A batch was acknowledged or rejected: its process is free for the next."""
+        """A batch was acknowledged or rejected: its process is free for the next (at once for what is not
+        part of a stream)."""
         self.in_flight -= 1
-        self._maybe_flush()
+        self._maybe_flush(at_once=self.gap >= STREAM_GAP_SECONDS)
 
     def flush(self) -> None:
         """Hand every buffered delivery to a pool process as one batch task."""

@@ -2,14 +2,20 @@
 
 ``state.transaction`` with reads costs three round trips (WATCH, the reads, MULTI/EXEC). Here the reads go
 in one pipeline, the body decides and queues its writes on a :class:`Writes`, and one server-side script
-applies them only if every value read is still what it was (else everything runs again): the decision
-rests on nothing but those values, so it is as safe as a WATCH on their keys, and a write elsewhere in a
-watched hash (another pair's price) no longer forces a retry. Reads are ``GET`` and ``HGET``, compared by
-value; ``also`` reads (a seen-id check, say) ride in the same round trip without being compared.
+applies them only if every value read is still what it was (else everything runs again). That is as
+safe as WATCH for a decision that rests on nothing but those values (a value that went A -> B -> A, or a
+TTL that moved, passes the compare; for such a decision that changes nothing), and a write elsewhere in a
+hash (another pair's price) no longer forces a retry. Reads are ``GET`` and ``HGET``, compared by value;
+``also`` reads (a seen-id check, say) ride in the same round trip without being compared.
+
+The writes must change at least one compared value (a fill writes the record it read as missing): then a
+script that ran but whose reply was lost, run again by redis-py's retry, finds that value moved and
+writes nothing twice. Callers here do (account.fill, letrade.paper.execute).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,7 +24,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from tradebus.errors import NotReplicated, StateContention
-from tradebus.replication import ReplicaWait
+from tradebus.replication import WAIT_GRACE, ReplicaWait
 
 T = TypeVar("T")
 #: One read: a client method's name and its arguments, e.g. ``("hget", key, field)``.
@@ -94,7 +100,10 @@ class Writes:
         self.commands.append(("HINCRBY", key, (field, amount)))
 
     def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
-        """``HINCRBYFLOAT key field amount``."""
+        """``HINCRBYFLOAT key field amount``; ValueError for an amount that is not finite (Redis would fail
+        the script there, after its earlier writes: a script does not roll back)."""
+        if not math.isfinite(amount):
+            raise ValueError(f"HINCRBYFLOAT {key} {field}: {amount!r} is not a finite amount")
         self.commands.append(("HINCRBYFLOAT", key, (field, repr(float(amount)))))
 
     def rpush(self, key: str, value: Any) -> None:
@@ -135,25 +144,41 @@ def _apply(
     keys, args = _arguments(reads, values, writes)
     if wait is None or wait.replicas <= 0:
         return bool(_SCRIPT(keys=keys, args=args, client=client))
-    # WAIT counts the replicas that have this connection's writes: the script and the WAIT go down one
-    # connection, in one round trip (a pipeline outside MULTI; EVALSHA, and the script itself only when
-    # the server does not know it, as redis-py's Script does).
-    pipe = client.pipeline(transaction=False)
-    pipe.evalsha(_SCRIPT.sha, len(keys), *keys, *args)
-    pipe.execute_command("WAIT", wait.replicas, max(1, round(wait.timeout * 1000)))  # type: ignore[no-untyped-call]
-    applied, acked = pipe.execute(raise_on_error=False)
-    if isinstance(applied, NoScriptError):
-        client.script_load(_APPLY)
-        return _apply(client, reads, values, writes, wait)
-    if isinstance(applied, Exception):
-        raise applied
-    if not applied:
-        return False
-    if isinstance(acked, Exception) or int(acked) < wait.replicas:
-        got = f"{acked}" if isinstance(acked, Exception) else f"{acked} acknowledged"
+    return _apply_and_wait(client, keys, args, wait, reads[0][1])
+
+
+def _apply_and_wait(
+    client: redis.Redis, keys: list[str], args: list[Any], wait: ReplicaWait, what: str
+) -> bool:
+    """The script, then (only when it applied) ``WAIT`` on the same connection, read with the WAIT's own
+    timeout. On one connection taken from the pool by hand, as ``replication.WaitingPipeline`` does after
+    EXEC: redis-py's own retries would run the script again on a new connection, and a WAIT there counts
+    nothing of this connection's writes."""
+    pool = client.connection_pool
+    connection: Any = pool.get_connection()
+    try:
+        connection.send_command("EVALSHA", _SCRIPT.sha, len(keys), *keys, *args)
+        try:
+            applied = connection.read_response()
+        except NoScriptError:
+            connection.send_command("EVAL", _APPLY, len(keys), *keys, *args)
+            applied = connection.read_response()
+        if not applied:
+            return False
+        acked: int | None = None
+        try:
+            # At least 1 ms: WAIT with a timeout of 0 blocks until the replicas answer, however long.
+            connection.send_command("WAIT", wait.replicas, max(1, round(wait.timeout * 1000)))
+            acked = int(connection.read_response(timeout=wait.timeout + WAIT_GRACE))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()  # the writes are on the master; how many replicas have them is unknown
+    finally:
+        pool.release(connection)
+    if acked is None or acked < wait.replicas:
+        got = "none answered WAIT" if acked is None else f"{acked} acknowledged"
         raise NotReplicated(
-            f"{reads[0][1]} is written on the master, but of the {wait.replicas} replica(s) it needs, "
-            f"{got} within {wait.timeout:g}s"
+            f"{what} is written on the master, but of the {wait.replicas} replica(s) it needs, {got} "
+            f"within {wait.timeout:g}s"
         )
     return True
 

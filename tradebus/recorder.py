@@ -87,11 +87,17 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def record(
-    queue: str, stage: str, entry: dict[str, Any], latency_ms: float | None = None, count: int = 1
+    queue: str,
+    stage: str,
+    entry: dict[str, Any],
+    latency_ms: float | None = None,
+    count: int = 1,
+    at: float | None = None,
 ) -> None:
-    """Note that ``stage`` received ``entry`` on ``queue``, ``latency_ms`` after it was published; a batch
-    delivery counts as its ``count`` messages."""
-    item = json.dumps({**entry, "queue": queue, "stage": stage, "at": datetime.now(UTC).isoformat()})
+    """Note that ``stage`` received ``entry`` on ``queue`` (at ``at``, a time.time(); by default now),
+    ``latency_ms`` after it was published; a batch delivery counts as its ``count`` messages."""
+    when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    item = json.dumps({**entry, "queue": queue, "stage": stage, "at": when.isoformat()})
     _buffer.add(store.key(), queue, item, latency_ms, count)
 
 

@@ -367,6 +367,7 @@ def _record(task: StageTask, message: Any, started: float | None = None) -> None
                 "retries": request.retries or 0,
             },
             latency_ms=latency,
+            at=at,
         )
     except Exception as exc:  # noqa: BLE001 - Redis down must not stop the stage
         logger.warning("%s: could not record %s: %s", task.queue_name, request.id, exc)

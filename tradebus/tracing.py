@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
+from celery.exceptions import Ignore
 from celery.signals import worker_process_shutdown
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -286,7 +287,10 @@ class _Processing(AbstractContextManager[Span]):
     ) -> None:
         span = self.span
         otel_context.detach(self.token)
-        if isinstance(exc, Exception) and span.is_recording():
+        if isinstance(exc, Ignore) and span.is_recording():
+            # Celery's Ignore ends a delivery on purpose (a repeat the handler dropped): not an error.
+            span.set_attribute("tradebus.ignored", True)
+        elif isinstance(exc, Exception) and span.is_recording():
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()

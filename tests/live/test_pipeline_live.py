@@ -18,7 +18,7 @@ from kombu import Producer
 from tasks.strategy import STRATEGY_ID
 from tests.support.bus import Vhost
 from tests.support.wait import keyed, new_symbol, on, wait_until
-from tradebus import publish, recorder, store
+from tradebus import publish, recorder, seen, store
 from tradebus.errors import RequestTimeout
 from tradebus.mastertrade import account, candles, strategy_state
 from tradebus.mastertrade.messages import MarketData, OrderRequest, Ticker, TradingSignal
@@ -150,7 +150,7 @@ def test_a_copy_of_a_handled_order_or_signal_is_dropped_by_the_check_in_the_stag
     set_price(symbol, 50.0)
     order, order_id = buy_order(symbol, 2.0), str(uuid.uuid4())
     publish(order, message_id=order_id)
-    assert wait_until(lambda: recorder.metrics().get("fills") == 1)  # the first, handled (and noted)
+    assert wait_until(lambda: seen.handled("order_requests", order_id))  # the first, handled and noted
     publish(order, message_id=order_id)
     assert wait_until(lambda: recorder.metrics().get("repeats_dropped:order_requests") == 1)
     assert "duplicate_deliveries" not in recorder.metrics()  # dropped before the fill's record was read
@@ -158,7 +158,7 @@ def test_a_copy_of_a_handled_order_or_signal_is_dropped_by_the_check_in_the_stag
 
     signal, signal_id = trade_signal(symbol, "BUY", 5), str(uuid.uuid4())
     publish(signal, message_id=signal_id)
-    assert wait_until(lambda: recorder.metrics().get("orders") == 1)
+    assert wait_until(lambda: seen.handled("trading_signals", signal_id))
     publish(signal, message_id=signal_id)
     assert wait_until(lambda: recorder.metrics().get("repeats_dropped:trading_signals") == 1)
     assert recorder.metrics()["orders"] == 1

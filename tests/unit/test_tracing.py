@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import Ignore
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -202,6 +203,14 @@ def test_a_message_with_baggage_joins_its_trace_as_one_without(spans: InMemorySp
     for span in finished(spans):
         assert format(span.context.trace_id, "032x") == trace_id
         assert span.parent is not None and format(span.parent.span_id, "016x") == span_id
+
+
+def test_a_repeat_the_handler_drops_is_not_an_error_on_its_span(spans: InMemorySpanExporter) -> None:
+    with pytest.raises(Ignore), process({}, SIGNAL, "trading_signals"):
+        raise Ignore  # handling.drop_repeat
+    (span,) = finished(spans)
+    assert span.status.status_code.name == "UNSET" and not span.events
+    assert span.attributes is not None and span.attributes["tradebus.ignored"] is True
 
 
 def test_a_handler_failure_is_recorded_on_its_span_and_goes_on(spans: InMemorySpanExporter) -> None:
