@@ -59,7 +59,7 @@ def order_path(bench: Any) -> dict[str, Any]:
     }
     trips: dict[str, list[float]] = {load: [] for load in loads}
     lags: dict[str, list[float]] = {load: [] for load in loads}
-    offered: dict[str, list[float]] = {load: [] for load in loads}
+    offered: dict[str, list[tuple[float, float]]] = {load: [] for load in loads}  # (ticks, seconds)
     blocks = max(1, min(BLOCKS, bench.plan.round_trips // 10))
     per_block = -(-bench.plan.round_trips // blocks)
     processes: dict[str, _Load] = {}
@@ -96,7 +96,7 @@ def order_path(bench: Any) -> dict[str, Any]:
                             process.pause()  # and what it sent is drained, so counted now
                     if process is not None:  # the load's ticks the ticker stage had while the block ran
                         ticks = (_ticks() - ticks_before - per_block) * process.batch  # not the trips' own
-                        offered[load].append(ticks / (ended - begun))
+                        offered[load].append((ticks, ended - begun))
     finally:
         for process in processes.values():
             process.close()
@@ -109,7 +109,7 @@ def order_path(bench: Any) -> dict[str, Any]:
     for load in loads:
         bench.echo(f"  signal -> fill, {load}: {results[load]}")
         bench.echo(f"  ticker -> executor's price, {load}: {price_lags[load]}")
-    handled = {load: round(sum(v) / len(v)) for load, v in offered.items() if v}
+    handled = {load: round(sum(t for t, _ in v) / sum(s for _, s in v)) for load, v in offered.items() if v}
     bench.echo(f"  ticks/s the ticker stage handled during each load's blocks: {handled}")
     idle, loaded = results["idle"], results[f"{rate:g} ticks/s, one per message"]
     return {

@@ -17,8 +17,8 @@ from typing import Any
 from tradebus.application import default_app, using
 from tradebus.ops.benchkit import background_ticks
 
-#: Publishing threads, each at its share of the rate.
-PUBLISHERS = 3
+#: Publishing threads at most, each at its share of the rate, and the messages a second each takes.
+PUBLISHERS, MESSAGES_PER_PUBLISHER = 3, 150
 
 
 def main(argv: list[str]) -> int:
@@ -31,10 +31,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, terminate)
     with using(default_app()):
         # Each publish waits for its confirm (about a millisecond or two here): one publisher alone falls
-        # short of 500 single ticks a second, so PUBLISHERS share the rate.
+        # short of 500 single ticks a second, so up to PUBLISHERS share a rate of many messages. A rate of
+        # few (ticks in batches) keeps one, its messages evenly spaced.
+        count = max(1, min(PUBLISHERS, round(rate / batch / MESSAGES_PER_PUBLISHER)))
         publishers = [
-            threading.Thread(target=background_ticks, args=(rate / PUBLISHERS, batch, stop), daemon=True)
-            for _ in range(PUBLISHERS)
+            threading.Thread(target=background_ticks, args=(rate / count, batch, stop), daemon=True)
+            for _ in range(count)
         ]
         for publisher in publishers:
             publisher.start()
