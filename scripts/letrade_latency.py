@@ -24,7 +24,7 @@ from tradebus import recorder
 from tradebus.application import create_app
 from tradebus.letrade import MessageBus, paper
 from tradebus.ops import bench_letrade
-from tradebus.ops.benchkit import bench_vhost
+from tradebus.ops.benchkit import bench_vhost, pool_env
 from tradebus.settings import Settings
 from workers.launch import start_pool, stop_all
 
@@ -39,13 +39,7 @@ def main(trades: int, connector_options: list[str]) -> None:
     logs = Path(tempfile.mkdtemp(prefix="letrade-latency-"))
     with bench_vhost(create_app(letrade.build(), Settings.from_env()), print) as bench:
         paper.reset()
-        settings = bench.settings
-        env = {
-            "TRADEBUS_TOPOLOGY": "letrade",
-            "TRADEBUS_BROKER_URL": settings.broker_url,
-            "TRADEBUS_REDIS_URL": settings.redis_url,
-            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
-        }
+        settings, env = bench.settings, pool_env(bench)
         quiet = ["--loglevel", "WARNING"]
         pools = [
             start_pool(letrade.EXCHANGE_CONNECTOR.name, logs, [*quiet, *connector_options], env),

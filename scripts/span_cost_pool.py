@@ -26,7 +26,7 @@ from kombu import Connection
 from tradebus import app as default_app
 from tradebus.mastertrade.messages import Ticker
 from tradebus.ops.bench_traces import QUEUE, _exported, _parent, _sink
-from tradebus.ops.benchkit import bench_vhost, stage_count, wait
+from tradebus.ops.benchkit import bench_vhost, pool_env, stage_count, wait
 from tradebus.publisher import send
 from workers.launch import start_pool, wait_for_consumers
 
@@ -55,10 +55,7 @@ def main() -> None:
     with bench_vhost(default_app, print) as app, _sink() as sink:
         settings = app.settings
         env = {
-            "TRADEBUS_TOPOLOGY": app.topology.name,
-            "TRADEBUS_BROKER_URL": settings.broker_url,
-            "TRADEBUS_REDIS_URL": settings.redis_url,
-            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+            **pool_env(app),
             "TRADEBUS_TRACES": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url,
             "OTEL_BSP_SCHEDULE_DELAY": "1000",

@@ -37,6 +37,7 @@ from tradebus.ops.benchkit import (
     Plan,
     latencies,
     machine,
+    pool_env,
     recorded_count,
     rss_mb,
     rss_per_process_mb,
@@ -70,16 +71,7 @@ class Bench:
 
     @property
     def env(self) -> dict[str, str]:
-        settings = self.app.settings
-        return {
-            "TRADEBUS_TOPOLOGY": self.app.topology.name,
-            "TRADEBUS_BROKER_URL": settings.broker_url,
-            "TRADEBUS_REDIS_URL": settings.redis_url,
-            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
-            # A cluster's pools: its management APIs and quorum queues (tradebus/ops/bench_cluster.py).
-            "TRADEBUS_MANAGEMENT_URL": settings.management_url or "",
-            "TRADEBUS_QUEUE_TYPE": settings.queue_type,
-        }
+        return pool_env(self.app)
 
     def spawn(self, argv: list[str], name: str) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")

@@ -36,7 +36,7 @@ from tradebus.application import TradebusCelery, create_app
 from tradebus.codec import CONTENT_TYPE
 from tradebus.letrade import MessageBus, feed, paper, simulator
 from tradebus.letrade.messages import MarketDataMessage
-from tradebus.ops.benchkit import Plan, bench_vhost, stage_count
+from tradebus.ops.benchkit import Plan, bench_vhost, pool_env, stage_count
 from tradebus.ops.harness import percentiles
 from tradebus.settings import Settings
 from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
@@ -69,13 +69,7 @@ def letrade_async(
     client against bare aio-pika) and ``letrade`` (the feed end to end, command -> event)."""
     with bench_vhost(create_app(letrade.build(), app.settings), echo) as bench:
         paper.reset()
-        settings = bench.settings
-        env = {
-            "TRADEBUS_TOPOLOGY": "letrade",
-            "TRADEBUS_BROKER_URL": settings.broker_url,
-            "TRADEBUS_REDIS_URL": settings.redis_url,
-            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
-        }
+        settings, env = bench.settings, pool_env(bench)
         pools = [start_pool(letrade.CAPITAL_MANAGER.name, log_dir, ["--loglevel", "WARNING"], env)]
         try:
             _wait_for_pools(settings, pools, log_dir)

@@ -41,7 +41,7 @@ from tradebus import recorder
 from tradebus.application import TradebusCelery
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
-from tradebus.ops.benchkit import Plan, stage_count, wait
+from tradebus.ops.benchkit import Plan, pool_env, stage_count, wait
 from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
@@ -144,10 +144,7 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
     quick = plan.hop_messages < 100
     with _sink() as sink:
         env = {
-            "TRADEBUS_TOPOLOGY": app.topology.name,
-            "TRADEBUS_BROKER_URL": settings.broker_url,
-            "TRADEBUS_REDIS_URL": settings.redis_url,
-            "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+            **pool_env(app),
             "TRADEBUS_TRACES": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url,
             "OTEL_SERVICE_NAME": "bench",

@@ -147,6 +147,21 @@ def background_ticks(rate: float, batch: int, stop: threading.Event) -> None:
         stop.wait(max(0.0, delay))
 
 
+def pool_env(app: TradebusCelery) -> dict[str, str]:
+    """The environment a pool process (or any helper process) of ``app``'s bus needs: its topology, broker,
+    Redis and prefix (the run's vhost and prefix), management APIs and queue type."""
+    settings = app.settings
+    return {
+        "TRADEBUS_TOPOLOGY": app.topology.name,
+        "TRADEBUS_BROKER_URL": settings.broker_url,
+        "TRADEBUS_REDIS_URL": settings.redis_url,
+        "TRADEBUS_REDIS_PREFIX": settings.redis_prefix,
+        # A cluster's pools: its management APIs and quorum queues (tradebus/ops/bench_cluster.py).
+        "TRADEBUS_MANAGEMENT_URL": settings.management_url or "",
+        "TRADEBUS_QUEUE_TYPE": settings.queue_type,
+    }
+
+
 @contextmanager
 def bench_vhost(app: TradebusCelery, echo: Callable[[str], None]) -> Iterator[TradebusCelery]:
     """An app of ``app``'s bus on a vhost and a Redis prefix of the run's own, removed at the end; it is
