@@ -7,6 +7,7 @@ encode and check bodies here, so there is one implementation of each.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -18,6 +19,16 @@ MAX_MESSAGE_BYTES = 128 * 1024
 CONTENT_TYPE = "application/json"
 #: Content types a JSON body may arrive with; a publisher that sets none is taken at its word that it is JSON.
 JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID as text, what ``str(uuid.uuid4())`` gives at under half its cost: every
+    message published gets one, a market-data feed thousands a second."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def wire_bytes(body: str | bytes) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from kombu.exceptions import OperationalError
 from routing import Topology
 from tradebus import headers as h
 from tradebus import signing, tracing
-from tradebus.codec import CONTENT_TYPE
+from tradebus.codec import CONTENT_TYPE, new_message_id
 from tradebus.errors import PublishFailed
 from tradebus.settings import SigningSettings, TracingSettings
 
@@ -119,7 +118,7 @@ def outgoing(
     """
     if persistent is None:
         persistent = exchange in topology.persistent_exchanges
-    message_id = message_id or str(uuid.uuid4())
+    message_id = message_id or new_message_id()
     properties: dict[str, Any] = {
         "exchange": exchange,
         "routing_key": routing_key,

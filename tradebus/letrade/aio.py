@@ -240,8 +240,7 @@ class MessageBus:
     async def publish_raw(self, body: bytes, properties: Mapping[str, Any]) -> None:
         """Publish ``body`` with ``properties`` (publisher.py's ``outgoing``) and wait for the confirm:
         published again over a lost connection (never after a nack), PublishFailed when it cannot be."""
-        # Straight to the robust channel's aiormq channel, as aio-pika's Exchange.publish does, without an
-        # aio_pika.Message per publish: a market-data feed publishes thousands a second.
+        # Straight to aiormq, as aio-pika's Exchange.publish does, without an aio_pika.Message per publish.
         amqp_properties = aiormq.spec.Basic.Properties(
             # pamqp writes a float as a 32-bit one (a publication time to within 128 s): as text instead.
             headers={k: repr(v) if isinstance(v, float) else v for k, v in properties["headers"].items()},
@@ -252,7 +251,6 @@ class MessageBus:
             message_id=properties["message_id"],
         )
         name, key = properties["exchange"], properties["routing_key"]
-        where = f"{key!r} on {name!r}"
         deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
         while True:
             try:
@@ -269,14 +267,16 @@ class MessageBus:
                 )
                 return
             except aiormq.exceptions.DeliveryError as exc:
-                raise PublishFailed(f"broker refused {where}: a queue is full or rejected it") from exc
+                raise PublishFailed(
+                    f"broker refused {key!r} on {name!r}: a queue is full or rejected it"
+                ) from exc
             except aiormq.exceptions.ChannelClosed as exc:
-                raise PublishFailed(f"broker refused {where}: {exc}") from exc
+                raise PublishFailed(f"broker refused {key!r} on {name!r}: {exc}") from exc
             except _CONNECTION_LOST as exc:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
-                    raise PublishFailed(f"broker unreachable for {where}: {exc}") from exc
-                logger.info("publishing %s again after a lost connection: %r", where, exc)
+                    raise PublishFailed(f"broker unreachable for {key!r} on {name!r}: {exc}") from exc
+                logger.info("publishing %r on %r again after a lost connection: %r", key, name, exc)
                 await self._reconnected(left)
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from routing.letrade import ROUTES, LetradeRoute
 from routing.match import topic_matches
-from tradebus.codec import check_incoming, describe, encode_json, encode_model
+from tradebus.codec import check_incoming, describe, encode_json, encode_model, new_message_id
 from tradebus.encryption import Keyring, revealed, seal, unseal
 from tradebus.errors import InvalidJSON, Misrouted, SchemaViolation, UnknownMessageType
 from tradebus.letrade.payloads import (
@@ -55,7 +55,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     route_name: ClassVar[str]
-    message_id: Ident = Field(default_factory=lambda: str(uuid.uuid4()))
+    message_id: Ident = Field(default_factory=new_message_id)
     timestamp: Timestamp = Field(default_factory=utcnow)
     source: Ident
     payload: Payload
@@ -78,10 +78,14 @@ class Envelope(BaseModel):
     @property
     def routing_key(self) -> str:
         """Its routing key, computed from the payload (``market_data.binance.btcusdt``)."""
-        values = {name: str(getattr(self.payload, name)) for name in self.route.fields}
+        route = ROUTES[self.route_name]
+        if not route.fields:
+            return route.template
+        payload = self.payload
+        values = {name: str(getattr(payload, name)) for name in route.fields}
         if "symbol" in values:
             values["symbol"] = routing_word(values["symbol"])
-        return self.route.key(**values)
+        return route.key(**values)
 
     @property
     def strategy_id(self) -> int | None:
@@ -203,12 +207,22 @@ def class_for_key(routing_key: str) -> type[Envelope]:
 BUS = "letrade"
 
 
+#: Message class -> (its payload class, the ``sensitive`` fields seen there, their paths).
+_SENSITIVE: dict[type[Envelope], tuple[Any, tuple[str, ...], tuple[str, ...]]] = {}
+
+
 def sensitive_paths(cls: type[Envelope]) -> tuple[str, ...]:
-    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>`` (read from the payload
-    class at every call, not remembered: what a payload declares sensitive may change, in a test at least)."""
+    """Where the payload of ``cls`` keeps what must be sealed: ``payload.<field>`` (the paths remembered
+    for the payload class's ``sensitive`` value as it is at every call: what a payload declares sensitive
+    may change, in a test at least)."""
+    known = _SENSITIVE.get(cls)
+    if known is not None and getattr(known[0], "sensitive", ()) is known[1]:
+        return known[2]
     payload = cls.model_fields["payload"].annotation
     fields = getattr(payload, "sensitive", ())
-    return tuple(f"payload.{name}" for name in fields)
+    paths = tuple(f"payload.{name}" for name in fields)
+    _SENSITIVE[cls] = (payload, fields, paths)
+    return paths
 
 
 def encode(message: Envelope, keyring: Keyring | None = None) -> bytes:
