@@ -38,6 +38,7 @@ from tradebus.letrade.paper import Account, Position
 from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
 from tradebus.ops.cli import ExitCode, main
+from tradebus.ops.report import topology_tables
 from workers.profiles import pool_type
 
 
@@ -104,6 +105,7 @@ def test_the_exchange_connector_runs_two_threads_and_every_other_pool_processes(
     assert pool_type(LETRADE, [connector.name, letrade.CAPITAL_MANAGER.name]) == PREFORK
     assert pool_type(LETRADE, [connector.name, "not.a.pool"]) == PREFORK
     assert pool_type(LETRADE, []) is None
+    assert "2 threads x prefetch 1" in topology_tables(LETRADE, {})  # tradebus topology show
     with pytest.raises(ValueError, match="pool must be"):
         PoolProfile("q", concurrency=1, prefetch_multiplier=1, pool="gevent")  # type: ignore[arg-type]
 
