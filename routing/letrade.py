@@ -23,7 +23,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from routing.build import alternate_exchange_policy, durable_queue, exchange, fanout_exchange
-from routing.model import QUORUM, Policy, PoolProfile, Route, Topology, TopologyOptions
+from routing.model import QUORUM, THREADS, Policy, PoolProfile, Route, Topology, TopologyOptions
 from routing.quorum import DEAD_LETTER_DELIVERY_LIMIT, as_quorum
 
 NAME = "letrade"
@@ -171,7 +171,10 @@ POLICIES = tuple(
 POOLS: dict[str, PoolProfile] = {
     p.name: p
     for p in (
-        PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1),
+        # Two threads, not processes: the connector waits on Redis and the broker (an exchange's API in
+        # production), and a prefork pool's hand-off to its child cost ~1 ms of a trade's ~4 (docs/letrade.md,
+        # "The exchange connector runs threads").
+        PoolProfile("letrade.exchange_connector", concurrency=2, prefetch_multiplier=1, pool=THREADS),
         PoolProfile("letrade.capital_manager", concurrency=1, prefetch_multiplier=1),
         PoolProfile("letrade.strategy", concurrency=2, prefetch_multiplier=1),
         # The market-data service takes candles in batches (the seed recommends batching; its requests go

@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final, Literal
 
 from kombu import Exchange, Queue
 
@@ -131,9 +131,20 @@ class Policy:
         }
 
 
+#: Celery pool types a profile may choose: processes (``prefork``) or threads of the worker's own process
+#: (``threads``: for I/O-bound stages; docs/letrade.md, "The exchange connector runs threads").
+PREFORK: Final = "prefork"
+THREADS: Final = "threads"
+PoolType = Literal["prefork", "threads"]
+
+
 @dataclass(frozen=True)
 class PoolProfile:
-    """A pool of worker processes consuming one worker queue.
+    """A pool of worker processes (or threads, ``pool``) consuming one worker queue.
+
+    ``pool`` is the Celery pool type its worker runs unless ``-P`` says otherwise: ``prefork``, the default,
+    hands each delivery down a pipe to a child process (a crash takes only that child), ``threads`` runs
+    ``concurrency`` threads in the worker's own process (no hand-off; for stages that wait on I/O).
 
     ``batch_size`` > 1 makes the pool consume in batches (tradebus/batching.py): its worker hands a pool
     process up to ``batch_size`` deliveries at once (at most half its prefetch window), as soon as
@@ -147,6 +158,11 @@ class PoolProfile:
     batch_size: int = 1
     batch_ms: int = 0
     batch_keys: tuple[str, ...] = ()
+    pool: PoolType = PREFORK
+
+    def __post_init__(self) -> None:
+        if self.pool not in (PREFORK, THREADS):
+            raise ValueError(f"{self.queue}: pool must be {PREFORK!r} or {THREADS!r}, not {self.pool!r}")
 
     @property
     def batched(self) -> bool:

@@ -7,6 +7,8 @@ through a failover. The embedded demo, with no Redis to talk to, swaps in an in-
 
 from __future__ import annotations
 
+import threading
+
 import redis
 
 from tradebus.application import current_settings
@@ -23,6 +25,9 @@ _text_override: list[tuple[redis.Redis, redis.Redis]] = []
 #: One client per (Redis URL, sentinels, master, decoding) in this process: two apps of one process may
 #: name two servers.
 _clients: dict[tuple[str, tuple[tuple[str, int], ...], str, bool], redis.Redis] = {}
+#: Makes each of those once when a threads pool's threads ask at the same moment (redis-py's clients and
+#: their connection pools are shared by threads safely).
+_clients_lock = threading.Lock()
 
 
 def _connect(settings: Settings, decode: bool) -> redis.Redis:
@@ -45,9 +50,13 @@ def _connect(settings: Settings, decode: bool) -> redis.Redis:
 def _from_settings(decode: bool = False) -> redis.Redis:
     settings = current_settings()
     where = (settings.redis_url, settings.redis.sentinels, settings.redis.master, decode)
-    if where not in _clients:
-        _clients[where] = _connect(settings, decode)
-    return _clients[where]
+    found = _clients.get(where)
+    if found is None:
+        with _clients_lock:
+            found = _clients.get(where)
+            if found is None:
+                found = _clients[where] = _connect(settings, decode)
+    return found
 
 
 def client() -> redis.Redis:

@@ -17,10 +17,11 @@ cost no span.
 
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
-fork), with a batching processor: the export runs on its background thread, off the message path, and
-a recorded span costs its process 55-60 us of CPU in one process, about half the SDK's span and half
-its OTLP encoding (scripts/span_cost.py), 65-135 us in a pool process (scripts/span_cost_pool.py);
-what that is of a hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
+fork; a threads pool's threads share their process's, built once under a lock), with a batching
+processor: the export runs on its background thread, off the message path, and a recorded span costs
+its process 55-60 us of CPU in one process, about half the SDK's span and half its OTLP encoding
+(scripts/span_cost.py), 65-135 us in a pool process (scripts/span_cost_pool.py); what that is of a hop
+is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery.exceptions import Ignore
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -193,9 +194,11 @@ def flush(timeout_millis: int = 5000) -> bool:
     return True if built is None else built.provider.force_flush(timeout_millis)
 
 
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
 def _flush_at_exit(**_: Any) -> None:
-    """A prefork pool process leaves through ``os._exit``: no atexit hook runs, so export here."""
+    """A prefork pool process leaves through ``os._exit``: no atexit hook runs, so export here. A threads
+    pool runs its stages in the worker's own process, which exports when the worker shuts down."""
     shutdown()
 
 

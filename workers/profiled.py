@@ -5,6 +5,12 @@ multiplier of 1; an explicit ``-c`` or ``--prefetch-multiplier`` (or the matchin
 built from Python) still wins, except that a worker consuming a shard queue refuses more than one process
 (ShardConcurrency: a symbol's ticks are processed in order).
 
+The pool type is the profile's too (``PoolProfile.pool``): ``-Q letrade.exchange_connector`` runs a
+``threads`` pool of 2 threads, everything else ``prefork``; an explicit ``-P`` wins, and a worker of several
+queues whose profiles differ runs ``prefork`` (workers/profiles.py ``pool_type``). A threads pool forks
+nothing: what a prefork child sets up after its fork (tradebus/recorder.py's writer thread,
+tradebus/tracing.py's provider) is set up once in the worker's own process, on first use, as in a child.
+
 A worker of batched market-data pools only (every key of each queue batched, and a prefetch window of at
 least 4, so it batches) runs at a lower CPU priority (``nice`` 5), so signals, orders and fills run first
 when the machine is short of CPU. ``letrade.market_data`` is not niced: its ``market_data_request`` key is
@@ -16,7 +22,7 @@ command workers: tradebus/ops/remote_control.py), and gossip consumes every work
 ``worker.elect`` events anyone who sends events could forge. tradebus uses neither.
 
 With ``TRADEBUS_METRICS_PORT`` it serves its pool's Prometheus metrics (workers/exporter.py), set up in the
-main process before the pool's processes start.
+main process before the pool's processes (or threads) start.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from celery.apps.worker import Worker
 from click.core import ParameterSource
 
 from workers import exporter
-from workers.profiles import check_shard_concurrency, combined, shares_a_critical_queue, yields_cpu
+from workers.profiles import (
+    check_shard_concurrency,
+    combined,
+    pool_type,
+    shares_a_critical_queue,
+    yields_cpu,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +82,13 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
         self.metrics_exporter = exporter.start(self.app.settings.metrics, self.hostname)
 
     def setup_defaults(
-        self, concurrency: Any = None, prefetch_multiplier: Any = None, queues: Any = None, **kwargs: Any
+        self,
+        concurrency: Any = None,
+        prefetch_multiplier: Any = None,
+        queues: Any = None,
+        pool: Any = None,
+        pool_cls: Any = None,
+        **kwargs: Any,
     ) -> Any:
         names = _queue_names(queues)
         profile = combined(self.app.topology, names)
@@ -87,6 +105,9 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
                 concurrency = profile[0]
             if not _explicit("prefetch_multiplier", prefetch_multiplier):
                 prefetch_multiplier = profile[1]
+            # ``-P`` is the ``pool`` option (default: prefork); from Python, ``pool`` or ``pool_cls``.
+            if not (_explicit("pool", pool) or _explicit("pool_cls", pool_cls)):
+                pool, pool_cls = pool_type(self.app.topology, names), None
         # No -Q: Celery consumes every queue, the shards too; no -c: one process per CPU.
         consumed = names or [q.name for q in self.app.topology.worker_queues]
         check_shard_concurrency(self.app.topology, consumed, int(concurrency or os.cpu_count() or 1))
@@ -96,5 +117,10 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
             # pool processes inherit the niceness (docs/performance.md).
             os.nice(MARKET_DATA_NICENESS)
         return super().setup_defaults(
-            concurrency=concurrency, prefetch_multiplier=prefetch_multiplier, queues=queues, **kwargs
+            concurrency=concurrency,
+            prefetch_multiplier=prefetch_multiplier,
+            queues=queues,
+            pool=pool,
+            pool_cls=pool_cls,
+            **kwargs,
         )

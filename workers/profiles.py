@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from routing import PoolProfile, Topology
+from routing.model import PREFORK, PoolType
 from tradebus.errors import ShardConcurrency, UnknownPool
 
 
@@ -31,6 +32,18 @@ def combined(topology: Topology, queues: Iterable[str]) -> tuple[int, int] | Non
     if not profiles:
         return None
     return sum(p.concurrency for p in profiles), min(p.prefetch_multiplier for p in profiles)
+
+
+def pool_type(topology: Topology, queues: Iterable[str]) -> PoolType | None:
+    """The Celery pool type of a worker consuming ``queues``: the type their profiles share, ``prefork``
+    when they differ (threads are chosen per I/O-bound queue; one process's threads would also run the other
+    queues' work under one GIL), None when none is profiled (Celery's own default then)."""
+    names = list(queues)
+    if not any(q in topology.pools for q in names):
+        return None
+    # A queue without a profile counts as prefork: threads only where every profile asks for them.
+    types = {topology.pools[q].pool if q in topology.pools else PREFORK for q in names}
+    return types.pop() if len(types) == 1 else PREFORK
 
 
 def shares_a_critical_queue(topology: Topology, queues: Iterable[str]) -> list[str]:

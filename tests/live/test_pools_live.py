@@ -32,7 +32,9 @@ STARTUP_TIMEOUT = 180.0
 class RunningWorker:
     """A worker subprocess and what the broker and the worker itself say about it."""
 
-    def __init__(self, argv: Sequence[str], vhost: Vhost, log: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], vhost: Vhost, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.vhost = vhost
         self.log = log
         with log.open("wb") as out:
@@ -41,9 +43,14 @@ class RunningWorker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "TRADEBUS_BROKER_URL": vhost.url},
+                env={**os.environ, "TRADEBUS_BROKER_URL": vhost.url, **(env or {})},
                 start_new_session=True,
             )
+
+    def children(self) -> list[int]:
+        """The worker's child processes (a prefork pool's; none for a threads pool)."""
+        pid = self.process.pid
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
     def consumer(self, queue: str) -> dict[str, Any]:
         """Wait for the worker's consumer on ``queue`` to appear in the management API."""
@@ -114,8 +121,8 @@ def start_worker(fresh_vhost: Vhost, tmp_path: Path) -> Iterator[Any]:
     """Start a worker command in a fresh vhost; stopped at the end of the test."""
     started: list[RunningWorker] = []
 
-    def start(*args: str) -> RunningWorker:
-        worker = RunningWorker(args, fresh_vhost, tmp_path / f"worker-{len(started)}.log")
+    def start(*args: str, env: dict[str, str] | None = None) -> RunningWorker:
+        worker = RunningWorker(args, fresh_vhost, tmp_path / f"worker-{len(started)}.log", env)
         started.append(worker)
         return worker
 
@@ -152,6 +159,33 @@ def test_explicit_concurrency_and_prefetch_flags_win_over_the_profile(start_work
     worker = start_worker(*CELERY, "worker", "-Q", "order_requests", "-c", "1", "--prefetch-multiplier", "4")
     assert worker.channel_prefetch("order_requests") == 4
     assert worker.pool_stats()["max-concurrency"] == 1
+
+
+CONNECTOR, CAPITAL = "letrade.exchange_connector", "letrade.capital_manager"
+POOL_TYPES = [
+    # Letrade's exchange connector is I/O-bound: 2 threads in the worker's process (routing/letrade.py).
+    ((CONNECTOR,), (), "celery.concurrency.thread:TaskPool", 2),
+    # -P wins over the profile.
+    ((CONNECTOR,), ("-P", "prefork"), "celery.concurrency.prefork:TaskPool", 2),
+    # Queues whose profiles differ: prefork, their processes added up.
+    ((CONNECTOR, CAPITAL), (), "celery.concurrency.prefork:TaskPool", 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("queues", "flags", "implementation", "concurrency"), POOL_TYPES, ids=["threads", "-P prefork", "mixed"]
+)
+def test_a_worker_runs_its_profiles_pool_type_unless_p_says_otherwise(
+    start_worker: Any, queues: tuple[str, ...], flags: tuple[str, ...], implementation: str, concurrency: int
+) -> None:
+    worker = start_worker(
+        *CELERY, "worker", "-Q", ",".join(queues), *flags, env={"TRADEBUS_TOPOLOGY": "letrade"}
+    )
+    assert worker.channel_prefetch(queues[0]) == concurrency  # prefetch multiplier 1 for each
+    pool = worker.pool_stats()
+    assert (pool["implementation"], pool["max-concurrency"]) == (implementation, concurrency)
+    threads = implementation.endswith("thread:TaskPool")
+    assert len(worker.children()) == (0 if threads else concurrency)
 
 
 def test_tradebus_worker_starts_a_pool_by_name_with_its_profile(start_worker: Any) -> None:

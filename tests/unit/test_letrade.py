@@ -14,8 +14,9 @@ from celery import _state
 from click.testing import CliRunner, Result
 from kombu.message import Message
 
-from routing import letrade
-from tests.support.bus import LETRADE
+from routing import PoolProfile, letrade
+from routing.model import PREFORK, THREADS
+from tests.support.bus import LETRADE, MASTERTRADE
 from tests.support.letrade_samples import CONSUMERS, PAYLOADS, body
 from tradebus import consumer
 from tradebus.codec import MAX_MESSAGE_BYTES
@@ -37,6 +38,8 @@ from tradebus.letrade.paper import Account, Position
 from tradebus.letrade.payloads import MAX_CANDLES
 from tradebus.letrade.subscriptions import compile_pattern
 from tradebus.ops.cli import ExitCode, main
+from tradebus.ops.report import topology_tables
+from workers.profiles import pool_type
 
 
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
@@ -89,6 +92,22 @@ def test_pools_that_receive_trade_messages_prefetch_one_so_priority_holds() -> N
     for name in ("letrade.exchange_connector", "letrade.capital_manager", "letrade.strategy"):
         assert LETRADE.pools[name].prefetch_multiplier == 1
         assert name in LETRADE.critical_queues
+
+
+def test_the_exchange_connector_runs_two_threads_and_every_other_pool_processes() -> None:
+    connector = LETRADE.pools[letrade.EXCHANGE_CONNECTOR.name]
+    assert (connector.pool, connector.concurrency, connector.prefetch_multiplier) == (THREADS, 2, 1)
+    others = [p for p in (*LETRADE.pools.values(), *MASTERTRADE.pools.values()) if p is not connector]
+    assert {p.pool for p in others} == {PREFORK}
+    # What a worker runs (workers/profiled.py): the queues' shared type, prefork when they differ.
+    assert pool_type(LETRADE, [connector.name]) == THREADS
+    assert pool_type(LETRADE, [letrade.CAPITAL_MANAGER.name]) == PREFORK
+    assert pool_type(LETRADE, [connector.name, letrade.CAPITAL_MANAGER.name]) == PREFORK
+    assert pool_type(LETRADE, [connector.name, "not.a.pool"]) == PREFORK
+    assert pool_type(LETRADE, []) is None
+    assert "2 threads x prefetch 1" in topology_tables(LETRADE, {})  # tradebus topology show
+    with pytest.raises(ValueError, match="pool must be"):
+        PoolProfile("q", concurrency=1, prefetch_multiplier=1, pool="gevent")  # type: ignore[arg-type]
 
 
 def test_market_data_key_uses_the_pair_without_its_slash_in_lower_case() -> None:

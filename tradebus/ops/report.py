@@ -10,6 +10,7 @@ from kombu import Connection
 
 from routing import Hop, Topology
 from routing.consistent_hash import header_bucket
+from routing.model import THREADS
 from tradebus.health import queue_stats
 from tradebus.ops import dlq
 from tradebus.topology import queue_kind
@@ -41,7 +42,8 @@ def topology_tables(topology: Topology, stage_names: dict[str, str]) -> str:
     queue_rows = []
     for q in topology.queues:
         profile = topology.pools.get(q.name)
-        pool = f"{profile.concurrency} x prefetch {profile.prefetch_multiplier}" if profile else "-"
+        threads = " threads" if profile and profile.pool == THREADS else ""  # else processes (prefork)
+        pool = f"{profile.concurrency}{threads} x prefetch {profile.prefetch_multiplier}" if profile else "-"
         queue_rows.append(
             (
                 q.name,
