@@ -144,7 +144,8 @@ class PoolProfile:
 
     ``pool`` is the Celery pool type its worker runs unless ``-P`` says otherwise: ``prefork``, the default,
     hands each delivery down a pipe to a child process (a crash takes only that child), ``threads`` runs
-    ``concurrency`` threads in the worker's own process (no hand-off; for stages that wait on I/O).
+    ``concurrency`` threads in the worker's own process (no hand-off; for stages that wait on I/O; never
+    batched: a batch settles its deliveries from the thread that ran it, off the worker's event loop).
 
     ``batch_size`` > 1 makes the pool consume in batches (tradebus/batching.py): its worker hands a pool
     process up to ``batch_size`` deliveries at once (at most half its prefetch window), as soon as
@@ -161,8 +162,8 @@ class PoolProfile:
     pool: PoolType = PREFORK
 
     def __post_init__(self) -> None:
-        if self.pool not in (PREFORK, THREADS):
-            raise ValueError(f"{self.queue}: pool must be {PREFORK!r} or {THREADS!r}, not {self.pool!r}")
+        if self.pool not in (PREFORK, THREADS) or (self.pool == THREADS and self.batched):
+            raise ValueError(f"{self.queue}: pool {self.pool!r}: prefork, or threads and not batched")
 
     @property
     def batched(self) -> bool:

@@ -93,6 +93,7 @@ def main(trades: int, connector_options: list[str]) -> None:
             start_pool(letrade.EXCHANGE_CONNECTOR.name, logs, [*quiet, *connector_options], env),
             start_pool(letrade.CAPITAL_MANAGER.name, logs, quiet, env),
         ]
+        feeder: subprocess.Popen[bytes] | None = None
         try:
             bench_letrade._wait_for_pools(settings, pools, logs)
             connector, inbox = pools[0].process.pid, letrade.EXCHANGE_CONNECTOR.name
@@ -124,7 +125,7 @@ def main(trades: int, connector_options: list[str]) -> None:
 
             asyncio.run(run())
         finally:
-            if feed_rate:
+            if feeder is not None:
                 feeder.terminate()
                 feeder.wait()
             stop_all(pools)

@@ -196,6 +196,14 @@ def test_tradebus_worker_starts_a_pool_by_name_with_its_profile(start_worker: An
     assert worker.pool_stats()["max-concurrency"] == profile.concurrency
 
 
+def test_tradebus_worker_runs_the_connector_on_its_profiles_threads(start_worker: Any) -> None:
+    tradebus = Path(sys.executable).with_name("tradebus")
+    worker = start_worker(str(tradebus), "worker", CONNECTOR, env={"TRADEBUS_TOPOLOGY": "letrade"})
+    pool = worker.pool_stats()
+    assert (pool["implementation"], pool["max-concurrency"]) == ("celery.concurrency.thread:TaskPool", 2)
+    assert not worker.children()
+
+
 def test_a_starting_worker_declares_the_whole_topology_not_just_its_queue(
     start_worker: Any, fresh_vhost: Vhost
 ) -> None:

@@ -201,17 +201,21 @@ def test_to_message_keeps_the_secret_of_a_model_it_revalidates() -> None:
 
 
 def test_letrade_seals_what_a_payload_declares_sensitive(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ErrorReport, "sensitive", ("error_message",))
     ring = keyring(f"k1:{OLD}")
     message = letrade.build(letrade.ErrorMessage, {"error_type": "auth", "error_message": SECRET}, "engine")
-    body = letrade.encode(message, ring)
-    assert SECRET.encode() not in body
-    parsed = letrade.parse(body, "events.error", "application/json", ring)
-    assert isinstance(parsed.payload, ErrorReport) and parsed.payload.error_message == SECRET
-    with pytest.raises(Undecryptable, match="no key"):
-        letrade.parse(body, "events.error", "application/json", None)
-    with pytest.raises(EncryptionUnavailable):
-        letrade.encode(message, None)
+    # Nothing declared sensitive: readable (and the payload's sensitive paths remembered, messages.py).
+    assert SECRET.encode() in letrade.encode(message, ring)
+    with monkeypatch.context() as patch:
+        patch.setattr(ErrorReport, "sensitive", ("error_message",))
+        body = letrade.encode(message, ring)
+        assert SECRET.encode() not in body
+        parsed = letrade.parse(body, "events.error", "application/json", ring)
+        assert isinstance(parsed.payload, ErrorReport) and parsed.payload.error_message == SECRET
+        with pytest.raises(Undecryptable, match="no key"):
+            letrade.parse(body, "events.error", "application/json", None)
+        with pytest.raises(EncryptionUnavailable):
+            letrade.encode(message, None)
+    assert SECRET.encode() in letrade.encode(message, ring)  # the declaration undone: readable again
 
 
 def test_dlq_replay_never_sends_an_undecryptable_message_again() -> None:

@@ -106,8 +106,10 @@ def test_the_exchange_connector_runs_two_threads_and_every_other_pool_processes(
     assert pool_type(LETRADE, [connector.name, "not.a.pool"]) == PREFORK
     assert pool_type(LETRADE, []) is None
     assert "2 threads x prefetch 1" in topology_tables(LETRADE, {})  # tradebus topology show
-    with pytest.raises(ValueError, match="pool must be"):
+    with pytest.raises(ValueError, match="prefork, or threads and not batched"):
         PoolProfile("q", concurrency=1, prefetch_multiplier=1, pool="gevent")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefork, or threads and not batched"):  # batches settle off-loop
+        PoolProfile("q", concurrency=1, prefetch_multiplier=10, batch_size=5, batch_ms=25, pool=THREADS)
 
 
 def test_market_data_key_uses_the_pair_without_its_slash_in_lower_case() -> None:

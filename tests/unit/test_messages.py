@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from celery import Celery
@@ -10,7 +11,7 @@ from celery import Celery
 from tests.support.bus import MASTERTRADE, SETTINGS
 from tests.support.contract import CONTRACT
 from tradebus.application import create_app
-from tradebus.codec import MAX_MESSAGE_BYTES
+from tradebus.codec import MAX_MESSAGE_BYTES, new_message_id
 from tradebus.errors import (
     InvalidJSON,
     MessageTooLarge,
@@ -162,3 +163,11 @@ def test_limit_order_without_price_is_refused() -> None:
 def test_signal_confidence_outside_unit_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="confidence"):
         TradingSignal.model_validate(signal().model_dump() | {"confidence": 1.5})
+
+
+def test_a_new_message_id_is_a_random_rfc_4122_uuid_in_its_canonical_text() -> None:
+    ids = [new_message_id() for _ in range(2_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

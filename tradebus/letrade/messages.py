@@ -80,7 +80,7 @@ class Envelope(BaseModel):
         """Its routing key, computed from the payload (``market_data.binance.btcusdt``)."""
         route = ROUTES[self.route_name]
         if not route.fields:
-            return route.template
+            return route.key()
         payload = self.payload
         values = {name: str(getattr(payload, name)) for name in route.fields}
         if "symbol" in values:
