@@ -113,6 +113,9 @@ class Recorded(Span):
 class Maker:
     """Makes ``Recorded`` spans for one tracer provider built with the SDK's defaults."""
 
+    #: ``start`` takes the parent's span context (``SdkMaker``'s, the context extracted from headers too).
+    takes_context = False
+
     def __init__(self, tracer: Tracer, processor: SpanProcessor, limits: SpanLimits) -> None:
         self.tracer, self.processor, self.limits = tracer, processor, limits
         self.resource = tracer.resource
@@ -165,6 +168,21 @@ class Maker:
     def _sdk(
         self, name: str, kind: SpanKind, parent: SpanContext | None, attributes: dict[str, AnyValue]
     ) -> trace.Span:
-        empty = otel_context.Context()
-        context = trace.set_span_in_context(trace.NonRecordingSpan(parent), empty) if parent else empty
-        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        return SdkMaker(self.tracer).start(name, kind, parent, attributes)
+
+
+class SdkMaker:
+    """``Maker.start`` by the SDK's tracer, for a configuration Maker does not cover (another sampler...).
+    ``parent`` is the parent's context as the propagators extracted it, or the parent span's context."""
+
+    takes_context = True
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    def start(self, name: str, kind: SpanKind, parent: Any, attributes: dict[str, AnyValue]) -> trace.Span:
+        if not isinstance(parent, otel_context.Context):
+            empty = otel_context.Context()
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(parent), empty) if parent else empty
+        span: trace.Span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+        return span

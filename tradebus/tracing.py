@@ -17,10 +17,12 @@ cost no span.
 
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
-fork), with a batching processor: the export runs on its background thread, off the message path, and
-a recorded span costs its process 55-60 us of CPU in one process, about half the SDK's span and half
-its OTLP encoding (scripts/span_cost.py), 65-135 us in a pool process (scripts/span_cost_pool.py);
-what that is of a hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
+fork), with a batching processor: the export runs on its background thread, off the message path. With
+the SDK's default configuration the spans are made by tradebus/spanmaker.py and written to OTLP by
+tradebus/spanwire.py (the SDK's span and message, without its per-span machinery); a recorded span
+costs its pool process about 20-55 us of CPU (scripts/span_cost_pool.py; scripts/span_cost.py for its
+parts); what that is of a hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md,
+"Traces").
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): mo
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from tradebus.spanmaker import Maker
+    from tradebus.spanmaker import Maker, SdkMaker
 
 INSTRUMENTATION = "tradebus"
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class _HeaderGetter(Getter[Mapping[str, Any]]):
 _GETTER = _HeaderGetter()
 #: A ``traceparent`` as every OpenTelemetry SDK writes it (version 00, lowercase hex, nothing around it).
 _CANONICAL = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_FLAGS = [TraceFlags(n) for n in range(256)]
 _W3C = TraceContextTextMapPropagator()
 #: The global propagator last seen, and what it is: "w3c" (``OTEL_PROPAGATORS=tracecontext``), "default"
 #: (``tracecontext,baggage``, OpenTelemetry's default) or "other".
@@ -114,13 +117,13 @@ class _Provider:
         from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from tradebus.spanmaker import Maker
+        from tradebus.spanmaker import Maker, SdkMaker
 
         self.settings = settings
         limits = SpanLimits()  # the provider's own (OTEL_*_LIMIT), kept for Maker
         self.provider = TracerProvider(resource=_resource(settings.service_name), span_limits=limits)
         self.tracer: Tracer | None = None
-        self.maker: Maker | _SdkMaker | None = None
+        self.maker: Maker | SdkMaker | None = None
         try:
             processor = BatchSpanProcessor(_exporter(settings))
         except ImportError as exc:
@@ -129,22 +132,7 @@ class _Provider:
         self.provider.add_span_processor(processor)
         self.tracer = tracer = self.provider.get_tracer(INSTRUMENTATION)
         # The SDK's default configuration: spans made directly (tradebus/spanmaker.py); else by its tracer.
-        self.maker = Maker.of(self.provider, tracer, processor, limits) or _SdkMaker(tracer)
-
-
-class _SdkMaker:
-    """``Maker.start`` by the SDK's tracer, for a configuration Maker does not cover (another sampler...).
-    ``parent`` is the parent's context as the propagators extracted it, or the parent span's context."""
-
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
-
-    def start(self, name: str, kind: SpanKind, parent: Any, attributes: dict[str, Any]) -> Span:
-        if not isinstance(parent, otel_context.Context):
-            empty = otel_context.Context()
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(parent), empty) if parent else empty
-        span: Span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
-        return span
+        self.maker = Maker.of(self.provider, tracer, processor, limits) or SdkMaker(tracer)
 
 
 def _resource(service_name: str) -> Resource:
@@ -248,7 +236,7 @@ def _remote(headers: Mapping[str, Any]) -> SpanContext | otel_context.Context | 
     ):
         trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
         if trace_id and span_id:
-            flags = TraceFlags(int(value[53:], 16))
+            flags = _FLAGS[int(value[53:], 16)]
             return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
         return None
     return parent_of(headers)
@@ -318,7 +306,7 @@ def consuming(
     if stage:
         attributes["tradebus.stage"] = stage
     maker = found.maker
-    if isinstance(parent, otel_context.Context) and not isinstance(maker, _SdkMaker):
+    if isinstance(parent, otel_context.Context) and not maker.takes_context:
         parent = trace.get_current_span(parent).get_span_context()  # Maker takes the span context
     return _Processing(maker, f"process {queue}", parent, attributes)
 
