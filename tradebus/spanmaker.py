@@ -84,11 +84,13 @@ class Recorded(Span):
             )  # fmt: skip
 
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
-        self._bounded()
+        if self._end_time is None:  # ended, the SDK's says so and changes nothing
+            self._bounded()
         super().set_attributes(attributes)
 
     def set_attribute(self, key: str, value: AnyValue) -> None:
-        self._bounded()
+        if self._end_time is None:
+            self._bounded()
         super().set_attribute(key, value)
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:

@@ -267,11 +267,13 @@ def outgoing(
         return {}
     carrier: dict[str, str] = {}
     if topology.starts_trace(exchange, routing_key):
-        current = trace.get_current_span().get_span_context()
-        span = found.maker.start(
+        maker, current = found.maker, trace.get_current_span().get_span_context()
+        # The SDK's tracer takes the current context, as it did; Maker its span's, if any.
+        parent: Any = otel_context.get_current() if maker.takes_context else current
+        span = maker.start(
             f"create {headers.get(TYPE) or routing_key}",
             SpanKind.PRODUCER,
-            current if current.is_valid else None,
+            parent if maker.takes_context or current.is_valid else None,
             _attributes(exchange, routing_key, message_id),
         )
         span.end()

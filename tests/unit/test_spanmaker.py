@@ -118,8 +118,11 @@ def test_another_sampler_leaves_every_span_to_the_sdk(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1.0")
     deliver(parent())
-    (span,) = finished(spans)
-    assert type(span) is not Recorded and span.parent is not None
+    carried = tracing.outgoing(ON, MASTERTRADE, message_id="c", headers={}, **SIGNAL)
+    processed, created = finished(spans)
+    assert type(processed) is not Recorded and processed.parent is not None
+    assert type(created) is not Recorded and created.name == "create signal.BTCUSDT.s-1"
+    assert created.context is not None and f"{created.context.span_id:016x}" in carried["traceparent"]
 
 
 def test_a_failure_and_a_dropped_repeat_are_recorded_on_it_as_by_the_sdk(spans: InMemorySpanExporter) -> None:
