@@ -3,8 +3,9 @@
     PYTHONPATH=. python scripts/span_cost.py
 
 Parts, each the best of 5 runs, in microseconds of this process's CPU (every thread's) per span:
-reading the ``traceparent``; the ``process`` span made, current and ended through the SDK (queued for
-the batching processor, nothing exported); encoding it for OTLP (in a batch of 512); an OTLP/HTTP
+reading the ``traceparent`` (tradebus's canonical read, and the SDK propagator's); the ``process`` span
+made, current and ended (tradebus/spanmaker.py; queued for the batching processor, nothing exported);
+encoding it for OTLP in a batch of 512 (tradebus/spanwire.py, and the SDK's encoder); an OTLP/HTTP
 export's fixed cost, per POST. Then the whole, a span per delivery exported over OTLP/HTTP to a sink in
 a child process (whose CPU is not counted), in a tight loop and between ~0.1 ms of other Python work per
 delivery, as a handler's (the cache the span's code and data find cold; median of 8 paired bursts).
@@ -22,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from routing import build
-from tradebus import tracing
+from tradebus import spanwire, tracing
 from tradebus.settings import TracingSettings
 
 SPANS = 2_000
@@ -78,7 +79,8 @@ def parts() -> None:
     tracing._exporter = lambda settings: kept
     settings = TracingSettings(exporter="console")
     carriers = [headers() for _ in range(SPANS)]
-    print(f"read the traceparent      {best(lambda: [tracing.parent_of(h) for h in carriers], SPANS):6.1f}")
+    print(f"read the traceparent      {best(lambda: [tracing._remote(h) for h in carriers], SPANS):6.1f}")
+    print(f"  (the SDK's propagator   {best(lambda: [tracing.parent_of(h) for h in carriers], SPANS):6.1f})")
 
     def spans() -> None:
         for carried in carriers:
@@ -87,15 +89,15 @@ def parts() -> None:
 
     print(f"the span, made and queued {best(spans, SPANS):6.1f}")
     batch = list(kept.get_finished_spans())[:512]
-    encode = best(lambda: encode_spans(batch).SerializePartialToString(), len(batch))
+    encode = best(lambda: spanwire.encode(batch), len(batch))
     print(f"its OTLP encoding         {encode:6.1f}")
+    sdk = best(lambda: encode_spans(batch).SerializePartialToString(), len(batch))
+    print(f"  (the SDK's encoder      {sdk:6.1f})")
     tracing.shutdown()
     tracing._exporter = exporter
     url, pid = sink()
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        otlp = OTLPSpanExporter(endpoint=url)
+        otlp = spanwire.Exporter(endpoint=url)
         post = best(lambda: [otlp.export(batch[:1]) for _ in range(50)], 50) - encode
         print(f"an export's POST          {post:6.0f} ({post / 512:.1f} a span in a batch of 512)")
     finally:

@@ -18,16 +18,18 @@ cost no span.
 Off by default (``TracingSettings``; tradebus/settings.py): then every function here returns at its first
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
 fork; a threads pool's threads share their process's, built once under a lock), with a batching
-processor: the export runs on its background thread, off the message path, and a recorded span costs
-its process 55-60 us of CPU in one process, about half the SDK's span and half its OTLP encoding
-(scripts/span_cost.py), 65-135 us in a pool process (scripts/span_cost_pool.py); what that is of a hop
-is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
+processor: the export runs on its background thread, off the message path. With the SDK's default
+configuration the spans are made by tradebus/spanmaker.py and written to OTLP by tradebus/spanwire.py
+(the SDK's span and message, without its per-span machinery); a recorded span costs its pool process
+about 20-55 us of CPU (scripts/span_cost_pool.py; scripts/span_cost.py for its parts); what that is of a
+hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -40,11 +42,11 @@ from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from routing import Topology
-from tradebus.headers import TRACEPARENT, TYPE
+from tradebus.headers import TRACEPARENT, TRACESTATE, TYPE
 from tradebus.settings import TracingSettings
 
 if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): most processes never need it
@@ -52,6 +54,8 @@ if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): mo
 
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from tradebus.spanmaker import Maker, SdkMaker
 
 INSTRUMENTATION = "tradebus"
 logger = logging.getLogger(__name__)
@@ -72,6 +76,9 @@ class _HeaderGetter(Getter[Mapping[str, Any]]):
 
 
 _GETTER = _HeaderGetter()
+#: A ``traceparent`` as every OpenTelemetry SDK writes it (version 00, lowercase hex, nothing around it).
+_CANONICAL = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_FLAGS = [TraceFlags(n) for n in range(256)]
 _W3C = TraceContextTextMapPropagator()
 #: The global propagator last seen, and what it is: "w3c" (``OTEL_PROPAGATORS=tracecontext``), "default"
 #: (``tracecontext,baggage``, OpenTelemetry's default) or "other".
@@ -107,18 +114,25 @@ class _Provider:
     """
 
     def __init__(self, settings: TracingSettings) -> None:
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        from tradebus.spanmaker import Maker, SdkMaker
+
         self.settings = settings
-        self.provider = TracerProvider(resource=_resource(settings.service_name))
+        limits = SpanLimits()  # the provider's own (OTEL_*_LIMIT), kept for Maker
+        self.provider = TracerProvider(resource=_resource(settings.service_name), span_limits=limits)
         self.tracer: Tracer | None = None
+        self.maker: Maker | SdkMaker | None = None
         try:
-            self.provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
+            processor = BatchSpanProcessor(_exporter(settings))
         except ImportError as exc:
             logger.error("traces are off: TRADEBUS_TRACES=%s needs %s", settings.exporter, exc)
             return
-        self.tracer = self.provider.get_tracer(INSTRUMENTATION)
+        self.provider.add_span_processor(processor)
+        self.tracer = tracer = self.provider.get_tracer(INSTRUMENTATION)
+        # The SDK's default configuration: spans made directly (tradebus/spanmaker.py); else by its tracer.
+        self.maker = Maker.of(self.provider, tracer, processor, limits) or SdkMaker(tracer)
 
 
 def _resource(service_name: str) -> Resource:
@@ -144,9 +158,9 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
 
         return ConsoleSpanExporter()
     # Imported only when used: the OTLP exporter pulls in protobuf and requests.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from tradebus.spanwire import Exporter  # the SDK's, writing tradebus's spans itself
 
-    return OTLPSpanExporter(endpoint=settings.endpoint)
+    return Exporter(endpoint=settings.endpoint)
 
 
 _current: _Provider | None = None
@@ -162,21 +176,26 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def tracer(settings: TracingSettings) -> Tracer | None:
-    """This process's tracer for ``settings``, built on first use; None when tracing is off."""
+def _built(settings: TracingSettings) -> _Provider | None:
+    """This process's provider for ``settings``, built on first use; None when tracing is off."""
     global _current
     if not settings.enabled:
         return None
     built = _current
-    if built is not None and built.settings is settings:
-        return built.tracer
-    with _lock:
-        built = _current
-        if built is None or built.settings != settings:
-            if built is not None:
-                built.provider.shutdown()  # settings changed: export what the old one holds
-            built = _current = _Provider(settings)
-        return built.tracer
+    if built is None or built.settings is not settings:
+        with _lock:
+            built = _current
+            if built is None or built.settings != settings:
+                if built is not None:
+                    built.provider.shutdown()  # settings changed: export what the old one holds
+                built = _current = _Provider(settings)
+    return built if built.tracer is not None else None
+
+
+def tracer(settings: TracingSettings) -> Tracer | None:
+    """This process's tracer for ``settings``, built on first use; None when tracing is off."""
+    built = _built(settings)
+    return None if built is None else built.tracer
 
 
 def shutdown() -> None:
@@ -202,6 +221,29 @@ def _flush_at_exit(**_: Any) -> None:
     shutdown()
 
 
+def _remote(headers: Mapping[str, Any]) -> SpanContext | otel_context.Context | None:
+    """The parent ``headers`` name: its span context, read here when the ``traceparent`` is the canonical
+    version 00 with nothing else to read (no ``tracestate``, no ``baggage``, W3C propagation); else the
+    context the propagators extract (``parent_of``). None when they name none validly."""
+    value = headers.get(TRACEPARENT)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if (
+        type(value) is str
+        and _CANONICAL.fullmatch(value)
+        and TRACESTATE not in headers
+        and _propagator("baggage" in headers) is _W3C
+    ):
+        trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+        if trace_id and span_id:
+            flags = _FLAGS[int(value[53:], 16)]
+            return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+        return None
+    return parent_of(headers)
+
+
 def parent_of(headers: Mapping[str, Any]) -> otel_context.Context | None:
     """The span context ``headers`` name (W3C ``traceparent``), or None when they name none validly."""
     if TRACEPARENT not in headers:
@@ -222,15 +264,19 @@ def outgoing(
     """The trace headers of a message about to be published: the current span's context, or for a message
     that begins a trace, a ``create`` span's (a child of the current span, if any). Empty when tracing is
     off, or when the message is outside any trace."""
-    found = tracer(settings)
-    if found is None:
+    found = _built(settings)
+    if found is None or found.maker is None:
         return {}
     carrier: dict[str, str] = {}
     if topology.starts_trace(exchange, routing_key):
-        span = found.start_span(
+        maker, current = found.maker, trace.get_current_span().get_span_context()
+        # The SDK's tracer takes the current context, as it did; Maker its span's, if any.
+        parent: Any = otel_context.get_current() if maker.takes_context else current
+        span = maker.start(
             f"create {headers.get(TYPE) or routing_key}",
-            kind=SpanKind.PRODUCER,
-            attributes=_attributes(exchange, routing_key, message_id),
+            SpanKind.PRODUCER,
+            parent if maker.takes_context or current.is_valid else None,
+            _attributes(exchange, routing_key, message_id),
         )
         span.end()
         context = trace.set_span_in_context(span)
@@ -254,16 +300,19 @@ def consuming(
     """A ``process <queue>`` span around a delivery's handling, current while it runs (so what it publishes
     carries it): a child of the span its headers name, or a new trace's root when the message begins one.
     Nothing at all when tracing is off or the delivery is outside any trace."""
-    found = tracer(settings)
-    if found is None:
+    found = _built(settings)
+    if found is None or found.maker is None:
         return _NOTHING
-    parent = parent_of(headers)
+    parent = _remote(headers)
     if parent is None and not topology.starts_trace(exchange, routing_key):
         return _NOTHING
     attributes = _attributes(exchange, routing_key, message_id)
     if stage:
         attributes["tradebus.stage"] = stage
-    return _Processing(found, f"process {queue}", parent or otel_context.Context(), attributes)
+    maker = found.maker
+    if isinstance(parent, otel_context.Context) and not maker.takes_context:
+        parent = trace.get_current_span(parent).get_span_context()  # Maker takes the span context
+    return _Processing(maker, f"process {queue}", parent, attributes)
 
 
 class _Processing(AbstractContextManager[Span]):
@@ -271,17 +320,14 @@ class _Processing(AbstractContextManager[Span]):
     context managers: the span starts on entry and is current until exit, an exception that ends it is
     recorded on it (with an ERROR status) and goes on, and the span ends."""
 
-    __slots__ = ("attributes", "name", "parent", "span", "token", "tracer")
+    __slots__ = ("attributes", "maker", "name", "parent", "span", "token")
 
-    def __init__(
-        self, tracer: Tracer, name: str, parent: otel_context.Context, attributes: dict[str, Any]
-    ) -> None:
-        self.tracer, self.name, self.parent, self.attributes = tracer, name, parent, attributes
+    def __init__(self, maker: Any, name: str, parent: Any, attributes: dict[str, Any]) -> None:
+        self.maker, self.name, self.parent, self.attributes = maker, name, parent, attributes
 
     def __enter__(self) -> Span:
-        self.span = span = self.tracer.start_span(
-            self.name, context=self.parent, kind=SpanKind.CONSUMER, attributes=self.attributes
-        )
+        span: Span = self.maker.start(self.name, SpanKind.CONSUMER, self.parent, self.attributes)
+        self.span = span
         self.token = otel_context.attach(trace.set_span_in_context(span))
         return span
 
