@@ -31,10 +31,14 @@ from opentelemetry.sdk.trace import Span, SpanLimits, SpanProcessor, Tracer, Tra
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.version import __version__ as SDK_VERSION
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AnyValue
 
 logger = logging.getLogger(__name__)
+#: The SDK release ``Recorded`` was written against and tested with (constraints.txt): it sets the SDK
+#: span's private fields, so any other release makes every span through the SDK.
+TESTED_SDK = "1.45."
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 
@@ -135,7 +139,8 @@ class Maker:
         if not isinstance(tracer, Tracer):  # the SDK's NoOpTracer: nothing to make
             return None
         defaults = (
-            provider.sampler is sampling.DEFAULT_ON
+            SDK_VERSION.startswith(TESTED_SDK)
+            and provider.sampler is sampling.DEFAULT_ON
             and type(provider.id_generator) is RandomIdGenerator
             and limits.max_span_attribute_length is None
             and os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() != "true"

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 from routing import build
 from tradebus import spanwire, tracing
 from tradebus.settings import TracingSettings
+from tradebus import spanmaker
 from tradebus.spanmaker import Recorded
 
 MASTERTRADE = build("mastertrade")
@@ -123,6 +124,16 @@ def test_another_sampler_leaves_every_span_to_the_sdk(
     assert type(processed) is not Recorded and processed.parent is not None
     assert type(created) is not Recorded and created.name == "create signal.BTCUSDT.s-1"
     assert created.context is not None and f"{created.context.span_id:016x}" in carried["traceparent"]
+
+
+@pytest.mark.parametrize(("release", "ours"), [("1.45.2", True), ("1.99.0", False)], ids=["tested", "other"])
+def test_a_release_of_the_sdk_other_than_the_tested_one_makes_every_span(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, release: str, ours: bool
+) -> None:
+    monkeypatch.setattr(spanmaker, "SDK_VERSION", release)
+    deliver(parent())
+    (span,) = finished(spans)
+    assert (type(span) is Recorded) is ours
 
 
 def test_a_failure_and_a_dropped_repeat_are_recorded_on_it_as_by_the_sdk(spans: InMemorySpanExporter) -> None:
