@@ -4,7 +4,6 @@ SDK's: the same spans, the same protobuf messages, without a broker."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 from celery.exceptions import Ignore
@@ -16,24 +15,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 
 from routing import build
-from tradebus import spanwire, tracing
+from tradebus import spanmaker, spanwire, tracing
 from tradebus.settings import TracingSettings
-from tradebus import spanmaker
 from tradebus.spanmaker import Recorded
 
 MASTERTRADE = build("mastertrade")
 ON = TracingSettings(exporter="console")
 SIGNAL = {"exchange": "mastertrade.trading", "routing_key": "signal.BTCUSDT.s-1"}
 ORDER = {"exchange": "mastertrade.orders", "routing_key": "order.request.BTCUSDT"}
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    monkeypatch.setattr(tracing, "_exporter", lambda settings: exporter)
-    tracing.shutdown()
-    yield exporter
-    tracing.shutdown()
 
 
 def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
 
 import pytest
 from celery.exceptions import Ignore
@@ -27,16 +26,6 @@ SIGNAL = ("mastertrade.trading", "signal.BTCUSDT.s-1")
 ORDER = ("mastertrade.orders", "order.request.BTCUSDT")
 FILL = ("mastertrade.orders", "order.update.filled.o-1")
 TICKER = ("mastertrade.market", "ticker.BTCUSDT")
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Every span this test makes, in memory (the exporter stands in for the console's)."""
-    exporter = InMemorySpanExporter()
-    monkeypatch.setattr(tracing, "_exporter", lambda settings: exporter)
-    tracing.shutdown()
-    yield exporter
-    tracing.shutdown()
 
 
 def ids(traceparent: str) -> tuple[str, str]:
