@@ -26,12 +26,12 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk import version as sdk_version
 from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.trace import Span, SpanLimits, SpanProcessor, Tracer, TracerProvider, sampling
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.sdk.version import __version__ as SDK_VERSION
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AnyValue
 
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 #: The SDK release ``Recorded`` was written against and tested with (constraints.txt): it sets the SDK
 #: span's private fields, so any other release makes every span through the SDK.
 TESTED_SDK = "1.45."
+#: The SDK release installed.
+SDK_VERSION: str = sdk_version.__version__
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 
