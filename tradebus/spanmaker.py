@@ -7,7 +7,7 @@ random-id bit and trace state, with the attributes given. ``Maker`` makes that s
 ``Recorded`` (the SDK's ``Span``, so its methods and every exporter work on it unchanged) whose fields
 are set in place, no sampler call, no attribute copies and checks, no events or links lists until one is
 added, and handed as it is to the batching processor when it ends (the SDK copies it into a
-``ReadableSpan`` first). The same span, in fewer steps: tests/unit/test_tracing.py compares the two.
+``ReadableSpan`` first). The same span, in fewer steps: tests/unit/test_spanmaker.py compares the two.
 
 Anything else (another sampler, an unsampled parent, span limits that would cut an attribute) goes
 through the SDK's own tracer: ``Maker.of`` returns None for a configuration it does not cover.
@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from time import time_ns
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk import version as sdk_version
 from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
@@ -34,6 +33,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AnyValue
+
+from tradebus.sdkmaker import SdkMaker
 
 logger = logging.getLogger(__name__)
 #: The SDK release ``Recorded`` was written against and tested with (constraints.txt): it sets the SDK
@@ -80,14 +81,15 @@ class Recorded(Span):
 
     def _bounded(self) -> None:
         """The attributes as the SDK keeps them, before a change goes through its checks."""
-        if type(self._attributes) is dict:
-            from opentelemetry.attributes import BoundedAttributes
+        from opentelemetry.attributes import BoundedAttributes
 
-            limits = self._limits
-            self._attributes = BoundedAttributes(
-                limits.max_span_attributes, self._attributes, immutable=False,
-                max_value_len=limits.max_span_attribute_length,
-            )  # fmt: skip
+        with self._lock:
+            if type(self._attributes) is dict:
+                limits = self._limits
+                self._attributes = BoundedAttributes(
+                    limits.max_span_attributes, self._attributes, immutable=False,
+                    max_value_len=limits.max_span_attribute_length,
+                )  # fmt: skip
 
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
         if self._end_time is None:  # ended, the SDK's says so and changes nothing
@@ -100,13 +102,15 @@ class Recorded(Span):
         super().set_attribute(key, value)
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
-        if type(self._events) is tuple:
-            self._events = BoundedList(self._limits.max_events)
+        with self._lock:
+            if type(self._events) is tuple:
+                self._events = BoundedList(self._limits.max_events)
         super().add_event(name, attributes, timestamp)
 
     def add_link(self, context: SpanContext, attributes: Any = None) -> None:
-        if type(self._links) is tuple:
-            self._links = BoundedList(self._limits.max_links)
+        with self._lock:
+            if type(self._links) is tuple:
+                self._links = BoundedList(self._limits.max_links)
         super().add_link(context, attributes)
 
     def end(self, end_time: int | None = None) -> None:
@@ -178,20 +182,3 @@ class Maker:
         self, name: str, kind: SpanKind, parent: SpanContext | None, attributes: dict[str, AnyValue]
     ) -> trace.Span:
         return SdkMaker(self.tracer).start(name, kind, parent, attributes)
-
-
-class SdkMaker:
-    """``Maker.start`` by the SDK's tracer, for a configuration Maker does not cover (another sampler...).
-    ``parent`` is the parent's context as the propagators extracted it, or the parent span's context."""
-
-    takes_context = True
-
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self.tracer = tracer
-
-    def start(self, name: str, kind: SpanKind, parent: Any, attributes: dict[str, AnyValue]) -> trace.Span:
-        if not isinstance(parent, otel_context.Context):
-            empty = otel_context.Context()
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(parent), empty) if parent else empty
-        span: trace.Span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
-        return span

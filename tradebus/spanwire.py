@@ -4,7 +4,7 @@ The SDK's OTLP exporter builds every span as protobuf message objects (the span,
 value, its status) and serializes them, ~25 µs a span of Python work on the exporting thread. A span
 ``tradebus.spanmaker`` made (``Recorded``) with string or boolean attributes and no events or links (every
 ``process`` and ``create`` span but a failed delivery's) is written here with a few byte strings instead:
-the same protobuf message (tests/unit/test_tracing.py parses both and compares them), the resource and
+the same protobuf message (tests/unit/test_spanmaker.py parses both and compares them), the resource and
 the instrumentation scope encoded once per batch's first span. Any other span goes through the SDK's
 encoder, and the two parts of a request are concatenated (repeated fields of two serialized messages
 concatenated are the merged message's). Sending, retries, compression and the ``OTEL_EXPORTER_OTLP_*``
@@ -13,12 +13,14 @@ settings stay the SDK exporter's. Imported only with the OTLP extra.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -28,6 +30,8 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 from tradebus.spanmaker import Recorded
 
 _U64 = struct.Struct("<Q").pack
+#: Whether the SDK's own metrics are on (its exporter's export records each batch in them).
+_SDK_METRICS = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true"
 #: Each kind's field (6), with OTLP's numbering (one above the API's).
 _KIND = {kind: bytes([0x30, kind.value + 1]) for kind in SpanKind}
 #: The flags field (16, fixed32): whether the parent is remote known, and whether it is (the SDK's).
@@ -73,8 +77,8 @@ def writable(span: ReadableSpan) -> bool:
     no events, no links, ended."""
     return (
         type(span) is Recorded
-        and not span._events
-        and not span._links
+        and type(span._events) is tuple  # never given one (a list, even empty, may count dropped ones)
+        and type(span._links) is tuple
         and span._end_time is not None
         and all(type(v) is str or type(v) is bool for v in span._attributes.values())
     )
@@ -163,7 +167,13 @@ class Exporter(OTLPSpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         client = getattr(self, "_client", None)
         limit = getattr(self, "_max_request_size", 0)
-        if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
+        if (
+            client is None
+            or getattr(self, "_shutdown", True)
+            or not hasattr(client, "export")
+            or _SDK_METRICS  # the SDK's export counts its batches in its own metrics
+            or not any(writable(span) for span in spans)
+        ):
             return super().export(spans)
         try:
             data = encode(spans)
@@ -171,4 +181,8 @@ class Exporter(OTLPSpanExporter):
             return super().export(spans)
         if 0 < limit < len(data):
             return super().export(spans)  # the SDK drops it, and says so
-        return SpanExportResult.SUCCESS if client.export(data).success else SpanExportResult.FAILURE
+        try:
+            sent = client.export(data).success
+        except (TypeError, AttributeError):  # the SDK's client changed: its own export (may send again)
+            return super().export(spans)
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE

@@ -19,10 +19,9 @@ Off by default (``TracingSettings``; tradebus/settings.py): then every function 
 line. On, each process builds its own tracer provider on first use (a prefork pool's children after the
 fork; a threads pool's threads share their process's, built once under a lock), with a batching
 processor: the export runs on its background thread, off the message path. With the SDK's default
-configuration the spans are made by tradebus/spanmaker.py and written to OTLP by tradebus/spanwire.py
-(the SDK's span and message, without its per-span machinery); a recorded span costs its pool process
-about 20-55 us of CPU (scripts/span_cost_pool.py; scripts/span_cost.py for its parts); what that is of a
-hop is measured by ``tradebus bench --scenario traces`` (docs/performance.md, "Traces").
+configuration spans are made by tradebus/spanmaker.py and written by tradebus/spanwire.py (the SDK's span
+and message, without its per-span machinery): 20-55 us of a pool's CPU a span (scripts/span_cost_pool.py;
+``tradebus bench --scenario traces``: what that is of a hop; docs/performance.md, "Traces").
 """
 
 from __future__ import annotations
@@ -55,7 +54,8 @@ if TYPE_CHECKING:  # the SDK is imported only once tracing is on (_Provider): mo
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from tradebus.spanmaker import Maker, SdkMaker
+    from tradebus.sdkmaker import SdkMaker
+    from tradebus.spanmaker import Maker
 
 INSTRUMENTATION = "tradebus"
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class _Provider:
         from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from tradebus.spanmaker import Maker, SdkMaker
+        from tradebus.sdkmaker import SdkMaker
 
         self.settings = settings
         limits = SpanLimits()  # the provider's own (OTEL_*_LIMIT), kept for Maker
@@ -132,7 +132,13 @@ class _Provider:
         self.provider.add_span_processor(processor)
         self.tracer = tracer = self.provider.get_tracer(INSTRUMENTATION)
         # The SDK's default configuration: spans made directly (tradebus/spanmaker.py); else by its tracer.
-        self.maker = Maker.of(self.provider, tracer, processor, limits) or SdkMaker(tracer)
+        try:
+            from tradebus.spanmaker import Maker
+        except ImportError as exc:  # an SDK release whose internals moved: its own tracer makes the spans
+            logger.warning("spans made by the OpenTelemetry SDK's tracer: tradebus/spanmaker.py: %s", exc)
+            self.maker = SdkMaker(tracer)
+        else:
+            self.maker = Maker.of(self.provider, tracer, processor, limits) or SdkMaker(tracer)
 
 
 def _resource(service_name: str) -> Resource:
@@ -158,8 +164,13 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
 
         return ConsoleSpanExporter()
     # Imported only when used: the OTLP exporter pulls in protobuf and requests.
-    from tradebus.spanwire import Exporter  # the SDK's, writing tradebus's spans itself
+    try:
+        from tradebus.spanwire import Exporter  # the SDK's, writing tradebus's spans itself
+    except ImportError as exc:  # an SDK release whose internals moved (or the extra is missing: then below)
+        logger.warning("spans written by the OpenTelemetry SDK's encoder: tradebus/spanwire.py: %s", exc)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        return OTLPSpanExporter(endpoint=settings.endpoint)
     return Exporter(endpoint=settings.endpoint)
 
 

@@ -4,13 +4,16 @@ SDK's: the same spans, the same protobuf messages, without a broker."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+import requests
 from celery.exceptions import Ignore
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 
@@ -174,9 +177,49 @@ def test_the_otlp_request_is_the_one_the_sdk_writes(spans: InMemorySpanExporter)
     assert written == encode_spans(batch[:3])
 
 
-def test_the_exporter_still_has_the_sdk_client_it_posts_with() -> None:
-    """spanwire.Exporter sends with the SDK exporter's private client; an SDK that renames it would make it
-    fall back to the SDK's own encoding, slower: this says so first."""
-    exporter = spanwire.Exporter(endpoint="http://127.0.0.1:9/v1/traces")
-    assert callable(exporter._client.export) and exporter._max_request_size > 0 and not exporter._shutdown
-    exporter.shutdown()
+def test_the_exporter_posts_tradebus_s_bytes_through_the_sdk_s_client(spans: InMemorySpanExporter) -> None:
+    """spanwire.Exporter sends with the SDK exporter's private client (the POST, retries, compression): a
+    session that keeps what it is sent shows the request is the one spanwire wrote, and a success."""
+    deliver(parent())
+    deliver(parent(state="vendor=1"), ORDER)
+    batch = finished(spans)
+    posted: list[bytes] = []
+
+    class Kept(requests.adapters.HTTPAdapter):
+        def send(
+            self, request: requests.PreparedRequest, *args: object, **kwargs: object
+        ) -> requests.Response:
+            posted.append(request.body if isinstance(request.body, bytes) else b"")
+            response = requests.Response()
+            response.status_code, response._content, response.request = 200, b"", request
+            return response
+
+    session = requests.Session()
+    session.mount("http://", Kept())
+    exporter = spanwire.Exporter(endpoint="http://127.0.0.1:9/v1/traces", session=session)
+    try:
+        assert exporter.export(batch) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    assert posted == [spanwire.encode(batch)]
+    assert ExportTraceServiceRequest.FromString(posted[0]) == encode_spans(batch)
+
+
+def test_a_span_that_dropped_an_event_is_written_by_the_sdk_s_encoder(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "0")  # the failure's exception event is dropped
+    with pytest.raises(ValueError, match="bad"):
+        deliver(parent(), fail=ValueError("bad"))
+    (failed,) = finished(spans)
+    assert type(failed) is Recorded and failed.dropped_events == 1 and not spanwire.writable(failed)
+    assert ExportTraceServiceRequest.FromString(spanwire.encode([failed])) == encode_spans([failed])
+
+
+def test_an_sdk_whose_internals_moved_still_traces_every_message(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tradebus.spanmaker", None)  # its import fails, as on such a release
+    deliver(parent())
+    (span,) = finished(spans)
+    assert type(span) is not Recorded and span.name == "process q" and span.parent is not None

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tradebus.mastertrade.candles import _decoded
 from tradebus.mastertrade.messages import OrderRequest, TradingSignal
 from tradebus.mastertrade.samples import risk_check
 from tradebus.mastertrade.trading.execution import COMMISSION_RATE, SLIPPAGE, book, execute, order_updates
@@ -224,3 +225,13 @@ def test_two_different_signals_at_the_same_moment_are_two_decisions() -> None:
     assert signal_key(first) == signal_key(signal())
     assert signal_key(first) != signal_key(second)
     assert request_id_for(first) != request_id_for(second)
+
+
+def test_a_series_read_newest_first_is_decoded_oldest_first_in_one_parse() -> None:
+    newest_first = [b"[180.0,3,3.5,2.5,3.2,7.0]", b"[120.0,2,2.5,1.5,2.2]", b"[60.0,1,1.5,0.5,1.2,5.0]"]
+    assert _decoded(newest_first) == [
+        Candle(60.0, 1, 1.5, 0.5, 1.2, 5.0),
+        Candle(120.0, 2, 2.5, 1.5, 2.2, 0.0),  # a candle stored without its volume
+        Candle(180.0, 3, 3.5, 2.5, 3.2, 7.0),
+    ]
+    assert _decoded([]) == []
