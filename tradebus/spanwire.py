@@ -30,8 +30,6 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 from tradebus.spanmaker import Recorded
 
 _U64 = struct.Struct("<Q").pack
-#: Whether the SDK's own metrics are on (its exporter's export records each batch in them).
-_SDK_METRICS = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true"
 #: Each kind's field (6), with OTLP's numbering (one above the API's).
 _KIND = {kind: bytes([0x30, kind.value + 1]) for kind in SpanKind}
 #: The flags field (16, fixed32): whether the parent is remote known, and whether it is (the SDK's).
@@ -160,6 +158,11 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(request)
 
 
+def _sdk_metrics() -> bool:
+    """Whether the SDK's own metrics are on (its exporter's export records each batch in them)."""
+    return os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true"
+
+
 class Exporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP exporter, ``encode`` writing the request. Its client (the POST, retries,
     compression) is a private attribute of the SDK's: without it, the SDK's own export runs."""
@@ -171,7 +174,7 @@ class Exporter(OTLPSpanExporter):
             client is None
             or getattr(self, "_shutdown", True)
             or not hasattr(client, "export")
-            or _SDK_METRICS  # the SDK's export counts its batches in its own metrics
+            or _sdk_metrics()  # the SDK's export counts its batches in its own metrics
             or not any(writable(span) for span in spans)
         ):
             return super().export(spans)
