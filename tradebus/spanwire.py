@@ -38,6 +38,8 @@ _STATUS_UNSET = b"\x7a\x00"
 _SMALL = [bytes([n]) for n in range(0x80)]
 #: Encoded attributes (a key and its value) seen lately: exchange, routing key, stage repeat.
 _known: dict[tuple[str, Any], bytes] = {}
+#: Attributes whose value is new on every span.
+_UNIQUE = frozenset({"messaging.message.id"})
 
 
 def _varint(n: int) -> bytes:
@@ -64,9 +66,10 @@ def _attribute(key: str, value: Any) -> bytes:
         else:  # bool, checked by ``writable``
             any_value = b"\x10\x01" if value else b"\x10\x00"
         found = _field(b"\x4a", _field(b"\x0a", key.encode()) + _field(b"\x12", any_value))
-        if len(_known) >= 1024:
-            _known.clear()
-        _known[key, value] = found
+        if key not in _UNIQUE:  # a message id never comes again: kept, it would only push the others out
+            if len(_known) >= 1024:
+                _known.clear()
+            _known[key, value] = found
     return found
 
 
