@@ -117,6 +117,11 @@ def counts() -> dict[str, int]:
     return {k: int(v) for k, v in raw.items()}
 
 
+def flush() -> None:
+    """Write what this process holds now, not at the next flush (a test's keys are about to be removed)."""
+    _buffer.flush()
+
+
 def clear() -> None:
     """Forget everything recorded (and every stage's state) under this prefix."""
     store.clear()
