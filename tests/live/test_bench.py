@@ -52,15 +52,21 @@ def test_quick_bench_measures_the_baselines_the_fan_out_and_the_order_path(broke
     assert all(rate > 0 for rate in letrade["candles_per_second"].values())
     assert letrade["MessageBus / bare aio-pika"] > 0 and letrade["request_round_trip_ms"]["n"] == 5
     traces = figures["traces"]
-    assert set(traces["traced / untraced"]) == {"cpu", "p50", "p99", "throughput"}
+    assert set(traces["traced / untraced"]) == {"cpu", "cpu, bursts", "p50", "p99", "throughput"}
     assert all(ratio > 0 for ratio in traces["traced / untraced"].values())
-    # Every traced message's span reached the OTLP sink: the warm-up's, the paced half and the burst.
-    assert traces["spans_exported"] == 10 + 20 + 200
+    # Every traced message's span reached the OTLP sink: the warm-up's, the paced half, the burst and the
+    # interleaved half.
+    assert traces["spans_exported"] == 10 + 20 + 200 + 100
+    # The interleaved measure told the kinds' tasks apart and found the exporter's thread (its CPU counts).
+    for hop in (traces, traces["order path hop"]):
+        measured = hop["interleaved"]
+        assert measured["messages"]["traced"] == measured["messages"]["untraced"] > 0
+        assert min(measured["task_cpu_us"].values()) > 0 and measured["export_cpu_us_per_span"] > 0
     # The risk stage, a hop of every signal's trace: one span per traced signal, its order carrying it.
     order_hop = traces["order path hop"]
-    assert set(order_hop["traced / untraced"]) == {"cpu", "p50", "p99", "throughput"}
+    assert set(order_hop["traced / untraced"]) == {"cpu", "cpu, bursts", "p50", "p99", "throughput"}
     assert all(ratio > 0 for ratio in order_hop["traced / untraced"].values())
-    assert order_hop["spans_exported"] == 5 + 4 + 40
+    assert order_hop["spans_exported"] == 5 + 4 + 40 + 20
     # The batched feed end to end (connector, strategy, market-data service), and command -> event.
     assert figures["letrade"]["candles_per_second"] > 0 and figures["letrade"]["feed"]["complete"]
     assert figures["letrade"]["command_to_event_ms"]["p50"] > 0

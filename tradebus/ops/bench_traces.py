@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from tradebus import recorder
 from tradebus.application import TradebusCelery
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
+from tradebus.ops import bench_spans, benchprobe
 from tradebus.ops.benchkit import Plan, pool_env, stage_count, wait
 from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
@@ -142,8 +144,9 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
         return {"skipped": "the OTLP exporter is not installed: pip install 'tradebus[otlp]'"}
     settings = app.settings
     quick = plan.hop_messages < 100
-    with _sink() as sink:
+    with _sink() as sink, tempfile.TemporaryDirectory(prefix="tradebus-probe-") as probe_dir:
         env = {
+            benchprobe.PROBE_DIR_ENV: probe_dir,
             **pool_env(app),
             "TRADEBUS_TRACES": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url,
@@ -152,7 +155,8 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
             # A smoke test waits for its spans 200 ms at a time.
             "OTEL_BSP_SCHEDULE_DELAY": "200" if quick else EXPORT_EVERY_MS,
         }
-        argv = ["--loglevel", "WARNING", "-c", "1", "--prefetch-multiplier", "1"]
+        # The probe (tradebus/ops/benchprobe.py) tells traced and untraced tasks' CPU apart.
+        argv = ["--loglevel", "WARNING", "-c", "1", "--prefetch-multiplier", "1", "-I", benchprobe.__name__]
         pools: list[PoolProcess] = []
         try:
             for queue in (QUEUE, SIGNALS):
@@ -160,8 +164,9 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
             with Connection(settings.broker_url) as conn:
                 if wait_for_consumers(conn, [QUEUE, SIGNALS], 90.0, pools):
                     raise RuntimeError(f"no consumer on {QUEUE} or {SIGNALS}; logs in {log_dir}")
-            figures = _measure(_ticker_hop(app, plan), plan, sink, pools[0])
-            figures["order path hop"] = _measure(_signal_hop(app, plan), plan, sink, pools[1])
+            probes = Path(probe_dir)
+            figures = _measure(_ticker_hop(app, plan), plan, sink, pools[0], probes)
+            figures["order path hop"] = _measure(_signal_hop(app, plan), plan, sink, pools[1], probes)
         finally:
             # The figures and spans are in: the pools (each its own process group) go at once, not
             # through a shutdown of seconds.
@@ -230,26 +235,36 @@ def _signal_hop(app: TradebusCelery, plan: Plan) -> _Hop:
     )
 
 
-def _measure(hop: _Hop, plan: Plan, sink: _Sink, pool: PoolProcess) -> dict[str, Any]:
-    """One hop's figures (``_alternate``) and the spans its pool exported."""
+def _measure(hop: _Hop, plan: Plan, sink: _Sink, pool: PoolProcess, probe_dir: Path) -> dict[str, Any]:
+    """One hop's figures (``_alternate``, then the interleaved measure of tradebus/ops/bench_spans.py,
+    whose ratio is the headline ``cpu``) and the spans its pool exported."""
     exported_before = sink.spans
     figures = _alternate(hop, plan, sink, pool.process.pid)
+    queue, spans = hop.queue, sink.spans
+
+    counted = stage_count(queue)
+
+    def drained(count: int) -> None:
+        nonlocal counted
+        counted += count
+        wait(lambda: stage_count(queue) >= counted, 120, "the interleaved messages")
+
+    figures["interleaved"] = bench_spans.interleaved(
+        untraced=hop.untraced,
+        traced=hop.traced,
+        pairs=hop.burst // 2,
+        chunks=1 if plan.hop_messages < 100 else hop.rounds,
+        reset=hop.reset,
+        drained=drained,
+        exported=lambda count: _exported(sink, spans + count),
+        pid=pool.process.pid,
+        probe_dir=probe_dir,
+    )
+    ratios = figures["traced / untraced"]
+    ratios["cpu, bursts"] = ratios.pop("cpu")
+    figures["traced / untraced"] = {"cpu": figures["interleaved"]["cpu"], **ratios}
     figures["spans_exported"] = sink.spans - exported_before
     return figures
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of process ``pid`` and its descendants so far (a worker and its pool), every thread's, to
-    the nanosecond (``/proc/.../schedstat``; ``stat``'s user and system times are in 10 ms ticks, a few
-    of which are tens of microseconds a message of a burst)."""
-    nanoseconds, pids = 0, [pid]
-    while pids:
-        current = pids.pop()
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                nanoseconds += int((task / "schedstat").read_text().split()[0])
-                pids += [int(c) for c in (task / "children").read_text().split()]
-    return nanoseconds / 1e9
 
 
 def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
@@ -294,7 +309,7 @@ def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
     for round_ in range(1 if plan.hop_messages < 100 else hop.rounds):  # the quick plan: one of each
         for name, sender in kinds[:: -1 if round_ % 2 else 1]:
             hop.reset()
-            cpu, begun, before = _cpu_seconds(pid), time.monotonic(), stage_count(queue)
+            cpu, begun, before = bench_spans.cpu_seconds(pid), time.monotonic(), stage_count(queue)
             for _ in range(hop.burst):
                 sender()
             drained(before, hop.burst, "the burst")
@@ -306,7 +321,7 @@ def _alternate(hop: _Hop, plan: Plan, sink: _Sink, pid: int) -> dict[str, Any]:
                 spans += hop.burst
                 _exported(sink, spans)
             time.sleep(max(0.0, settled - time.monotonic()))
-            rounds[name].append(((_cpu_seconds(pid) - cpu) * 1000 / hop.burst, rate))
+            rounds[name].append(((bench_spans.cpu_seconds(pid) - cpu) * 1000 / hop.burst, rate))
     for name, kept in rounds.items():
         figures[name]["per_second"] = round(median(rate for _, rate in kept), 1)
         figures[name]["cpu_ms_per_message"] = round(median(cpu for cpu, _ in kept), 4)
