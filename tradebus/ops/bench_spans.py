@@ -1,19 +1,21 @@
 """The traces scenario's measure of what a span costs a hop, with traced and untraced messages interleaved
-one by one (tradebus/ops/bench_traces.py runs it after its bursts).
+(tradebus/ops/bench_traces.py runs it after its bursts).
 
 Bursts of each kind one after the other (the scenario's ``cpu, bursts``) compare two stretches of time, and
 on a two-core machine shared with RabbitMQ, Redis and the bench's publisher one stretch's CPU per message
-differs from the next by up to a tenth whichever kind it carries: more than the span costs. Interleaved,
-both kinds meet the same moments; their CPU is told apart in the pool process
-(tradebus/ops/benchprobe.py):
+differs from the next by up to a tenth or more whichever kind it carries: more than the span costs.
+Interleaved, untraced, untraced, traced, over and over, the kinds meet the same moments, and their CPU is
+told apart in the pool process (the probe, tradebus/ops/benchprobe.py):
 
-* each task's CPU time on the thread that ran it, summed by kind (the span is made, ended and queued for
-  export inside the task);
-* the exporter thread's CPU time (encoding and posting the spans, off the task), per span;
-* the whole worker's CPU time over the same messages (its consumer process included), per message.
+* each task's CPU time on the thread that ran it, summed for traced tasks, for untraced tasks straight after
+  a traced one and for untraced tasks after an untraced one (the span is made, ended and queued for export
+  inside its task; what it leaves behind, colder caches and garbage, the next task pays);
+* the exporter thread's CPU time (encoding and posting the spans, off the tasks);
+* the whole worker's CPU time over the same messages (its consumer process included).
 
-``span_cpu_us`` = traced task - untraced task + export per span; the cost is
-(untraced + span) / untraced, where untraced is the whole worker's CPU per message less half a span.
+A span costs ``span_cpu_us`` = (traced task - untraced task after an untraced one) + (untraced task after a
+traced one - after an untraced one) + the export per span; the cost is (untraced + span) / untraced, an
+untraced message being what the whole worker spent per message less the spans' share of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tradebus.ops import benchprobe
+from tradebus.ops.probefile import EXPORTER_COMM, Totals, path_for, read
 
 
 def descendants(pid: int) -> list[int]:
@@ -39,30 +41,36 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int, comm: str | None = None) -> float:
-    """CPU time of process ``pid`` and its descendants so far, every thread's (only the threads named
-    ``comm``, if given), to the nanosecond (``/proc/.../schedstat``; ``stat``'s user and system times are
-    in 10 ms ticks, a few of which are tens of microseconds a message of a burst)."""
-    nanoseconds = 0
+def _threads(pid: int, comm: str | None) -> dict[int, int]:
+    """CPU nanoseconds so far of each thread of ``pid`` and its descendants (those named ``comm``)."""
+    found: dict[int, int] = {}
     for current in descendants(pid):
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{current}/task").iterdir():
                 if comm is None or (task / "comm").read_text().strip() == comm:
-                    nanoseconds += int((task / "schedstat").read_text().split()[0])
-    return nanoseconds / 1e9
+                    found[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return found
 
 
-def _totals(pid: int, probe_dir: Path) -> benchprobe.Totals:
+def cpu_seconds(pid: int, comm: str | None = None) -> float:
+    """CPU time of process ``pid`` and its descendants so far, every thread's (only the threads named
+    ``comm``, if given), to the nanosecond (``/proc/.../schedstat``; ``stat``'s user and system times are
+    in 10 ms ticks, a few of which are tens of microseconds a message of a burst)."""
+    return sum(_threads(pid, comm).values()) / 1e9
+
+
+def _totals(pid: int, probe_dir: Path) -> Totals:
     """The probe's totals over the pool processes under ``pid``."""
-    parts = [benchprobe.read(benchprobe.path_for(probe_dir, p)) for p in descendants(pid)]
-    return benchprobe.Totals(*(sum(column) for column in zip(*parts, strict=True)))
+    parts = [read(path_for(probe_dir, p)) for p in descendants(pid)]
+    return Totals(*(sum(column) for column in zip(*parts, strict=True)))
 
 
 def interleaved(
     *,
     untraced: Callable[[], object],
     traced: Callable[[], object],
-    pairs: int,
+    primer: Callable[[], object],
+    triples: int,
     chunks: int,
     reset: Callable[[], object],
     drained: Callable[[int], None],
@@ -70,47 +78,62 @@ def interleaved(
     pid: int,
     probe_dir: Path,
 ) -> dict[str, Any]:
-    """Send ``chunks`` times ``pairs`` untraced and traced messages alternately (``reset`` before each
-    chunk, ``drained(n)`` waits until the stage took ``n`` more, ``exported(n)`` until ``n`` more spans
-    reached the sink); returns the figures (the module's docstring)."""
-    exporter = benchprobe.EXPORTER_COMM
-    before, cpu, export = _totals(pid, probe_dir), cpu_seconds(pid), cpu_seconds(pid, exporter)
+    """Send ``chunks`` times a ``primer`` (an untraced message the probe does not count: the pool's first
+    after the wait for the chunk before) and ``triples`` times untraced, untraced, traced; ``reset`` before
+    each chunk, ``drained(n)`` waits until the stage took ``n`` more, ``exported(n)`` until ``n`` more spans
+    reached the sink. Returns the figures (the module's docstring)."""
+    before, cpu, exporter = _totals(pid, probe_dir), cpu_seconds(pid), _threads(pid, EXPORTER_COMM)
     for _ in range(chunks):
         reset()
-        for _ in range(pairs):
+        primer()
+        for _ in range(triples):
+            untraced()
             untraced()
             traced()
-        drained(2 * pairs)
-    exported(chunks * pairs)
+        drained(1 + 3 * triples)
+    # The whole worker until its last task; then only the exporter, until the last span is out (an idle
+    # worker's wake-ups meanwhile are no message's).
+    cpu, at_drain = cpu_seconds(pid) - cpu, cpu_seconds(pid, EXPORTER_COMM)
+    exported(chunks * triples)
     time.sleep(0.2)  # the exporter thread reads the sink's answer after the sink counted the spans
-    return figures(
-        _totals(pid, probe_dir) - before,
-        cpu=cpu_seconds(pid) - cpu,
-        export=cpu_seconds(pid, exporter) - export,
-    )
+    after = _threads(pid, EXPORTER_COMM)
+    if not after or set(after) != set(exporter):
+        why = f"the exporter's thread was not one and the same throughout: {set(exporter)}, {set(after)}"
+        return {"cpu": None, "why": why}
+    export = (sum(after.values()) - sum(exporter.values())) / 1e9
+    after_drain = sum(after.values()) / 1e9 - at_drain
+    return figures(_totals(pid, probe_dir) - before, cpu=cpu + after_drain, export=export)
 
 
-def figures(counted: benchprobe.Totals, *, cpu: float, export: float) -> dict[str, Any]:
+def figures(counted: Totals, *, cpu: float, export: float) -> dict[str, Any]:
     """The cost of a span from what the probe ``counted`` over the interleaved messages, the whole worker's
     ``cpu`` seconds and the exporter thread's ``export`` seconds meanwhile (the module's docstring)."""
-    tasks = {"traced": counted.traced_tasks, "untraced": counted.untraced_tasks}
-    if not counted.traced_tasks or not counted.untraced_tasks:
+    tasks = {
+        "traced": counted.traced_tasks,
+        "untraced after traced": counted.after_traced_tasks,
+        "untraced after untraced": counted.after_untraced_tasks,
+    }
+    if not all(tasks.values()):
         return {"messages": tasks, "cpu": None, "why": "the pool's probe counted no task of a kind"}
     task_us = {
         "traced": counted.traced_ns / 1000 / counted.traced_tasks,
-        "untraced": counted.untraced_ns / 1000 / counted.untraced_tasks,
+        "untraced after traced": counted.after_traced_ns / 1000 / counted.after_traced_tasks,
+        "untraced after untraced": counted.after_untraced_ns / 1000 / counted.after_untraced_tasks,
     }
+    own = task_us["traced"] - task_us["untraced after untraced"]
+    left_behind = task_us["untraced after traced"] - task_us["untraced after untraced"]
     export_us = export * 1e6 / counted.traced_tasks
-    span_us = task_us["traced"] - task_us["untraced"] + export_us
-    messages = counted.traced_tasks + counted.untraced_tasks
+    messages = sum(tasks.values())
     per_message = cpu * 1e6 / messages
-    untraced_us = per_message - span_us * counted.traced_tasks / messages
+    # What the traced messages added to the whole: their own, what the next task paid, the export.
+    added = counted.traced_tasks * (own + export_us) + counted.after_traced_tasks * left_behind
+    untraced_us, span_us = per_message - added / messages, own + left_behind + export_us
     return {
         "messages": tasks,
         "task_cpu_us": {kind: round(us, 1) for kind, us in task_us.items()},
         "export_cpu_us_per_span": round(export_us, 1),
         "cpu_us_per_message": round(per_message, 1),
         "span_cpu_us": round(span_us, 1),
-        # No exporter thread found (the SDK renamed it): its share unknown, so is the cost.
+        # No export counted (the exporter's thread not found): its share unknown, so is the cost.
         "cpu": round((untraced_us + span_us) / untraced_us, 3) if export_us > 0 else None,
     }

@@ -11,8 +11,9 @@ Messages reach each stage on the default exchange without trace context (the pat
 ``TRADEBUS_TRACES=off``: no span, no header written; on top of it only a settings lookup and a header
 check) and with a ``traceparent`` (a ``process`` span per message, batched and exported): paced and
 interleaved one by one (latency), then in bursts of each kind, alternately (throughput, and the pool's
-CPU time per message, what a busy machine disturbs least). The ratios traced / untraced are the cost;
-target at most 1.05 (docs/performance.md). A ticker burst is at most ``BURST`` messages, so that neither
+CPU time per message: ``cpu, bursts``), then interleaved again, each kind's CPU told apart inside the pool
+(tradebus/ops/bench_spans.py: the headline ``cpu``). The ratios traced / untraced are the cost; target at
+most 1.05 (docs/performance.md). A ticker burst is at most ``BURST`` messages, so that neither
 kind's outlives ``ticker_updates``'s TTL on a busy machine; before each signal burst the paper account
 is reset, so every signal is approved against the same small book (each open reservation costs the
 decisions after it its reading).
@@ -42,15 +43,15 @@ from tradebus import recorder
 from tradebus.application import TradebusCelery
 from tradebus.mastertrade import account
 from tradebus.mastertrade.messages import Ticker, TradingSignal
-from tradebus.ops import bench_spans, benchprobe
+from tradebus.ops import bench_spans, benchprobe, probefile
 from tradebus.ops.benchkit import Plan, pool_env, stage_count, wait
 from tradebus.ops.harness import percentiles
 from tradebus.publisher import send
 from workers.launch import PoolProcess, start_pool, wait_for_consumers
 
 #: Rounds of one burst of each kind, untraced first in every other round (the quick plan runs one); the
-#: medians are kept.
-ROUNDS = 6
+#: medians are kept. The bursts are the whole-process check; the interleaved measure is the cost.
+ROUNDS = 4
 QUEUE = "ticker_updates"
 #: Messages of a burst: what the slower kind drains well within the queue's 10 s TTL.
 BURST = 500
@@ -59,13 +60,16 @@ WARM_UP = 50
 #: The order path hop: its queue, its rounds and signals per burst (two fifths in the quick plan), and how
 #: much slower than ``Plan.hop_rate`` its paced signals go (a decision costs a few ms of CPU).
 SIGNALS = "trading_signals"
-SIGNAL_ROUNDS = 6
+SIGNAL_ROUNDS = 4
 SIGNAL_BURST = 100
 SIGNAL_PACE = 4
-#: How often the pools export (``OTEL_BSP_SCHEDULE_DELAY``, ms; the SDK's default is 5000): a burst's last
-#: spans are not waited for 5 s. Under these loads a batch holds 300-512 spans either way (512 is the
-#: most), so an export's fixed cost (about 1 ms of CPU a POST) stays 2-4 us a span.
-EXPORT_EVERY_MS = "1000"
+#: How often the pools export (``OTEL_BSP_SCHEDULE_DELAY``, ms): the SDK's default, which tradebus keeps in
+#: production. An export's fixed cost (about 1.3 ms of CPU a POST) is shared by the spans of a batch (512
+#: at most), so a shorter interval would make a slow hop's span dearer than it is in production.
+EXPORT_EVERY_MS = "5000"
+#: Triples (untraced, untraced, traced) of the interleaved measure: its traced messages, about a kind's
+#: bursts (one burst in the quick plan).
+TICKER_TRIPLES, SIGNAL_TRIPLES = 1_000, 200
 
 
 class _Sink:
@@ -130,6 +134,11 @@ class _Hop:
     pairs: int
     burst: int
     rounds: int
+    #: The interleaved measure (tradebus/ops/bench_spans.py): its triples (untraced, untraced, traced),
+    #: how many between two ``reset``s, and the uncounted message each such chunk begins with.
+    triples: int
+    between_resets: int
+    primer: Callable[[], object]
     #: Paced messages per second.
     rate: float
     #: Before the warm-up, the paced series and each burst.
@@ -146,7 +155,7 @@ def traces(app: TradebusCelery, plan: Plan, echo: Callable[[str], None], log_dir
     quick = plan.hop_messages < 100
     with _sink() as sink, tempfile.TemporaryDirectory(prefix="tradebus-probe-") as probe_dir:
         env = {
-            benchprobe.PROBE_DIR_ENV: probe_dir,
+            probefile.PROBE_DIR_ENV: probe_dir,
             **pool_env(app),
             "TRADEBUS_TRACES": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url,
@@ -194,6 +203,9 @@ def _ticker_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 2,
         burst=min(plan.burst_messages, BURST),
         rounds=ROUNDS,
+        triples=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES,
+        between_resets=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES // 4,
+        primer=lambda: send(app, body, exchange="", routing_key=QUEUE, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate,
     )
 
@@ -230,6 +242,12 @@ def _signal_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 10,
         burst=SIGNAL_BURST * 2 // 5 if quick else SIGNAL_BURST,
         rounds=SIGNAL_ROUNDS,
+        triples=SIGNAL_BURST * 2 // 5 // 3 if quick else SIGNAL_TRIPLES,
+        # Each approved signal holds a reservation until its fill, and no executor runs here: a reset every
+        # fifteen signals keeps the book the risk stage reads about as small as on the order path (a
+        # burst's hundred reservations would double the hop's CPU, the span's share halved with it).
+        between_resets=5,
+        primer=lambda: send(app, body(), exchange="", routing_key=SIGNALS, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate / SIGNAL_PACE,
         reset=account.reset,
     )
@@ -252,8 +270,9 @@ def _measure(hop: _Hop, plan: Plan, sink: _Sink, pool: PoolProcess, probe_dir: P
     figures["interleaved"] = bench_spans.interleaved(
         untraced=hop.untraced,
         traced=hop.traced,
-        pairs=hop.burst // 2,
-        chunks=1 if plan.hop_messages < 100 else hop.rounds,
+        primer=hop.primer,
+        triples=hop.between_resets,
+        chunks=max(1, hop.triples // hop.between_resets),
         reset=hop.reset,
         drained=drained,
         exported=lambda count: _exported(sink, spans + count),

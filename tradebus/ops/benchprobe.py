@@ -1,11 +1,12 @@
 """What ``tradebus bench``'s traces scenario loads into the pool it measures (``celery worker -I``), and
-nowhere else: the CPU time each task took on the thread that ran it, summed apart for deliveries with and
-without trace context; and the OpenTelemetry exporter's thread renamed ``EXPORTER_COMM`` for the
-operating system, so that the bench reads that thread's CPU time apart (/proc/<pid>/task/<tid>).
+nowhere else: the CPU time each task took on the thread that ran it, summed by kind (with trace context;
+without, straight after a task with it; without, after one without), and the OpenTelemetry exporter's thread
+renamed for the operating system, so that the bench reads that thread's CPU time apart
+(/proc/<pid>/task/<tid>).
 
-The sums are four 64-bit integers (``Totals``) in a file of ``PROBE_DIR_ENV``'s directory named after the
-pool process, mapped in memory: no system call per task, none of the probe's own work inside the window it
-measures. With them the bench compares traced and untraced messages interleaved one by one, at the same
+The sums go to a memory-mapped file (tradebus/ops/probefile.py): no system call per task. What the probe
+does per task beyond reading the thread's CPU clock twice (a dictionary entry, the sums) is the same for
+every kind. With it the bench compares traced and untraced messages interleaved one by one, at the same
 moments of the machine (tradebus/ops/bench_spans.py).
 """
 
@@ -13,65 +14,54 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from celery.signals import task_postrun, task_prerun
 
-#: The directory the probe writes to (set by the bench in the pool's environment).
-PROBE_DIR_ENV = "TRADEBUS_BENCH_PROBE_DIR"
-#: The SDK's BatchSpanProcessor thread (opentelemetry.sdk._shared_internal).
-EXPORTER_THREAD = "OtelBatchSpanRecordProcessor"
-#: Its name in /proc/<pid>/task/<tid>/comm once the probe saw it (15 characters at most).
-EXPORTER_COMM = "otel-exporter"
-_LAYOUT = struct.Struct("<4q")
+from tradebus.ops.probefile import EXPORTER_COMM, EXPORTER_THREAD, LAYOUT, PRIMER, PROBE_DIR_ENV, path_for
 
-
-class Totals(NamedTuple):
-    """Tasks and their CPU nanoseconds, with and without trace context, since the pool process started."""
-
-    traced_tasks: int
-    traced_ns: int
-    untraced_tasks: int
-    untraced_ns: int
-
-    def __sub__(self, earlier: tuple[int, ...]) -> Totals:
-        """What was counted since ``earlier``."""
-        return Totals(*(now - then for now, then in zip(self, earlier, strict=True)))
-
-
-def path_for(directory: str | Path, pid: int) -> Path:
-    """Where pool process ``pid`` keeps its totals."""
-    return Path(directory) / f"{pid}.probe"
-
-
-def read(path: Path) -> Totals:
-    """A pool process's totals (zeros before its first task)."""
-    data = path.read_bytes() if path.exists() else b""
-    return Totals(*_LAYOUT.unpack(data)) if len(data) == _LAYOUT.size else Totals(0, 0, 0, 0)
+#: Where a kind's two sums start in the totals.
+TRACED, AFTER_TRACED, AFTER_UNTRACED = 0, 2, 4
 
 
 class _Probe:
     def __init__(self) -> None:
         self.started: dict[str, int] = {}
-        self.totals = [0, 0, 0, 0]
+        self.totals = [0] * 6
         self.view: mmap.mmap | None = None
         self.pid = 0
+        self.last_traced = False
         self.named = False
 
     def open(self) -> mmap.mmap | None:
-        """This process's mapped file (a forked pool process opens its own)."""
+        """This process's mapped file (a forked pool process opens its own and starts from zero)."""
         if self.pid != os.getpid():
-            self.pid, self.totals, self.named, self.view = os.getpid(), [0, 0, 0, 0], False, None
+            self.pid, self.totals, self.view, self.named = os.getpid(), [0] * 6, None, False
             if directory := os.environ.get(PROBE_DIR_ENV):
                 with path_for(directory, self.pid).open("w+b") as file:
-                    file.write(bytes(_LAYOUT.size))
+                    file.write(bytes(LAYOUT.size))
                     file.flush()
-                    self.view = mmap.mmap(file.fileno(), _LAYOUT.size)
+                    self.view = mmap.mmap(file.fileno(), LAYOUT.size)
         return self.view
+
+    def add(self, headers: dict[str, Any], spent: int) -> None:
+        """Count a task of ``spent`` CPU nanoseconds by its kind (a primer: not at all)."""
+        view = self.open()
+        if PRIMER.keys() & headers.keys():
+            self.last_traced = False
+            return
+        traced = "traceparent" in headers
+        at = TRACED if traced else AFTER_TRACED if self.last_traced else AFTER_UNTRACED
+        self.last_traced = traced
+        self.totals[at] += 1
+        self.totals[at + 1] += spent
+        if view is not None:
+            LAYOUT.pack_into(view, 0, *self.totals)
+        if not self.named:
+            self.name_exporter()
 
     def name_exporter(self) -> None:
         """Give the exporter's thread its own name in /proc (a thread may rename another of its process)."""
@@ -92,14 +82,6 @@ def _before(task_id: str, **_: Any) -> None:
 @task_postrun.connect  # type: ignore[untyped-decorator]
 def _after(task_id: str, task: Any, **_: Any) -> None:
     begun = _probe.started.pop(task_id, None)
-    if begun is None:
-        return
-    spent = time.thread_time_ns() - begun
-    view = _probe.open()
-    at = 0 if "traceparent" in (task.request.headers or {}) else 2
-    _probe.totals[at] += 1
-    _probe.totals[at + 1] += spent
-    if view is not None:
-        _LAYOUT.pack_into(view, 0, *_probe.totals)
-    if not _probe.named:
-        _probe.name_exporter()
+    if begun is not None:
+        spent = time.thread_time_ns() - begun
+        _probe.add(task.request.headers or {}, spent)
