@@ -27,38 +27,41 @@ from tradebus.ops.probefile import (
 
 
 def test_a_span_is_its_task_what_the_next_task_pays_and_its_export() -> None:
-    # 100 traced tasks of 60 us, 100 untraced after them of 25 us, 100 untraced after untraced of 20 us;
-    # the exporter 10 us a span; the whole worker 1,000 us a message on average. A span: 40 + 5 + 10 =
-    # 55 us; the traced messages added 100 * 55 us to 300 messages: an untraced one costs 1000 - 18.33.
-    counted = Totals(100, 100 * 60_000, 100, 100 * 25_000, 100, 100 * 20_000)
-    figures = bench_spans.figures(counted, cpu=300 * 1000e-6, export=100 * 10e-6)
+    # 100 traced tasks of 60 us, 100 untraced after them of 25 us, 100 untraced after untraced of 20 us,
+    # 10 primers of 30 us (5 us of waking beyond an untraced task after a traced one); the exporter 10 us a
+    # span; the whole worker 1,000 us a message on average. A span: 40 + 5 + 10 = 55 us.
+    counted = Totals(100, 100 * 60_000, 100, 100 * 25_000, 100, 100 * 20_000, 10, 10 * 30_000)
+    figures = bench_spans.figures(counted, cpu=310 * 1000e-6, export=100 * 10e-6)
     assert figures["task_cpu_us"] == {
         "traced": 60.0,
         "untraced after traced": 25.0,
         "untraced after untraced": 20.0,
+        "primers": 30.0,
     }
     assert (figures["export_cpu_us_per_span"], figures["span_cpu_us"]) == (10.0, 55.0)
-    untraced = 1000 - 100 * 55 / 300
+    assert figures["cpu_us_per_message"] == 1000.0
+    # An untraced message: the whole less the spans and the primers' waking, over every message.
+    untraced = (310 * 1000 - 100 * 55 - 10 * 5) / 310
     assert figures["cpu"] == round((untraced + 55) / untraced, 3)
 
 
 def test_unequal_counts_weigh_each_kind_by_its_own_count() -> None:
-    counted = Totals(50, 50 * 60_000, 10, 10 * 30_000, 140, 140 * 20_000)
-    figures = bench_spans.figures(counted, cpu=200 * 1000e-6, export=50 * 10e-6)
-    untraced = 1000 - (50 * (40 + 10) + 10 * 10) / 200
-    assert figures["span_cpu_us"] == 60.0
+    counted = Totals(50, 50 * 60_000, 10, 10 * 30_000, 140, 140 * 20_000, 5, 5 * 20_000)
+    figures = bench_spans.figures(counted, cpu=205 * 1000e-6, export=50 * 10e-6)
+    assert figures["span_cpu_us"] == 40 + 10 + 10
+    untraced = (205 * 1000 - 50 * 60) / 205  # primers cheaper than after a traced one: no waking counted
     assert figures["cpu"] == round((untraced + 60) / untraced, 3)
 
 
 def test_no_figure_without_the_exporter_or_without_every_kind() -> None:
     # The exporter's thread not found: its share is unknown, so no ratio (never a flattering one).
-    assert bench_spans.figures(Totals(10, 10, 10, 10, 10, 10), cpu=1.0, export=0.0)["cpu"] is None
-    no_traced = bench_spans.figures(Totals(0, 0, 0, 0, 10, 10), cpu=1.0, export=0.1)
+    assert bench_spans.figures(Totals(*[10] * 8), cpu=1.0, export=0.0)["cpu"] is None
+    no_traced = bench_spans.figures(Totals(0, 0, 0, 0, 10, 10, 1, 1), cpu=1.0, export=0.1)
     assert no_traced["cpu"] is None and "probe" in no_traced["why"]
 
 
 def test_totals_subtract_what_was_counted_before() -> None:
-    assert Totals(5, 50, 7, 70, 9, 90) - Totals(2, 20, 3, 30, 4, 40) == Totals(3, 30, 4, 40, 5, 50)
+    assert Totals(*range(10, 18)) - Totals(*range(8)) == Totals(*[10] * 8)
 
 
 @pytest.fixture
@@ -107,11 +110,11 @@ def test_the_probe_sums_each_kind_apart_in_its_mapped_file(probe: Path) -> None:
     assert min(totals.traced_ns, totals.after_traced_ns, totals.after_untraced_ns) > 0
     benchprobe._after(task_id="never started", task=_task(None))  # a postrun without its prerun: ignored
     assert read(probe) == totals
-    # A primer is not counted, and the untraced task after it counts as after an untraced one.
+    # A primer is counted apart, and the untraced task after it counts as after an untraced one.
     _run(10, TRACED)
     _run(11, dict(PRIMER))
     _run(12, None)
-    assert read(probe) - totals == Totals(1, ANY, 0, 0, 1, ANY)
+    assert read(probe) - totals == Totals(1, ANY, 0, 0, 1, ANY, 1, ANY)
 
 
 def test_a_forked_pool_process_counts_in_a_file_of_its_own(
@@ -131,12 +134,21 @@ def test_the_probe_names_the_exporters_thread_for_the_bench(probe: Path, exporte
     assert bench_spans.cpu_seconds(os.getpid(), "no-such-thread") == 0.0
 
 
-def test_interleaved_sends_untraced_untraced_traced_and_waits_for_each_chunk(
-    probe: Path, exporter: threading.Thread, tmp_path: Path
+def test_interleaved_alternates_the_order_of_its_triples_and_waits_for_each_chunk(
+    probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[str] = []
     number = iter(range(1_000))
-    _run(next(number), None)  # the probe names the exporter's thread, as the bursts' tasks did
+    _run(next(number), None)
+    # The worker's threads as /proc would show them: at the start, at the last drain, after the export.
+    snapshots = iter(
+        [
+            {1: ("celery", 1_000_000), 2: (EXPORTER_COMM, 100_000)},
+            {1: ("celery", 1_700_000), 2: (EXPORTER_COMM, 150_000)},
+            {1: ("celery", 1_700_500), 2: (EXPORTER_COMM, 190_000)},
+        ]
+    )
+    monkeypatch.setattr(bench_spans, "_threads", lambda pid: next(snapshots))
 
     def send(headers: dict[str, str] | None, what: str) -> None:
         events.append(what)
@@ -154,14 +166,32 @@ def test_interleaved_sends_untraced_untraced_traced_and_waits_for_each_chunk(
         pid=os.getpid(),
         probe_dir=tmp_path,
     )
-    assert events == [*(["reset", "p", "u", "u", "t", "u", "u", "t", "drained 7"] * 3), "exported 6"]
-    # Each chunk's first untraced message comes after its primer, which is not counted.
-    assert figures["messages"] == {"traced": 6, "untraced after traced": 3, "untraced after untraced": 9}
-    # The exporter's thread spent no CPU during the chunks here: no export share, so no ratio.
-    assert figures["cpu"] is None
+    one_way, other_way = ["u", "u", "t"] * 2, ["t", "u", "u"] * 2
+    chunks = [["reset", "p", *order, "drained 7"] for order in (one_way, other_way, one_way)]
+    assert events == [*chunks[0], *chunks[1], *chunks[2], "exported 6"]
+    assert figures["messages"] == {
+        "traced": 6,
+        "untraced after traced": 4,
+        "untraced after untraced": 8,
+        "primers": 3,
+    }
+    # The whole worker until the drain (700 + 50 us), the exporter alone after it (40 us; the 0.5 us of
+    # the idle worker's other threads meanwhile is no message's); the export: 90 us for 6 spans.
+    assert figures["cpu_us_per_message"] == round(790 / 21, 1)
+    assert figures["export_cpu_us_per_span"] == 15.0
 
 
-def test_interleaved_gives_no_figure_when_the_exporters_thread_changed(probe: Path, tmp_path: Path) -> None:
+def test_interleaved_gives_no_figure_when_the_exporters_thread_changed(
+    probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshots = iter(
+        [
+            {1: ("celery", 0), 2: (EXPORTER_COMM, 0)},
+            {1: ("celery", 10), 2: (EXPORTER_COMM, 10)},
+            {1: ("celery", 10), 3: (EXPORTER_COMM, 5)},  # the provider was rebuilt: another thread
+        ]
+    )
+    monkeypatch.setattr(bench_spans, "_threads", lambda pid: next(snapshots))
     figures = bench_spans.interleaved(
         untraced=lambda: None,
         traced=lambda: None,

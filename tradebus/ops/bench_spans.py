@@ -15,7 +15,7 @@ told apart in the pool process (the probe, tradebus/ops/benchprobe.py):
 
 A span costs ``span_cpu_us`` = (traced task - untraced task after an untraced one) + (untraced task after a
 traced one - after an untraced one) + the export per span; the cost is (untraced + span) / untraced, an
-untraced message being what the whole worker spent per message less the spans' share of it.
+untraced message being what the whole worker spent per message less the spans and the primers' wake-ups.
 """
 
 from __future__ import annotations
@@ -41,22 +41,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _threads(pid: int, comm: str | None) -> dict[int, int]:
-    """CPU nanoseconds so far of each thread of ``pid`` and its descendants (those named ``comm``)."""
-    found: dict[int, int] = {}
+def _threads(pid: int) -> dict[int, tuple[str, int]]:
+    """Each thread of ``pid`` and its descendants: its name and its CPU nanoseconds so far."""
+    found: dict[int, tuple[str, int]] = {}
     for current in descendants(pid):
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{current}/task").iterdir():
-                if comm is None or (task / "comm").read_text().strip() == comm:
-                    found[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+                comm = (task / "comm").read_text().strip()
+                found[int(task.name)] = comm, int((task / "schedstat").read_text().split()[0])
     return found
+
+
+def _cpu(threads: dict[int, tuple[str, int]], comm: str | None = None) -> float:
+    """The CPU seconds of ``threads`` (only those named ``comm``, if given)."""
+    return sum(ns for name, ns in threads.values() if comm is None or name == comm) / 1e9
 
 
 def cpu_seconds(pid: int, comm: str | None = None) -> float:
     """CPU time of process ``pid`` and its descendants so far, every thread's (only the threads named
     ``comm``, if given), to the nanosecond (``/proc/.../schedstat``; ``stat``'s user and system times are
     in 10 ms ticks, a few of which are tens of microseconds a message of a burst)."""
-    return sum(_threads(pid, comm).values()) / 1e9
+    return _cpu(_threads(pid), comm)
 
 
 def _totals(pid: int, probe_dir: Path) -> Totals:
@@ -78,31 +83,32 @@ def interleaved(
     pid: int,
     probe_dir: Path,
 ) -> dict[str, Any]:
-    """Send ``chunks`` times a ``primer`` (an untraced message the probe does not count: the pool's first
-    after the wait for the chunk before) and ``triples`` times untraced, untraced, traced; ``reset`` before
-    each chunk, ``drained(n)`` waits until the stage took ``n`` more, ``exported(n)`` until ``n`` more spans
-    reached the sink. Returns the figures (the module's docstring)."""
-    before, cpu, exporter = _totals(pid, probe_dir), cpu_seconds(pid), _threads(pid, EXPORTER_COMM)
-    for _ in range(chunks):
+    """Send ``chunks`` times a ``primer`` (an untraced message the probe counts apart: the pool's first
+    after the wait for the chunk before) and ``triples`` times untraced, untraced, traced (or, every other
+    chunk, traced, untraced, untraced: a kind sits as late in a chunk on average as another, should a
+    message cost more the later it comes); ``reset`` before each chunk, ``drained(n)`` waits until the
+    stage took ``n`` more, ``exported(n)`` until ``n`` more spans reached the sink. Returns the figures
+    (the module's docstring)."""
+    before, threads = _totals(pid, probe_dir), _threads(pid)
+    for chunk in range(chunks):
         reset()
         primer()
         for _ in range(triples):
-            untraced()
-            untraced()
-            traced()
+            for send in (untraced, untraced, traced) if chunk % 2 == 0 else (traced, untraced, untraced):
+                send()
         drained(1 + 3 * triples)
     # The whole worker until its last task; then only the exporter, until the last span is out (an idle
     # worker's wake-ups meanwhile are no message's).
-    cpu, at_drain = cpu_seconds(pid) - cpu, cpu_seconds(pid, EXPORTER_COMM)
+    at_drain = _threads(pid)
     exported(chunks * triples)
     time.sleep(0.2)  # the exporter thread reads the sink's answer after the sink counted the spans
-    after = _threads(pid, EXPORTER_COMM)
-    if not after or set(after) != set(exporter):
-        why = f"the exporter's thread was not one and the same throughout: {set(exporter)}, {set(after)}"
-        return {"cpu": None, "why": why}
-    export = (sum(after.values()) - sum(exporter.values())) / 1e9
-    after_drain = sum(after.values()) / 1e9 - at_drain
-    return figures(_totals(pid, probe_dir) - before, cpu=cpu + after_drain, export=export)
+    after = _threads(pid)
+    exporter = {tid for tid, (name, _) in threads.items() if name == EXPORTER_COMM}
+    if not exporter or {tid for tid, (name, _) in after.items() if name == EXPORTER_COMM} != exporter:
+        return {"cpu": None, "why": "the exporter's thread was not found, or not the same one throughout"}
+    export = _cpu(after, EXPORTER_COMM) - _cpu(threads, EXPORTER_COMM)
+    cpu = _cpu(at_drain) - _cpu(threads) + _cpu(after, EXPORTER_COMM) - _cpu(at_drain, EXPORTER_COMM)
+    return figures(_totals(pid, probe_dir) - before, cpu=cpu, export=export)
 
 
 def figures(counted: Totals, *, cpu: float, export: float) -> dict[str, Any]:
@@ -112,6 +118,7 @@ def figures(counted: Totals, *, cpu: float, export: float) -> dict[str, Any]:
         "traced": counted.traced_tasks,
         "untraced after traced": counted.after_traced_tasks,
         "untraced after untraced": counted.after_untraced_tasks,
+        "primers": counted.primer_tasks,
     }
     if not all(tasks.values()):
         return {"messages": tasks, "cpu": None, "why": "the pool's probe counted no task of a kind"}
@@ -119,15 +126,20 @@ def figures(counted: Totals, *, cpu: float, export: float) -> dict[str, Any]:
         "traced": counted.traced_ns / 1000 / counted.traced_tasks,
         "untraced after traced": counted.after_traced_ns / 1000 / counted.after_traced_tasks,
         "untraced after untraced": counted.after_untraced_ns / 1000 / counted.after_untraced_tasks,
+        "primers": counted.primer_ns / 1000 / counted.primer_tasks,
     }
-    own = task_us["traced"] - task_us["untraced after untraced"]
-    left_behind = task_us["untraced after traced"] - task_us["untraced after untraced"]
+    baseline = task_us["untraced after untraced"]
+    own, left_behind = task_us["traced"] - baseline, task_us["untraced after traced"] - baseline
     export_us = export * 1e6 / counted.traced_tasks
+    span_us = own + left_behind + export_us
     messages = sum(tasks.values())
+    # What the traced messages added to the whole (their own, what the task after each paid, be it an
+    # untraced one or a primer, the export), and the primers' wake-up beyond what an untraced task after a
+    # traced one costs: neither is an untraced message's.
+    added = counted.traced_tasks * span_us
+    woken = counted.primer_tasks * max(0.0, task_us["primers"] - task_us["untraced after traced"])
     per_message = cpu * 1e6 / messages
-    # What the traced messages added to the whole: their own, what the next task paid, the export.
-    added = counted.traced_tasks * (own + export_us) + counted.after_traced_tasks * left_behind
-    untraced_us, span_us = per_message - added / messages, own + left_behind + export_us
+    untraced_us = (cpu * 1e6 - added - woken) / messages  # every message, traced or not, costs this much
     return {
         "messages": tasks,
         "task_cpu_us": {kind: round(us, 1) for kind, us in task_us.items()},

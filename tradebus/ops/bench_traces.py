@@ -134,9 +134,10 @@ class _Hop:
     pairs: int
     burst: int
     rounds: int
-    #: The interleaved measure (tradebus/ops/bench_spans.py): its triples (untraced, untraced, traced),
+    #: The interleaved measure (tradebus/ops/bench_spans.py): its chunks, each of ``between_resets``
+    #: triples (untraced, untraced, traced) after a ``reset`` and a ``primer``.
     #: how many between two ``reset``s, and the uncounted message each such chunk begins with.
-    triples: int
+    chunks: int
     between_resets: int
     primer: Callable[[], object]
     #: Paced messages per second.
@@ -203,7 +204,7 @@ def _ticker_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 2,
         burst=min(plan.burst_messages, BURST),
         rounds=ROUNDS,
-        triples=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES,
+        chunks=1 if quick else 4,
         between_resets=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES // 4,
         primer=lambda: send(app, body, exchange="", routing_key=QUEUE, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate,
@@ -242,10 +243,11 @@ def _signal_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 10,
         burst=SIGNAL_BURST * 2 // 5 if quick else SIGNAL_BURST,
         rounds=SIGNAL_ROUNDS,
-        triples=SIGNAL_BURST * 2 // 5 // 3 if quick else SIGNAL_TRIPLES,
+        chunks=2 if quick else SIGNAL_TRIPLES // 5,
         # Each approved signal holds a reservation until its fill, and no executor runs here: a reset every
-        # fifteen signals keeps the book the risk stage reads about as small as on the order path (a
-        # burst's hundred reservations would double the hop's CPU, the span's share halved with it).
+        # sixteen signals (a primer, five triples) keeps the book the risk stage reads about as small as on
+        # the order path (a burst's hundred reservations would double the hop's CPU, the span's share
+        # halved with it).
         between_resets=5,
         primer=lambda: send(app, body(), exchange="", routing_key=SIGNALS, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate / SIGNAL_PACE,
@@ -272,7 +274,7 @@ def _measure(hop: _Hop, plan: Plan, sink: _Sink, pool: PoolProcess, probe_dir: P
         traced=hop.traced,
         primer=hop.primer,
         triples=hop.between_resets,
-        chunks=max(1, hop.triples // hop.between_resets),
+        chunks=hop.chunks,
         reset=hop.reset,
         drained=drained,
         exported=lambda count: _exported(sink, spans + count),

@@ -1,5 +1,5 @@
 """The file through which the traces scenario's probe (tradebus/ops/benchprobe.py, loaded into a measured
-pool) tells the bench (tradebus/ops/bench_spans.py) what each kind of task cost: six 64-bit integers,
+pool) tells the bench (tradebus/ops/bench_spans.py) what each kind of task cost: eight 64-bit integers,
 ``Totals``, in a file named after the pool process, mapped in memory by the probe. Importing this module
 does nothing (the probe's module connects Celery signals; only the measured pools load it).
 """
@@ -16,15 +16,15 @@ PROBE_DIR_ENV = "TRADEBUS_BENCH_PROBE_DIR"
 EXPORTER_THREAD = "OtelBatchSpanRecordProcessor"
 #: Its name in /proc/<pid>/task/<tid>/comm once the probe saw it (15 characters at most).
 EXPORTER_COMM = "otel-exporter"
-LAYOUT = struct.Struct("<6q")
-#: The headers of a message the probe does not count: the first of each interleaved chunk, which wakes a
-#: pool that went idle while the bench waited for the chunk before (the next one is counted as after it).
+LAYOUT = struct.Struct("<8q")
+#: The headers of a message the probe counts apart: the first of each interleaved chunk, which wakes a pool
+#: that went idle while the bench waited for the chunk before (the next one is counted as after it).
 PRIMER = {"x-tradebus-bench-primer": "1"}
 
 
 class Totals(NamedTuple):
     """Tasks and their CPU nanoseconds since the pool process started: with trace context; without it,
-    straight after a task with it; without it, after one without it."""
+    straight after a task with it; without it, after one without it; primers."""
 
     traced_tasks: int = 0
     traced_ns: int = 0
@@ -32,6 +32,8 @@ class Totals(NamedTuple):
     after_traced_ns: int = 0
     after_untraced_tasks: int = 0
     after_untraced_ns: int = 0
+    primer_tasks: int = 0
+    primer_ns: int = 0
 
     def __sub__(self, earlier: tuple[int, ...]) -> Totals:
         """What was counted since ``earlier``."""
