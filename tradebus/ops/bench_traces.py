@@ -68,8 +68,8 @@ SIGNAL_PACE = 4
 #: at most), so a shorter interval would make a slow hop's span dearer than it is in production.
 EXPORT_EVERY_MS = "5000"
 #: Triples (untraced, untraced, traced) of the interleaved measure: its traced messages, about a kind's
-#: bursts (one burst in the quick plan).
-TICKER_TRIPLES, SIGNAL_TRIPLES = 1_000, 200
+#: bursts (one burst in the quick plan); the ticks in four chunks, the signals in chunks of five.
+TICKER_TRIPLES, TICKER_CHUNKS, SIGNAL_TRIPLES, SIGNAL_CHUNK = 1_000, 4, 200, 5
 
 
 class _Sink:
@@ -134,9 +134,8 @@ class _Hop:
     pairs: int
     burst: int
     rounds: int
-    #: The interleaved measure (tradebus/ops/bench_spans.py): its chunks, each of ``between_resets``
-    #: triples (untraced, untraced, traced) after a ``reset`` and a ``primer``.
-    #: how many between two ``reset``s, and the uncounted message each such chunk begins with.
+    #: The interleaved measure (tradebus/ops/bench_spans.py): its chunks, each a ``reset``, a ``primer``
+    #: (the message the probe counts apart) and ``between_resets`` triples (untraced, untraced, traced).
     chunks: int
     between_resets: int
     primer: Callable[[], object]
@@ -204,8 +203,8 @@ def _ticker_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 2,
         burst=min(plan.burst_messages, BURST),
         rounds=ROUNDS,
-        chunks=1 if quick else 4,
-        between_resets=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES // 4,
+        chunks=1 if quick else TICKER_CHUNKS,
+        between_resets=min(plan.burst_messages, BURST) // 3 if quick else TICKER_TRIPLES // TICKER_CHUNKS,
         primer=lambda: send(app, body, exchange="", routing_key=QUEUE, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate,
     )
@@ -243,12 +242,12 @@ def _signal_hop(app: TradebusCelery, plan: Plan) -> _Hop:
         pairs=plan.hop_messages // 10,
         burst=SIGNAL_BURST * 2 // 5 if quick else SIGNAL_BURST,
         rounds=SIGNAL_ROUNDS,
-        chunks=2 if quick else SIGNAL_TRIPLES // 5,
+        chunks=2 if quick else SIGNAL_TRIPLES // SIGNAL_CHUNK,
         # Each approved signal holds a reservation until its fill, and no executor runs here: a reset every
         # sixteen signals (a primer, five triples) keeps the book the risk stage reads about as small as on
         # the order path (a burst's hundred reservations would double the hop's CPU, the span's share
         # halved with it).
-        between_resets=5,
+        between_resets=SIGNAL_CHUNK,
         primer=lambda: send(app, body(), exchange="", routing_key=SIGNALS, headers=dict(probefile.PRIMER)),
         rate=plan.hop_rate / SIGNAL_PACE,
         reset=account.reset,
