@@ -99,6 +99,62 @@ async def close_all(buses: list[MessageBus]) -> None:
         await bus.close()
 
 
+def test_publishes_made_while_the_connection_closes_are_all_published_none_waits_forever(
+    letrade_vhost: Vhost,
+) -> None:
+    """Publishes started while aiormq closes the connection fill its write queue (nothing writes it any
+    more); those waiting for room are published again after the reconnection, like those whose confirm
+    the loss rejected, and none waits forever; nor does an acknowledgement (tradebus/letrade/writes.py)."""
+    inbox = letrade.STRATEGY.name
+    take_all(letrade_vhost, inbox)
+    confirmed: list[str] = []
+
+    async def scenario() -> int:
+        reconnections: list[object] = []
+        async with MessageBus(letrade_vhost.url, source="tests") as bus:
+            bus.connection.reconnect_callbacks.add(lambda *args: reconnections.append(args))
+            listed = await asyncio.to_thread(_listed_connection, letrade_vhost, bus.connection_name)
+            # Its acknowledgements share the connection's write queue with the publishes: it goes on
+            # delivering after the reconnection, none of them left waiting on the dead connection.
+            delivered: set[str] = set()
+
+            async def handle(topic: str, message: dict[str, Any]) -> None:  # on the loop, as fast as it comes
+                delivered.add(message["error_message"])
+
+            await bus.subscribe("events.error", handle)
+
+            async def publish(marker: str) -> None:
+                await bus.publish("letrade.events", "events.error", error_event(marker))
+                confirmed.append(marker)
+
+            publishes: list[asyncio.Task[None]] = []
+
+            async def keep_starting(until: Callable[[], bool]) -> None:
+                # Publishes started every few hundred microseconds, whether the last were confirmed or not
+                # (as a feed does): some start in the close, when no confirm comes.
+                while not until():
+                    for _ in range(BURST):
+                        publishes.append(asyncio.create_task(publish(f"m-{len(publishes)}")))
+                    await asyncio.sleep(PACE)
+
+            await keep_starting(lambda: len(confirmed) >= 100)
+            closing = asyncio.create_task(asyncio.to_thread(_close_listed, listed))
+            await keep_starting(lambda: closing.done() and bool(reconnections))
+            # Each publish returns: none waits on the dead connection.
+            await asyncio.wait_for(asyncio.gather(*publishes), 30)
+            assert await eventually(lambda: delivered >= set(confirmed), 30), len(set(confirmed) - delivered)
+            return len(reconnections)
+
+    assert run(scenario()) >= 1
+    kept = {text(m.body).split('"error_message":"')[1].split('"')[0] for m in take_all(letrade_vhost, inbox)}
+    assert kept >= set(confirmed)
+
+
+#: The close test starts BURST publishes every PACE seconds: more than aiormq's write queue holds (10
+#: frames) in the milliseconds it takes to close the connection, when no confirm comes.
+BURST, PACE = 5, 0.0003
+
+
 def error_event(marker: str) -> dict[str, Any]:
     return {**PAYLOADS["error"][1], "error_type": "async_test", "error_message": marker}
 
@@ -328,15 +384,23 @@ def test_health_check_is_healthy_with_the_pools_and_unhealthy_without(
     print(f"Status: {served['status']}\nQueue depth: {served['queue_depth']}")  # the seed's own use
 
 
-def _close_connection(vhost: Vhost, name: str) -> None:
-    api = admin()
+def _listed_connection(vhost: Vhost, name: str) -> str:
+    """The management API's name of the connection named ``name`` (listed within its stats interval)."""
 
     def ours() -> list[str]:
-        listed = api.get(f"vhosts/{urllib.parse.quote(vhost.name, safe='')}/connections")
+        listed = admin().get(f"vhosts/{urllib.parse.quote(vhost.name, safe='')}/connections")
         return [c["name"] for c in listed if c.get("client_properties", {}).get("connection_name") == name]
 
     (connection,) = wait_until(ours, 20)
-    api.request("DELETE", f"connections/{urllib.parse.quote(connection, safe='')}")
+    return str(connection)
+
+
+def _close_listed(connection: str) -> None:
+    admin().request("DELETE", f"connections/{urllib.parse.quote(connection, safe='')}")
+
+
+def _close_connection(vhost: Vhost, name: str) -> None:
+    _close_listed(_listed_connection(vhost, name))
 
 
 def test_after_the_broker_closes_the_connection_nothing_confirmed_is_lost(letrade_vhost: Vhost) -> None:

@@ -22,26 +22,26 @@ with the seed's policy before their message is dead-lettered to ``letrade.dlq``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis as AsyncRedis
 
 from routing import TopologyOptions, letrade
 from tradebus import store, tls
 from tradebus.deadletter import DeadLetter
-from tradebus.errors import InvalidMessage, PublishFailed, RequestTimeout
+from tradebus.errors import InvalidMessage, RequestTimeout
 from tradebus.health import QueueStats, summary
 from tradebus.letrade import client, failover, feed
 from tradebus.letrade.client import DEFAULT_TIMEOUT
+from tradebus.letrade.confirms import CONNECTION_LOST, ConfirmedPublisher
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.payloads import MarketData, Payload
 from tradebus.letrade.stage import wire
@@ -52,20 +52,10 @@ from tradebus.retries import SEED_POLICY, RetryPolicy
 from tradebus.settings import Settings
 
 logger = logging.getLogger(__name__)
-#: How long a publish keeps trying over a lost connection (published again once aio-pika reconnected).
-RECONNECT_WAIT = 15.0
-#: Pause after a lost publish before waiting for the connection (aio-pika notices the loss after us).
-RETRY_INTERVAL = 0.2
 #: Seconds between two reconnection attempts (aio-pika's ``reconnect_interval``).
 RECONNECT_INTERVAL = 1.0
 #: Unacknowledged deliveries each subscription holds (retries waiting included).
 PREFETCH = 100
-_CONNECTION_LOST = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    asyncio.TimeoutError,
-)
 
 
 class MessageBus:
@@ -90,7 +80,7 @@ class MessageBus:
         #: The name RabbitMQ lists this client's connection under (management API: ``client_properties``).
         self.connection_name = f"tradebus.letrade.{source}.{uuid.uuid4().hex[:8]}"
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._publisher: ConfirmedPublisher | None = None
         self.subscriptions: list[Subscription] = []
         self._replies: dict[str, asyncio.Future[Envelope]] = {}
         self._reply_keys: set[str] = set()
@@ -111,7 +101,8 @@ class MessageBus:
                 ssl_context=ssl_context,
                 client_properties={"connection_name": self.connection_name},
             )
-            self._channel = await self._connection.channel(publisher_confirms=True)
+            channel = await self._connection.channel(publisher_confirms=True)
+            self._publisher = ConfirmedPublisher(self._connection, channel)
         return self
 
     @property
@@ -145,7 +136,7 @@ class MessageBus:
             self._redis = None
         if self._connection is not None:
             await self._connection.close()
-        self._connection, self._channel = None, None
+        self._connection, self._publisher = None, None
         self._reply_keys.clear()
 
     async def __aenter__(self) -> MessageBus:
@@ -236,62 +227,12 @@ class MessageBus:
         )
 
     async def publish_raw(self, body: bytes, properties: Mapping[str, Any]) -> None:
-        """Publish ``body`` with ``properties`` (publisher.py's ``outgoing``) on aiormq, confirmed: again
-        over a lost connection (never after a nack), PublishFailed when it cannot be (no aio-pika Message)."""
-        amqp_properties = aiormq.spec.Basic.Properties(
-            # pamqp writes a float as a 32-bit one (a publication time to within 128 s): as text instead.
-            headers={k: repr(v) if isinstance(v, float) else v for k, v in properties["headers"].items()},
-            content_type=properties["content_type"],
-            content_encoding=properties["content_encoding"],
-            delivery_mode=properties["delivery_mode"],
-            priority=properties.get("priority"),
-            message_id=properties["message_id"],
-        )
-        name, key = properties["exchange"], properties["routing_key"]
-        deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
-        while True:
-            try:
-                channel = await self._underlay()
-                await channel.basic_publish(
-                    body,
-                    exchange=name,
-                    routing_key=key,
-                    properties=amqp_properties,
-                    mandatory=False,
-                    # No timer and no wait for the socket (the confirm comes later): a lost connection
-                    # fails the pending confirms; each cost throughput (docs/performance.md).
-                    timeout=None,
-                    wait=False,
-                )
-                return
-            except aiormq.exceptions.DeliveryError as exc:
-                raise PublishFailed(
-                    f"broker refused {key!r} on {name!r}: a queue is full or rejected it"
-                ) from exc
-            except aiormq.exceptions.ChannelClosed as exc:
-                raise PublishFailed(f"broker refused {key!r} on {name!r}: {exc}") from exc
-            except _CONNECTION_LOST as exc:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise PublishFailed(f"broker unreachable for {key!r} on {name!r}: {exc}") from exc
-                logger.info("publishing %r on %r again after a lost connection: %r", key, name, exc)
-                await self._reconnected(left)
-
-    async def _underlay(self) -> aiormq.Channel:
-        """The publishing channel's current aiormq channel (a new one after each reconnection)."""
-        if self._channel is None:
+        """Publish ``body`` with ``properties`` (publisher.py's ``outgoing``), confirmed: again over a lost
+        connection (never after a nack), PublishFailed when it cannot be (tradebus/letrade/confirms.py)."""
+        if self._publisher is None:
             await self.connect()
-        assert self._channel is not None
-        # aiormq's abstract channel does not declare basic_publish's ``wait``; its channel has it (6.8+).
-        return cast(aiormq.Channel, await self._channel.get_underlay_channel())
-
-    async def _reconnected(self, timeout: float) -> None:
-        """Wait, up to ``timeout`` seconds, for the robust connection to be back."""
-        await asyncio.sleep(RETRY_INTERVAL)  # the loss is noticed (``connected`` cleared) after the error
-        connected = getattr(self.connection, "connected", None)
-        if isinstance(connected, asyncio.Event):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connected.wait(), timeout)
+        assert self._publisher is not None
+        await self._publisher.publish(body, properties)
 
     # --- subscribing --------------------------------------------------------------------------------
     async def subscribe(self, pattern: str, handler: Handler | None = None) -> Subscription:
@@ -394,6 +335,6 @@ class MessageBus:
                 result = declared.declaration_result
                 stats[name] = QueueStats(result.message_count, result.consumer_count)
             await channel.close()
-        except (*_CONNECTION_LOST, RuntimeError) as exc:
+        except (*CONNECTION_LOST, RuntimeError) as exc:
             return {"status": "unhealthy", "queue_depth": None, "error": f"{type(exc).__name__}: {exc}"}
         return summary(stats, workers, dead, unrouted)

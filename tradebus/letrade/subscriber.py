@@ -40,6 +40,7 @@ from tradebus.errors import InvalidMessage, PublishFailed, SignatureCheckUnavail
 from tradebus.letrade import client
 from tradebus.letrade.messages import Envelope
 from tradebus.letrade.subscriptions import compile_pattern
+from tradebus.letrade.writes import Writes
 from tradebus.retries import RetryPolicy
 from tradebus.settings import Settings
 
@@ -86,6 +87,7 @@ class Subscription:
         self._queue: AbstractQueue | None = None
         self._task: asyncio.Task[None] | None = None
         self._retrying: set[asyncio.Task[None]] = set()
+        self._writes = Writes()
 
     async def start(self) -> None:
         """Declare and bind the queue, start consuming and delivering."""
@@ -229,15 +231,15 @@ class Subscription:
             await self.bus.dead_letter(dead)
         except PublishFailed:
             with contextlib.suppress(*_GONE):
-                await delivery.reject(requeue=False)
+                await self._writes.run(delivery.channel.connection, delivery.reject(requeue=False))
             return
         await self._ack(delivery)
 
-    @staticmethod
-    async def _ack(delivery: AbstractIncomingMessage) -> None:
-        # A delivery of a channel lost since is delivered again: there is nothing left to acknowledge.
+    async def _ack(self, delivery: AbstractIncomingMessage) -> None:
+        # A delivery of a channel lost since is delivered again: there is nothing left to acknowledge, and
+        # an acknowledgement waiting on a connection that closed is given up (writes.py).
         with contextlib.suppress(*_GONE):
-            await delivery.ack()
+            await self._writes.run(delivery.channel.connection, delivery.ack())
 
 
 def _stale(delivery: AbstractIncomingMessage) -> bool:

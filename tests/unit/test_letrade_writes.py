@@ -1,0 +1,70 @@
+"""``Writes`` (tradebus/letrade/writes.py): a write waiting on a connection that closes is given up with
+ChannelInvalidStateError; any other write is left alone. On the broker, the close is shown by
+tests/live/test_letrade_async_live.py (publishes and acknowledgements made while the connection closes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import aiormq
+import pytest
+from aiormq.abc import AbstractConnection
+
+from tradebus.letrade.writes import Writes
+
+
+class Connection:
+    """What Writes uses of an aiormq connection: ``closing``, a future done when it closed."""
+
+    def __init__(self) -> None:
+        self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self) -> None:
+        self.closing.set_exception(aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED"))
+        self.closing.exception()  # retrieved, as aiormq's observer does
+
+
+def run(scenario: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_write_waiting_when_its_connection_closes_raises_channel_invalid_state() -> None:
+    async def scenario() -> None:
+        writes, connection, room = Writes(), Connection(), asyncio.Event()
+        waiting = asyncio.create_task(writes.run(cast(AbstractConnection, connection), room.wait()))
+        await asyncio.sleep(0)
+        connection.close()
+        with pytest.raises(aiormq.exceptions.ChannelInvalidStateError, match="closed while this write"):
+            await waiting
+        assert not waiting.cancelling()  # the cancellation was Writes' own: none is left pending
+        assert not writes._in_flight and not writes._abandoned
+
+    run(scenario)
+
+
+def test_writes_on_another_connection_and_finished_writes_are_left_alone() -> None:
+    async def scenario() -> None:
+        writes, closing, other, room = Writes(), Connection(), Connection(), asyncio.Event()
+        done = await writes.run(cast(AbstractConnection, closing), asyncio.sleep(0, result="written"))
+        elsewhere = asyncio.create_task(writes.run(cast(AbstractConnection, other), room.wait()))
+        await asyncio.sleep(0)
+        closing.close()
+        await asyncio.sleep(0)
+        room.set()
+        assert (done, await elsewhere) == ("written", True)
+
+    run(scenario)
+
+
+def test_a_callers_own_cancellation_stands() -> None:
+    async def scenario() -> None:
+        writes, connection, room = Writes(), Connection(), asyncio.Event()
+        waiting = asyncio.create_task(writes.run(cast(AbstractConnection, connection), room.wait()))
+        await asyncio.sleep(0)
+        waiting.cancel()  # the caller's, in the same step as the close
+        connection.close()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    run(scenario)
