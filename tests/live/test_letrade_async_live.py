@@ -5,8 +5,10 @@ reconnection after the broker closed the connection."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -22,10 +24,11 @@ from tests.live.test_letrade_live import take_all, text
 from tests.support.bus import Vhost, admin
 from tests.support.letrade_samples import PAYLOADS
 from tests.support.wait import wait_until
-from tradebus.errors import RequestTimeout
+from tradebus.errors import PublishFailed, RequestTimeout
 from tradebus.headers import ORIGINAL_ROUTING_KEY, REASON, RETRIES
 from tradebus.letrade import MessageBus
 from tradebus.letrade.bus import LetradeBus
+from tradebus.letrade.confirms import RECONNECT_WAIT
 from tradebus.letrade.messages import ErrorMessage, build
 from tradebus.retries import RetryPolicy
 
@@ -100,7 +103,7 @@ async def close_all(buses: list[MessageBus]) -> None:
 
 
 def test_publishes_made_while_the_connection_closes_are_all_published_none_waits_forever(
-    letrade_vhost: Vhost,
+    letrade_vhost: Vhost, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Publishes started while aiormq closes the connection fill its write queue (nothing writes it any
     more); those waiting for room are published again after the reconnection, like those whose confirm
@@ -108,11 +111,13 @@ def test_publishes_made_while_the_connection_closes_are_all_published_none_waits
     inbox = letrade.STRATEGY.name
     take_all(letrade_vhost, inbox)
     confirmed: list[str] = []
+    caplog.set_level(logging.INFO, logger="tradebus.letrade.confirms")
 
     async def scenario() -> int:
         reconnections: list[object] = []
         async with MessageBus(letrade_vhost.url, source="tests") as bus:
             bus.connection.reconnect_callbacks.add(lambda *args: reconnections.append(args))
+            lost = lambda: not bus.connection.connected.is_set() or bool(reconnections)  # noqa: E731
             listed = await asyncio.to_thread(_listed_connection, letrade_vhost, bus.connection_name)
             # Its acknowledgements share the connection's write queue with the publishes: it goes on
             # delivering after the reconnection, none of them left waiting on the dead connection.
@@ -129,30 +134,64 @@ def test_publishes_made_while_the_connection_closes_are_all_published_none_waits
 
             publishes: list[asyncio.Task[None]] = []
 
-            async def keep_starting(until: Callable[[], bool]) -> None:
+            async def keep_starting(until: Callable[[], bool], then: int = 0) -> None:
                 # Publishes started every few hundred microseconds, whether the last were confirmed or not
-                # (as a feed does): some start in the close, when no confirm comes.
-                while not until():
+                # (as a feed does): some start in the close, when no confirm comes; ``then`` steps more.
+                while not until() or (then := then - 1) >= 0:
+                    assert len(publishes) < 50_000, "the close was never seen"
                     for _ in range(BURST):
                         publishes.append(asyncio.create_task(publish(f"m-{len(publishes)}")))
                     await asyncio.sleep(PACE)
 
             await keep_starting(lambda: len(confirmed) >= 100)
             closing = asyncio.create_task(asyncio.to_thread(_close_listed, listed))
-            await keep_starting(lambda: closing.done() and bool(reconnections))
+            await keep_starting(lambda: closing.done() and lost(), then=STEPS_AFTER)
+            closing.result()
+            assert await eventually(lambda: reconnections), "no reconnection"
             # Each publish returns: none waits on the dead connection.
             await asyncio.wait_for(asyncio.gather(*publishes), 30)
             assert await eventually(lambda: delivered >= set(confirmed), 30), len(set(confirmed) - delivered)
             return len(reconnections)
 
     assert run(scenario()) >= 1
-    kept = {text(m.body).split('"error_message":"')[1].split('"')[0] for m in take_all(letrade_vhost, inbox)}
+    kept = {json.loads(m.body)["payload"]["error_message"] for m in take_all(letrade_vhost, inbox)}
     assert kept >= set(confirmed)
+    # What the test is for happened: publishes waiting on the dead connection were given up by Writes.
+    ours = [r.getMessage() for r in caplog.records if r.name == "tradebus.letrade.confirms"]
+    abandoned = [m for m in ours if "closed while this write waited" in m]
+    assert abandoned, "no publish waited on the dead connection: the close was not exercised"
+
+
+def test_publishes_in_flight_when_the_bus_is_closed_each_end(letrade_vhost: Vhost) -> None:
+    """Closing the bus under publishes in flight ends each of them: confirmed, or PublishFailed (a
+    publish waiting for its confirm is told the bus was closed; none waits for a reconnection that will
+    not come), or cancelled with the connection."""
+
+    async def scenario() -> set[type[BaseException] | None]:
+        bus = await MessageBus(letrade_vhost.url, source="tests").connect()
+        markers = [f"closing-{n}" for n in range(2000)]
+        publish = functools.partial(bus.publish, "letrade.events", "events.error")
+        publishes = [asyncio.create_task(publish(error_event(m))) for m in markers]
+        assert await eventually(lambda: any(p.done() for p in publishes)), "no publish was confirmed"
+        await bus.close()
+        # Well within the 15 s a publish waits for a reconnection (confirms.RECONNECT_WAIT): none does.
+        _, pending = await asyncio.wait(publishes, timeout=RECONNECT_WAIT / 3)
+        assert not pending, f"{len(pending)} publishes still waiting after the bus was closed"
+        return {asyncio.CancelledError if p.cancelled() else _kind(p.exception()) for p in publishes}
+
+    outcomes = run(scenario())
+    assert outcomes <= {None, PublishFailed, asyncio.CancelledError}, outcomes
+    assert outcomes - {None}, "every publish was confirmed before the close: nothing to show"
+
+
+def _kind(error: BaseException | None) -> type[BaseException] | None:
+    return None if error is None else type(error)
 
 
 #: The close test starts BURST publishes every PACE seconds: more than aiormq's write queue holds (10
-#: frames) in the milliseconds it takes to close the connection, when no confirm comes.
-BURST, PACE = 5, 0.0003
+#: frames) in the milliseconds it takes to close the connection, when no confirm comes; and goes on for
+#: STEPS_AFTER steps once the client saw the loss.
+BURST, PACE, STEPS_AFTER = 5, 0.0003, 20
 
 
 def error_event(marker: str) -> dict[str, Any]:

@@ -20,6 +20,10 @@ class Connection:
     def __init__(self) -> None:
         self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def is_closed(self) -> bool:
+        return self.closing.done()
+
     def close(self) -> None:
         self.closing.set_exception(aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED"))
         self.closing.exception()  # retrieved, as aiormq's observer does
@@ -62,9 +66,47 @@ def test_a_callers_own_cancellation_stands() -> None:
         writes, connection, room = Writes(), Connection(), asyncio.Event()
         waiting = asyncio.create_task(writes.run(cast(AbstractConnection, connection), room.wait()))
         await asyncio.sleep(0)
-        waiting.cancel()  # the caller's, in the same step as the close
+        # The caller cancels in the same step as Writes does, after it: both cancellations are pending.
+        connection.closing.add_done_callback(lambda _: waiting.cancel())
         connection.close()
         with pytest.raises(asyncio.CancelledError):
             await waiting
+
+    run(scenario)
+
+
+def test_a_write_on_a_connection_already_closed_fails_at_once() -> None:
+    async def scenario() -> None:
+        writes, connection = Writes(), Connection()
+        connection.close()
+        write = asyncio.Event().wait()
+        with pytest.raises(aiormq.exceptions.ChannelInvalidStateError, match="is closed"):
+            await writes.run(cast(AbstractConnection, connection), write)
+        assert write.cr_frame is None  # closed, never to be awaited
+
+    run(scenario)
+
+
+def test_a_write_that_ends_another_way_when_cancelled_leaves_no_cancellation_behind() -> None:
+    async def scenario() -> None:
+        writes, connection, room = Writes(), Connection(), asyncio.Event()
+
+        async def converts() -> None:  # as a library may turn its cancellation into its own error
+            try:
+                await room.wait()
+            except asyncio.CancelledError:
+                raise OSError("gone") from None
+
+        async def caller() -> int:
+            with pytest.raises(OSError):
+                await writes.run(cast(AbstractConnection, connection), converts())
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()
+
+        waiting = asyncio.create_task(caller())
+        await asyncio.sleep(0)
+        connection.close()
+        assert await waiting == 0  # the caller's next await is not cancelled by Writes' leftover
 
     run(scenario)

@@ -56,9 +56,15 @@ class ConfirmedPublisher:
         )
         name, key = properties["exchange"], properties["routing_key"]
         deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
+        lost = False
         while True:
             try:
-                await self._publish_once(body, name, key, amqp_properties)
+                if lost or not self.connection.connected.is_set():
+                    # Waiting for the connection (aio-pika's ``ready``, unbounded) is bounded here too.
+                    async with asyncio.timeout_at(deadline):
+                        await self._publish_once(body, name, key, amqp_properties)
+                else:
+                    await self._publish_once(body, name, key, amqp_properties)
                 return
             except aiormq.exceptions.DeliveryError as exc:
                 raise PublishFailed(
@@ -67,9 +73,12 @@ class ConfirmedPublisher:
             except aiormq.exceptions.ChannelClosed as exc:
                 raise PublishFailed(f"broker refused {key!r} on {name!r}: {exc}") from exc
             except CONNECTION_LOST as exc:
+                if self.connection.close_called or self.connection.is_closed:
+                    raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed") from exc
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     raise PublishFailed(f"broker unreachable for {key!r} on {name!r}: {exc}") from exc
+                lost = True
                 logger.info("publishing %r on %r again after a lost connection: %r", key, name, exc)
                 await self._reconnected(left)
 
@@ -86,7 +95,7 @@ class ConfirmedPublisher:
             properties=properties,
             mandatory=False,
             # No timer and no wait for the socket: a lost connection fails the pending confirms, and
-            # Writes the waits for room in its write queue; each cost throughput (docs/performance.md).
+            # Writes the wait for room in its write queue; each cost throughput (docs/performance.md).
             timeout=None,
             wait=False,
         )
@@ -95,7 +104,5 @@ class ConfirmedPublisher:
     async def _reconnected(self, timeout: float) -> None:
         """Wait, up to ``timeout`` seconds, for the robust connection to be back."""
         await asyncio.sleep(RETRY_INTERVAL)  # the loss is noticed (``connected`` cleared) after the error
-        connected = getattr(self.connection, "connected", None)
-        if isinstance(connected, asyncio.Event):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connected.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connection.connected.wait(), timeout)

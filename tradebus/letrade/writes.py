@@ -10,7 +10,9 @@ connection").
 So a write runs through ``Writes.run``: it is registered with its connection, and when that connection
 closes each write still waiting is cancelled and raises ``ChannelInvalidStateError``, as a write on a
 closed channel does, which the caller already handles (a publish goes out again after the reconnection;
-an acknowledgement is dropped, RabbitMQ delivers the message again).
+an acknowledgement is dropped, RabbitMQ delivers the message again). A write whose connection closes in
+the very step it completed is reported lost too: a confirmed publish then goes out twice, with its
+message id, which a subscription's repeat check drops.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aiormq
@@ -36,26 +38,35 @@ class Writes:
         self._abandoned: set[asyncio.Task[Any]] = set()
         self._watched: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
 
-    async def run(self, connection: AbstractConnection, write: Awaitable[T]) -> T:
+    async def run(self, connection: AbstractConnection, write: Coroutine[Any, Any, T]) -> T:
         """Await ``write`` (a coroutine sending on ``connection``) in this task: its result, or
-        ChannelInvalidStateError when ``connection`` closes while it waits."""
+        ChannelInvalidStateError when ``connection`` is closed or closes while it waits."""
         task = asyncio.current_task()
         assert task is not None
+        if connection.is_closed:
+            write.close()
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{connection} is closed")
         if connection not in self._watched:
             self._watched.add(connection)
             connection.closing.add_done_callback(functools.partial(self._abandon, weakref.ref(connection)))
+        cancelled_before = task.cancelling()
         self._in_flight[task] = connection
         try:
             return await write
         except asyncio.CancelledError:
-            if task not in self._abandoned or task.uncancel() > 0:
+            if task not in self._abandoned:
+                raise
+            self._abandoned.discard(task)
+            if task.uncancel() > cancelled_before:
                 raise  # cancelled by its caller too: the caller's cancellation stands
             raise aiormq.exceptions.ChannelInvalidStateError(
                 f"{connection} closed while this write waited on it"
             ) from None
         finally:
-            del self._in_flight[task]
-            self._abandoned.discard(task)
+            self._in_flight.pop(task, None)
+            if task in self._abandoned:  # cancelled here, but the write ended another way: undo it
+                self._abandoned.discard(task)
+                task.uncancel()
 
     def _abandon(self, closed: weakref.ref[AbstractConnection], _closing: asyncio.Future[Any]) -> None:
         """A connection closed: cancel the writes still waiting on it (its write queue wakes none)."""
