@@ -37,6 +37,7 @@ class Writes:
         #: The writes cancelled here because their connection closed under them.
         self._abandoned: set[asyncio.Task[Any]] = set()
         self._watched: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
+        self._last: AbstractConnection | None = None  # the connection of the last write (watched)
 
     async def run(self, connection: AbstractConnection, write: Coroutine[Any, Any, T]) -> T:
         """Await ``write`` (a coroutine sending on ``connection``) in this task: its result, or
@@ -46,9 +47,10 @@ class Writes:
         if connection.is_closed:
             write.close()
             raise aiormq.exceptions.ChannelInvalidStateError(f"{connection} is closed")
-        if connection not in self._watched:
+        if connection is not self._last and connection not in self._watched:  # a WeakSet test is slower
             self._watched.add(connection)
             connection.closing.add_done_callback(functools.partial(self._abandon, weakref.ref(connection)))
+        self._last = connection
         cancelled_before = task.cancelling()
         self._in_flight[task] = connection
         try:
