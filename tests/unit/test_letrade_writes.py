@@ -5,6 +5,7 @@ tests/live/test_letrade_async_live.py (publishes and acknowledgements made while
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 import aiormq
@@ -108,5 +109,28 @@ def test_a_write_that_ends_another_way_when_cancelled_leaves_no_cancellation_beh
         await asyncio.sleep(0)
         connection.close()
         assert await waiting == 0  # the caller's next await is not cancelled by Writes' leftover
+
+    run(scenario)
+
+
+def test_a_cancellation_already_pending_when_the_write_began_is_not_taken_for_the_callers() -> None:
+    async def scenario() -> None:
+        writes, connection, room = Writes(), Connection(), asyncio.Event()
+
+        async def caller() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # a cancellation caught earlier and never undone: cancelling() stays 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+            assert task.cancelling() == 1
+            await writes.run(cast(AbstractConnection, connection), room.wait())
+
+        waiting = asyncio.create_task(caller())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        connection.close()
+        with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
+            await waiting
 
     run(scenario)

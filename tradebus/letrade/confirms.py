@@ -9,7 +9,6 @@ exchange) is ``PublishFailed``. A publish waits for its confirm, not for its fra
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -55,16 +54,20 @@ class ConfirmedPublisher:
             message_id=properties["message_id"],
         )
         name, key = properties["exchange"], properties["routing_key"]
-        deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
-        lost = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECONNECT_WAIT
+        task = asyncio.current_task()
+        cancelled_before = task.cancelling() if task is not None else 0
         while True:
+            if not self.connection.connected.is_set():  # lost, not back yet: wait, until the deadline
+                await self._connected(deadline)
+            if self.connection.close_called or self.connection.is_closed:
+                raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed")
+            if not self.connection.connected.is_set():
+                raise PublishFailed(f"{key!r} on {name!r} not confirmed: broker unreachable")
+            lost: BaseException
             try:
-                if lost or not self.connection.connected.is_set():
-                    # Waiting for the connection (aio-pika's ``ready``, unbounded) is bounded here too.
-                    async with asyncio.timeout_at(deadline):
-                        await self._publish_once(body, name, key, amqp_properties)
-                else:
-                    await self._publish_once(body, name, key, amqp_properties)
+                await self._publish_once(body, name, key, amqp_properties)
                 return
             except aiormq.exceptions.DeliveryError as exc:
                 raise PublishFailed(
@@ -72,15 +75,19 @@ class ConfirmedPublisher:
                 ) from exc
             except aiormq.exceptions.ChannelClosed as exc:
                 raise PublishFailed(f"broker refused {key!r} on {name!r}: {exc}") from exc
+            except asyncio.CancelledError as exc:
+                if task is None or task.cancelling() > cancelled_before:
+                    raise  # the caller's cancellation
+                lost = exc  # a confirm aiormq failed with CancelledError: ``close()`` closed the connection
             except CONNECTION_LOST as exc:
-                if self.connection.close_called or self.connection.is_closed:
-                    raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed") from exc
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise PublishFailed(f"broker unreachable for {key!r} on {name!r}: {exc}") from exc
-                lost = True
-                logger.info("publishing %r on %r again after a lost connection: %r", key, name, exc)
-                await self._reconnected(left)
+                lost = exc
+            # Sent, perhaps, but not confirmed: it may have reached its queues (PublishFailed says so).
+            if self.connection.close_called or self.connection.is_closed:
+                raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed") from lost
+            if loop.time() >= deadline:
+                raise PublishFailed(f"{key!r} on {name!r} not confirmed: broker unreachable") from lost
+            logger.info("publishing %r on %r again after a lost connection: %r", key, name, lost)
+            await asyncio.sleep(RETRY_INTERVAL)  # the loss is noticed (``connected`` cleared) after the error
 
     async def _publish_once(
         self, body: bytes, exchange: str, key: str, properties: aiormq.spec.Basic.Properties
@@ -101,8 +108,16 @@ class ConfirmedPublisher:
         )
         await self._writes.run(channel.connection, publish)
 
-    async def _reconnected(self, timeout: float) -> None:
-        """Wait, up to ``timeout`` seconds, for the robust connection to be back."""
-        await asyncio.sleep(RETRY_INTERVAL)  # the loss is noticed (``connected`` cleared) after the error
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.connection.connected.wait(), timeout)
+    async def _connected(self, deadline: float) -> None:
+        """Wait until the robust connection is back, the bus is closed or the loop's clock reaches
+        ``deadline``, whichever comes first (aio-pika's own ``ready`` would wait for ever)."""
+        waits = [
+            asyncio.ensure_future(self.connection.connected.wait()),
+            asyncio.ensure_future(self.connection.closed()),
+        ]
+        try:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()

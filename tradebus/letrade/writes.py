@@ -73,6 +73,8 @@ class Writes:
     def _abandon(self, closed: weakref.ref[AbstractConnection], _closing: asyncio.Future[Any]) -> None:
         """A connection closed: cancel the writes still waiting on it (its write queue wakes none)."""
         connection = closed()
+        if self._last is connection:
+            self._last = None  # nothing of a dead connection kept
         for task, on in self._in_flight.items():
             if on is connection and task not in self._abandoned:
                 self._abandoned.add(task)
