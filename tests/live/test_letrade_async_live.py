@@ -193,8 +193,10 @@ def test_publishes_in_flight_when_the_bus_is_closed_each_end(letrade_vhost: Vhos
             assert not pending, f"{len(pending)} publishes still waiting after the bus was closed"
             return {asyncio.CancelledError if p.cancelled() else _kind(p.exception()) for p in publishes}
         finally:
-            await bus.close()
-            await asyncio.to_thread(_permissions, letrade_vhost, granted=True)
+            try:
+                await asyncio.to_thread(_permissions, letrade_vhost, granted=True)
+            finally:
+                await bus.close()
 
     outcomes = run(scenario())
     take_all(letrade_vhost, inbox)
@@ -458,7 +460,9 @@ def _close_listed(connection: str) -> None:
 
 def _permissions(vhost: Vhost, *, granted: bool) -> None:
     """Grant the test's user every permission on ``vhost``, or revoke them (it cannot connect there)."""
-    path = f"permissions/{urllib.parse.quote(vhost.name, safe='')}/{urllib.parse.quote(_user(vhost))}"
+    path = (
+        f"permissions/{urllib.parse.quote(vhost.name, safe='')}/{urllib.parse.quote(_user(vhost), safe='')}"
+    )
     if granted:
         admin().request("PUT", path, {"configure": ".*", "write": ".*", "read": ".*"})
     else:

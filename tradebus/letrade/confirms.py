@@ -33,6 +33,10 @@ CONNECTION_LOST = (
 )
 
 
+def _unreachable(key: str, name: str) -> PublishFailed:
+    return PublishFailed(f"{key!r} on {name!r} not confirmed within {RECONNECT_WAIT:g} s: broker unreachable")
+
+
 class ConfirmedPublisher:
     """Publishes on one robust channel with publisher confirms; see the module's docstring."""
 
@@ -58,13 +62,16 @@ class ConfirmedPublisher:
         deadline = loop.time() + RECONNECT_WAIT
         task = asyncio.current_task()
         cancelled_before = task.cancelling() if task is not None else 0
+        connection = self.connection
         while True:
-            if not self.connection.connected.is_set():  # lost, not back yet: wait, until the deadline
+            while not (closed := connection.close_called or connection.is_closed) and (
+                not connection.connected.is_set() and loop.time() < deadline
+            ):  # lost, not back yet (or lost again before this task ran): wait, until the deadline
                 await self._connected(deadline)
-            if self.connection.close_called or self.connection.is_closed:
+            if closed:
                 raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed")
-            if not self.connection.connected.is_set():
-                raise PublishFailed(f"{key!r} on {name!r} not confirmed: broker unreachable")
+            if not connection.connected.is_set():
+                raise _unreachable(key, name)
             lost: BaseException
             try:
                 await self._publish_once(body, name, key, amqp_properties)
@@ -82,10 +89,10 @@ class ConfirmedPublisher:
             except CONNECTION_LOST as exc:
                 lost = exc
             # Sent, perhaps, but not confirmed: it may have reached its queues (PublishFailed says so).
-            if self.connection.close_called or self.connection.is_closed:
+            if connection.close_called or connection.is_closed:
                 raise PublishFailed(f"{key!r} on {name!r} not confirmed: the bus was closed") from lost
             if loop.time() >= deadline:
-                raise PublishFailed(f"{key!r} on {name!r} not confirmed: broker unreachable") from lost
+                raise _unreachable(key, name) from lost
             logger.info("publishing %r on %r again after a lost connection: %r", key, name, lost)
             await asyncio.sleep(RETRY_INTERVAL)  # the loss is noticed (``connected`` cleared) after the error
 
