@@ -12,9 +12,10 @@ nothing: what a prefork child sets up after its fork (tradebus/recorder.py's wri
 tradebus/tracing.py's provider) is set up once in the worker's own process, on first use, as in a child.
 
 A worker of batched market-data pools only (every key of each queue batched, and a prefetch window of at
-least 4, so it batches) runs at a lower CPU priority (``nice`` 5), so signals, orders and fills run first
-when the machine is short of CPU. ``letrade.market_data`` is not niced: its ``market_data_request`` key is
-not batched, and a caller waits for each answer.
+least 4, so it batches) runs at a lower CPU priority (``nice`` 5, and its session group's too when it leads
+its session: workers/cpu.py), so signals, orders and fills run first when the machine is short of CPU.
+``letrade.market_data`` is not niced: its ``market_data_request`` key is not batched, and a caller waits for
+each answer.
 
 It runs without mingle and gossip (as ``--without-mingle --without-gossip``) unless they are asked for:
 mingle broadcasts ``hello`` to every worker at start, which a service's user may not (only operators may
@@ -35,7 +36,7 @@ import click
 from celery.apps.worker import Worker
 from click.core import ParameterSource
 
-from workers import exporter
+from workers import cpu, exporter
 from workers.profiles import (
     check_shard_concurrency,
     combined,
@@ -115,7 +116,7 @@ class ProfiledWorker(Worker):  # type: ignore[misc]
         if yields_cpu(self.app.topology, names, window):
             # Batched market data yields the CPU to the order path when the machine is short of it; the
             # pool processes inherit the niceness (docs/performance.md).
-            os.nice(MARKET_DATA_NICENESS)
+            cpu.lower_priority(MARKET_DATA_NICENESS)
         return super().setup_defaults(
             concurrency=concurrency,
             prefetch_multiplier=prefetch_multiplier,

@@ -28,6 +28,9 @@ from tradebus import tls
 from tradebus.ops.cli import main
 from tradebus.ops.users import accounts, password_variable, publishers_of, service_of_pool
 from tradebus.settings import Settings
+from workers.cpu import weight
+from workers.profiled import MARKET_DATA_NICENESS
+from workers.profiles import yields_cpu
 
 #: Compose runs MasterTrade's pools.
 POOLS = MASTERTRADE.pools
@@ -102,6 +105,36 @@ def test_each_worker_service_shows_its_queue_concurrency_and_prefetch_as_the_pro
         assert "container_name" not in service, f"{pool}: a fixed name would stop --scale"
         assert "hostname" not in service, f"{pool}: a fixed hostname would give replicas one node name"
         assert not service.get("ports"), f"{pool}: a published port would clash between replicas"
+
+
+def market_data_shares(topology: routing.Topology, pool: str) -> int | None:
+    """The ``cpu_shares`` a worker service of ``pool`` must have: the weight of the niceness its worker takes
+    (containers are weighed by their cgroups, where a process's niceness does not reach; workers/cpu.py)."""
+    profile = topology.pools[pool]
+    window = profile.concurrency * profile.prefetch_multiplier
+    return weight(MARKET_DATA_NICENESS) if yields_cpu(topology, [pool], window) else None
+
+
+def test_batched_market_data_workers_yield_the_cpu_by_their_containers_weight(
+    compose: dict[str, Any],
+) -> None:
+    shares = {pool: service.get("cpu_shares") for pool, service in worker_services(compose).items()}
+    assert shares == {pool: market_data_shares(MASTERTRADE, pool) for pool in POOLS}
+    # The six market-data pools, at nice 5's weight; the order path's at the default.
+    assert sorted(p for p, s in shares.items() if s == 335) == [
+        "executor_market_data",
+        "market_data",
+        "orderbook_updates",
+        "strategy_market_data",
+        "ticker_updates",
+        "trade_updates",
+    ]
+    text = (ROOT / "docker-compose.shards.yml").read_text()
+    sharded = routing.build("mastertrade", market_data_shards=int(yaml.safe_load(text)["x-shards"]))
+    for service in yaml.safe_load(text)["services"].values():
+        if (service.get("command") or [])[:2] == ["tradebus", "worker"]:
+            pool = service["command"][2]
+            assert service.get("cpu_shares") == market_data_shares(sharded, pool) == 335, pool
 
 
 def test_each_worker_runs_as_its_services_least_privilege_user_and_declares_nothing(
