@@ -131,10 +131,13 @@ def test_batched_market_data_workers_yield_the_cpu_by_their_containers_weight(
     ]
     text = (ROOT / "docker-compose.shards.yml").read_text()
     sharded = routing.build("mastertrade", market_data_shards=int(yaml.safe_load(text)["x-shards"]))
+    checked = 0
     for service in yaml.safe_load(text)["services"].values():
         if (service.get("command") or [])[:2] == ["tradebus", "worker"]:
             pool = service["command"][2]
             assert service.get("cpu_shares") == market_data_shares(sharded, pool) == 335, pool
+            checked += 1
+    assert checked == int(yaml.safe_load(text)["x-shards"])
 
 
 def test_each_worker_runs_as_its_services_least_privilege_user_and_declares_nothing(
