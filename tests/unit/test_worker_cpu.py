@@ -6,6 +6,7 @@ in a session of their own (as workers/launch.py and ``tradebus bench`` start wor
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -146,6 +147,10 @@ def test_a_group_change_the_kernel_refuses_for_now_is_tried_again_until_it_is_ta
 def test_a_refused_group_change_is_said_in_the_log_and_the_worker_runs_on(
     leader: list[float], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Whatever an earlier test in this process (a Celery worker's logging set-up) did to the logger.
+    monkeypatch.setattr(cpu.logger, "disabled", False)
+    monkeypatch.setattr(cpu.logger, "propagate", True)
+    caplog.set_level(logging.WARNING, logger=cpu.logger.name)
     group = FakeGroup([PermissionError(1, "Operation not permitted")])
     monkeypatch.setattr(cpu, "_OWN_GROUP", group)
     cpu.lower_priority(5)

@@ -51,10 +51,12 @@ def candles(seed: int | None = None, start: datetime | None = None) -> Iterator[
             yield message
 
 
-def run(publish: Callable[[MarketDataMessage], object], rate: float, duration: float) -> int:
-    """Publish candles at ``rate`` per second for ``duration`` seconds; returns how many."""
+def run(
+    publish: Callable[[MarketDataMessage], object], rate: float, duration: float, seed: int | None = None
+) -> int:
+    """Publish candles (``seed``'s) at ``rate`` per second for ``duration`` seconds; returns how many."""
     published, started = 0, time.monotonic()
-    for message in candles():
+    for message in candles(seed):
         elapsed = time.monotonic() - started
         if elapsed >= duration:
             break

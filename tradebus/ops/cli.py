@@ -346,24 +346,16 @@ def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | No
 @click.option("--duration", default=20.0, show_default=True, help="Seconds of simulated market data.")
 @click.option("--broker", default=None, help="Broker URL; memory:// runs everything in this process.")
 @click.option("--json", "as_json", is_flag=True, help="End with one line of JSON with the figures.")
-@click.option(
-    "--seed",
-    default=None,
-    type=int,
-    help="MasterTrade's simulated market: its random seed [default: 1, the same market every run].",
-)
+@click.option("--seed", type=int, help="The simulated market's random seed [default: 1, the same every run].")
 def demo_cmd(duration: float, broker: str | None, as_json: bool, seed: int | None) -> None:
     """Run the trading pipeline on simulated market data and report what it did."""
+    if _app().topology.name == LETRADE:
+        from tradebus.ops.letrade_demo import run_demo
+    else:
+        from tradebus.ops.demo import run_demo
+
     try:
-        if _app().topology.name == LETRADE:
-            from tradebus.ops.letrade_demo import run_demo
-
-            code = run_demo(_app(), duration, broker, as_json)
-        else:
-            from tradebus.ops.demo import DEMO_SEED
-            from tradebus.ops.demo import run_demo as run_mastertrade
-
-            code = run_mastertrade(_app(), duration, broker, as_json, DEMO_SEED if seed is None else seed)
+        code = run_demo(_app(), duration, broker, as_json, seed)
     except (BrokerUnreachable, OperationalError, OSError) as exc:
         click.echo(f"cannot reach the broker: {exc}", err=True)
         sys.exit(ExitCode.BROKER_UNREACHABLE)

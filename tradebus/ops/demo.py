@@ -25,14 +25,11 @@ from tradebus.application import TradebusCelery
 from tradebus.mastertrade import account, simulator
 from tradebus.mastertrade.wire import publish
 from tradebus.ops import dlq
-from tradebus.ops.harness import depths, environment, percentiles
+from tradebus.ops.harness import DEMO_SEED, depths, environment, percentiles
 from tradebus.ops.report import table
 
 #: After the simulator stops, how long the pipeline may take to finish what is in flight.
 DRAIN_TIMEOUT = 30.0
-#: The simulated market's random seed: the same prices, sentiment and whale alerts every run, so the demo
-#: trades every time (an unseeded market gave as few as 3 signals in 20 s, all refused: no fill, exit 1).
-DEMO_SEED = 1
 #: How many of a run's new dead letters per DLQ the summary describes.
 DEAD_LETTERS_SHOWN = 5
 #: How many of a DLQ's new dead letters are read to tell failures from stale prices.
@@ -154,7 +151,7 @@ def _run_pipeline(
     duration: float,
     progress: Progress,
     broker: str,
-    seed: int | None,
+    seed: int,
 ) -> Result:
     topology = app.topology
     dlqs = [q.name for q in topology.dead_letter_queues]
@@ -207,9 +204,9 @@ def _run_pipeline(
 
 
 def run_demo(
-    app: TradebusCelery, duration: float, broker: str | None, as_json: bool, seed: int | None = DEMO_SEED
+    app: TradebusCelery, duration: float, broker: str | None, as_json: bool, seed: int | None = None
 ) -> int:
-    """Run the demo on the market ``seed`` makes (None: a new one each run); 0 when it produced fills and
+    """Run the demo on the market ``seed`` makes (by default DEMO_SEED's); 0 when it produced fills and
     dead-lettered nothing."""
     echo = click.echo
     with environment(app, broker, echo) as (demo, connection, _, memory):
@@ -221,7 +218,7 @@ def run_demo(
             duration,
             Progress(echo, sys.stdout.isatty()),
             "memory" if memory else "rabbitmq",
-            seed,
+            DEMO_SEED if seed is None else seed,
         )
     _summary(result, echo)
     if as_json:

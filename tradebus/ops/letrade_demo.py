@@ -27,7 +27,7 @@ from tradebus.letrade import strategy as strategy_state
 from tradebus.letrade.bus import LetradeBus
 from tradebus.letrade.stage import publish
 from tradebus.ops.demo import DRAIN_TIMEOUT
-from tradebus.ops.harness import depths, environment
+from tradebus.ops.harness import DEMO_SEED, depths, environment
 from tradebus.ops.report import table
 
 HISTORY_TIMEOUT = 10.0
@@ -87,6 +87,7 @@ def _run(
     duration: float,
     memory: bool,
     echo: Callable[[str], None],
+    seed: int,
 ) -> Result:
     topology = app.topology
     dlqs = [q.name for q in topology.dead_letter_queues]
@@ -94,7 +95,9 @@ def _run(
     before = depths(connection, dlqs + unrouted)
     paper.reset()
     started = time.monotonic()
-    published = simulator.run(lambda message: publish(message, app=app), simulator.DEFAULT_RATE, duration)
+    published = simulator.run(
+        lambda message: publish(message, app=app), simulator.DEFAULT_RATE, duration, seed
+    )
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while _in_flight(topology, connection) and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -126,12 +129,15 @@ def _run(
     )
 
 
-def run_demo(app: TradebusCelery, duration: float, broker: str | None, as_json: bool) -> int:
-    """Run the Letrade demo; 0 when trades were executed and nothing was dead-lettered."""
+def run_demo(
+    app: TradebusCelery, duration: float, broker: str | None, as_json: bool, seed: int | None = None
+) -> int:
+    """Run the Letrade demo on ``seed``'s candles (by default DEMO_SEED's); 0 when trades were executed and
+    nothing was dead-lettered."""
     echo = click.echo
     with environment(app, broker, echo) as (demo, connection, url, memory):
         echo(f"Letrade_v1: simulating {simulator.DEFAULT_RATE:g} candles/s for {duration:g}s")
-        result = _run(demo, connection, url, duration, memory, echo)
+        result = _run(demo, connection, url, duration, memory, echo, DEMO_SEED if seed is None else seed)
     _summary(result, echo)
     if as_json:
         click.echo(result.as_json())
