@@ -321,10 +321,10 @@ def simulate_cmd(rate: float, burst_rate: float, duration: float, seed: int | No
         from tradebus.letrade import simulator as letrade_simulator
         from tradebus.letrade.stage import publish
 
-        click.echo(f"Letrade candles at {rate:g}/s (--burst-rate and --seed are MasterTrade's simulator's)")
+        click.echo(f"Letrade candles at {rate:g}/s (--burst-rate is MasterTrade's simulator's)")
         try:
             count = letrade_simulator.run(
-                lambda message: publish(message, app=app), rate, duration or float("inf")
+                lambda message: publish(message, app=app), rate, duration or float("inf"), seed
             )
         except PublishFailed as exc:
             click.echo(f"cannot publish: {exc}", err=True)

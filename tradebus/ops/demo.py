@@ -145,6 +145,13 @@ def _new_dead_letters(
     return failures, stale
 
 
+def market(seed: int, now: float | None = None) -> simulator.MarketSimulator:
+    """The demo's simulated market: ``seed``'s, its replay of the last day starting on a 5-minute boundary
+    so that the steps fall into the same candles whatever second the demo starts at."""
+    start = (time.time() if now is None else now) - simulator.REPLAY_SECONDS
+    return simulator.MarketSimulator(seed=seed, start=start // 300 * 300)
+
+
 def _run_pipeline(
     app: TradebusCelery,
     connection: Connection,
@@ -162,7 +169,7 @@ def _run_pipeline(
         lambda message: publish(message, app=app),
         simulator.Pace(),
         duration,
-        simulator.MarketSimulator(seed=seed),
+        market(seed),
         on_progress=progress,
     )
     if progress.tty:

@@ -28,8 +28,9 @@ from tradebus.topology import check_and_declare
 from workers.launch import PoolProcess, start_pool, stop_all, wait_for_consumers
 
 MEMORY = "memory://"
-#: The demos' simulated market's random seed: the same prices every run, so a demo trades every time (an
-#: unseeded MasterTrade market gave as few as 3 signals in 20 s, all refused: no fill, exit 1).
+#: The demos' simulated market's random seed: the same prices every run, so a demo trades every run (an
+#: unseeded MasterTrade market gave as few as 3 signals in 20 s, all refused: no fill, exit 1). Which
+#: candles the stages see first still depends on timing (several processes), so fills vary, not their being.
 DEMO_SEED = 1
 #: Threads of the embedded worker (every stage queue shares them), their prefetch, and how often the
 #: in-memory transport looks for messages when it has none it may deliver.
