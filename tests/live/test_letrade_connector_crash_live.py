@@ -1,7 +1,8 @@
 """Letrade's exchange connector runs a threads pool (docs/letrade.md, "The exchange connector runs threads"):
 a crash takes the whole worker, not one pool process. Killed with commands in flight, its unacknowledged
-commands are delivered again once a worker is back, and every command is filled once. The commands are all
-queued before the worker starts, so the kill always finds some still in the queue (shown by the broker)."""
+commands are delivered again once a worker is back (handled again, or dropped as repeats of what it had
+handled), and every command is filled once. The commands are all queued before the worker starts, so the
+kill always finds some still in the queue (shown by the broker)."""
 
 from __future__ import annotations
 
@@ -69,10 +70,16 @@ def test_a_killed_connector_worker_leaves_no_command_lost_or_filled_twice(
             return int(store.client().exists(*keys))
 
         assert wait_until(lambda: recorded() == COMMANDS, timeout=60), again.log.read_text()[-3000:]
-        # What the killed worker held unacknowledged came back redelivered (the recorder writes every 50 ms).
-        redelivered: list[dict[str, Any]] = wait_until(
-            lambda: [e for e in recorder.received(CONNECTOR) if e.get("redelivered")]
-        )
+
+        # What the killed worker held unacknowledged came back redelivered (the recorder writes every 50 ms):
+        # handled again, or, when the killed worker had handled it and noted it but not yet acknowledged it,
+        # dropped as a repeat (not recorded as received, counted apart). A CI run once saw only the latter.
+        def came_back() -> tuple[list[dict[str, Any]], int]:
+            redelivered = [e for e in recorder.received(CONNECTOR) if e.get("redelivered")]
+            return redelivered, recorder.metrics().get(f"repeats_dropped:{CONNECTOR}", 0)
+
+        wait_until(lambda: any(came_back()))
+        redelivered, repeats = came_back()
     finally:
         stop_all([again])
     # Each order booked once: the cash is what COMMANDS fills cost, however often a command was delivered.
@@ -80,4 +87,4 @@ def test_a_killed_connector_worker_leaves_no_command_lost_or_filled_twice(
     spent = COMMANDS * (cost + cost * paper.FEE_RATE)
     assert paper.account().cash == pytest.approx(paper.INITIAL_CASH - spent)
     assert paper.account().positions[symbol].quantity == pytest.approx(COMMANDS * AMOUNT)
-    assert redelivered, "no command was redelivered"
+    assert redelivered or repeats, "no command came back: none handled again, none dropped as a repeat"
